@@ -1,0 +1,5 @@
+import sys
+
+from rllava.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Loss aggregation: how a per-token loss [B, T] becomes one scalar.
+
+Conventions: `mask` is 1.0 on trained tokens and 0.0 on padding / environment tokens; masked
+positions never contribute. Every mode averages over *all* rows of the batch, including rows with
+no trained token (they count as a zero loss), so that a mini-batch split into micro-batches
+sums back exactly with the weights in each entry's `unit` meta:
+`unit="token"` -> weight by the micro-batch's share of trained tokens, `unit="seq"` -> share of rows.
+
+`seq-mean-token-sum-norm` (Dr. GRPO) divides each sequence's token sum by a constant, the maximum
+response length. By default that is `mask.shape[1]`; pass `norm_len` when the tensor was trimmed
+(micro-batches) so the constant stays the same across micro-batches. Unlike veRL, which divides
+the *batch* sum by that constant, we also average over sequences: the gradient direction is the
+same and the scale no longer grows with the batch size.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from rllava.registry import Registry
+
+AGGREGATIONS = Registry("aggregation", "how a per-token loss [B, T] is reduced to a scalar (algorithm.loss_agg_mode)")
+
+
+@AGGREGATIONS.register("token-mean", unit="token")
+def token_mean(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
+    """Mean over all trained tokens of the batch (long sequences weigh more; DAPO)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+@AGGREGATIONS.register("seq-mean-token-sum", unit="seq")
+def seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
+    """Sum over each sequence's tokens, then mean over sequences."""
+    return (x * mask).sum(-1).mean()
+
+
+@AGGREGATIONS.register("seq-mean-token-mean", unit="seq")
+def seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
+    """Mean over each sequence's tokens, then mean over sequences (original GRPO)."""
+    return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+@AGGREGATIONS.register("seq-mean-token-sum-norm", unit="seq")
+def seq_mean_token_sum_norm(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
+    """Sum over each sequence's tokens / max response length, then mean over sequences (Dr. GRPO)."""
+    return ((x * mask).sum(-1) / float(norm_len or mask.shape[-1])).mean()
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: Optional[int] = None) -> torch.Tensor:
+    """Reduce `per_token` [B, T] over `mask` [B, T] with the registered mode `mode`."""
+    if per_token.shape != mask.shape:
+        raise ValueError(f"aggregate: per-token loss has shape {tuple(per_token.shape)} but mask has {tuple(mask.shape)}")
+    return AGGREGATIONS.get(mode)(per_token, mask.to(per_token.dtype), norm_len=norm_len)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is non-zero (0 when there are none)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over masked positions (unbiased variance); masked positions become 0."""
+    n = mask.sum()
+    mean = masked_mean(x, mask)
+    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+    return (x - mean) * torch.rsqrt(var + eps) * mask

@@ -1,0 +1,72 @@
+"""Rollout with HF `generate` on the training module itself: no weight copy, no sync."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rllava.data.types import Batch, Episode, Prompt
+from rllava.engines.registry import ROLLOUT_ENGINES
+
+
+@dataclass
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@ROLLOUT_ENGINES.register("hf", description="HF generate on the policy module itself (KV cache, left-padded batches)")
+class HFRolloutEngine:
+    def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
+                 batch_size: int = 0, compute=None):
+        self.model = model
+        self.pad_id = pad_id
+        self.eos_ids = list(eos_ids)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.compute = compute  # context manager factory from the train engine (autocast, eval, no_grad)
+
+    def sync_weights(self, model: nn.Module | None = None) -> None:
+        """Nothing to do: generation uses the training module's own parameters."""
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
+        """n episodes per prompt, grouped consecutively; group ids start at `group_offset`."""
+        episodes = [Episode(prompt=p, group_id=group_offset + i) for i, p in enumerate(prompts) for _ in range(sampling.n)]
+        step = self.batch_size or len(episodes)
+        for start in range(0, len(episodes), step):
+            self._generate_chunk(episodes[start:start + step], sampling)
+        return episodes
+
+    def _generate_chunk(self, episodes: list[Episode], sampling: Sampling) -> None:
+        batch = Batch.from_episodes(episodes, self.pad_id)
+        inputs = batch.model_inputs(self.device)
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
+                      eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True)
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        else:  # drop sampling defaults a checkpoint's generation_config may carry
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        ctx = self.compute(train=False) if self.compute else torch.no_grad()
+        with ctx:
+            out = self.model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        eos = set(self.eos_ids)
+        for ep, ids in zip(episodes, new):
+            cut = next((j + 1 for j, t in enumerate(ids) if t in eos), None)
+            ep.finished = cut is not None
+            ep.response_ids = ids[:cut] if cut is not None else ids
+            ep.response_mask = [1] * len(ep.response_ids)

@@ -1,0 +1,98 @@
+"""Training engine for one process on CPU or one GPU.
+
+Precision: parameters (the master weights) stay in fp32 and the forward runs under
+autocast in the compute dtype, so bf16 compute never loses small updates (a pure-bf16
+AdamW at lr 1e-6 rounds most of them away). `master_weights_fp32=false` keeps parameters
+in the compute dtype, trading that safety for memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from rllava.engines.registry import TRAIN_ENGINES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier on the base lr at step s: linear warm-up, then constant / cosine / linear decay."""
+    decays = {
+        "constant": lambda p: 1.0,
+        "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+        "linear": lambda p: 1.0 - p,
+    }
+    if schedule not in decays:
+        raise ValueError(f"unknown lr_scheduler {schedule!r}; choose one of {sorted(decays)}")
+    decay = decays[schedule]
+
+    def fn(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, decay(min(1.0, progress)))
+
+    return fn
+
+
+@TRAIN_ENGINES.register("local", description="one process, CPU or one GPU; fp32 master weights with autocast")
+class LocalTrainEngine:
+    """Owns a module, its optimizer and lr schedule; knows nothing about RL."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
+                 warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
+                 max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model
+        self.compute_dtype = DTYPES[compute_dtype]
+        self.max_grad_norm = max_grad_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # fused/foreach kernels are fastest on GPU; on CPU the for-loop path is fine for tiny models
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
+        self.skipped_steps = 0
+
+    @contextlib.contextmanager
+    def compute(self, train: bool) -> Iterator[None]:
+        """Autocast to the compute dtype when it is lower than the parameters' dtype."""
+        param_dtype = next(self.model.parameters()).dtype
+        self.model.train(train)
+        use_autocast = self.compute_dtype != param_dtype and self.compute_dtype != torch.float32
+        ctx = torch.autocast(self.device.type, dtype=self.compute_dtype) if use_autocast else contextlib.nullcontext()
+        grad = contextlib.nullcontext() if train else torch.no_grad()
+        with ctx, grad:
+            yield
+
+    def step(self) -> dict[str, float]:
+        """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {"grad_norm": float(grad_norm) if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
+                "skipped": float(not finite)}
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full tensors for saving or syncing to a rollout engine."""
+        return self.model.state_dict()

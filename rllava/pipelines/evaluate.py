@@ -1,0 +1,71 @@
+"""Greedy evaluation: accuracy over a prompt set plus a few samples; also `rllava eval`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rllava.data.types import Prompt
+
+
+def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples: int = 4,
+             prefix: str = "val") -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Generate with the validation sampling settings, score, and average."""
+    sampling = rollout.val_sampling()
+    episodes = []
+    for start in range(0, len(prompts), max(1, batch_size)):
+        chunk = rollout.generate(prompts[start:start + batch_size], sampling, group_offset=start)
+        reward.score(chunk)
+        episodes.extend(chunk)
+    n = max(1, len(episodes))
+    accuracy = [e.reward_info.get(reward.accuracy_key, e.reward) for e in episodes]
+    metrics = {f"{prefix}/reward": sum(e.reward for e in episodes) / n,
+               f"{prefix}/accuracy": sum(float(a) for a in accuracy) / n,
+               f"{prefix}/response_length": sum(len(e.response_ids) for e in episodes) / n}
+    samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
+                "reward": e.reward} for e in episodes[:n_samples]]
+    return metrics, samples
+
+
+def resolve_split(data: str, split: str) -> str:
+    """A task folder (`rllava make-task` output) means its `<split>.parquet`; anything else is used as is."""
+    p = Path(data)
+    return str(p / f"{split}.parquet") if p.is_dir() and (p / f"{split}.parquet").exists() else data
+
+
+def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], overrides: list[str] | None = None,
+                   device: str = "auto", print_table: bool = True) -> dict[str, Any]:
+    """Load a model folder and report greedy accuracy on a dataset: what `rllava eval` runs."""
+    from rllava.config import load_config
+    from rllava.data.dataset import RLDataset
+    from rllava.engines.hf_rollout import HFRolloutEngine
+    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
+    from rllava.pipelines.run import resolve_device
+    from rllava.roles.reward import RewardScorer
+    from rllava.roles.rollout import Rollout
+
+    cfg = load_config(None, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
+    cfg.reward.functions = dict(rewards)
+    dev = resolve_device(device)
+    model, processor = load_model_and_processor(cfg.model, device=dev)
+    ds = RLDataset(data_files, cfg.data, processor)
+    prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
+    rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev),
+                      get_tokenizer(processor), cfg.rollout)
+    metrics, samples = evaluate(rollout, RewardScorer(cfg.reward), prompts, cfg.data.val_batch_size, n_samples=3,
+                                prefix="eval")
+    if print_table:
+        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}")
+        print(f"{model_path[-48:]:<48} {len(prompts):>5} {metrics['eval/accuracy']:>9.3f} {metrics['eval/reward']:>8.3f}")
+        for s in samples:
+            print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {s['response'][:80]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
+    return {"model": model_path, "n": len(prompts), **metrics}
+
+
+def evaluate_cli(args) -> dict[str, Any]:
+    rewards = {name: 1.0 for name in args.reward.split(",") if name}
+    overrides = [f"rollout.max_new_tokens={args.max_new_tokens}"]
+    if args.template:
+        overrides.append(f"data.template={args.template}")
+    if args.max_samples:
+        overrides.append(f"data.max_val_samples={args.max_samples}")
+    return evaluate_model(args.model, resolve_split(args.data, args.split), rewards, overrides, device=args.device)

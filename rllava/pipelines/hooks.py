@@ -1,0 +1,75 @@
+"""Hooks that change what the RLVR step does without copying it.
+
+A hook may implement any of `after_rollout(trainer, episodes, metrics)` and
+`after_scoring(trainer, episodes, metrics)`, each returning the (possibly new) episodes.
+Which hooks run is derived from the config (`hooks_for`), not from algorithm names.
+"""
+from __future__ import annotations
+
+import torch
+
+from rllava.algorithms import ADVANTAGES, GROUP_FILTERS
+from rllava.config import Config
+from rllava.data.types import Episode
+
+
+def group_list(episodes: list[Episode]) -> list[list[Episode]]:
+    groups: dict[int, list[Episode]] = {}
+    for e in episodes:
+        groups.setdefault(e.group_id, []).append(e)
+    return list(groups.values())
+
+
+class GreedyBaseline:
+    """ReMax: the reward of one greedy rollout per prompt is every sample's baseline."""
+
+    def after_rollout(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        ctx = trainer.ctx
+        groups = group_list(episodes)
+        greedy = ctx.rollout.generate([g[0].prompt for g in groups], ctx.rollout.greedy_sampling())
+        ctx.reward.score(greedy)
+        for g, b in zip(groups, greedy):
+            for e in g:
+                e.baseline_reward = b.reward
+        metrics["reward/greedy_baseline"] = sum(b.reward for b in greedy) / max(1, len(greedy))
+        return episodes
+
+
+class DynamicSampling:
+    """DAPO: keep only informative groups; sample more prompts until the batch is full (bounded tries)."""
+
+    def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        ctx, algo = trainer.ctx, trainer.cfg.algorithm
+        keep_fn = GROUP_FILTERS.get(algo.group_filter)
+        wanted = trainer.cfg.data.batch_size
+        kept: list[list[Episode]] = []
+        tries, offset, seen = 0, 0, 0
+        while True:
+            groups = group_list(episodes)
+            seen += len(groups)
+            rewards = torch.tensor([e.reward for g in groups for e in g])
+            gids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+            mask = keep_fn(rewards, gids, algo)
+            starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+            kept += [g for g, s in zip(groups, starts) if bool(mask[s])]
+            tries += 1
+            if len(kept) >= wanted or tries > algo.max_filter_tries:
+                break
+            offset += 10_000  # fresh group ids for the extra prompts
+            extra = ctx.loader.next_batch()
+            episodes = ctx.rollout.generate(extra, ctx.rollout.train_sampling(), group_offset=offset)
+            ctx.reward.score(episodes)
+        metrics["filter/kept_groups"] = float(len(kept))
+        metrics["filter/kept_fraction"] = len(kept) / max(1, seen)
+        metrics["filter/rollout_rounds"] = float(tries)
+        kept = kept[:wanted] if kept else group_list(episodes)  # never train on an empty batch
+        return [e for g in kept for e in g]
+
+
+def hooks_for(cfg: Config) -> list:
+    hooks = []
+    if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
+        hooks.append(GreedyBaseline())
+    if cfg.algorithm.group_filter:
+        hooks.append(DynamicSampling())
+    return hooks

@@ -1,0 +1,117 @@
+"""A run's outputs: metrics.jsonl, samples.jsonl, TensorBoard events, curves.png, a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+CURVES = [  # (title, metric keys tried in order)
+    ("reward", ["reward/mean"]),
+    ("val accuracy", ["val/accuracy"]),
+    ("response length", ["response/length_mean"]),
+    ("KL", ["actor/kl_loss", "kl/mean", "actor/approx_kl"]),
+    ("entropy", ["actor/entropy"]),
+    ("step time (s)", ["time/step"]),
+]
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, loggers: list[str], total_steps: int, start_step: int = 0,
+                 progress_bar: bool = True, wandb_config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        self._truncate_after(self.metrics_path, start_step)
+        self._truncate_after(self.samples_path, start_step)
+        self.console = "console" in loggers
+        self.tb = None
+        if "tensorboard" in loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.wandb = None
+        if "wandb" in loggers:
+            import wandb
+
+            self.wandb = wandb.init(project="rllava", name=self.run_dir.name, config=wandb_config, resume="allow")
+        self.bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    @staticmethod
+    def _truncate_after(path: Path, step: int) -> None:
+        """On resume, drop lines a killed run wrote after its last checkpoint."""
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        numeric = {k: v for k, v in clean.items() if isinstance(v, float) and math.isfinite(v)}
+        if self.tb:
+            for k, v in numeric.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.log(numeric, step=step)
+        if self.bar is not None:
+            post = {k.split("/")[-1]: f"{numeric[k]:.3g}" for k in ("reward/mean", "val/accuracy", "time/tokens_per_s")
+                    if k in numeric}
+            if post:
+                self.bar.set_postfix(post, refresh=False)
+        elif self.console:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in numeric.items() if k.startswith(("reward/", "val/")))
+            print(f"step {step}: {shown}", flush=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        with self.samples_path.open("a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+
+    def plot(self) -> Path:
+        """curves.png: one panel per curve in CURVES that has data."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.read_metrics()
+        fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+        for ax, (title, keys) in zip(axes.flat, CURVES):
+            key = next((k for k in keys if any(k in r for r in rows)), None)
+            if key:
+                pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
+                ax.set_ylabel(key, fontsize=8)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.run_dir / "curves.png"
+        fig.savefig(out, dpi=80)
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()

@@ -1,0 +1,74 @@
+"""RL with verifiable rewards: the training step as in the paper, one screen of code."""
+from __future__ import annotations
+
+
+from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller
+from rllava.data.types import Batch, Episode
+from rllava.pipelines.hooks import hooks_for
+from rllava.pipelines.registry import PIPELINES
+
+
+def response_metrics(episodes: list[Episode]) -> dict[str, float]:
+    lengths = [len(e.response_ids) for e in episodes]
+    n = max(1, len(lengths))
+    return {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
+            "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
+
+
+@PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)")
+class RLVRPipeline:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.hooks = hooks_for(cfg)
+        self.kl_ctrl = make_kl_controller(cfg.algorithm)
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_ctrl.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctrl.value = state["kl_coef"]
+
+    def _run_hooks(self, name: str, trainer, episodes, metrics):
+        for hook in self.hooks:
+            if hasattr(hook, name):
+                episodes = getattr(hook, name)(trainer, episodes, metrics)
+        return episodes
+
+    def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
+        """Rollout and scoring, with the hooks in between (a multi-turn pipeline overrides this)."""
+        ctx = trainer.ctx
+        metrics: dict[str, float] = {}
+        episodes = ctx.rollout.generate(prompts, ctx.rollout.train_sampling())
+        episodes = self._run_hooks("after_rollout", trainer, episodes, metrics)
+        metrics.update(ctx.reward.score(episodes))
+        episodes = self._run_hooks("after_scoring", trainer, episodes, metrics)
+        return episodes, metrics
+
+    def train_step(self, trainer, prompts) -> dict[str, float]:
+        ctx, algo = trainer.ctx, self.cfg.algorithm
+        episodes, metrics = self.collect(trainer, prompts)
+        metrics.update(response_metrics(episodes))
+        batch = Batch.from_episodes(episodes, ctx.pad_id)
+        for name in algo.reward_shaping:
+            lengths = batch.response_mask.sum(1)
+            batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
+        if ctx.actor.needs_old_logprobs(len(batch)):
+            batch.old_logp = ctx.actor.logprobs(batch)
+        if self.kl_ctrl.value > 0 and ctx.reference is not None:
+            batch.ref_logp = ctx.reference.logprobs(batch)
+            if algo.kl_in == "reward":
+                old = batch.old_logp if batch.old_logp is not None else ctx.actor.logprobs(batch)
+                batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
+                                                           self.kl_ctrl.value, algo.kl_estimator)
+                self.kl_ctrl.update(float(kl), len(batch))
+                metrics.update({"kl/mean": float(kl), "kl/coef": self.kl_ctrl.value})
+        if ctx.critic is not None:
+            batch.values = ctx.critic.values(batch)
+        batch.advantages, batch.returns = ADVANTAGES.get(algo.adv_estimator)(batch, algo)
+        metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
+        metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+        if ctx.critic is not None:
+            metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+        return metrics
+
+

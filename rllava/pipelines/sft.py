@@ -1,0 +1,38 @@
+"""Supervised fine-tuning on the same actor: the target response is rendered from the row."""
+from __future__ import annotations
+
+import jinja2
+
+from rllava.data.types import Batch, Episode, Prompt
+from rllava.pipelines.registry import PIPELINES
+
+
+def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -> list[Episode]:
+    """Teacher-forced episodes: response = tokens of `template` rendered with the row, then EOS."""
+    tmpl = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
+    episodes = []
+    for i, p in enumerate(prompts):
+        text = tmpl.render(**p.meta)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
+        episodes.append(Episode(prompt=p, response_ids=ids, response_mask=[1] * len(ids), response_text=text, group_id=i))
+    return episodes
+
+
+@PIPELINES.register("sft", description="supervised fine-tuning (NLL on the rendered answer), same actor and loop")
+class SFTPipeline:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def train_step(self, trainer, prompts) -> dict[str, float]:
+        ctx = trainer.ctx
+        eos_id = ctx.extra["eos_ids"][0]
+        batch = Batch.from_episodes(sft_episodes(prompts, ctx.tokenizer, self.cfg.data.response_template, eos_id), ctx.pad_id)
+        metrics = ctx.actor.update(batch, loss_name="sft", seed=self.cfg.trainer.seed + trainer.step)
+        metrics["response/tokens"] = float(batch.response_mask.sum())
+        return metrics

@@ -1,0 +1,133 @@
+"""The one training loop: steps, validation, checkpoints, logging and exact resume.
+
+Pipelines (RLVR, SFT, agentic) plug in a `train_step(trainer, prompts) -> metrics`; the
+loop around it is shared, never copied.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rllava.config import Config, to_dict
+from rllava.pipelines.checkpoint import (
+    load_state,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rllava.pipelines.evaluate import evaluate
+from rllava.pipelines.logger import RunLogger
+
+
+@dataclass
+class RunContext:
+    """Everything a pipeline step may use, built once by `run.build_context`."""
+
+    cfg: Config
+    run_dir: Path
+    model: Any
+    processor: Any
+    tokenizer: Any
+    pad_id: int
+    device: torch.device
+    engine: Any  # train engine of the actor
+    actor: Any
+    rollout: Any
+    reward: Any
+    loader: Any  # PromptLoader over the train set
+    val_prompts: list
+    reference: Any = None
+    critic: Any = None
+    extra: dict = field(default_factory=dict)  # pipeline-specific state (e.g. a KL controller)
+
+
+class Pipeline(Protocol):
+    def train_step(self, trainer: "Trainer", prompts: list) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Trainer:
+    def __init__(self, ctx: RunContext, pipeline: Pipeline):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.pipeline = pipeline
+        self.step = 0
+        self.best: tuple[float, int] | None = None  # (val accuracy, step)
+        self.last_val: dict[str, float] = {}
+
+    # ---- state for exact resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "best": self.best, "rng": rng_state(), "loader": self.ctx.loader.state_dict(),
+                "engine": self.ctx.engine.state_dict(), "pipeline": self.pipeline.state_dict(),
+                "critic": self.ctx.critic.state_dict() if self.ctx.critic else None,
+                "config": to_dict(self.cfg)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.best = state["best"]
+        self.ctx.loader.load_state_dict(state["loader"])
+        self.ctx.engine.load_state_dict(state["engine"])
+        self.pipeline.load_state_dict(state["pipeline"])
+        if self.ctx.critic and state.get("critic"):
+            self.ctx.critic.load_state_dict(state["critic"])
+        set_rng_state(state["rng"])
+
+    # ---- the loop
+
+    def validate(self, logger: RunLogger) -> dict[str, float]:
+        if not self.ctx.val_prompts:
+            return {}
+        metrics, samples = evaluate(self.ctx.rollout, self.ctx.reward, self.ctx.val_prompts,
+                                    self.cfg.data.val_batch_size, self.cfg.trainer.log_samples)
+        logger.log_samples(self.step, samples)
+        self.last_val = metrics
+        acc = metrics.get("val/accuracy", metrics.get("val/reward"))
+        if acc is not None and (self.best is None or acc > self.best[0]):
+            self.best = (acc, self.step)
+        return metrics
+
+    def save(self) -> None:
+        save_checkpoint(self.ctx.run_dir, self.step, self.ctx.model, self.ctx.processor, self.state_dict())
+        keep = {self.best[1]} if self.best and self.cfg.trainer.keep_best else set()
+        prune_checkpoints(self.ctx.run_dir, self.cfg.trainer.keep_last, keep)
+
+    def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        tc = self.cfg.trainer
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+        total = min(tc.total_steps, tc.total_epochs * max(1, self.ctx.loader.steps_per_epoch))
+        logger = RunLogger(self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar, wandb_config=to_dict(self.cfg))
+        try:
+            if tc.val_before_train and self.step == 0:
+                logger.log(0, self.validate(logger))
+            while self.step < total:
+                prompts = self.ctx.loader.next_batch()
+                t0 = time.perf_counter()
+                metrics = self.pipeline.train_step(self, prompts)
+                self.step += 1
+                metrics["time/step"] = time.perf_counter() - t0
+                if "response/tokens" in metrics:
+                    metrics["time/tokens_per_s"] = metrics["response/tokens"] / metrics["time/step"]
+                metrics["train/epoch"] = float(self.ctx.loader.epoch)
+                last = self.step == total
+                if (tc.val_freq and self.step % tc.val_freq == 0) or last:
+                    metrics.update(self.validate(logger))
+                logger.log(self.step, metrics)
+                logger.advance()
+                if (tc.save_freq and self.step % tc.save_freq == 0) or last:
+                    self.save()
+            logger.plot()
+        finally:
+            logger.close()
+        final = self.ctx.run_dir / "checkpoints" / f"step_{self.step}" / "model"
+        return {"steps": self.step, "run_dir": str(self.ctx.run_dir), "final_model": str(final), **self.last_val,
+                "best_val_accuracy": self.best[0] if self.best else None}

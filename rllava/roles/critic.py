@@ -1,0 +1,95 @@
+"""The critic: a value model (the policy's architecture with a scalar head) for PPO with GAE."""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from rllava.config import Config
+from rllava.data.types import Batch
+from rllava.models.logprobs import response_hidden_states
+
+
+class ValueModel(nn.Module):
+    """Backbone hidden state at each position that predicts a response token -> a scalar value."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # start from V = 0: no bias on early advantages
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, model_inputs: dict, response_width: int) -> torch.Tensor:
+        h = response_hidden_states(self.backbone, model_inputs, response_width)
+        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return text.hidden_size
+
+
+class Critic:
+    def __init__(self, value_model: ValueModel, engine, cfg: Config):
+        self.model = value_model
+        self.engine = engine
+        self.cfg = cfg
+
+    @classmethod
+    def build(cls, cfg: Config, device: torch.device, total_steps: int) -> "Critic":
+        from rllava.engines import TRAIN_ENGINES
+        from rllava.models.load import load_model_and_processor
+        from rllava.pipelines.run import training_model_config
+
+        mcfg = dataclasses.replace(training_model_config(cfg, cfg.critic.model_path), lora_rank=0)
+        backbone, _ = load_model_and_processor(mcfg, device=device)
+        model = ValueModel(backbone, hidden_size_of(backbone)).to(device)
+        c = cfg.critic
+        engine = TRAIN_ENGINES.get(cfg.actor.strategy)(
+            model, lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps, total_steps=total_steps * c.ppo_epochs,
+            max_grad_norm=c.max_grad_norm, compute_dtype=cfg.model.dtype, device=device)
+        return cls(model, engine, cfg)  # on resume, the trainer state restores weights and optimizer
+
+    def state_dict(self) -> dict:
+        return {"engine": self.engine.state_dict(), "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.engine.load_state_dict(state["engine"])
+
+    @torch.no_grad()
+    def values(self, batch: Batch) -> torch.Tensor:
+        out = torch.zeros(batch.responses.shape, dtype=torch.float32)
+        with self.engine.compute(train=False):
+            for rows in batch.token_budget_groups(self.cfg.actor.micro_token_budget):
+                micro = batch.select(rows)
+                v = self.model(micro.model_inputs(self.engine.device), micro.response_width)
+                out[rows, : v.shape[1]] = v.cpu()
+        return out * batch.response_mask
+
+    def update(self, batch: Batch, seed: int = 0) -> dict[str, float]:
+        """Clipped value regression toward the returns (token-mean over the response)."""
+        clip = self.cfg.critic.value_clip
+        sums: dict[str, float] = defaultdict(float)
+        n = 0
+        for _ in range(self.cfg.critic.ppo_epochs):
+            total_tokens = batch.response_mask.sum().clamp(min=1)
+            with self.engine.compute(train=True):
+                for micro in batch.split_by_tokens(self.cfg.actor.micro_token_budget):
+                    m = micro.to(self.engine.device)
+                    v = self.model(m.model_inputs(), m.response_width)
+                    loss_tok = (v - m.returns) ** 2
+                    if clip is not None:
+                        v_clipped = m.values + (v - m.values).clamp(-clip, clip)
+                        loss_tok = torch.maximum(loss_tok, (v_clipped - m.returns) ** 2)
+                    loss = 0.5 * (loss_tok * m.response_mask).sum() / total_tokens
+                    loss.backward()
+                    sums["critic/value_loss"] += float(loss)
+            for k, v in self.engine.step().items():
+                sums[f"critic/{k}"] += v
+            n += 1
+        return {k: v / n for k, v in sums.items()}

@@ -1,0 +1,34 @@
+"""The reference policy: a frozen copy of the initial weights, or the LoRA base with adapters off."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from rllava.config import Config
+from rllava.data.types import Batch
+from rllava.models.logprobs import response_logprobs
+from rllava.roles.actor import batched_logprobs, sampling_temperature
+
+
+class Reference:
+    def __init__(self, model: nn.Module, cfg: Config, device: torch.device, compute, use_disabled_adapter: bool = False):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.compute = compute  # the actor engine's precision context
+        self.use_disabled_adapter = use_disabled_adapter
+        if not use_disabled_adapter:
+            model.requires_grad_(False)
+            model.eval()
+
+    def _forward(self, batch: Batch, with_entropy: bool):
+        return response_logprobs(self.model, batch.model_inputs(self.device), batch.responses.to(self.device),
+                                 temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
+                                 with_entropy=with_entropy)
+
+    def logprobs(self, batch: Batch) -> torch.Tensor:
+        adapters_off = self.model.disable_adapter() if self.use_disabled_adapter else contextlib.nullcontext()
+        with adapters_off, self.compute(train=False):
+            return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget)

@@ -1,0 +1,30 @@
+"""The reward role: scores episodes with the configured (weighted) reward functions."""
+from __future__ import annotations
+
+from rllava.config import RewardConfig
+from rllava.data.types import Episode
+from rllava.rewards.combine import RewardFunction
+
+
+class RewardScorer:
+    def __init__(self, cfg: RewardConfig):
+        self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
+        self.accuracy_key = cfg.accuracy_key
+        self.n_errors = 0  # over the whole run
+
+    def score(self, episodes: list[Episode]) -> dict[str, float]:
+        """Fill episode.reward / reward_info; return the batch's reward metrics."""
+        if not episodes:
+            return {}
+        scores, infos, n_errors = self.fn([e.response_text for e in episodes], [e.prompt.meta for e in episodes])
+        self.n_errors += n_errors
+        for e, s, info in zip(episodes, scores, infos):
+            e.reward = float(s)
+            e.reward_info = dict(info)
+        metrics = {"reward/mean": sum(scores) / len(scores), "reward/errors": float(n_errors),
+                   "reward/errors_total": float(self.n_errors)}
+        keys = sorted({k for e in episodes for k in e.reward_info if k != "overall"})
+        for k in keys:
+            vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
+            metrics[f"reward/{k}"] = sum(vals) / len(vals)
+        return metrics

@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+
+from rllava.config import Config, ConfigError, load_config, parse_overrides, to_yaml
+
+
+def write(tmp_path, text):
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "rollout:\n  n: 4\n  temperature: 0.7\nalgorithm:\n  adv_estimator: rloo\n")
+    cfg = load_config(path, ["rollout.n=8", "actor.lr=3e-5", "reward.functions={count: 1.0, format: 0.1}"])
+    assert cfg.rollout.n == 8 and cfg.rollout.temperature == 0.7
+    assert cfg.algorithm.adv_estimator == "rloo"
+    assert cfg.actor.lr == pytest.approx(3e-5)
+    assert cfg.reward.functions == {"count": 1.0, "format": 0.1}  # a mapping override replaces, not merges
+
+
+def test_unknown_key_names_closest(tmp_path):
+    path = write(tmp_path, "rollout:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'rollout.temprature'; did you mean 'rollout.temperature'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="did you mean 'algorithm'"):
+        load_config(None, ["algorithms.kl_coef=0.1"])
+
+
+def test_wrong_type_is_clear():
+    with pytest.raises(ConfigError, match=r"rollout.n: expected int, got str 'many'"):
+        load_config(None, ["rollout.n=many"])
+    with pytest.raises(ConfigError, match=r"trainer.progress_bar: expected bool"):
+        load_config(None, ["trainer.progress_bar=3"])
+    # ints are accepted for floats, None for Optional
+    cfg = load_config(None, ["actor.lr=1", "algorithm.clip_ratio_c=null"])
+    assert isinstance(cfg.actor.lr, float) and cfg.algorithm.clip_ratio_c is None
+
+
+def test_override_format_errors():
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_overrides(["rollout.n"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(None, ["rollout.n=2", "rollout.n.x=3"])
+
+
+def test_defaults_round_trip(tmp_path):
+    cfg = Config()
+    path = write(tmp_path, to_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/exp.yaml")
+
+
+def test_cli_config_prints_resolved(tmp_path):
+    path = write(tmp_path, "rollout:\n  n: 3\n")
+    out = subprocess.run([sys.executable, "-m", "rllava", "config", path, "rollout.top_p=0.9"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "n: 3" in out and "top_p: 0.9" in out
+    bad = subprocess.run([sys.executable, "-m", "rllava", "config", path, "rollout.nn=3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'rollout.n'" in bad.stderr and "Traceback" not in bad.stderr
