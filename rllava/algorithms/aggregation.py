@@ -20,31 +20,37 @@ import torch
 
 from rllava.registry import Registry
 
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x * mask, with masked positions exactly 0 even when x holds inf/NaN there (inf * 0 is NaN)."""
+    return torch.where(mask != 0, x * mask, torch.zeros_like(x))
+
+
 AGGREGATIONS = Registry("aggregation", "how a per-token loss [B, T] is reduced to a scalar (algorithm.loss_agg_mode)")
 
 
 @AGGREGATIONS.register("token-mean", unit="token")
 def token_mean(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
     """Mean over all trained tokens of the batch (long sequences weigh more; DAPO)."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return _masked(x, mask).sum() / mask.sum().clamp(min=1)
 
 
 @AGGREGATIONS.register("seq-mean-token-sum", unit="seq")
 def seq_mean_token_sum(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
     """Sum over each sequence's tokens, then mean over sequences."""
-    return (x * mask).sum(-1).mean()
+    return _masked(x, mask).sum(-1).mean()
 
 
 @AGGREGATIONS.register("seq-mean-token-mean", unit="seq")
 def seq_mean_token_mean(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
     """Mean over each sequence's tokens, then mean over sequences (original GRPO)."""
-    return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    return (_masked(x, mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm", unit="seq")
 def seq_mean_token_sum_norm(x: torch.Tensor, mask: torch.Tensor, norm_len: Optional[int] = None) -> torch.Tensor:
     """Sum over each sequence's tokens / max response length, then mean over sequences (Dr. GRPO)."""
-    return ((x * mask).sum(-1) / float(norm_len or mask.shape[-1])).mean()
+    return (_masked(x, mask).sum(-1) / float(norm_len or mask.shape[-1])).mean()
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: Optional[int] = None) -> torch.Tensor:
@@ -56,12 +62,12 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `x` over positions where `mask` is non-zero (0 when there are none)."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return _masked(x, mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over masked positions (unbiased variance); masked positions become 0."""
     n = mask.sum()
     mean = masked_mean(x, mask)
-    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
+    var = _masked((x - mean) ** 2, mask).sum() / (n - 1).clamp(min=1)
+    return _masked((x - mean) * torch.rsqrt(var + eps), mask)

@@ -83,11 +83,12 @@ class Actor:
                         adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
                         loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
                                                 entropy=entropy, norm_len=batch.response_width)
-                        ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode)
+                        ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=batch.response_width)
                         if algo.entropy_coef:
                             loss = loss - algo.entropy_coef * ent
                         if use_kl_loss:
-                            kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode)
+                            kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode,
+                                         norm_len=batch.response_width)
                             loss = loss + algo.kl_coef * kl
                             metrics["kl_loss"] = float(kl)
                         metrics["entropy"] = float(ent)

@@ -1,0 +1,28 @@
+"""RL algorithms as small registered functions: advantages, policy losses, aggregation, KL, filters, shaping.
+
+Importing this package fills every algorithm registry. User code adds its own entries with the
+same decorators (`@ADVANTAGES.register("name")`) from a plugin file; no framework edit needed.
+This layer imports torch and `rllava.registry` only.
+"""
+from rllava.algorithms.advantages import ADVANTAGES, check_batch, compute_advantages, discounted_returns
+from rllava.algorithms.aggregation import AGGREGATIONS, aggregate, masked_mean, masked_whiten
+from rllava.algorithms.filters import GROUP_FILTERS
+from rllava.algorithms.kl import (
+    KL_CONTROLLERS,
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    apply_kl_penalty,
+    entropy_loss,
+    kl_loss,
+    make_kl_controller,
+)
+from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate
+from rllava.algorithms.shaping import REWARD_SHAPERS
+
+__all__ = [
+    "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
+    "REWARD_SHAPERS", "AdaptiveKLController", "FixedKLController", "aggregate", "apply_kl_penalty",
+    "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten",
+]

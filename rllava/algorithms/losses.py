@@ -1,0 +1,186 @@
+"""Policy losses: `fn(logp, old_logp, advantages, mask, cfg, **extra) -> (loss, metrics)`.
+
+Conventions:
+- Losses are *minimised*: a positive advantage A makes the loss fall as log pi(token) rises,
+  i.e. the per-token loss is -A * (something increasing in pi).
+- All tensors are [B, T] and aligned with the response tokens; `mask` is 1.0 on trained tokens.
+- ratio = pi / pi_old = exp(logp - old_logp); the log-ratio is zeroed on masked positions and
+  clamped to [-20, 20] so padding never makes inf/NaN.
+- The per-token loss is reduced with `aggregate(..., cfg.loss_agg_mode, extra["norm_len"])`.
+- Truncated importance sampling (TIS): when `cfg.tis_cap` is set and `extra["rollout_logp"]` is
+  given, every per-token loss is multiplied by the detached weight
+  min(exp(old_logp - rollout_logp), tis_cap), correcting for the rollout engine's sampling
+  distribution differing from the trainer's.
+- Metrics are plain floats, averaged over trained tokens: `clip_frac_low/high/dual`,
+  `approx_kl` (k3 estimate of KL(pi_old || pi)), `ratio_mean`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from rllava.algorithms.aggregation import aggregate, masked_mean
+from rllava.registry import Registry
+
+POLICY_LOSSES = Registry("policy_loss", "policy losses (algorithm.policy_loss): fn(logp, old_logp, adv, mask, cfg) -> (loss, metrics)")
+
+RATIO = ("old_logp",)  # losses that use the importance ratio need old log-probs (or logp.detach() on-policy)
+
+
+def _log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask != 0, logp - old_logp, torch.zeros_like(logp)).clamp(-20.0, 20.0)
+
+
+def _ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, **fracs: torch.Tensor) -> dict[str, float]:
+    """approx_kl (k3), ratio_mean, and the masked fraction of every boolean tensor in `fracs`."""
+    lr = log_ratio.detach()
+    out = {"approx_kl": masked_mean(lr.exp() - 1 - lr, mask), "ratio_mean": masked_mean(lr.exp(), mask)}
+    out.update({k: masked_mean(v.to(mask.dtype), mask) for k, v in fracs.items()})
+    return {k: float(v) for k, v in out.items()}
+
+
+def _finish(per_token: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor, cfg: Any,
+            extra: dict, metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Apply the TIS weight (if configured) and aggregate."""
+    rollout_logp = extra.get("rollout_logp")
+    if cfg.tis_cap is not None and rollout_logp is not None:
+        # exp(min(x, log cap)) == min(exp(x), cap) but never overflows on padding.
+        w = ((old_logp - rollout_logp) * mask).clamp(max=math.log(cfg.tis_cap)).exp().detach()
+        per_token = per_token * w
+        metrics["tis_weight_mean"] = float(masked_mean(w, mask))
+    return aggregate(per_token, mask, cfg.loss_agg_mode, extra.get("norm_len")), metrics
+
+
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, cfg: Any, dual: bool = True):
+    """PPO's pessimistic clipped objective per token, plus which tokens each clip touched."""
+    low, high, c = 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high, cfg.clip_ratio_c
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(low, high))
+    fracs = {"clip_frac_low": (adv < 0) & (ratio < low), "clip_frac_high": (adv > 0) & (ratio > high)}
+    if dual and c is not None:
+        if c <= 1:
+            raise ValueError(f"algorithm.clip_ratio_c must be > 1 for dual-clip PPO, got {c}")
+        # For A < 0 the unclipped loss -A*ratio grows without bound in ratio; cap it at -A*c.
+        fracs["clip_frac_dual"] = (adv < 0) & (ratio > c)
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * c), loss)
+    return loss, fracs
+
+
+@POLICY_LOSSES.register("ppo", requires=RATIO)
+def ppo(logp, old_logp, advantages, mask, cfg, **extra):
+    """PPO clipped surrogate, asymmetric clip (clip-higher) and dual-clip for negative advantages."""
+    lr = _log_ratio(logp, old_logp, mask)
+    loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg)
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
+
+
+@POLICY_LOSSES.register("gspo", requires=RATIO)
+def gspo(logp, old_logp, advantages, mask, cfg, **extra):
+    """GSPO: sequence ratio exp(mean token log-ratio), clipped; token form sg(s_i) * pi / sg(pi)."""
+    lr = _log_ratio(logp, old_logp, mask)
+    seq_lr = lr.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    # Value = s_i at every token; gradient wrt logp_t = s_i (each token carries the sequence ratio).
+    token_lr = seq_lr.detach() + logp - logp.detach()
+    loss, fracs = clipped_surrogate(token_lr.exp(), advantages, cfg, dual=False)
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
+
+
+@POLICY_LOSSES.register("gmpo", requires=RATIO)
+def gmpo(logp, old_logp, advantages, mask, cfg, **extra):
+    """GMPO: -A * geometric mean of token ratios, token log-ratios clipped sign-aware in log space.
+
+    For A > 0 a token's log-ratio is min(lr, clip(lr)) (caps upward moves), for A < 0 it is
+    max(lr, clip(lr)); clip range [-clip_ratio_low, clip_ratio_high]. The sequence loss is
+    broadcast over the sequence's tokens: `seq-mean-token-mean` reproduces the paper exactly.
+    """
+    lr = _log_ratio(logp, old_logp, mask)
+    sign = torch.sign(advantages)
+    clipped = sign * torch.minimum(sign * lr, sign * lr.clamp(-cfg.clip_ratio_low, cfg.clip_ratio_high))
+    n = mask.sum(-1).clamp(min=1)
+    seq_ratio = ((clipped * mask).sum(-1) / n).exp()
+    seq_adv = (advantages * mask).sum(-1) / n
+    loss = (-seq_adv * seq_ratio)[:, None].expand_as(mask)
+    fracs = {"clip_frac_low": (advantages < 0) & (lr < -cfg.clip_ratio_low),
+             "clip_frac_high": (advantages > 0) & (lr > cfg.clip_ratio_high)}
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
+
+
+def _centered_cov(advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token covariance term (A - mean A) * (logp - mean logp) over trained tokens (detached)."""
+    a, lp = advantages.detach(), logp.detach()
+    return (a - masked_mean(a, mask)) * (lp - masked_mean(lp, mask))
+
+
+@POLICY_LOSSES.register("clip_cov", requires=RATIO)
+def clip_cov(logp, old_logp, advantages, mask, cfg, **extra):
+    """Clip-Cov: PPO clip, plus detach a random clip_cov_ratio share of tokens with cov in [lb, ub].
+
+    Candidates are trained tokens not already clipped by PPO. The choice uses torch's global
+    CPU generator (or `extra["generator"]`), so it is reproducible under `torch.manual_seed`.
+    """
+    lr = _log_ratio(logp, old_logp, mask)
+    loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg, dual=False)
+    cov = _centered_cov(advantages, logp, mask)
+    unclipped = -advantages * lr.exp() >= loss
+    cand = ((mask > 0) & unclipped & (cov >= cfg.clip_cov_lb) & (cov <= cfg.clip_cov_ub)).flatten().nonzero().squeeze(-1)
+    n_pick = min(max(int(cfg.clip_cov_ratio * float(mask.sum())), 1), cand.numel())
+    perm = torch.randperm(cand.numel(), generator=extra.get("generator"))[:n_pick].to(cand.device)
+    picked = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    picked[cand[perm]] = True
+    picked = picked.view_as(mask)
+    loss = torch.where(picked, loss.detach(), loss)
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, clip_cov_frac=picked, **fracs))
+
+
+@POLICY_LOSSES.register("kl_cov", requires=RATIO)
+def kl_cov(logp, old_logp, advantages, mask, cfg, **extra):
+    """KL-Cov: unclipped -A*ratio, plus kl_cov_coef*|logp - old_logp| on the top kl_cov_ratio tokens by cov."""
+    lr = _log_ratio(logp, old_logp, mask)
+    loss = -advantages * lr.exp()
+    cov = torch.where(mask > 0, _centered_cov(advantages, logp, mask), torch.full_like(lr, -torch.inf))
+    k = int(cfg.kl_cov_ratio * float(mask.sum()))  # floor, so tiny batches may penalise no token
+    picked = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    if k > 0:
+        picked[cov.flatten().topk(k).indices] = True
+    picked = picked.view_as(mask) & (mask > 0)
+    loss = loss + picked.to(loss.dtype) * cfg.kl_cov_coef * lr.abs()
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, kl_cov_frac=picked))
+
+
+@POLICY_LOSSES.register("cispo", requires=RATIO)
+def cispo(logp, old_logp, advantages, mask, cfg, **extra):
+    """CISPO: -sg(clip(ratio, 1-low, 1+high)) * A * logp (every token keeps a gradient)."""
+    lr = _log_ratio(logp, old_logp, mask)
+    ratio = lr.exp().detach()
+    low, high = 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high
+    loss = -ratio.clamp(low, high) * advantages * logp
+    fracs = {"clip_frac_low": ratio < low, "clip_frac_high": ratio > high}
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
+
+
+@POLICY_LOSSES.register("sapo", requires=RATIO)
+def sapo(logp, old_logp, advantages, mask, cfg, **extra):
+    """SAPO soft gate: -A * (4/tau) * sigmoid(tau * (ratio - 1)), tau = sapo_tau_pos if A > 0 else sapo_tau_neg.
+
+    Gao et al. 2025 (arXiv 2511.20347). The gradient is A * 4p(1-p) * ratio * grad logp with
+    p = sigmoid(tau (ratio - 1)): exactly the policy gradient on-policy (ratio 1 -> weight 1),
+    smoothly damped as the ratio leaves 1; the larger tau_neg damps negative tokens faster.
+    """
+    lr = _log_ratio(logp, old_logp, mask)
+    tau = torch.where(advantages > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).to(lr.dtype)
+    loss = -advantages * (4.0 / tau) * torch.sigmoid(tau * (lr.exp() - 1))
+    return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask))
+
+
+@POLICY_LOSSES.register("gpg", requires=())
+def gpg(logp, old_logp, advantages, mask, cfg, **extra):
+    """GPG / vanilla policy gradient: -A * logp, no ratio and no clipping."""
+    return _finish(-advantages * logp, mask, old_logp, cfg, extra, {})
+
+
+@POLICY_LOSSES.register("sft", requires=())
+def sft(logp, old_logp, advantages, mask, cfg, **extra):
+    """Supervised NLL -logp on trained tokens; advantages (and TIS: there is no sampler) are ignored."""
+    loss = aggregate(-logp, mask, cfg.loss_agg_mode, extra.get("norm_len"))
+    return loss, {"nll": float(masked_mean(-logp.detach(), mask))}

@@ -1,0 +1,94 @@
+"""Load any HF VLM (image-text-to-text) or causal LM, with its processor, as the config asks.
+
+`load_model_and_processor(cfg.model)` handles a local folder or a hub name, dtype,
+attention implementation, gradient checkpointing, freezing the vision tower, LoRA and
+`trust_remote_code`. A text-only model's "processor" is its tokenizer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from rllava.config import ModelConfig
+from rllava.models.introspect import (  # noqa: F401  (re-exported: the helpers callers use with a loaded model)
+    eos_token_ids,
+    get_tokenizer,
+    is_vlm,
+    pad_token_id,
+    vision_tower_params,
+)
+from rllava.models.lora import apply_lora
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+# Tried in order: the first auto class that knows the config's type loads the model.
+AUTO_CLASSES = (AutoModelForImageTextToText, AutoModelForCausalLM)
+
+
+def _auto_class_for(config: Any) -> type:
+    remote = getattr(config, "auto_map", None) or {}
+    for auto in AUTO_CLASSES:
+        if type(config) in auto._model_mapping or auto.__name__ in remote:
+            return auto
+    raise ValueError(f"model type {config.model_type!r} is neither an image-text-to-text model nor a causal LM "
+                     f"(known to {', '.join(a.__name__ for a in AUTO_CLASSES)})")
+
+
+def _resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _check_path(path: str) -> None:
+    if not path:
+        raise ValueError("model.path is empty: give a local HF model folder or a hub name")
+    p = Path(path)
+    looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
+    if looks_local and not p.exists():
+        raise FileNotFoundError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
+    if p.exists() and p.is_dir() and not (p / "config.json").exists():
+        raise FileNotFoundError(f"model.path {path!r} has no config.json: not an HF model folder")
+
+
+def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any:
+    """The processor of a VLM, the tokenizer of a text-only model."""
+    loader = AutoProcessor if vlm else AutoTokenizer
+    return loader.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> nn.Module:
+    """The model alone, with dtype, attention, checkpointing, frozen vision tower and LoRA applied."""
+    _check_path(cfg.path)
+    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    auto = _auto_class_for(config)
+    model = auto.from_pretrained(cfg.path, dtype=_resolve_dtype(dtype or cfg.dtype),
+                                 attn_implementation=cfg.attn_implementation,
+                                 trust_remote_code=cfg.trust_remote_code)
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no `enable_input_require_grads` hack (frozen embeddings, LoRA).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.freeze_vision_tower:
+        if not is_vlm(model):
+            raise ValueError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")
+        for p in vision_tower_params(model):
+            p.requires_grad_(False)
+    if cfg.lora_rank > 0:
+        model = apply_lora(model, cfg)
+    return model
+
+
+def load_model_and_processor(cfg: ModelConfig, device: str | torch.device = "cpu",
+                             dtype: str | torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """(model, processor) for `cfg`; `dtype` overrides `cfg.dtype` (e.g. fp32 master weights under autocast)."""
+    model = load_model(cfg, device, dtype)
+    processor = load_processor(cfg.tokenizer_path or cfg.path, is_vlm(model), cfg.trust_remote_code)
+    return model, processor

@@ -1,0 +1,104 @@
+"""Token log-probs and entropy of response tokens without [B, T, V] float32 logits.
+
+The base model runs once and returns only its last hidden states. The LM head is then
+applied to the response-predicting positions in chunks of `chunk_size` rows, and each
+chunk's log-softmax and entropy are computed in fp32. Under autograd each chunk is
+checkpointed, so its logits are recomputed in backward instead of being kept alive:
+peak extra memory is one [chunk_size, V] block, forward and backward.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rllava.models.introspect import unwrap
+
+
+def _logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's own post-LM-head logit transform (identity for most).
+
+    Read from the top-level config, as HF heads do: Gemma3ForCausalLM applies its softcap, while
+    Gemma3ForConditionalGeneration (whose config holds it only inside text_config) does not.
+    """
+    cfg = model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma2/3: cap * tanh(logits / cap)
+    scale = getattr(cfg, "logit_scale", None)  # Cohere: logits * scale
+    divisor = getattr(cfg, "logits_scaling", None)  # Granite: logits / scaling
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+def last_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, L, H] final-layer hidden states from the model's base module (no LM head, no KV cache)."""
+    hf = unwrap(model)
+    base = hf.base_model
+    if base is hf:
+        raise ValueError(f"{type(hf).__name__} has no base module (base_model_prefix={hf.base_model_prefix!r})")
+    inputs = dict(model_inputs)
+    # Left padding: text decoders need positions that start at each row's first real token, as in
+    # `generate`. M-RoPE models (they have get_rope_index) derive their positions from the mask themselves.
+    if "position_ids" not in inputs and "attention_mask" in inputs and not hasattr(base, "get_rope_index"):
+        inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    out = base(**inputs, use_cache=False, return_dict=True)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _chunk_stats(head: nn.Module, transform: Callable, temperature: float, with_entropy: bool,
+                 hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = transform(head(hidden).float()) / temperature
+    logz = torch.logsumexp(logits, -1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    probs = torch.softmax(logits, -1)
+    entropy = logz - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], responses: torch.Tensor,
+                      temperature: float = 1.0, chunk_size: int = 1024,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, T] (fp32) of `responses` and, if asked, the policy entropy [B, T] at each response position.
+
+    `model_inputs` holds sequences of width L = P + T laid out as [left-padded prompt | right-padded response],
+    plus any per-token extras and image tensors the model's forward takes. Padded response positions get
+    values too (callers mask them). Logits are divided by `temperature`, matching sampling at that temperature.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    B, T = responses.shape
+    L = model_inputs["input_ids"].shape[1]
+    if T == 0:
+        empty = responses.new_zeros((B, 0), dtype=torch.float32)
+        return empty, (empty.clone() if with_entropy else None)
+    if L <= T:
+        raise ValueError(f"input_ids width {L} must exceed the response width {T} (prompt + response)")
+    hf = unwrap(model)
+    head = hf.get_output_embeddings()
+    transform = _logit_transform(hf)
+    hidden = last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]  # positions that predict the response
+    flat_h = hidden.reshape(B * T, hidden.shape[-1])
+    flat_t = responses.reshape(B * T)
+    use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
+    logps, ents = [], []
+    for start in range(0, B * T, chunk_size):
+        args = (head, transform, temperature, with_entropy, flat_h[start:start + chunk_size],
+                flat_t[start:start + chunk_size])
+        lp, h = checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args)
+        logps.append(lp)
+        ents.append(h)
+    logp = torch.cat(logps).view(B, T)
+    entropy = torch.cat(ents).view(B, T) if with_entropy else None
+    return logp, entropy

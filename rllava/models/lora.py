@@ -1,0 +1,42 @@
+"""LoRA adapters (peft) on the language model's linear layers; the vision tower is left alone.
+
+`disable_adapter()` on the returned model gives the base weights, which is how the
+reference policy is computed without a second copy of the model.
+"""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from rllava.config import ModelConfig
+from rllava.models.introspect import decoder_module_name
+
+
+def language_lora_targets(model: nn.Module, targets: str = "all-linear") -> str:
+    """A peft `target_modules` regex matching linear layers inside the language decoder only.
+
+    `targets` is "all-linear" or comma-separated leaf names such as "q_proj,v_proj".
+    """
+    prefix = decoder_module_name(model)
+    wanted = None if targets.strip() == "all-linear" else {t.strip() for t in targets.split(",") if t.strip()}
+    leaves = set()
+    for name, module in model.named_modules():
+        inside = name.startswith(prefix + ".") if prefix else True
+        leaf = name.rsplit(".", 1)[-1]
+        if inside and isinstance(module, nn.Linear) and (wanted is None or leaf in wanted):
+            leaves.add(leaf)
+    if not leaves:
+        raise ValueError(f"model.lora_target_modules={targets!r} matches no linear layer in the language model "
+                         f"({prefix or type(model).__name__})")
+    scope = re.escape(prefix) + r"\.(.*\.)?" if prefix else r"(.*\.)?"
+    return scope + "(" + "|".join(sorted(map(re.escape, leaves))) + ")"
+
+
+def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Wrap `model` with LoRA adapters of rank `cfg.lora_rank`; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=language_lora_targets(model, cfg.lora_target_modules), bias="none")
+    return get_peft_model(model, lora)

@@ -1,0 +1,114 @@
+"""`RewardFunction`: a weighted sum of named reward functions that never stops a run on one bad sample.
+
+Names are built-ins (`math`, `count`, ...) or `path/to/file.py:fn`. A component that raises
+or returns a non-finite score is scored `on_error`, counted, and logged once per component.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rllava.rewards.registry import REWARDS
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[..., Any]
+
+
+def _load_file_function(spec: str) -> RewardFn:
+    path_str, _, fn_name = spec.rpartition(":")
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"reward {spec!r}: file {path_str!r} not found")
+    module_name = f"rllava_reward_{abs(hash(str(path.resolve())))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        loader_spec.loader.exec_module(module)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise AttributeError(f"reward {spec!r}: {path_str} has no function {fn_name!r}")
+    return fn
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """A built-in reward by name, or `path/to/file.py:fn` imported from a user file."""
+    head, sep, _ = name.rpartition(":")
+    if sep and head.endswith(".py"):
+        return _load_file_function(name)
+    return REWARDS.get(name)  # unknown: an error naming the closest built-in
+
+
+def _reports_accuracy(name: str) -> bool:
+    return name in REWARDS and bool(REWARDS.entry(name).meta.get("accuracy"))
+
+
+def _as_dict(value: Any) -> dict[str, float]:
+    """Normalise a float or dict reward; raise if it is not a finite score."""
+    if isinstance(value, dict):
+        if "overall" not in value:
+            raise ValueError(f"a dict reward needs an 'overall' key, got keys {sorted(value)}")
+        out = {k: float(v) for k, v in value.items()}
+    else:
+        out = {"overall": float(value)}
+    if not math.isfinite(out["overall"]):
+        raise ValueError(f"non-finite reward {out['overall']}")
+    return out
+
+
+class RewardFunction:
+    """Weighted sum of reward components: `RewardFunction({"count": 1.0, "format": 0.1})`."""
+
+    def __init__(self, functions: dict[str, float], on_error: float = 0.0):
+        if not functions:
+            raise ValueError("reward.functions is empty: name at least one reward function")
+        self.weights = dict(functions)
+        self.fns = {name: resolve_reward(name) for name in functions}
+        self.on_error = float(on_error)
+        self._logged: set[str] = set()
+
+    def score_one(self, response: str, meta: dict[str, Any]) -> tuple[float, dict[str, float], int]:
+        """(overall, info, errors) for one response; info holds each component and its extra keys."""
+        kwargs = {k: v for k, v in meta.items() if k not in ("response", "answer")}
+        answer = meta.get("answer", "")
+        info: dict[str, float] = {}
+        total, errors = 0.0, 0
+        for name, fn in self.fns.items():
+            try:
+                parts = _as_dict(fn(response, answer, **kwargs))
+            except Exception as e:  # a reward bug must not end a long run: score it, count it, say it once
+                errors += 1
+                if name not in self._logged:
+                    self._logged.add(name)
+                    logger.warning("reward %r failed (scored %s; further failures counted, not logged): %s: %s",
+                                   name, self.on_error, type(e).__name__, e)
+                parts = {"overall": self.on_error}
+                if _reports_accuracy(name):
+                    parts["accuracy"] = 0.0
+            info[name] = parts["overall"]
+            total += self.weights[name] * parts["overall"]
+            for key, value in parts.items():
+                if key == "accuracy":
+                    info.setdefault("accuracy", value)  # from the first component that reports it
+                elif key != "overall":
+                    info[f"{name}/{key}"] = value
+        info["overall"] = total
+        return total, info, errors
+
+    def __call__(self, responses: list[str], prompts_meta: list[dict[str, Any]]) -> tuple[list[float], list[dict], int]:
+        """Score each response against its prompt's metadata: (scores, infos, number of failed components)."""
+        if len(responses) != len(prompts_meta):
+            raise ValueError(f"{len(responses)} responses but {len(prompts_meta)} prompt metadata entries")
+        scores, infos, n_errors = [], [], 0
+        for response, meta in zip(responses, prompts_meta):
+            total, info, errors = self.score_one(response, meta)
+            scores.append(total)
+            infos.append(info)
+            n_errors += errors
+        return scores, infos, n_errors

@@ -1,0 +1,32 @@
+"""`count` (integer answers) and `exact_match` (short strings such as a label read off an image)."""
+from __future__ import annotations
+
+import re
+
+from rllava.rewards.extract import final_answer, last_integer
+from rllava.rewards.registry import REWARDS
+
+
+@REWARDS.register("count", accuracy=True)
+def count_reward(response: str, answer: str, **meta) -> dict[str, float]:
+    """1 if the last whole number in the final answer (digits or a word like "three") equals the answer."""
+    try:
+        gold = int(float(str(answer).strip()))
+    except ValueError:
+        raise ValueError(f"count reward: ground truth {answer!r} is not an integer") from None
+    pred = last_integer(final_answer(response))
+    ok = pred is not None and pred == gold
+    return {"overall": float(ok), "accuracy": float(ok)}
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, strip quotes, trailing punctuation and repeated whitespace."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return text.strip("\"'`“”‘’").strip().rstrip(".!").strip()
+
+
+@REWARDS.register("exact_match", accuracy=True)
+def exact_match_reward(response: str, answer: str, **meta) -> dict[str, float]:
+    """1 if the final answer equals the ground truth after normalisation (case, quotes, spacing)."""
+    ok = normalize_text(final_answer(response)) == normalize_text(str(answer))
+    return {"overall": float(ok), "accuracy": float(ok)}

@@ -1,0 +1,68 @@
+"""Pull the final answer out of a model response: `<answer>` tags, `\\boxed{}`, or the last number."""
+from __future__ import annotations
+
+import re
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
+def answer_tag(text: str) -> str | None:
+    """Content of the last `<answer>...</answer>` pair (stripped), or None when there is none."""
+    found = _ANSWER_TAG.findall(text)
+    return found[-1].strip() if found else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces matched; None if absent or unclosed."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def final_answer(text: str) -> str:
+    """The answer span: inside `<answer>` tags if any (then a `\\boxed{}` within them), else the last
+    `\\boxed{}`, else the whole response."""
+    tagged = answer_tag(text)
+    if tagged is not None:
+        boxed = last_boxed(tagged)
+        return boxed if boxed is not None else tagged
+    boxed = last_boxed(text)
+    return boxed if boxed is not None else text.strip()
+
+
+def numbers(text: str) -> list[float]:
+    """Every number in `text` in order (thousands separators allowed: "1,000" is 1000)."""
+    return [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
+
+
+def last_number(text: str) -> float | None:
+    found = numbers(text)
+    return found[-1] if found else None
+
+
+def last_integer(text: str) -> int | None:
+    """The last number written as digits or as a word ("three"); None if it is not a whole number."""
+    tokens = re.findall(r"[A-Za-z]+|" + _NUMBER.pattern, text)
+    for tok in reversed(tokens):
+        word = tok.lower()
+        if word in _NUMBER_WORDS:
+            return _NUMBER_WORDS[word]
+        if word[:1].isalpha():
+            continue
+        value = float(tok.replace(",", ""))
+        return int(value) if value == int(value) else None
+    return None

@@ -1,0 +1,57 @@
+"""`math`: answer equivalence checked symbolically with math-verify (\\frac{1}{2} == 0.5, "5 cm" == 5)."""
+from __future__ import annotations
+
+import re
+import threading
+
+from rllava.rewards.extract import final_answer, last_number
+from rllava.rewards.registry import REWARDS
+
+
+# "12 cm^2" / "3 square meters": a number followed by a unit, which math-verify can misread as a product.
+_NUMBER_WITH_UNIT = re.compile(
+    r"^\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:square\s+|sq\.?\s*)?"
+    r"(?:cm|mm|km|m|in|inch(?:es)?|ft|feet|units?|meters?|centimeters?)\s*(?:\^\s*\{?[23]\}?|²|³)?\s*\.?\s*$",
+    re.IGNORECASE)
+
+
+def _timeout() -> int | None:
+    # math-verify's timeout uses signal.alarm, which only works on the main thread.
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(text: str) -> list:
+    from math_verify import parse  # imported lazily: its first import pulls in sympy
+
+    return parse(text, parsing_timeout=_timeout())
+
+
+def _as_latex(text: str) -> str:
+    """Wrap a bare answer in $...$ so math-verify reads it as LaTeX (it already handles plain numbers)."""
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """True when `pred` and `gold` parse to equal values or expressions."""
+    from math_verify import verify
+
+    gold_parsed = _parse(_as_latex(gold)) or _parse(gold)
+    if not gold_parsed:
+        return pred.strip() == gold.strip()
+    unit = _NUMBER_WITH_UNIT.match(pred)
+    if unit:
+        pred = unit.group(1).replace(",", "")
+    pred_parsed = _parse(_as_latex(pred)) or _parse(pred)
+    return bool(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=_timeout())
+
+
+@REWARDS.register("math", accuracy=True)
+def math_reward(response: str, answer: str, **meta) -> dict[str, float]:
+    """1 if the final answer (<answer> tags, then \\boxed{}, then the last number) equals the ground truth."""
+    answer = str(answer)
+    pred = final_answer(response)
+    ok = math_equal(pred, answer)
+    if not ok and pred == response.strip():  # no tags or box: fall back to the last number written
+        number = last_number(response)
+        ok = number is not None and math_equal(f"{number:g}", answer)
+    return {"overall": float(ok), "accuracy": float(ok)}

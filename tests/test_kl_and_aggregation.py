@@ -1,0 +1,136 @@
+"""Aggregation modes, KL estimators (incl. straight-through "+"), KL controllers, KL penalty/loss, entropy."""
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rllava.algorithms import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    aggregate,
+    apply_kl_penalty,
+    entropy_loss,
+    kl_loss,
+    make_kl_controller,
+)
+from rllava.config import AlgorithmConfig
+from rllava.registry import UnknownNameError
+
+X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("token-mean", 7 / 3),               # (1 + 2 + 4) / 3 tokens
+    ("seq-mean-token-sum", 3.5),         # (3 + 4) / 2
+    ("seq-mean-token-mean", 2.75),       # (1.5 + 4) / 2
+    ("seq-mean-token-sum-norm", 7 / 6),  # (3/3 + 4/3) / 2, constant = width 3
+])
+def test_aggregation_hand_values(mode, expected):
+    assert float(aggregate(X, MASK, mode)) == pytest.approx(expected)
+
+
+def test_sum_norm_uses_given_constant_and_empty_rows_count_as_zero():
+    assert float(aggregate(X, MASK, "seq-mean-token-sum-norm", norm_len=10)) == pytest.approx(0.35)
+    x, mask = torch.tensor([[1.0, 2.0], [5.0, 5.0]]), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert float(aggregate(x, mask, "seq-mean-token-mean")) == pytest.approx(0.75)
+    assert float(aggregate(x, mask, "token-mean")) == pytest.approx(1.5)
+
+
+def test_inf_on_padding_stays_out():
+    x = torch.tensor([[1.0, float("inf")], [2.0, float("nan")]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    for mode in AGGREGATIONS.names():
+        assert math.isfinite(float(aggregate(x, mask, mode)))
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS.names())
+def test_micro_batches_sum_back_to_the_batch_loss_with_unit_weights(mode):
+    """The `unit` meta tells the actor how to weight micro-batches; check it is exact."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5)
+    mask = torch.tensor([[1.0] * 5, [1.0, 1, 0, 0, 0], [1.0, 0, 0, 0, 0], [1.0, 1, 1, 0, 0]])
+    full = aggregate(x, mask, mode)
+    unit = AGGREGATIONS.entry(mode).meta["unit"]
+    total = 0.0
+    for rows, width in (([0, 1], 5), ([2, 3], 3)):  # the second micro-batch is trimmed to width 3
+        xm, mm = x[rows, :width], mask[rows, :width]
+        weight = float(mm.sum() / mask.sum()) if unit == "token" else len(rows) / 4
+        total += weight * float(aggregate(xm, mm, mode, norm_len=5))
+    assert total == pytest.approx(float(full), abs=1e-6)
+
+
+def test_aggregation_errors_are_clear():
+    with pytest.raises(UnknownNameError, match="token-mean"):
+        aggregate(X, MASK, "token_mean")
+    with pytest.raises(ValueError, match="shape"):
+        aggregate(X, MASK[:, :2], "token-mean")
+
+
+# d = logp - ref = [0.5, -1, 0]
+LOGP = torch.tensor([-1.0, -2.0, -0.7])
+REF = torch.tensor([-1.5, -1.0, -0.7])
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("k1", [0.5, -1.0, 0.0]),
+    ("k2", [0.125, 0.5, 0.0]),
+    ("k3", [0.106531, 0.718282, 0.0]),  # exp(-d) + d - 1
+    ("abs", [0.5, 1.0, 0.0]),
+])
+def test_kl_estimator_values(name, expected):
+    torch.testing.assert_close(KL_ESTIMATORS[name](LOGP, REF), torch.tensor(expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(KL_ESTIMATORS[name + "+"](LOGP, REF), torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+def test_k3_gradient_and_straight_through_gradient():
+    logp = LOGP.clone().requires_grad_(True)
+    (g3,) = torch.autograd.grad(KL_ESTIMATORS["k3"](logp, REF).sum(), logp)
+    torch.testing.assert_close(g3, torch.tensor([0.393469, -1.718282, 0.0]), atol=1e-6, rtol=0)  # 1 - exp(-d)
+    for name in ("k1+", "k3+", "abs+"):
+        (g,) = torch.autograd.grad(KL_ESTIMATORS[name](logp, REF).sum(), logp)
+        torch.testing.assert_close(g, torch.tensor([0.5, -1.0, 0.0]))  # k2's gradient: d
+
+
+def test_k3_is_clamped():
+    assert float(KL_ESTIMATORS["k3"](torch.tensor([-40.0]), torch.tensor([0.0]))) == 10.0
+
+
+def test_kl_controllers():
+    fixed = FixedKLController(0.3)
+    fixed.update(5.0, 100)
+    assert fixed.value == 0.3
+    ctrl = AdaptiveKLController(0.1, target=0.1, horizon=100)
+    ctrl.update(0.2, 10)  # error clipped to +0.2 -> x 1.02
+    assert ctrl.value == pytest.approx(0.102)
+    ctrl.update(0.05, 10)  # error -0.5 clipped to -0.2 -> x 0.98
+    assert ctrl.value == pytest.approx(0.09996)
+    cfg = replace(AlgorithmConfig(), kl_ctrl="adaptive", kl_coef=0.05)
+    assert isinstance(make_kl_controller(cfg), AdaptiveKLController) and make_kl_controller(cfg).value == 0.05
+    with pytest.raises(UnknownNameError, match="adaptive"):
+        make_kl_controller(replace(cfg, kl_ctrl="adaptiv"))
+
+
+DIFF = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+PEN_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+
+
+def test_apply_kl_penalty_in_reward():
+    token_rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    ref = torch.zeros(2, 3)
+    new, mean_kl = apply_kl_penalty(token_rewards, DIFF, ref, PEN_MASK, coef=0.5, estimator="k1")
+    torch.testing.assert_close(new, torch.tensor([[-0.05, -0.1, 0.85], [-0.2, 0.75, 0.0]]))
+    assert mean_kl == pytest.approx((0.2 + 0.45) / 2)  # per-sequence mean, then batch mean
+
+
+def test_kl_loss_and_entropy_loss():
+    logp = DIFF.clone().requires_grad_(True)
+    loss = kl_loss(logp, torch.zeros(2, 3), PEN_MASK, "k1", "token-mean")
+    assert float(loss.detach()) == pytest.approx(0.3)  # (0.1 + ... + 0.5) / 5
+    (g,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(g, PEN_MASK / 5)
+    assert float(entropy_loss(X, MASK, "token-mean")) == pytest.approx(7 / 3)
+    assert float(entropy_loss(X, MASK, "seq-mean-token-sum-norm", norm_len=10)) == pytest.approx(0.35)
