@@ -115,7 +115,7 @@ class Batch:
     # ---- construction
 
     @classmethod
-    def from_episodes(cls, episodes: list[Episode], pad_id: int) -> "Batch":
+    def from_episodes(cls, episodes: list[Episode], pad_id: int) -> Batch:
         prompts = [e.prompt for e in episodes]
         left = _pad_2d([p.input_ids for p in prompts], pad_id, True, torch.long)
         p_mask = _pad_2d([[1] * len(p.input_ids) for p in prompts], 0, True, torch.long)
@@ -153,8 +153,10 @@ class Batch:
         """Replace the scalar scores and put each at its sequence's last trained token."""
         self.rewards = scores.float()
         mask = self.response_mask
-        last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)  # index of the last trained token
         self.token_rewards = torch.zeros_like(mask)
+        if mask.shape[1] == 0:  # prompt-only batch (generation input)
+            return
+        last = (mask * torch.arange(1, mask.shape[1] + 1)).argmax(1)  # index of the last trained token
         has = mask.sum(1) > 0
         self.token_rewards[has, last[has]] = self.rewards[has]
 
@@ -177,7 +179,7 @@ class Batch:
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.seq_extras, **mm}
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
-    def select(self, idx: list[int] | torch.Tensor) -> "Batch":
+    def select(self, idx: list[int] | torch.Tensor) -> Batch:
         """Rows `idx` as a new Batch, trimmed of columns that are padding in every kept row."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         rows = idx.tolist()
@@ -194,7 +196,7 @@ class Batch:
                 out[f.name] = v
         return Batch(**out)._trim()
 
-    def _trim(self) -> "Batch":
+    def _trim(self) -> Batch:
         """Drop prompt columns that are padding in every row and response columns past the longest."""
         P = self.prompt_width
         prompt_used = self.attention_mask[:, :P].any(0).nonzero()
@@ -240,10 +242,10 @@ class Batch:
             groups.append(cur)
         return groups
 
-    def split_by_tokens(self, budget: int) -> list["Batch"]:
+    def split_by_tokens(self, budget: int) -> list[Batch]:
         return [self.select(g) for g in self.token_budget_groups(budget)]
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         out = dataclasses.replace(self)
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

@@ -26,13 +26,14 @@ class Sampling:
 @ROLLOUT_ENGINES.register("hf", description="HF generate on the policy module itself (KV cache, left-padded batches)")
 class HFRolloutEngine:
     def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
-                 batch_size: int = 0, compute=None):
+                 batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None):
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.compute = compute  # context manager factory from the train engine (autocast, eval, no_grad)
+        self.suppress_ids = list(suppress_ids or [])  # image/video placeholders: never valid in a response
 
     def sync_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to do: generation uses the training module's own parameters."""
@@ -55,7 +56,8 @@ class HFRolloutEngine:
         batch = Batch.from_episodes(episodes, self.pad_id)
         inputs = batch.model_inputs(self.device)
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
-                      eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True)
+                      eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
+                      suppress_tokens=self.suppress_ids or None)
         if not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:  # drop sampling defaults a checkpoint's generation_config may carry

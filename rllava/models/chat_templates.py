@@ -8,7 +8,7 @@ Each template renders `messages` whose `content` is a string or a list of items
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,6 @@ class TurnStyle:
     video: str = ""
     bos: str = ""
     generation_prompt: str | None = None  # default: the assistant prefix
-    role_alias: dict[str, str] = field(default_factory=dict)  # e.g. gemma: assistant -> model (already in roles)
 
 
 def _chatml(image: str, video: str = "") -> TurnStyle:

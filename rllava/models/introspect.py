@@ -69,3 +69,15 @@ def eos_token_ids(model: nn.Module, processor: Any) -> list[int]:
     if tok_eos is not None:
         ids.append(tok_eos)
     return list(dict.fromkeys(int(i) for i in ids))
+
+
+def placeholder_token_ids(model: nn.Module, processor: Any) -> list[int]:
+    """Ids the model must never generate: image/video placeholders (a sampled one would claim image features)."""
+    cfg = unwrap(model).config
+    ids = [getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "image_token_index", "video_token_index")]
+    tok = get_tokenizer(processor)
+    for attr in ("image_token", "video_token"):
+        token = getattr(processor, attr, None) or getattr(tok, attr, None)
+        if isinstance(token, str):
+            ids.append(tok.convert_tokens_to_ids(token))
+    return sorted({int(i) for i in ids if isinstance(i, int) and i >= 0 and i != tok.unk_token_id})

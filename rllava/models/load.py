@@ -58,6 +58,15 @@ def _check_path(path: str) -> None:
         raise FileNotFoundError(f"model.path {path!r} has no config.json: not an HF model folder")
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing on every decoder layer (non-reentrant: works with frozen embeddings and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any:
     """The processor of a VLM, the tokenizer of a text-only model."""
     loader = AutoProcessor if vlm else AutoTokenizer
@@ -67,15 +76,17 @@ def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> nn.Module:
     """The model alone, with dtype, attention, checkpointing, frozen vision tower and LoRA applied."""
     _check_path(cfg.path)
-    config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:  # unknown hub id, offline, unknown model_type without trust_remote_code
+        raise OSError(f"model.path {cfg.path!r}: cannot load its config: {e}") from e
     auto = _auto_class_for(config)
     model = auto.from_pretrained(cfg.path, dtype=_resolve_dtype(dtype or cfg.dtype),
                                  attn_implementation=cfg.attn_implementation,
                                  trust_remote_code=cfg.trust_remote_code)
     model.to(device)
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no `enable_input_require_grads` hack (frozen embeddings, LoRA).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.freeze_vision_tower:
         if not is_vlm(model):
             raise ValueError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")

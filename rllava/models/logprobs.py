@@ -4,11 +4,11 @@ The base model runs once and returns only its last hidden states. The LM head is
 applied to the response-predicting positions in chunks of `chunk_size` rows, and each
 chunk's log-softmax and entropy are computed in fp32. Under autograd each chunk is
 checkpointed, so its logits are recomputed in backward instead of being kept alive:
-peak extra memory is one [chunk_size, V] block, forward and backward.
+extra memory is a few [chunk_size, V] fp32 blocks at a time, forward and backward.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -10,7 +10,13 @@ import functools
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 from rllava.models.chat_templates import chat_template
 from rllava.models.tiny_families import FAMILIES, SIZES
@@ -22,16 +28,20 @@ MODEL_FAMILIES = Registry("model_family", "families `rllava make-tiny-model --fa
 VOCAB_MULTIPLE = 64  # embedding rows padded like real checkpoints (and friendlier to GPU kernels)
 
 
-def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Build family `family` at `size` ("tiny" ~1 M params, "small" ~31 M) with weights from `seed` into `out`."""
+def tiny_config(family: str, size: str = "tiny") -> tuple[PretrainedConfig, PreTrainedTokenizerFast]:
+    """The config and tokenizer `make_tiny_model` would use (e.g. to count parameters on the meta device)."""
     spec = FAMILIES[MODEL_FAMILIES.entry(family).name]  # unknown family: error naming the closest one
     if size not in SIZES:
         raise ValueError(f"unknown tiny-model size {size!r}; choose one of {sorted(SIZES)}")
-    dims = SIZES[size]
-    template = chat_template(spec.style)
-    tok = build_tokenizer(spec.special, list(spec.extra_special), chat_template=template)
+    tok = build_tokenizer(spec.special, list(spec.extra_special), chat_template=chat_template(spec.style))
     vocab = -(-len(tok) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    config = spec.config(tok, dims, vocab)
+    return spec.config(tok, SIZES[size], vocab), tok
+
+
+def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Build family `family` at `size` ("tiny" ~1 M params, "small" ~31 M) with weights from `seed` into `out`."""
+    config, tok = tiny_config(family, size)
+    spec = FAMILIES[family]
     auto = AutoModelForImageTextToText if spec.vision else AutoModelForCausalLM
     with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG
         torch.manual_seed(seed)
@@ -41,7 +51,7 @@ def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int 
     stop_ids = [tok.convert_tokens_to_ids(t) for t in spec.stop]
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
                                                bos_token_id=tok.bos_token_id)
-    processor = spec.processor(tok, template, dims)
+    processor = spec.processor(tok, tok.chat_template, SIZES[size])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -6,13 +6,12 @@ Sub-configs are passed as dicts with a `model_type`, which every transformers 5.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
-
-from rllava.models.chat_templates import chat_template
 
 PIXELS_MIN = 64 * 64  # Qwen-style processors: images from ~64x64 ...
 PIXELS_MAX = 448 * 448  # ... to ~448x448 keep their resolution (a token per 28 or 32 px square)
@@ -42,8 +41,8 @@ SIZES: dict[str, Size] = {
     "tiny": Size(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=512,
                  v_hidden=64, v_layers=2, v_heads=2, v_intermediate=256),
     # ~31 M params for Qwen2-VL: benchmarks.
-    "small": Size(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1408,
-                  v_hidden=256, v_layers=4, v_heads=4, v_intermediate=1024),
+    "small": Size(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1536,
+                  v_hidden=256, v_layers=5, v_heads=4, v_intermediate=1024),
 }
 
 
@@ -60,10 +59,6 @@ class FamilySpec:
     extra_special: tuple[str, ...] = ()
     vision: bool = True
     init: Callable[[torch.nn.Module], None] | None = None  # fix-ups after random init
-
-
-def _ids(tok: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
-    return [tok.convert_tokens_to_ids(t) for t in tokens]
 
 
 def text_kwargs(tok: PreTrainedTokenizerFast, s: Size, vocab: int, **extra: Any) -> dict[str, Any]:
@@ -141,7 +136,8 @@ def _qwen_vl_processor(processor_cls: str, video_cls: str, patch: int) -> Callab
 
         kw = dict(min_pixels=PIXELS_MIN, max_pixels=PIXELS_MAX, patch_size=patch, merge_size=2, temporal_patch_size=2)
         image = Qwen2VLImageProcessor(**kw)
-        video = getattr(transformers, video_cls)(**kw)
+        # cap_pixels_per_frame: the per-frame budget of the reference qwen-vl-utils (and no warning on every call).
+        video = getattr(transformers, video_cls)(**kw, cap_pixels_per_frame=True)
         return getattr(transformers, processor_cls)(image_processor=image, tokenizer=tok, video_processor=video,
                                                     chat_template=template)
 
@@ -276,13 +272,11 @@ def _tinyllava_config(tok, s: Size, vocab: int) -> PretrainedConfig:
 def _tinyllava_processor(tok, template: str, s: Size):
     from transformers import SiglipImageProcessor
 
-    from rllava.models.tinyllava import TinyLlavaConfig, TinyLlavaProcessor
+    from rllava.models.tinyllava import TinyLlavaProcessor
 
     image = SiglipImageProcessor(size={"height": TINYLLAVA_IMAGE, "width": TINYLLAVA_IMAGE})
-    n = TinyLlavaConfig(vision_config=dict(model_type="siglip_vision_model", image_size=TINYLLAVA_IMAGE,
-                                           patch_size=TINYLLAVA_PATCH)).num_image_tokens
-    return TinyLlavaProcessor(image_processor=image, tokenizer=tok, chat_template=template, num_image_tokens=n,
-                              image_token=tok.image_token)
+    return TinyLlavaProcessor(image_processor=image, tokenizer=tok, chat_template=template,
+                              num_image_tokens=(TINYLLAVA_IMAGE // TINYLLAVA_PATCH) ** 2, image_token=tok.image_token)
 
 
 # ------------------------------------------------------------------ text-only
@@ -326,7 +320,7 @@ FAMILIES: dict[str, FamilySpec] = {
                           {"bos_token": "<|im_start|>", **IDEFICS_SPECIAL},
                           _idefics_config("SmolVLMConfig", "smolvlm_vision"), _smolvlm_processor,
                           ("<end_of_utterance>",), IDEFICS_ROW_COL),
-    "gemma3": FamilySpec("Gemma3: SigLIP + pooled soft tokens + Gemma3 LM (sliding window, logit softcap)", "gemma3",
+    "gemma3": FamilySpec("Gemma3: SigLIP + pooled soft tokens + Gemma3 LM with sliding-window layers", "gemma3",
                          GEMMA_SPECIAL, _gemma3_config, _gemma3_processor, ("<end_of_turn>", "<eos>"),
                          ("<start_of_turn>", "<end_of_turn>"), init=_gemma3_init),
     "tinyllava": FamilySpec("TinyLLaVA-style: SigLIP + 2-layer GELU MLP connector + Qwen2 LM (rllava composition)",
@@ -338,8 +332,4 @@ FAMILIES: dict[str, FamilySpec] = {
                         _text_config("Qwen3Config", set_head_dim=True), _tokenizer_only, QWEN_STOP,
                         QWEN_EXTRA, vision=False),
 }
-
-
-def template_for(spec: FamilySpec) -> str:
-    return chat_template(spec.style)
 

@@ -38,6 +38,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
     from rllava.engines.hf_rollout import HFRolloutEngine
+    from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.pipelines.run import resolve_device
     from rllava.roles.reward import RewardScorer
@@ -49,7 +50,8 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     model, processor = load_model_and_processor(cfg.model, device=dev)
     ds = RLDataset(data_files, cfg.data, processor)
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
-    rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev),
+    rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
+                                     suppress_ids=placeholder_token_ids(model, processor)),
                       get_tokenizer(processor), cfg.rollout)
     metrics, samples = evaluate(rollout, RewardScorer(cfg.reward), prompts, cfg.data.val_batch_size, n_samples=3,
                                 prefix="eval")

@@ -37,6 +37,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
+    from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.roles.actor import Actor
     from rllava.roles.reward import RewardScorer
@@ -70,7 +71,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
         compute_dtype=cfg.model.dtype, device=device)
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
-        model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size, compute=engine.compute)
+        model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size, compute=engine.compute,
+        suppress_ids=placeholder_token_ids(model, processor))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward),

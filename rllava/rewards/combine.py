@@ -9,8 +9,9 @@ import importlib.util
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rllava.rewards.registry import REWARDS
 

@@ -7,7 +7,6 @@ import threading
 from rllava.rewards.extract import final_answer, last_number
 from rllava.rewards.registry import REWARDS
 
-
 # "12 cm^2" / "3 square meters": a number followed by a unit, which math-verify can misread as a product.
 _NUMBER_WITH_UNIT = re.compile(
     r"^\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:square\s+|sq\.?\s*)?"

@@ -90,9 +90,9 @@ class Actor:
                             kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode,
                                          norm_len=batch.response_width)
                             loss = loss + algo.kl_coef * kl
-                            metrics["kl_loss"] = float(kl)
-                        metrics["entropy"] = float(ent)
-                        metrics["pg_loss"] = float(loss)
+                            metrics["kl_loss"] = float(kl.detach())
+                        metrics["entropy"] = float(ent.detach())
+                        metrics["loss"] = float(loss.detach())
                         (loss * micro_weight(algo.loss_agg_mode, micro, mini)).backward()
                         for k, v in metrics.items():
                             sums[f"actor/{k}"] += float(v)

@@ -9,7 +9,13 @@ from torch import nn
 
 from rllava.config import Config
 from rllava.data.types import Batch
-from rllava.models.logprobs import response_hidden_states
+from rllava.models.logprobs import last_hidden_states
+
+
+def response_hidden_states(model: nn.Module, model_inputs: dict, response_width: int) -> torch.Tensor:
+    """[B, T, H]: the hidden state at each position that predicts a response token (the state s_t)."""
+    L = model_inputs["input_ids"].shape[1]
+    return last_hidden_states(model, model_inputs)[:, L - response_width - 1: L - 1]
 
 
 class ValueModel(nn.Module):

@@ -1,0 +1,260 @@
+"""`RLDataset`: rows -> processed `Prompt`s (template, chat template, images, processor outputs).
+
+Construction reads every row, checks the cheap things (keys, types, that image files exist),
+renders its prompt text and estimates its token length; rows over `max_prompt_length` are
+dropped and counted. Images are decoded only in `__getitem__`.
+
+Length estimate: the rendered chat text is tokenised, and each image adds the number of tokens
+the processor expands its placeholder into. That number depends only on the (resized) image
+size, so it is measured once per distinct size by processing a blank image of that size. It
+matches the processed length exactly for placeholder-expanding processors (Qwen-VL, LLaVA,
+Idefics3/SmolVLM, Gemma3); a prompt that still comes out too long is logged at access time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from rllava.config import DataConfig
+from rllava.data.loader import PromptLoader  # noqa: F401  (re-exported: `from rllava.data.dataset import PromptLoader`)
+from rllava.data.rows import DataError, RowRef, load_rows, load_rows_with_refs  # noqa: F401
+from rllava.data.template import PromptTemplate, TemplateError, apply_chat_template, build_messages, read_text_or_file
+from rllava.data.types import Prompt
+from rllava.data.vision import (
+    MediaError,
+    check_image_ref,
+    fit_pixels,
+    image_size,
+    load_image,
+    load_video,
+    normalize_videos,
+    resize_image,
+    resolve_path,
+    video_shape,
+)
+
+logger = logging.getLogger(__name__)
+
+# Processor outputs that are per-token and aligned with input_ids (they go to Prompt.seq, not Prompt.mm).
+SEQ_KEYS = ("mm_token_type_ids", "token_type_ids")
+NOT_MM = ("input_ids", "attention_mask")
+
+
+@dataclass
+class _Item:
+    """A validated row, ready to process: its chat text and media references."""
+
+    row: dict[str, Any]
+    ref: RowRef
+    text: str
+    images: list[Any] = field(default_factory=list)
+    videos: list[Any] = field(default_factory=list)
+    length: int = 0  # estimated prompt tokens
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _answer_text(value: Any) -> str:
+    """The ground truth as the string rewards receive (lists and dicts as JSON)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def is_multimodal(processor: Any) -> bool:
+    """True for a VLM processor, False for a plain tokenizer."""
+    return hasattr(processor, "image_processor") or hasattr(processor, "video_processor")
+
+
+class RLDataset(torch.utils.data.Dataset):
+    """Prompts for RL (and SFT): `ds[i]` is a processed `Prompt` whose meta holds the row and its answer."""
+
+    def __init__(self, files: str, cfg: DataConfig, processor: Any):
+        self.files = files
+        self.cfg = cfg
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.multimodal = is_multimodal(processor)
+        self.skip_bad_rows = cfg.skip_bad_rows
+        self.template = PromptTemplate(cfg.template, cfg.prompt_key)
+        self.chat_template = read_text_or_file(cfg.chat_template, "data.chat_template") if cfg.chat_template else None
+        self.n_bad = 0  # rows skipped as bad (construction and access time)
+        self.n_too_long = 0  # rows dropped for exceeding max_prompt_length
+        self.bad_rows: list[str] = []  # the reasons, first few
+        self._extra_tokens: dict[tuple, int] = {}  # (kind, frames, w, h) -> tokens a media item adds
+        self._warned_long = False
+        rows, refs = load_rows_with_refs(files, cfg)
+        items = []
+        for row, ref in zip(rows, refs):
+            try:
+                items.append(self._prepare(row, ref))
+            except DataError as e:
+                self._bad(e)
+        self._set_lengths(items)
+        self.items = [it for it in items if it.length <= cfg.max_prompt_length]
+        self.n_too_long = len(items) - len(self.items)
+        if self.n_too_long:
+            logger.warning("%s: dropped %d of %d prompts longer than data.max_prompt_length=%d tokens",
+                           files, self.n_too_long, len(items), cfg.max_prompt_length)
+        if self.n_bad:
+            logger.warning("%s: skipped %d bad row(s) (data.skip_bad_rows=true); first: %s", files, self.n_bad,
+                           self.bad_rows[0])
+        if not self.items:
+            raise DataError(f"{files}: no usable prompts ({len(rows)} rows, {self.n_bad} bad, "
+                            f"{self.n_too_long} longer than max_prompt_length={cfg.max_prompt_length})")
+
+    # ------------------------------------------------------------------ construction
+
+    def _bad(self, err: DataError) -> None:
+        if not self.skip_bad_rows:
+            raise err
+        self.n_bad += 1
+        if len(self.bad_rows) < 20:
+            self.bad_rows.append(str(err))
+
+    def _prepare(self, row: dict[str, Any], ref: RowRef) -> _Item:
+        cfg = self.cfg
+        if cfg.prompt_key not in row or row[cfg.prompt_key] is None:
+            raise DataError(f"{ref.where(cfg.prompt_key)}: missing (row fields: {sorted(row)})")
+        if not isinstance(row[cfg.prompt_key], str):
+            raise DataError(f"{ref.where(cfg.prompt_key)}: expected text, got {type(row[cfg.prompt_key]).__name__}")
+        if cfg.answer_key and row.get(cfg.answer_key) is None:
+            raise DataError(f"{ref.where(cfg.answer_key)}: missing (row fields: {sorted(row)}; "
+                            "set data.answer_key, or '' for rows without answers)")
+        images = _as_list(row.get(cfg.image_key))
+        videos = normalize_videos(row.get(cfg.video_key))
+        for j, ref_j in enumerate(images):
+            try:
+                check_image_ref(ref_j, ref.base_dir)
+            except MediaError as e:
+                raise DataError(f"{ref.where(cfg.image_key)}: image {j}: {e}") from None
+        try:
+            text = self.template.render(row)
+        except TemplateError as e:
+            raise DataError(f"{ref.where('template')}: {e}") from None
+        try:
+            messages = build_messages(text, len(images), len(videos), cfg.system_prompt, self.multimodal)
+            chat = apply_chat_template(self.processor, messages, self.chat_template)
+        except TemplateError as e:
+            raise DataError(f"{ref.where(cfg.prompt_key)}: {e}") from None
+        return _Item(row, ref, chat, images, videos)
+
+    def _set_lengths(self, items: list[_Item]) -> None:
+        """Estimated token length of every item (see the module docstring)."""
+        texts = [it.text for it in items]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        for it, tokens in zip(items, ids):
+            it.length = len(tokens)
+        for it in items:
+            try:
+                it.length += self._media_tokens(it)
+            except DataError as e:  # an unreadable header: a bad row
+                it.length = -1
+                self._bad(e)
+        items[:] = [it for it in items if it.length >= 0]
+
+    def _media_tokens(self, it: _Item) -> int:
+        cfg = self.cfg
+        total = 0
+        for j, ref_j in enumerate(it.images):
+            try:
+                size = image_size(ref_j, it.ref.base_dir)
+            except MediaError as e:
+                raise DataError(f"{it.ref.where(cfg.image_key)}: image {j}: {e}") from None
+            total += self._extra("image", 1, *fit_pixels(*size, cfg.min_pixels, cfg.max_pixels))
+        for j, video in enumerate(it.videos):
+            try:
+                n, size = video_shape(video, it.ref.base_dir, cfg.max_frames, cfg.video_fps)
+            except MediaError as e:
+                raise DataError(f"{it.ref.where(cfg.video_key)}: video {j}: {e}") from None
+            total += self._extra("video", n, *fit_pixels(*size, cfg.min_pixels, cfg.max_pixels))
+        return total
+
+    def _extra(self, kind: str, frames: int, w: int, h: int) -> int:
+        """Tokens one image (or video of `frames` frames) of this size adds beyond its placeholder text."""
+        key = (kind, frames, w, h)
+        if key not in self._extra_tokens:
+            chat = apply_chat_template(self.processor, [{"role": "user", "content": [{"type": kind}]}],
+                                       self.chat_template)
+            blank = Image.new("RGB", (w, h))
+            media = {"images": [blank]} if kind == "image" else {"videos": [[blank] * frames]}
+            out = self.processor(text=[chat], return_tensors="pt", add_special_tokens=False, **media)
+            plain = self.tokenizer(chat, add_special_tokens=False)["input_ids"]
+            self._extra_tokens[key] = int(out["input_ids"].shape[1]) - len(plain)
+        return self._extra_tokens[key]
+
+    # ------------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """The raw row behind prompt i."""
+        return self.items[i].row
+
+    def where(self, i: int) -> str:
+        """'file, row N' of prompt i, for messages."""
+        return self.items[i].ref.where()
+
+    def _meta(self, it: _Item, index: int) -> dict[str, Any]:
+        """The row's fields for rewards and environments; relative media paths made absolute."""
+        cfg = self.cfg
+        meta = dict(it.row)
+        if cfg.image_key in meta and it.images:
+            meta[cfg.image_key] = [str(resolve_path(x, it.ref.base_dir)) if isinstance(x, str) else x
+                                   for x in it.images]
+        if cfg.answer_key:
+            meta["answer"] = _answer_text(it.row[cfg.answer_key])
+        meta["index"] = index
+        return meta
+
+    def load_media(self, i: int) -> tuple[list[Image.Image], list[list[Image.Image]]]:
+        """Decoded and resized images and video frames of prompt i."""
+        it, cfg = self.items[i], self.cfg
+        try:
+            images = [resize_image(load_image(x, it.ref.base_dir), cfg.min_pixels, cfg.max_pixels)
+                      for x in it.images]
+        except MediaError as e:
+            raise DataError(f"{it.ref.where(cfg.image_key)}: {e}") from None
+        try:
+            videos = [[resize_image(f, cfg.min_pixels, cfg.max_pixels)
+                       for f in load_video(v, it.ref.base_dir, cfg.max_frames, cfg.video_fps)] for v in it.videos]
+        except MediaError as e:
+            raise DataError(f"{it.ref.where(cfg.video_key)}: {e}") from None
+        return images, videos
+
+    def __getitem__(self, i: int) -> Prompt:
+        it = self.items[i]
+        images, videos = self.load_media(i)
+        if self.multimodal:
+            media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
+            out = self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
+        else:
+            out = self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
+        input_ids = out["input_ids"][0].tolist()
+        n = len(input_ids)
+        seq, mm = {}, {}
+        for key, value in out.items():
+            if key in NOT_MM or not isinstance(value, torch.Tensor):
+                continue
+            if key in SEQ_KEYS and tuple(value.shape) == (1, n):
+                seq[key] = value[0].tolist()
+            else:
+                mm[key] = value
+        if n > self.cfg.max_prompt_length and not self._warned_long:
+            self._warned_long = True
+            logger.warning("%s: prompt has %d tokens, over max_prompt_length=%d (estimated %d at load time)",
+                           it.ref.where(), n, self.cfg.max_prompt_length, it.length)
+        return Prompt(input_ids=input_ids, mm=mm, seq=seq, text=it.text, images=images,
+                      meta=self._meta(it, i), index=i)

@@ -1,0 +1,192 @@
+"""Read dataset rows from parquet, json/jsonl, csv, arrow, `save_to_disk` folders or hub names.
+
+`load_rows("a.parquet,b.jsonl", cfg)` concatenates plain dict rows. Every row keeps where it
+came from (`RowRef`) so errors can name the file and row. `datasets` is imported only for
+`save_to_disk` folders and hub names (it is an optional dependency at run time).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rllava.config import DataConfig
+
+
+class DataError(ValueError):
+    """A problem with the data, naming the file, row and field it is about."""
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """Where a row came from: its file, its row number in that file, and the folder relative paths use."""
+
+    file: str
+    row: int
+    base_dir: Path
+
+    def where(self, field: str | None = None) -> str:
+        return f"{self.file}, row {self.row}" + (f", field {field!r}" if field else "")
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_arrow(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    try:  # `datasets` writes the IPC stream format; others write the file format
+        with pa.ipc.open_stream(path) as reader:
+            return reader.read_all().to_pylist()
+    except pa.ArrowInvalid:
+        with pa.ipc.open_file(path) as reader:
+            return reader.read_all().to_pylist()
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import pyarrow.csv as pcsv
+
+    return pcsv.read_csv(path).to_pylist()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open() as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {i + 1}: invalid JSON: {e.msg}") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    """A JSON list of rows, a dict of columns, `{"data": [...]}`, or JSON lines under a .json name."""
+    text = path.read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl(path)
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+        lengths = {len(v) for v in value.values()}
+        if len(lengths) != 1:
+            raise DataError(f"{path}: columns have different lengths {sorted(lengths)}")
+        keys = list(value)
+        return [dict(zip(keys, vals)) for vals in zip(*value.values())]
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(value).__name__}")
+    return value
+
+
+READERS: dict[str, Callable[[Path], list[dict]]] = {
+    ".parquet": _read_parquet, ".jsonl": _read_jsonl, ".json": _read_json, ".arrow": _read_arrow,
+    ".csv": _read_csv,
+}
+
+_HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+
+
+def _table_rows(ds: Any) -> list[dict]:
+    """Rows of a `datasets.Dataset` without decoding images (image columns stay {"bytes", "path"})."""
+    return ds.with_format("arrow")[:].to_pylist()
+
+
+def _read_saved_dataset(path: Path) -> list[dict]:
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise DataError(f"{path} is a `save_to_disk` folder; reading it needs `pip install datasets`") from None
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        raise DataError(f"{path} holds several splits {sorted(ds)}; name one, e.g. {path / sorted(ds)[0]}")
+    return _table_rows(ds)
+
+
+def _read_hub(name: str) -> list[dict]:
+    repo, _, split = name.partition(":")
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError(f"{name!r} is not a local file; loading it from the hub needs `pip install datasets`") from None
+    try:
+        return _table_rows(load_dataset(repo, split=split or "train"))
+    except Exception as e:
+        raise DataError(f"{name!r} is not a local file, and loading it from the hub failed: "
+                        f"{type(e).__name__}: {e}") from None
+
+
+def read_source(spec: str) -> tuple[list[dict], Path]:
+    """Rows of one file, folder or hub name, and the folder that relative media paths are relative to."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if any((path / marker).exists() for marker in ("state.json", "dataset_info.json", "dataset_dict.json")):
+            return _read_saved_dataset(path), path
+        found = sorted(p.name for p in path.iterdir() if p.suffix in READERS)
+        hint = f"; did you mean {str(path / found[0])!r}?" if found else ""
+        raise DataError(f"{spec}: a folder that is not a `save_to_disk` dataset{hint}")
+    if path.is_file():
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"{spec}: unknown data file type {path.suffix!r} (known: {', '.join(READERS)})")
+        try:
+            rows = reader(path)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{spec}: cannot read: {type(e).__name__}: {e}") from None
+        return rows, path.parent
+    if _HUB_NAME.match(spec) and path.suffix.lower() not in READERS:
+        return _read_hub(spec), Path.cwd()
+    raise DataError(f"data file {spec!r} not found")
+
+
+def split_specs(files: str) -> list[str]:
+    """Comma-separated specs; glob patterns expand to their sorted matches."""
+    specs = []
+    for spec in (s.strip() for s in files.split(",")):
+        if not spec:
+            continue
+        if any(c in spec for c in "*?["):
+            matches = sorted(glob.glob(spec))
+            if not matches:
+                raise DataError(f"data pattern {spec!r} matches no file")
+            specs.extend(matches)
+        else:
+            specs.append(spec)
+    if not specs:
+        raise DataError("no data files given (data.train_files / data.val_files is empty)")
+    return specs
+
+
+def load_rows_with_refs(files: str, cfg: DataConfig | None = None) -> tuple[list[dict], list[RowRef]]:
+    """Concatenated rows of every source, each with its `RowRef`."""
+    rows: list[dict] = []
+    refs: list[RowRef] = []
+    image_dir = Path(cfg.image_dir).expanduser() if cfg is not None and cfg.image_dir else None
+    for spec in split_specs(files):
+        part, base = read_source(spec)
+        for i, row in enumerate(part):
+            if not isinstance(row, dict):
+                raise DataError(f"{spec}, row {i}: expected a mapping of fields, got {type(row).__name__}")
+            rows.append(row)
+            refs.append(RowRef(spec, i, image_dir or base))
+    return rows, refs
+
+
+def load_rows(files: str, cfg: DataConfig | None = None) -> list[dict]:
+    """Concatenated rows (plain dicts) of comma-separated parquet / json / jsonl / csv / arrow files,
+    `save_to_disk` folders and hub names (`owner/name` or `owner/name:split`, when online)."""
+    return load_rows_with_refs(files, cfg)[0]

@@ -1,0 +1,111 @@
+"""Prompt text: the per-task jinja template, `<image>`/`<video>` markers to chat content, the chat template."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+IMAGE_MARKER, VIDEO_MARKER = "<image>", "<video>"
+_MARKERS = re.compile(f"({re.escape(IMAGE_MARKER)}|{re.escape(VIDEO_MARKER)})")
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".txt")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be read or rendered."""
+
+
+def read_text_or_file(spec: str, what: str) -> str:
+    """`spec` itself, or the contents of the file it names (a path ending .jinja/.j2/.txt, or any existing file)."""
+    looks_like_path = "\n" not in spec and "{" not in spec and len(spec) < 1024
+    if looks_like_path and spec.endswith(TEMPLATE_SUFFIXES):
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise TemplateError(f"{what} file {spec!r} not found")
+        return p.read_text()
+    if looks_like_path and Path(spec).expanduser().is_file():
+        return Path(spec).expanduser().read_text()
+    return spec
+
+
+class PromptTemplate:
+    """The task's prompt template (jinja; the row's fields are its variables). None: the prompt as is.
+
+    `{{ prompt }}` always means the row's prompt field, whatever `prompt_key` is called.
+    """
+
+    def __init__(self, spec: str | None, prompt_key: str = "prompt"):
+        self.prompt_key = prompt_key
+        self.source = read_text_or_file(spec, "data.template") if spec else None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        try:
+            self._tmpl = env.from_string(self.source) if self.source is not None else None
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"data.template: jinja syntax error on line {e.lineno}: {e.message}") from None
+
+    def render(self, row: dict[str, Any]) -> str:
+        prompt = row[self.prompt_key]
+        if self._tmpl is None:
+            return prompt
+        try:
+            return self._tmpl.render({**row, "prompt": prompt})
+        except jinja2.UndefinedError as e:
+            raise TemplateError(f"data.template uses a field the row does not have: {e.message}") from None
+
+
+def count_markers(text: str) -> tuple[int, int]:
+    """(number of `<image>`, number of `<video>`) markers in `text`."""
+    return text.count(IMAGE_MARKER), text.count(VIDEO_MARKER)
+
+
+def content_parts(text: str, n_images: int, n_videos: int) -> list[dict[str, str]]:
+    """Chat content items: text split at its `<image>`/`<video>` markers, one media item per marker.
+
+    Media the text does not mark go first, images before videos (the common "image, then question"
+    layout). More markers than media is an error.
+    """
+    marked_images, marked_videos = count_markers(text)
+    if marked_images > n_images or marked_videos > n_videos:
+        raise TemplateError(f"the prompt has {marked_images} {IMAGE_MARKER} and {marked_videos} {VIDEO_MARKER} "
+                            f"markers but the row has {n_images} image(s) and {n_videos} video(s)")
+    parts: list[dict[str, str]] = [{"type": "image"}] * (n_images - marked_images)
+    parts += [{"type": "video"}] * (n_videos - marked_videos)
+    for piece in _MARKERS.split(text):
+        if piece == IMAGE_MARKER:
+            parts.append({"type": "image"})
+        elif piece == VIDEO_MARKER:
+            parts.append({"type": "video"})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return [dict(p) for p in parts]
+
+
+def build_messages(text: str, n_images: int = 0, n_videos: int = 0, system_prompt: str | None = None,
+                   multimodal: bool = True) -> list[dict[str, Any]]:
+    """Chat messages for one prompt. A text-only model (`multimodal=False`) gets plain string contents."""
+    if multimodal:
+        messages = [{"role": "user", "content": content_parts(text, n_images, n_videos)}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+        return messages
+    if n_images or n_videos:
+        raise TemplateError(f"the row has {n_images} image(s) and {n_videos} video(s) but the model is text-only")
+    if any(count_markers(text)):
+        raise TemplateError(f"the prompt has {IMAGE_MARKER}/{VIDEO_MARKER} markers but the model is text-only")
+    messages = [{"role": "user", "content": text}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def apply_chat_template(processor: Any, messages: list[dict[str, Any]], chat_template: str | None = None) -> str:
+    """The prompt string with the generation prompt appended (`chat_template` overrides the processor's)."""
+    kwargs = {"chat_template": chat_template} if chat_template else {}
+    try:
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except ValueError as e:
+        if "chat template" in str(e).lower() or "chat_template" in str(e):
+            raise TemplateError("the processor has no chat template; set data.chat_template "
+                                "(a jinja string or a .jinja file)") from None
+        raise

@@ -1,0 +1,217 @@
+"""Image and video helpers: read any image reference, resize into a pixel budget, sample video frames.
+
+An image reference is a path (relative to a base folder), raw bytes, a `{"bytes": ..., "path": ...}`
+dict (the HF `datasets` Image layout), a PIL image or an HxWxC uint8 array. A video is a list of
+frame references or a video file (decoded with PyAV, or torchvision's `read_video` where it exists).
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class MediaError(ValueError):
+    """An image or video that cannot be read; the dataset adds the file/row/field it came from."""
+
+
+def resolve_path(path: str, base_dir: Path | None) -> Path:
+    """`path` as is when absolute, else relative to `base_dir` (a `file://` prefix is dropped)."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
+def _source(ref: Any, base_dir: Path | None) -> Any:
+    """What to hand to `Image.open`: a path or a bytes buffer; PIL images and arrays pass through."""
+    if isinstance(ref, dict):
+        if ref.get("bytes") is not None:
+            return _source(ref["bytes"], base_dir)
+        if ref.get("path"):
+            return _source(ref["path"], base_dir)
+        raise MediaError(f"image dict has neither 'bytes' nor 'path' (keys: {sorted(ref)})")
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(ref))
+    if isinstance(ref, str):
+        p = resolve_path(ref, base_dir)
+        if not p.is_file():
+            raise MediaError(f"image file {str(p)!r} not found")
+        return p
+    if isinstance(ref, (Path, Image.Image)):
+        return ref
+    if hasattr(ref, "__array_interface__") and getattr(ref, "ndim", 0) == 3:
+        return ref
+    raise MediaError(f"unsupported image value of type {type(ref).__name__} "
+                     "(expected a path, bytes, {'bytes','path'} dict, PIL image or HxWxC array)")
+
+
+def check_image_ref(ref: Any, base_dir: Path | None) -> None:
+    """Cheap validation (type, file exists) without decoding."""
+    _source(ref, base_dir)
+
+
+def image_size(ref: Any, base_dir: Path | None) -> tuple[int, int]:
+    """(width, height) from the file header alone; no pixel decoding."""
+    src = _source(ref, base_dir)
+    if isinstance(src, Image.Image):
+        return src.size
+    if hasattr(src, "__array_interface__"):
+        return int(src.shape[1]), int(src.shape[0])
+    try:
+        with Image.open(src) as im:
+            return im.size
+    except Exception as e:
+        raise MediaError(f"cannot read image: {type(e).__name__}: {e}") from None
+
+
+def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
+    """Decode an image reference to an RGB PIL image."""
+    src = _source(ref, base_dir)
+    try:
+        if isinstance(src, Image.Image):
+            img = src
+        elif hasattr(src, "__array_interface__"):
+            img = Image.fromarray(src)
+        else:
+            img = Image.open(src)
+            img.load()
+        return img.convert("RGB") if img.mode != "RGB" else img
+    except Exception as e:
+        raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
+
+
+def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The size with the same aspect ratio whose area lies in [min_pixels, max_pixels] (unchanged if it does)."""
+    area = width * height
+    if min_pixels <= area <= max_pixels or area == 0:
+        return width, height
+    target = max_pixels if area > max_pixels else min_pixels
+    scale = math.sqrt(target / area)
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    if area < min_pixels:  # rounding down must not leave it under the minimum
+        while w * h < min_pixels:
+            w, h = (w + 1, h) if w <= h * width / height else (w, h + 1)
+    return w, h
+
+
+def resize_image(img: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Resize (bicubic) into the pixel budget, keeping the aspect ratio."""
+    size = fit_pixels(img.width, img.height, min_pixels, max_pixels)
+    return img if size == img.size else img.resize(size, Image.BICUBIC)
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (the centre of each of k equal segments); all if n <= k."""
+    if n <= k:
+        return list(range(n))
+    return [min(n - 1, int((i + 0.5) * n / k)) for i in range(k)]
+
+
+# ------------------------------------------------------------------ video
+
+
+def is_video_file(ref: Any) -> bool:
+    """A single video file reference (as opposed to a frame image or a list of frames)."""
+    if isinstance(ref, dict):
+        if ref.get("bytes") is not None:
+            return False
+        ref = ref.get("path")
+    return isinstance(ref, (str, Path)) and not str(ref).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _decode_av(path: Path) -> tuple[list[Image.Image], float]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 0) or 0.0
+        frames = [f.to_image() for f in container.decode(stream)]
+    return frames, fps
+
+
+def _decode_torchvision(path: Path) -> tuple[list[Image.Image], float]:
+    from torchvision.io import read_video  # removed in recent torchvision; present on older ones
+
+    video, _, info = read_video(str(path), pts_unit="sec", output_format="THWC")
+    return [Image.fromarray(f.numpy()) for f in video], float(info.get("video_fps") or 0.0)
+
+
+VIDEO_DECODERS = (("av", _decode_av), ("torchvision", _decode_torchvision))
+
+
+def decode_video_file(path: Path) -> tuple[list[Image.Image], float]:
+    """All frames of a video file and its frame rate, with the first decoder that is installed."""
+    if not path.is_file():
+        raise MediaError(f"video file {str(path)!r} not found")
+    for _, decode in VIDEO_DECODERS:
+        try:
+            return decode(path)
+        except ImportError:
+            continue
+        except Exception as e:
+            raise MediaError(f"cannot decode video {str(path)!r}: {type(e).__name__}: {e}") from None
+    raise MediaError(f"decoding the video file {str(path)!r} needs PyAV: `pip install av` "
+                     "(or give the video as a list of frame images)")
+
+
+def normalize_videos(value: Any) -> list[Any]:
+    """A row's video field as a list of videos, each a video file reference or a list of frames.
+
+    A string (or {"path": ...}) is one file; a list of lists is several frame-list videos; a flat
+    list of image references is one frame-list video; a flat list of video files is several files.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        return [value]
+    items = list(value)
+    if not items or all(isinstance(v, (list, tuple)) for v in items):
+        return items
+    if all(is_video_file(v) for v in items):
+        return items
+    return [items]
+
+
+def video_frame_refs(ref: Any) -> list[Any] | None:
+    """The frame references of a frame-list video, or None for a video file."""
+    if isinstance(ref, (list, tuple)):
+        return list(ref)
+    return None
+
+
+def load_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0) -> list[Image.Image]:
+    """Frames of a video: a list of frame references (sampled down to `max_frames`) or a video file
+    (sampled at `fps`, then down to `max_frames`)."""
+    frames = video_frame_refs(ref)
+    if frames is not None:
+        if not frames:
+            raise MediaError("video has no frames")
+        return [load_image(frames[i], base_dir) for i in sample_indices(len(frames), max_frames)]
+    path = resolve_path(ref.get("path") if isinstance(ref, dict) else str(ref), base_dir)
+    decoded, native_fps = decode_video_file(path)
+    if not decoded:
+        raise MediaError(f"video {str(path)!r} has no frames")
+    wanted = len(decoded)
+    if native_fps > 0 and fps > 0:  # frames the clip has at the requested rate
+        wanted = max(1, round(len(decoded) / native_fps * fps))
+    return [decoded[i] for i in sample_indices(len(decoded), min(wanted, max_frames))]
+
+
+def video_shape(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0) -> tuple[int, tuple[int, int]]:
+    """(sampled frame count, (width, height)) of a video; frame lists are read from headers only,
+    video files are decoded."""
+    frames = video_frame_refs(ref)
+    if frames is not None:
+        if not frames:
+            raise MediaError("video has no frames")
+        for f in frames:
+            check_image_ref(f, base_dir)
+        return min(len(frames), max_frames), image_size(frames[0], base_dir)
+    loaded = load_video(ref, base_dir, max_frames, fps)
+    return len(loaded), loaded[0].size

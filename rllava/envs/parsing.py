@@ -1,0 +1,143 @@
+"""Reading one policy turn: a tool call, a final answer, a malformed call, or plain text.
+
+Call formats (registry `CALL_FORMATS`, chosen by `env.call_format`):
+
+- `xml` (default; the Qwen/Hermes convention):
+  `<tool_call>{"name": "zoom", "arguments": {"bbox": [0, 0, 10, 10]}}</tool_call>`
+- `json`: a bare JSON object with `name` and `arguments` anywhere in the text.
+
+In every format the final answer is `<answer>...</answer>`. If a turn holds both a call and
+an answer, whichever starts first wins (text after a call is usually hallucinated). Only the
+first call of a turn is used. A closing tag may be missing at the very end of the text, so
+`</tool_call>` / `</answer>` work as stop strings. `arguments` may also be a JSON string that
+holds an object (the OpenAI style). Nothing here raises: a malformed call becomes
+`Action(kind="invalid", error=...)`, and the error text is meant to be shown to the model.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from rllava.registry import Registry
+
+CALL_FORMATS = Registry("call_format", "tool-call syntaxes the policy writes: fn(text) -> Action")
+
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
+_XML_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL)
+_MAX_JSON_STARTS = 200  # bound the scan for a bare JSON object in long texts
+
+
+@dataclass
+class Action:
+    """One parsed turn. `kind`: tool (name, arguments), answer (answer), invalid (error), none (plain text)."""
+
+    kind: Literal["tool", "answer", "invalid", "none"]
+    name: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    answer: str = ""
+
+
+def parse_action(text: str, fmt: str = "xml") -> Action:
+    """Parse one turn's text with the named call format (see module doc)."""
+    return CALL_FORMATS.get(fmt)(text)
+
+
+def format_example(fmt: str) -> str:
+    """How a call looks in the named format (for prompts and error messages)."""
+    return CALL_FORMATS.entry(fmt).meta["example"]
+
+
+def _answer_at(text: str) -> Optional[tuple[int, Action]]:
+    m = _ANSWER.search(text)
+    return (m.start(), Action("answer", answer=m.group(1).strip())) if m else None
+
+
+def _first(text: str, call: Optional[tuple[int, Action]]) -> Action:
+    """The earlier of the call and the answer; plain text if neither."""
+    found = [c for c in (call, _answer_at(text)) if c is not None]
+    return min(found, key=lambda c: c[0])[1] if found else Action("none")
+
+
+def decode_call(payload: Any, example: str) -> Action:
+    """A tool Action from a decoded JSON value, or an invalid one saying what is wrong."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("name"), str) or not payload["name"]:
+        return Action("invalid", error=f'a tool call must be a JSON object with a "name" string and an '
+                                        f'"arguments" object, e.g. {example}')
+    args = payload.get("arguments", {})
+    if isinstance(args, str):  # OpenAI style: arguments serialised as a string
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            return Action("invalid", name=payload["name"], error=f'"arguments" string is not valid JSON: {_where(e)}')
+    if not isinstance(args, dict):
+        return Action("invalid", name=payload["name"], error=f'"arguments" must be a JSON object, e.g. {example}')
+    return Action("tool", name=payload["name"], arguments=args)
+
+
+def _where(e: json.JSONDecodeError) -> str:
+    return f"{e.msg} at line {e.lineno} column {e.colno}"
+
+
+XML_EXAMPLE = '<tool_call>{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}</tool_call>'
+JSON_EXAMPLE = '{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}'
+
+
+@CALL_FORMATS.register("xml", example=XML_EXAMPLE)
+def parse_xml(text: str) -> Action:
+    """<tool_call>{"name": ..., "arguments": {...}}</tool_call> (Qwen/Hermes); answer in <answer>...</answer>."""
+    m = _XML_CALL.search(text)
+    call = None
+    if m:
+        body = m.group(1).strip()
+        fenced = _FENCE.match(body)  # models sometimes wrap the JSON in a ``` block
+        body = fenced.group(1) if fenced else body
+        try:
+            action = decode_call(json.loads(body), XML_EXAMPLE)
+        except json.JSONDecodeError as e:
+            action = Action("invalid", error=f"the text inside <tool_call> is not valid JSON ({_where(e)}); "
+                                             f"expected {XML_EXAMPLE}")
+        call = (m.start(), action)
+    return _first(text, call)
+
+
+@CALL_FORMATS.register("json", example=JSON_EXAMPLE)
+def parse_json(text: str) -> Action:
+    """A bare {"name": ..., "arguments": {...}} object anywhere in the text; answer in <answer>...</answer>."""
+    decoder = json.JSONDecoder()
+    errors: dict[int, json.JSONDecodeError] = {}
+    call = None
+    for n, m in enumerate(re.finditer(r"\{", text)):
+        if n >= _MAX_JSON_STARTS:
+            break
+        try:
+            value, _ = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError as e:
+            errors[m.start()] = e
+            continue
+        if isinstance(value, dict) and "name" in value:
+            call = (m.start(), decode_call(value, JSON_EXAMPLE))
+            break
+    name_key = re.search(r'"name"\s*:', text)
+    if call is None and name_key:
+        # An attempted call that does not parse: report the error of the brace that opens it.
+        starts = [s for s in errors if s < name_key.start()]
+        if starts:
+            err = errors[max(starts)]
+            call = (max(starts), Action("invalid", error=f"the tool call is not valid JSON ({_where(err)}); "
+                                                         f"expected {JSON_EXAMPLE}"))
+    return _first(text, call)
+
+
+def instructions(schemas: list[dict[str, Any]], fmt: str = "xml") -> str:
+    """System-prompt text listing the tools (one JSON schema per line) and how to call them and answer."""
+    tools = "\n".join(json.dumps(s, ensure_ascii=False) for s in schemas)
+    return ("You may call the tools below. Their signatures are inside <tools></tools>:\n"
+            f"<tools>\n{tools}\n</tools>\n"
+            f"To call a tool, write exactly one call and stop:\n{format_example(fmt)}\n"
+            "The result comes back in the next message. When you are done, give the final answer as "
+            "<answer>...</answer>.")
+

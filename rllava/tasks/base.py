@@ -1,0 +1,85 @@
+"""The task registry and `make_task`: run a generator n times and write a standard dataset folder.
+
+A generator is `fn(rng: random.Random, **options) -> Sample`. Its registry meta records the
+default prompt template and reward weights. The folder holds train/val/test.parquet (about
+80/10/10) with columns prompt (text with an `<image>` marker), answer (string), images
+(relative paths) and the task's own fields, the PNGs in images/, and task.yaml.
+"""
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+from rllava.registry import Registry
+
+TASKS = Registry("task", "offline synthetic task generators (`rllava make-task NAME --out DIR`)")
+
+
+@dataclass
+class Sample:
+    """One generated example: its image, question (with `<image>`), answer string and extra fields."""
+
+    image: Image.Image
+    prompt: str
+    answer: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """(train, val, test) sizes: about 80/10/10, with at least one val and test example once n >= 3."""
+    if n < 3:
+        return n, 0, 0
+    held = max(1, round(n * 0.1))
+    return n - 2 * held, held, held
+
+
+def task_options(name: str) -> dict[str, Any]:
+    """The keyword options a task generator accepts, with their defaults."""
+    sig = inspect.signature(TASKS.get(name))
+    return {p.name: p.default for p in list(sig.parameters.values())[1:] if p.default is not inspect.Parameter.empty}
+
+
+def _write_split(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **opts: Any) -> Path:
+    """Generate `n` samples of task `name` into `out_dir`; the same seed gives the same files."""
+    entry = TASKS.entry(name)  # unknown name: error naming the closest task
+    known = task_options(name)
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise ValueError(f"task {name!r} has no option(s) {unknown}; options: {known}")
+    if n < 1:
+        raise ValueError(f"make_task: n must be >= 1, got {n}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        # One RNG per sample: sample i is the same whatever n is.
+        sample: Sample = entry.fn(random.Random(f"{name}:{seed}:{i}"), **opts)
+        rel = f"images/{i:06d}.png"
+        sample.image.save(out / rel, format="PNG")
+        rows.append({"prompt": sample.prompt, "answer": sample.answer, "images": [rel], **sample.fields, "id": i})
+    schema = pa.Table.from_pylist(rows).schema
+    n_train, n_val, n_test = split_sizes(n)
+    splits = {"train": rows[:n_train], "val": rows[n_train:n_train + n_val], "test": rows[n_train + n_val:]}
+    for split, split_rows in splits.items():
+        _write_split(out / f"{split}.parquet", split_rows, schema)
+    info = {
+        "task": name, "description": entry.description, "n": n, "seed": seed, "options": {**known, **opts},
+        "splits": {k: len(v) for k, v in splits.items()},
+        "data": {"train_files": str(out / "train.parquet"), "val_files": str(out / "val.parquet"),
+                 "template": entry.meta.get("template", "{{ prompt }}")},
+        "reward": {"functions": dict(entry.meta.get("reward", {}))},
+    }
+    (out / "task.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    return out

@@ -1,0 +1,373 @@
+"""Data loading, prompt rendering and processing with real tiny processors, and the prompt loader."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from rllava.config import DataConfig
+from rllava.data.dataset import DataError, PromptLoader, RLDataset, load_rows
+from rllava.data.template import PromptTemplate, TemplateError, build_messages, content_parts
+from rllava.data.types import Batch, Episode
+from rllava.data.vision import fit_pixels, load_image, normalize_videos, resize_image, sample_indices
+from rllava.tasks import make_task
+
+
+@pytest.fixture(scope="module")
+def qwen_vl(tiny_model_factory):
+    path = tiny_model_factory("qwen2_vl")
+    return path, AutoProcessor.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def text_tok(tiny_model_factory):
+    return AutoTokenizer.from_pretrained(tiny_model_factory("qwen2"))
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory):
+    return make_task("counting", tmp_path_factory.mktemp("data") / "counting", n=20, seed=0)
+
+
+def _png(path, size=(40, 30), color=(255, 0, 0)):
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ reading rows
+
+
+def test_load_rows_formats_and_concatenation(tmp_path):
+    rows = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    _jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    (tmp_path / "cols.json").write_text(json.dumps({"prompt": ["a", "b"], "answer": ["1", "2"]}))
+    (tmp_path / "d.csv").write_text("prompt,answer\na,1\nb,2\n")
+    with pa.OSFile(str(tmp_path / "d.arrow"), "wb") as sink, pa.ipc.new_stream(sink, pa.schema(
+            [("prompt", pa.string()), ("answer", pa.string())])) as writer:
+        writer.write_table(pa.Table.from_pylist(rows))
+    for name in ("d.parquet", "d.jsonl", "list.json", "cols.json", "d.arrow"):
+        assert load_rows(str(tmp_path / name)) == rows, name
+    assert [r["prompt"] for r in load_rows(str(tmp_path / "d.csv"))] == ["a", "b"]
+    both = load_rows(f"{tmp_path / 'd.parquet'}, {tmp_path / 'd.jsonl'}")
+    assert [r["prompt"] for r in both] == ["a", "b", "a", "b"]
+    assert len(load_rows(str(tmp_path / "d.*"))) == 2 * 4  # a glob: d.arrow, d.csv, d.jsonl, d.parquet
+
+
+def test_load_rows_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([{"prompt": "p", "answer": "1"}, {"prompt": "q", "answer": "2"}])
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert load_rows(str(tmp_path / "saved")) == [{"prompt": "p", "answer": "1"}, {"prompt": "q", "answer": "2"}]
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match="several splits"):
+        load_rows(str(tmp_path / "dd"))
+    assert len(load_rows(str(tmp_path / "dd" / "train"))) == 2
+
+
+def test_load_rows_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: invalid JSON"):
+        load_rows(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(DataError, match="not found"):
+        load_rows(str(tmp_path / "missing.parquet"))
+    (tmp_path / "task").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a"}]), tmp_path / "task" / "train.parquet")
+    with pytest.raises(DataError, match="did you mean .*train.parquet"):
+        load_rows(str(tmp_path / "task"))
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(DataError, match="unknown data file type"):
+        load_rows(str(tmp_path / "x.xlsx"))
+
+
+# ------------------------------------------------------------------ templates and images (pure)
+
+
+def test_prompt_template_string_file_and_missing_field(tmp_path):
+    row = {"question": "How many?", "unit": "cm", "answer": "3"}
+    assert PromptTemplate(None, "question").render(row) == "How many?"
+    assert PromptTemplate("{{ prompt }} ({{ unit }})", "question").render(row) == "How many? (cm)"
+    (tmp_path / "t.jinja").write_text("Q: {{ question }}")
+    assert PromptTemplate(str(tmp_path / "t.jinja"), "question").render(row) == "Q: How many?"
+    with pytest.raises(TemplateError, match="'missing' is undefined"):
+        PromptTemplate("{{ missing }}").render({"prompt": "x"})
+    with pytest.raises(TemplateError, match="not found"):
+        PromptTemplate(str(tmp_path / "nope.jinja"))
+
+
+def test_image_markers_become_content_parts():
+    assert content_parts("Compare <image> and <image>.", 2, 0) == [
+        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": " and "},
+        {"type": "image"}, {"type": "text", "text": "."}]
+    # images without a marker go first; videos after images
+    assert content_parts("Look: <image>", 2, 1) == [
+        {"type": "image"}, {"type": "video"}, {"type": "text", "text": "Look: "}, {"type": "image"}]
+    with pytest.raises(TemplateError, match="2 <image> and 0 <video> markers but the row has 1 image"):
+        content_parts("<image><image>", 1, 0)
+    msgs = build_messages("hi", system_prompt="sys", multimodal=False)
+    assert msgs == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    with pytest.raises(TemplateError, match="text-only"):
+        build_messages("<image>hi", 1, multimodal=False)
+
+
+def test_fit_pixels_keeps_aspect_ratio_within_budget():
+    assert fit_pixels(100, 100, 3136, 200704) == (100, 100)
+    w, h = fit_pixels(1000, 500, 3136, 200000)  # scale sqrt(200000 / 500000) = 0.632
+    assert (w, h) == (632, 316) and w * h <= 200000
+    w, h = fit_pixels(10, 20, 3136, 200000)
+    assert w * h >= 3136 and abs(h / w - 2) < 0.05
+    img = resize_image(Image.new("RGB", (896, 448)), 3136, 100352)
+    assert img.size == (448, 224)
+
+
+def test_load_image_from_every_reference_kind(tmp_path):
+    png = _png(tmp_path / "a.png", (7, 5), (0, 255, 0))
+    raw = png.read_bytes()
+    for ref in ("a.png", str(png), raw, {"bytes": raw, "path": None}, {"bytes": None, "path": "a.png"},
+                Image.open(png), Image.new("L", (7, 5), 128)):
+        img = load_image(ref, tmp_path)
+        assert img.mode == "RGB" and img.size == (7, 5)
+    assert load_image(raw).getpixel((0, 0)) == (0, 255, 0)
+
+
+def test_video_layouts_and_frame_sampling():
+    assert sample_indices(5, 4) == [0, 1, 3, 4]
+    assert sample_indices(3, 8) == [0, 1, 2]
+    assert normalize_videos("clip.mp4") == ["clip.mp4"]
+    assert normalize_videos(["a.png", "b.png"]) == [["a.png", "b.png"]]  # one frame-list video
+    assert normalize_videos([["a.png"], ["b.png"]]) == [["a.png"], ["b.png"]]
+    assert normalize_videos(["a.mp4", "b.mp4"]) == ["a.mp4", "b.mp4"]
+    assert normalize_videos(None) == []
+
+
+# ------------------------------------------------------------------ RLDataset with real processors
+
+
+def test_text_only_dataset_matches_the_chat_template(tmp_path, text_tok):
+    f = _jsonl(tmp_path / "math.jsonl", [{"question": "1+1?", "answer": 2, "level": "easy"}])
+    cfg = DataConfig(prompt_key="question", template="Solve: {{ prompt }}", system_prompt="Be brief.")
+    ds = RLDataset(str(f), cfg, text_tok)
+    p = ds[0]
+    expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSolve: 1+1?<|im_end|>\n<|im_start|>assistant\n"
+    assert p.text == expected
+    assert p.input_ids == text_tok(expected, add_special_tokens=False)["input_ids"]
+    assert p.mm == {} and p.seq == {} and p.images == []
+    assert p.meta == {"question": "1+1?", "answer": "2", "level": "easy", "index": 0}
+
+
+def test_vlm_prompt_on_the_counting_task(counting, qwen_vl):
+    _, proc = qwen_vl
+    cfg = DataConfig(template="{{ prompt }} Answer with a number.")
+    ds = RLDataset(str(counting / "train.parquet"), cfg, proc)
+    assert len(ds) == 16 and ds.n_too_long == 0 and ds.n_bad == 0
+    p = ds[3]
+    row = ds.row(3)
+    assert p.meta["answer"] == row["answer"] and p.meta["count"] == row["count"] and p.index == 3
+    assert p.meta["images"] == [str(counting / row["images"][0])]  # made absolute for tools
+    assert "<|vision_start|><|image_pad|><|vision_end|>How many" in p.text and p.text.endswith("assistant\n")
+    grid = p.mm["image_grid_thw"]
+    n_image_tokens = int(grid.prod()) // 4  # 2x2 patch merge
+    assert p.input_ids.count(proc.tokenizer.image_token_id) == n_image_tokens
+    assert p.mm["pixel_values"].shape[0] == int(grid.prod())
+    # mm_token_type_ids is per token: 1 exactly on the image tokens
+    ids = torch.tensor(p.input_ids)
+    assert len(p.seq["mm_token_type_ids"]) == len(p.input_ids)
+    assert torch.equal(torch.tensor(p.seq["mm_token_type_ids"]) == 1, ids == proc.tokenizer.image_token_id)
+    assert p.images[0].size == (64, 64)
+
+
+def test_prompts_feed_the_model_through_batch(counting, qwen_vl):
+    path, proc = qwen_vl
+    ds = RLDataset(str(counting / "val.parquet") + "," + str(counting / "test.parquet"), DataConfig(), proc)
+    eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    episodes = [Episode(prompt=ds[i], response_ids=[5, 6, eos][: i + 2], response_mask=[1] * (i + 2), group_id=i)
+                for i in range(len(ds))]
+    batch = Batch.from_episodes(episodes, proc.tokenizer.pad_token_id)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    with torch.no_grad():
+        logits = model(**batch.model_inputs()).logits
+    assert logits.shape[:2] == batch.input_ids.shape and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3"])
+def test_length_estimate_is_exact(tmp_path, tiny_model_factory, family):
+    for i, size in enumerate([(64, 64), (200, 90), (30, 300)]):
+        _png(tmp_path / f"{i}.png", size)
+    rows = [{"prompt": "<image>one", "answer": "1", "images": ["0.png"]},
+            {"prompt": "two <image> and <image>", "answer": "2", "images": ["1.png", "2.png"]},
+            {"prompt": "none at all", "answer": "0", "images": []}]
+    f = _jsonl(tmp_path / "rows.jsonl", rows)
+    ds = RLDataset(str(f), DataConfig(max_pixels=128 * 128), AutoProcessor.from_pretrained(tiny_model_factory(family)))
+    assert [it.length for it in ds.items] == [len(ds[i].input_ids) for i in range(3)]
+
+
+def test_over_long_prompts_are_filtered_and_counted(tmp_path, qwen_vl, caplog):
+    _, proc = qwen_vl
+    _png(tmp_path / "big.png", (448, 448))
+    _png(tmp_path / "small.png", (56, 56))
+    f = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "<image>a", "answer": "1", "images": ["big.png"]},
+                                         {"prompt": "<image>b", "answer": "1", "images": ["small.png"]}])
+    full = RLDataset(str(f), DataConfig(), proc)
+    small_len = len(full[1].input_ids)  # 56x56 -> 4 patches of 14 -> 4 tokens, plus text
+    with caplog.at_level(logging.WARNING, logger="rllava.data.dataset"):
+        ds = RLDataset(str(f), DataConfig(max_prompt_length=small_len), proc)
+    assert len(ds) == 1 and ds.n_too_long == 1 and ds.row(0)["prompt"] == "<image>b"
+    assert "dropped 1 of 2 prompts longer than data.max_prompt_length" in caplog.text
+    with pytest.raises(DataError, match="no usable prompts"):
+        RLDataset(str(f), DataConfig(max_prompt_length=3), proc)
+
+
+def test_image_reference_kinds_in_a_parquet_file(tmp_path, qwen_vl):
+    _, proc = qwen_vl
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    raw = _png(img_dir / "a.png", (60, 60), (0, 0, 255)).read_bytes()
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"prompt": ["<image>x", "y <image>"], "answer": ["1", "2"],
+                      "pics": pa.array([[{"bytes": raw, "path": None}], [{"bytes": None, "path": "a.png"}]],
+                                       pa.list_(struct))})
+    pq.write_table(table, tmp_path / "d.parquet")
+    ds = RLDataset(str(tmp_path / "d.parquet"), DataConfig(image_key="pics", image_dir=str(img_dir)), proc)
+    for i in range(2):
+        p = ds[i]
+        assert p.images[0].getpixel((5, 5)) == (0, 0, 255) and "image_grid_thw" in p.mm
+
+
+def test_bad_rows_name_file_row_and_field(tmp_path, qwen_vl, caplog):
+    _, proc = qwen_vl
+    _png(tmp_path / "ok.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not an image at all")
+    good = {"prompt": "<image>fine", "answer": "1", "images": ["ok.png"]}
+    cases = {
+        "no_prompt": ({"answer": "1"}, "row 1, field 'prompt': missing"),
+        "int_prompt": ({"prompt": 5, "answer": "1"}, "row 1, field 'prompt': expected text"),
+        "no_answer": ({"prompt": "q"}, "row 1, field 'answer': missing"),
+        "missing_img": ({**good, "images": ["gone.png"]}, "row 1, field 'images': image 0: image file .*gone.png"),
+        "corrupt_img": ({**good, "images": ["corrupt.png"]}, "row 1, field 'images': image 0: cannot read image"),
+        "bad_type": ({**good, "images": [3.5]}, "row 1, field 'images': image 0: unsupported image value"),
+        "markers": ({**good, "prompt": "<image><image>"}, "row 1, field 'prompt': the prompt has 2 <image>"),
+    }
+    for name, (bad, pattern) in cases.items():
+        f = _jsonl(tmp_path / f"{name}.jsonl", [good, bad])
+        with pytest.raises(DataError, match=f"{name}.jsonl, {pattern}"):
+            RLDataset(str(f), DataConfig(), proc)
+        with caplog.at_level(logging.WARNING, logger="rllava.data.dataset"):
+            ds = RLDataset(str(f), DataConfig(skip_bad_rows=True), proc)
+        assert len(ds) == 1 and ds.n_bad == 1 and "skipped 1 bad row" in caplog.text
+    f = _jsonl(tmp_path / "template.jsonl", [good])
+    with pytest.raises(DataError, match="row 0, field 'template': .*'unit' is undefined"):
+        RLDataset(str(f), DataConfig(template="{{ prompt }} {{ unit }}"), proc)
+
+
+def test_undecodable_image_fails_at_access_and_the_loader_can_skip_it(tmp_path, qwen_vl):
+    _, proc = qwen_vl
+    png = _png(tmp_path / "ok.png", (64, 64)).read_bytes()
+    (tmp_path / "truncated.png").write_bytes(png[: len(png) // 2])  # valid header, broken pixels
+    rows = [{"prompt": "<image>a", "answer": "1", "images": ["ok.png"]},
+            {"prompt": "<image>b", "answer": "2", "images": ["truncated.png"]}]
+    f = _jsonl(tmp_path / "rows.jsonl", rows)
+    ds = RLDataset(str(f), DataConfig(), proc)  # headers read fine: the row passes construction
+    with pytest.raises(DataError, match=r"rows.jsonl, row 1, field 'images': cannot decode image"):
+        ds[1]
+    ds_skip = RLDataset(str(f), DataConfig(skip_bad_rows=True), proc)
+    loader = PromptLoader(ds_skip, batch_size=2, shuffle=False)
+    batch = loader.next_batch()
+    assert [p.meta["answer"] for p in batch] == ["1", "1"] and ds_skip.n_bad == 1 and loader.skipped == {1}
+
+
+def test_text_only_model_rejects_image_rows(tmp_path, text_tok):
+    _png(tmp_path / "a.png")
+    f = _jsonl(tmp_path / "r.jsonl", [{"prompt": "<image>x", "answer": "1", "images": ["a.png"]}])
+    with pytest.raises(DataError, match="row 0, field 'prompt': .*text-only"):
+        RLDataset(str(f), DataConfig(), text_tok)
+
+
+def test_video_frames_are_sampled(tmp_path, qwen_vl):
+    _, proc = qwen_vl
+    for i in range(5):
+        _png(tmp_path / f"f{i}.png", (56, 56), (40 * i, 0, 0))
+    rows = [{"prompt": "What changes? <video>", "answer": "red", "videos": [f"f{i}.png" for i in range(5)]},
+            {"prompt": "<video>", "answer": "x", "videos": "clip.mp4"}]
+    f = _jsonl(tmp_path / "v.jsonl", rows[:1])
+    ds = RLDataset(str(f), DataConfig(max_frames=4), proc)
+    p = ds[0]
+    assert int(p.mm["video_grid_thw"][0, 0]) == 2  # 4 frames / temporal patch 2
+    _, videos = ds.load_media(0)
+    assert [f.getpixel((0, 0))[0] for f in videos[0]] == [0, 40, 120, 160]  # frames 0, 1, 3, 4 of 5
+    assert ds.items[0].length == len(p.input_ids)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match="row 0, field 'videos'.*pip install av"):
+            RLDataset(str(_jsonl(tmp_path / "file.jsonl", rows[1:])), DataConfig(), proc)
+
+
+# ------------------------------------------------------------------ PromptLoader
+
+
+class _Numbers:
+    """A dataset of its own indices (the loader only needs len and getitem)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+def test_loader_covers_each_epoch_and_runs_on_across_epochs():
+    loader = PromptLoader(_Numbers(10), batch_size=4, shuffle=True, seed=1)
+    assert loader.steps_per_epoch == 3
+    stream = loader.next_batch() + loader.next_batch()
+    assert loader.epoch == 0
+    stream += loader.next_batch()  # the last 2 of epoch 0, then the first 2 of epoch 1
+    assert sorted(stream[:10]) == list(range(10)) and loader.epoch == 1
+    stream += loader.next_batch() + loader.next_batch()
+    assert sorted(stream[10:20]) == list(range(10)) and stream[10:20] != stream[:10]
+    plain = PromptLoader(_Numbers(5), batch_size=2, shuffle=False)
+    assert [plain.next_batch() for _ in range(3)] == [[0, 1], [2, 3], [4, 0]]
+    other = PromptLoader(_Numbers(10), batch_size=10, seed=2)
+    assert other.next_batch() != PromptLoader(_Numbers(10), batch_size=10, seed=1).next_batch()
+
+
+def test_loader_resumes_exactly():
+    reference = PromptLoader(_Numbers(7), batch_size=3, seed=5)
+    expected = [reference.next_batch() for _ in range(8)]
+    first = PromptLoader(_Numbers(7), batch_size=3, seed=5)
+    got = [first.next_batch() for _ in range(3)]
+    state = json.loads(json.dumps(first.state_dict()))  # plain data: safe to save anywhere
+    resumed = PromptLoader(_Numbers(7), batch_size=3, seed=5)
+    resumed.load_state_dict(state)
+    got += [resumed.next_batch() for _ in range(5)]
+    assert got == expected
+    with pytest.raises(ValueError, match="data changed"):
+        PromptLoader(_Numbers(8), batch_size=3).load_state_dict(state)
+
+
+def test_loader_with_real_prompts(counting, qwen_vl):
+    ds = RLDataset(str(counting / "train.parquet"), DataConfig(), qwen_vl[1])
+    batch = PromptLoader(ds, batch_size=4, seed=0).next_batch()
+    assert len(batch) == 4 and len({p.index for p in batch}) == 4
+
+
+def test_rows_with_bytes_images_load_via_pil(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, format="PNG")
+    assert load_image({"bytes": buf.getvalue()}).getpixel((2, 1)) == (1, 2, 3)

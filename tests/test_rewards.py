@@ -1,0 +1,232 @@
+"""Reward functions on tricky strings, Hungarian matching, and the weighted combination."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+
+import pytest
+
+from rllava.registry import UnknownNameError
+from rllava.rewards import REWARDS, RewardFunction
+from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
+from rllava.rewards.count import count_reward, exact_match_reward
+from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number
+from rllava.rewards.format_tags import answer_tag_reward, format_reward
+from rllava.rewards.matching import hungarian
+from rllava.rewards.math_answer import math_reward
+
+
+def test_builtins_are_registered():
+    assert {"math", "format", "answer_tag", "count", "iou", "detection", "exact_match"} <= set(REWARDS.names())
+
+
+def test_extraction():
+    assert answer_tag("<answer>1</answer> then <answer> 2 </answer>") == "2"
+    assert answer_tag("<answer>unclosed") is None
+    assert last_boxed(r"\boxed{1} and \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
+    assert last_boxed(r"\boxed{\frac{1}{2}") is None  # unbalanced braces
+    assert final_answer(r"<answer>so \boxed{7}</answer> \boxed{8}") == "7"  # a box inside the tags wins
+    assert final_answer(r"work \boxed{8}") == "8"
+    assert last_number("costs 1,000.5 or -3") == -3.0
+    assert last_number("no digits") is None
+    assert last_integer("I see three circles") == 3
+    assert last_integer("maybe 2, final: 4 objects") == 4
+    assert last_integer("3.0") == 3
+    assert last_integer("3.5") is None
+    assert last_integer("someone") is None  # "one" inside a word is not a number
+
+
+@pytest.mark.parametrize("response,answer,expected", [
+    (r"<answer>\frac{1}{2}</answer>", "0.5", 1.0),
+    ("<answer> 0.5 </answer>", r"\frac{1}{2}", 1.0),
+    (r"\boxed{\frac{3}{4}}", "0.75", 1.0),
+    ("The answer is 5 cm", "5", 1.0),
+    ("<answer>12 cm^2</answer>", "12", 1.0),
+    ("<answer>90°</answer>", "90", 1.0),
+    ("<answer>1,000</answer>", "1000", 1.0),
+    (r"<answer>25\pi</answer>", r"25\pi", 1.0),
+    ("<answer>78.54</answer>", r"25\pi", 0.0),  # a rounded decimal is not the exact value
+    ("<answer>5+1</answer>", "5", 0.0),  # the unit stripping must not accept a sum
+    ("<answer>6</answer>", "7", 0.0),
+    ("I think 4 and then 7", "7", 1.0),  # no tags: the last number
+    ("<answer>4</answer> and later 5", "4", 1.0),  # the tags win over later numbers
+    ("<answer>3", "3", 1.0),  # unclosed tag: falls back to the last number
+    ("", "3", 0.0),
+])
+def test_math_reward(response, answer, expected):
+    out = math_reward(response, answer)
+    assert out == {"overall": expected, "accuracy": expected}
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("<think>count them</think><answer>3</answer>", 1.0),
+    ("  <think>a\nb</think>\n<answer> 3 </answer>\n", 1.0),
+    ("<answer>3</answer>", 0.0),  # no think block
+    ("<think>x</think><answer>3</answer> trailing text", 0.0),
+    ("<think>x</think><answer>  </answer>", 0.0),  # empty answer
+    ("<think>x<think>y</think></think><answer>3</answer>", 0.0),  # nested tags
+    ("<think>x</think><answer>3</answer><answer>4</answer>", 0.0),
+    ("<think>x</think><answer>3", 0.0),
+])
+def test_format_reward(response, expected):
+    assert format_reward(response, "") == expected
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("Counting... <answer>3</answer>", 1.0),
+    ("<answer>3</answer><answer>4</answer>", 0.0),
+    ("<answer></answer>", 0.0),
+    ("<answer>3", 0.0),
+    ("3", 0.0),
+])
+def test_answer_tag_reward(response, expected):
+    assert answer_tag_reward(response, "") == expected
+
+
+@pytest.mark.parametrize("response,answer,expected", [
+    ("There are 3 red circles.", "3", 1.0),
+    ("<answer> three </answer>", "3", 1.0),
+    ("<answer>3.0</answer>", "3", 1.0),
+    ("<answer>2</answer> no wait, 3", "2", 1.0),
+    ("\\boxed{0}", "0", 1.0),
+    ("<answer>3.5</answer>", "3", 0.0),
+    ("none", "0", 0.0),
+    ("4", " 4 ", 1.0),
+])
+def test_count_reward(response, answer, expected):
+    assert count_reward(response, answer)["accuracy"] == expected
+
+
+def test_count_reward_rejects_non_integer_truth():
+    with pytest.raises(ValueError, match="not an integer"):
+        count_reward("3", "three")
+
+
+def test_exact_match_reward():
+    assert exact_match_reward("<answer> ab3k. </answer>", "AB3K")["overall"] == 1.0
+    assert exact_match_reward('"AB3K"', "AB3K")["overall"] == 1.0
+    assert exact_match_reward("The code is AB3K", "AB3K")["overall"] == 0.0
+
+
+def test_box_parsing():
+    assert parse_boxes("<answer>[[10, 10, 20, 20], (30 40 50 60)]</answer>") == [(10, 10, 20, 20), (30, 40, 50, 60)]
+    assert parse_boxes("box: [ 20.5 ,10, 0, 0 ]") == [(0, 0, 20.5, 10)]  # corners put in order
+    assert parse_boxes("[1, 2, 3]") == []
+    assert parse_boxes("<answer>none</answer> [1,2,3,4]") == []  # the answer block decides
+    assert parse_gold_boxes("[1, 2, 3, 4]") == [(1, 2, 3, 4)]
+    assert parse_gold_boxes("[]") == []
+    with pytest.raises(ValueError):
+        parse_gold_boxes('{"x": 1}')
+
+
+def test_iou_reward_hand_values():
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert iou_reward("<answer>[0,0,10,10]</answer>", "[5, 0, 15, 10]") == {"overall": pytest.approx(1 / 3),
+                                                                           "accuracy": 0.0}
+    assert iou_reward("It is at (10, 10, 0, 0).", "[0, 0, 10, 10]") == {"overall": 1.0, "accuracy": 1.0}
+    # 2 of 3 columns overlap: IoU 80/120 = 0.67 >= 0.5
+    assert iou_reward("[0, 0, 10, 8]", "[0, 0, 10, 12]")["accuracy"] == 1.0
+    assert iou_reward("I don't know", "[0, 0, 10, 10]") == {"overall": 0.0, "accuracy": 0.0}
+
+
+def test_detection_reward_hand_values():
+    gold = "[[10, 10, 20, 20], [30, 40, 50, 61]]"
+    pred = "<answer>[[30, 40, 50, 60], [10, 10, 20, 20], [0, 0, 1, 1]]</answer>"
+    out = detection_reward(pred, gold)
+    # matches: exact (IoU 1) and 400/420; one extra box. mean over max(3, 2) = 3 slots.
+    assert out["overall"] == pytest.approx((1 + 400 / 420) / 3)
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == 1.0
+    assert out["f1"] == pytest.approx(0.8) and out["accuracy"] == 0.0
+    perfect = detection_reward("[[30,40,50,61],[10,10,20,20]]", gold)
+    assert perfect["overall"] == 1.0 and perfect["accuracy"] == 1.0
+    assert detection_reward("<answer>[]</answer>", "[]")["overall"] == 1.0
+    assert detection_reward("[[0,0,5,5]]", "[]")["overall"] == 0.0
+    assert detection_reward("nothing", gold) == {"overall": 0.0, "accuracy": 0.0, "f1": 0.0, "precision": 0.0,
+                                                 "recall": 0.0, "mean_iou": 0.0}
+
+
+def test_detection_matching_is_one_to_one_and_optimal():
+    # Greedy (best IoU first) pairs pred 1 with gold 1 (IoU 7/13), leaving pred 0 with gold 0 (IoU 0):
+    # total 0.54. The optimal assignment crosses them: 4/8 + 6/13 = 0.96.
+    gold = "[[7, 0, 14, 10], [13, 0, 21, 10]]"
+    pred = "[[17, 0, 21, 10], [8, 0, 20, 10]]"
+    out = detection_reward(pred, gold)
+    assert out["overall"] == pytest.approx((4 / 8 + 6 / 13) / 2)
+    assert out["f1"] == pytest.approx(0.5)  # only the IoU-0.5 match counts as a true positive
+
+
+def test_hungarian_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        n, m = rng.randint(1, 5), rng.randint(1, 5)
+        cost = [[rng.random() for _ in range(m)] for _ in range(n)]
+        pairs = hungarian(cost)
+        k = min(n, m)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs) == k
+        best = min(sum(cost[i][j] for i, j in zip(rows, cols))
+                   for rows in itertools.combinations(range(n), k) for cols in itertools.permutations(range(m), k))
+        assert sum(cost[i][j] for i, j in pairs) == pytest.approx(best)
+    assert hungarian([]) == []
+
+
+# ------------------------------------------------------------------ combination
+
+
+def test_reward_function_weighted_sum_and_keys():
+    fn = RewardFunction({"count": 1.0, "format": 0.5})
+    scores, infos, n_errors = fn(["<think>hm</think><answer>3</answer>", "four", "<answer>2</answer>"],
+                                 [{"answer": "3"}, {"answer": "4"}, {"answer": "5"}])
+    assert scores == [1.5, 1.0, 0.0]
+    assert n_errors == 0
+    assert infos[0] == {"count": 1.0, "accuracy": 1.0, "format": 1.0, "overall": 1.5}
+    assert infos[2]["accuracy"] == 0.0
+
+
+def test_reward_function_logs_extra_keys_per_component():
+    fn = RewardFunction({"detection": 1.0})
+    _, infos, _ = fn(["[[0,0,10,10]]"], [{"answer": "[[0,0,10,10]]", "index": 3, "images": ["x.png"]}])
+    assert infos[0]["detection"] == 1.0 and infos[0]["detection/f1"] == 1.0 and infos[0]["accuracy"] == 1.0
+
+
+def test_reward_function_user_file_and_unknown_name(tmp_path):
+    plugin = tmp_path / "my_reward.py"
+    plugin.write_text("def length_bonus(response, answer, **meta):\n"
+                      "    return {'overall': len(response) / 10, 'accuracy': float(response == answer)}\n")
+    fn = RewardFunction({f"{plugin}:length_bonus": 2.0, "count": 1.0})
+    scores, infos, _ = fn(["12345"], [{"answer": "12345"}])
+    assert scores == [pytest.approx(2.0 * 0.5 + 1.0)]  # weighted: 2 x 5/10, plus count (12345 == 12345)
+    assert infos[0]["accuracy"] == 1.0  # from the first component that reports it (the user's)
+    with pytest.raises(UnknownNameError, match="did you mean 'count'"):
+        RewardFunction({"cont": 1.0})
+    with pytest.raises(AttributeError, match="no function 'missing'"):
+        RewardFunction({f"{plugin}:missing": 1.0})
+
+
+def test_reward_function_survives_errors_and_nan(tmp_path, caplog):
+    plugin = tmp_path / "bad.py"
+    plugin.write_text("import math\n"
+                      "def boom(response, answer, **meta):\n"
+                      "    if response == 'nan':\n"
+                      "        return math.nan\n"
+                      "    if response == 'nodict':\n"
+                      "        return {'score': 1.0}\n"
+                      "    raise RuntimeError('reward exploded')\n")
+    fn = RewardFunction({f"{plugin}:boom": 1.0, "count": 1.0}, on_error=-1.0)
+    with caplog.at_level(logging.WARNING, logger="rllava.rewards.combine"):
+        scores, infos, n_errors = fn(["3", "nan", "nodict", "x"], [{"answer": "3"}] * 4)
+    assert n_errors == 4
+    assert scores == [-1.0 + 1.0, -1.0 + 0.0, -1.0 + 0.0, -1.0 + 0.0]
+    assert all(math.isfinite(s) for s in scores)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "reward exploded" in messages[0]  # logged once per component
+    # A failing built-in that reports accuracy still reports it (as 0), so accuracy means stay unbiased.
+    scores, infos, n_errors = RewardFunction({"count": 1.0}, on_error=0.0)(["3"], [{"answer": "x"}])
+    assert n_errors == 1 and infos[0]["accuracy"] == 0.0 and scores == [0.0]
+
+
+def test_reward_function_length_mismatch():
+    with pytest.raises(ValueError, match="2 responses but 1"):
+        RewardFunction({"count": 1.0})(["1", "2"], [{"answer": "1"}])

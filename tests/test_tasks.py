@@ -1,0 +1,182 @@
+"""Synthetic task generators: folder layout, determinism, and answers checked against the pixels."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from rllava.registry import UnknownNameError
+from rllava.rewards import RewardFunction
+from rllava.tasks import TASKS, make_task, split_sizes
+from rllava.tasks.draw import COLORS
+from rllava.tasks.zoom import ALPHABET
+
+
+def _rows(out, split="train"):
+    return pq.read_table(out / f"{split}.parquet").to_pylist()
+
+
+def _all_rows(out):
+    return [r for s in ("train", "val", "test") for r in _rows(out, s)]
+
+
+def _pixel(out, row, x, y):
+    return Image.open(out / row["images"][0]).convert("RGB").getpixel((x, y))
+
+
+def _centre(box):
+    return (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Every task generated once (n=10) for the checks below."""
+    root = tmp_path_factory.mktemp("tasks")
+    return {name: make_task(name, root / name, n=10, seed=3) for name in TASKS.names()}
+
+
+def test_registered_tasks_and_split_sizes():
+    assert {"counting", "geometry", "grounding", "detection", "zoom"} <= set(TASKS.names())
+    assert split_sizes(10) == (8, 1, 1)
+    assert split_sizes(1000) == (800, 100, 100)
+    assert split_sizes(2) == (2, 0, 0)
+
+
+@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom"])
+def test_folder_layout(made, name):
+    out = made[name]
+    sizes = {s: len(_rows(out, s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 8, "val": 1, "test": 1}
+    rows = _all_rows(out)
+    assert sorted(r["id"] for r in rows) == list(range(10))
+    for r in rows:
+        assert r["prompt"].count("<image>") == 1 and isinstance(r["answer"], str)
+        assert len(r["images"]) == 1 and (out / r["images"][0]).is_file()
+    info = yaml.safe_load((out / "task.yaml").read_text())
+    assert info["task"] == name and info["splits"] == sizes and info["seed"] == 3
+    assert info["reward"]["functions"] == TASKS.entry(name).meta["reward"]
+
+
+@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom"])
+def test_default_reward_gives_full_marks_for_the_answer(made, name):
+    """The registry's default reward accepts each ground truth written the way the prompt asks."""
+    fn = RewardFunction(TASKS.entry(name).meta["reward"])
+    rows = _all_rows(made[name])
+    scores, _, n_errors = fn([f"<answer>{r['answer']}</answer>" for r in rows], rows)
+    assert n_errors == 0 and scores == [1.0] * len(rows)
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*.png")):
+        h.update(p.read_bytes())
+    for split in ("train", "val", "test"):
+        h.update(json.dumps(_rows(folder, split), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def test_deterministic_given_seed(tmp_path):
+    a = make_task("counting", tmp_path / "a", n=6, seed=7)
+    b = make_task("counting", tmp_path / "b", n=6, seed=7)
+    c = make_task("counting", tmp_path / "c", n=6, seed=8)
+    assert _digest(a) == _digest(b) != _digest(c)
+    # sample i does not depend on n
+    d = make_task("counting", tmp_path / "d", n=3, seed=7)
+    assert (d / "images/000002.png").read_bytes() == (a / "images/000002.png").read_bytes()
+
+
+def test_counting_answer_matches_the_pixels(made):
+    out = made["counting"]
+    for r in _all_rows(out):
+        objs = json.loads(r["objects"])
+        targets = [o for o in objs if (o["color"], o["shape"]) == (r["color"], r["shape"])]
+        assert r["answer"] == str(len(targets)) == str(r["count"])
+        assert f"How many {r['color']} {r['shape']}s" in r["prompt"]
+        for o in objs:  # every recorded object is drawn, in its colour, where its box says
+            assert _pixel(out, r, *_centre(o["box"])) == COLORS[o["color"]]
+        boxes = [o["box"] for o in objs]
+        for i, a in enumerate(boxes):  # objects never overlap (so they can be counted)
+            for b in boxes[i + 1:]:
+                assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+        # easy default: a small image and at most 3 targets
+        assert Image.open(out / r["images"][0]).size == (64, 64) and 0 <= r["count"] <= 3
+
+
+def test_counting_difficulty_option(tmp_path):
+    out = make_task("counting", tmp_path / "hard", n=3, seed=0, difficulty="hard")
+    row = _rows(out)[0]
+    assert row["difficulty"] == "hard" and Image.open(out / row["images"][0]).size == (112, 112)
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        make_task("counting", tmp_path / "x", n=1, difficulty="impossible")
+    with pytest.raises(ValueError, match="options"):
+        make_task("counting", tmp_path / "x", n=1, colour="red")
+    with pytest.raises(UnknownNameError, match="did you mean 'counting'"):
+        make_task("countin", tmp_path / "x", n=1)
+
+
+def test_grounding_box_is_the_described_object(made):
+    out = made["grounding"]
+    for r in _all_rows(out):
+        box = json.loads(r["answer"])
+        matching = [o for o in json.loads(r["objects"]) if (o["color"], o["shape"]) == (r["color"], r["shape"])]
+        assert [o["box"] for o in matching] == [box]  # exactly one such object, and it is the answer
+        assert _pixel(out, r, *_centre(box)) == COLORS[r["color"]]
+        assert 0 <= box[0] < box[2] < r["width"] and 0 <= box[1] < box[3] < r["height"]
+
+
+def test_detection_boxes_are_all_of_the_class(made):
+    out = made["detection"]
+    for r in _all_rows(out):
+        boxes = json.loads(r["answer"])
+        assert len(boxes) == r["count"]
+        objs = json.loads(r["objects"])
+        words = r["target"].split()
+        expected = [o["box"] for o in objs if all(w in (o["color"], o["shape"], "object") for w in words)]
+        assert sorted(boxes) == sorted(expected)
+
+
+def test_geometry_answers_follow_the_formulas(made):
+    formulas = {
+        ("rectangle", "area"): lambda d: d["w"] * d["h"],
+        ("rectangle", "perimeter"): lambda d: 2 * (d["w"] + d["h"]),
+        ("right_triangle", "area"): lambda d: d["a"] * d["b"] / 2,
+        ("right_triangle", "hypotenuse"): lambda d: math.hypot(d["a"], d["b"]),
+        ("triangle_angle", "angle"): lambda d: 180 - d["A"] - d["B"],
+        ("circle", "diameter"): lambda d: 2 * d["r"],
+    }
+    rows = _all_rows(made["geometry"])
+    for r in rows:
+        dims = json.loads(r["dims"])
+        if r["figure"] == "circle" and "pi" in r["prompt"]:
+            factor = dims["r"] ** 2 if "area" in r["prompt"] else 2 * dims["r"]
+            assert r["answer"] == f"{factor}\\pi"
+            continue
+        question = next(k for (fig, k) in formulas if fig == r["figure"] and k in r["prompt"])
+        assert float(r["answer"]) == pytest.approx(formulas[(r["figure"], question)](dims))
+    assert len({r["figure"] for r in rows}) >= 3  # the default mixes figures
+
+
+def test_zoom_label_is_small_and_in_its_box(made):
+    out = made["zoom"]
+    for r in _all_rows(out):
+        img = Image.open(out / r["images"][0]).convert("L")
+        assert 448 <= img.width <= 896 and 448 <= img.height <= 896
+        x1, y1, x2, y2 = json.loads(r["label_box"])
+        assert 0 <= x1 < x2 < img.width and 0 <= y1 < y2 < img.height
+        assert (x2 - x1) * (y2 - y1) < 0.002 * img.width * img.height  # a tiny part of the image
+        inside = img.crop((x1 + 1, y1 + 1, x2, y2))
+        darkest, lightest = inside.getextrema()
+        assert darkest < 80 and lightest == 255  # dark text on a white label
+        assert len(r["answer"]) == 4 and set(r["answer"]) <= set(ALPHABET)
+
+
+def test_cli_make_task(tmp_path, capsys):
+    from rllava.cli import main
+
+    assert main(["make-task", "geometry", "--out", str(tmp_path / "g"), "--n", "4", "--seed", "1"]) == 0
+    assert (tmp_path / "g" / "train.parquet").is_file() and len(_rows(tmp_path / "g")) == 2
