@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from rllava.config import ConfigError, import_plugins, load_config, to_yaml
 from rllava.registry import UnknownNameError
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help: str, optional: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
-        sp.add_argument("config", nargs="?" if optional else None, help="YAML config file")
+        sp.add_argument("config", nargs="?", help="YAML config file" + (" (optional)" if optional else ""))
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.n=8")
         return sp
 
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    config = getattr(args, "config", None)
+    if config and "=" in config and not Path(config).exists():  # no YAML file: overrides only
+        args.overrides, args.config = [config, *args.overrides], None
     try:
         return args.fn(args)
     except (ConfigError, UnknownNameError) as e:

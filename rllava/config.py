@@ -285,6 +285,16 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _parse_value(raw: str) -> Any:
+    """A command-line value as YAML (numbers, lists, mappings), else the raw string (e.g. a jinja template)."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["rollout.n=8", "reward.functions={count: 1.0}"]` -> nested dict; values parsed as YAML."""
     tree: dict = {}
@@ -292,7 +302,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        _set_dotted(tree, key.strip(), _parse_value(raw))
     return tree
 
 

@@ -166,6 +166,10 @@ def test_text_only_dataset_matches_the_chat_template(tmp_path, text_tok):
     assert p.input_ids == text_tok(expected, add_special_tokens=False)["input_ids"]
     assert p.mm == {} and p.seq == {} and p.images == []
     assert p.meta == {"question": "1+1?", "answer": "2", "level": "easy", "index": 0}
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}>")
+    override = RLDataset(str(f), DataConfig(prompt_key="question", chat_template=str(tmp_path / "chat.jinja")),
+                         text_tok)
+    assert override[0].text == "[user] 1+1?\n>"
 
 
 def test_vlm_prompt_on_the_counting_task(counting, qwen_vl):
@@ -212,6 +216,19 @@ def test_length_estimate_is_exact(tmp_path, tiny_model_factory, family):
     f = _jsonl(tmp_path / "rows.jsonl", rows)
     ds = RLDataset(str(f), DataConfig(max_pixels=128 * 128), AutoProcessor.from_pretrained(tiny_model_factory(family)))
     assert [it.length for it in ds.items] == [len(ds[i].input_ids) for i in range(3)]
+
+
+def test_length_falls_back_to_processing_when_the_probe_fails(tmp_path, qwen_vl, monkeypatch, caplog):
+    _png(tmp_path / "a.png", (100, 60))
+    f = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "<image>one", "answer": "1", "images": ["a.png"]}])
+
+    def probe_fails(self, *args):
+        raise RuntimeError("this processor needs real text")
+
+    monkeypatch.setattr(RLDataset, "_extra", probe_fails)
+    with caplog.at_level(logging.WARNING, logger="rllava.data.dataset"):
+        ds = RLDataset(str(f), DataConfig(), qwen_vl[1])
+    assert ds.items[0].length == len(ds[0].input_ids) > 10 and "processing each row once" in caplog.text
 
 
 def test_over_long_prompts_are_filtered_and_counted(tmp_path, qwen_vl, caplog):
@@ -308,12 +325,15 @@ def test_video_frames_are_sampled(tmp_path, qwen_vl):
     _, videos = ds.load_media(0)
     assert [f.getpixel((0, 0))[0] for f in videos[0]] == [0, 40, 120, 160]  # frames 0, 1, 3, 4 of 5
     assert ds.items[0].length == len(p.input_ids)
-    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)  # not a real video
     try:
         import av  # noqa: F401
+
+        reason = "cannot decode video"
     except ImportError:
-        with pytest.raises(DataError, match="row 0, field 'videos'.*pip install av"):
-            RLDataset(str(_jsonl(tmp_path / "file.jsonl", rows[1:])), DataConfig(), proc)
+        reason = "needs PyAV: `pip install av`"
+    with pytest.raises(DataError, match=f"file.jsonl, row 0, field 'videos': video 0: .*{reason}"):
+        RLDataset(str(_jsonl(tmp_path / "file.jsonl", rows[1:])), DataConfig(), proc)
 
 
 # ------------------------------------------------------------------ PromptLoader

@@ -11,7 +11,7 @@ import pytest
 from rllava.registry import UnknownNameError
 from rllava.rewards import REWARDS, RewardFunction
 from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
-from rllava.rewards.count import count_reward, exact_match_reward
+from rllava.rewards.count import count_reward, exact_match_reward, number_format_reward
 from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number
 from rllava.rewards.format_tags import answer_tag_reward, format_reward
 from rllava.rewards.matching import hungarian
@@ -19,7 +19,8 @@ from rllava.rewards.math_answer import math_reward
 
 
 def test_builtins_are_registered():
-    assert {"math", "format", "answer_tag", "count", "iou", "detection", "exact_match"} <= set(REWARDS.names())
+    assert {"math", "format", "answer_tag", "count", "number_format", "iou", "detection",
+            "exact_match"} <= set(REWARDS.names())
 
 
 def test_extraction():
@@ -102,6 +103,13 @@ def test_count_reward(response, answer, expected):
 def test_count_reward_rejects_non_integer_truth():
     with pytest.raises(ValueError, match="not an integer"):
         count_reward("3", "three")
+
+
+def test_number_format_reward():
+    assert number_format_reward("<answer>7</answer>") == 1.0
+    assert number_format_reward("I see seven") == 1.0
+    assert number_format_reward("<answer>many</answer> 3") == 0.0  # the tags decide
+    assert number_format_reward("2.5") == 0.0
 
 
 def test_exact_match_reward():

@@ -8,7 +8,8 @@ Length estimate: the rendered chat text is tokenised, and each image adds the nu
 the processor expands its placeholder into. That number depends only on the (resized) image
 size, so it is measured once per distinct size by processing a blank image of that size. It
 matches the processed length exactly for placeholder-expanding processors (Qwen-VL, LLaVA,
-Idefics3/SmolVLM, Gemma3); a prompt that still comes out too long is logged at access time.
+Idefics3/SmolVLM, Gemma3); a prompt that still comes out too long is logged at access time. If a
+processor rejects the blank probe, each row with media is processed once instead (exact, slower).
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ class RLDataset(torch.utils.data.Dataset):
         self.bad_rows: list[str] = []  # the reasons, first few
         self._extra_tokens: dict[tuple, int] = {}  # (kind, frames, w, h) -> tokens a media item adds
         self._warned_long = False
+        self._probe_failed = False
         rows, refs = load_rows_with_refs(files, cfg)
         items = []
         for row, ref in zip(rows, refs):
@@ -157,11 +159,23 @@ class RLDataset(torch.utils.data.Dataset):
         for it, tokens in zip(items, ids):
             it.length = len(tokens)
         for it in items:
+            if not (it.images or it.videos):
+                continue
             try:
                 it.length += self._media_tokens(it)
             except DataError as e:  # an unreadable header: a bad row
                 it.length = -1
                 self._bad(e)
+            except Exception as e:  # the processor rejected the blank probe: process the real row instead
+                if not self._probe_failed:
+                    self._probe_failed = True
+                    logger.warning("cannot estimate media tokens with a blank probe (%s: %s); processing each "
+                                   "row once to measure its length", type(e).__name__, e)
+                try:
+                    it.length = len(self._encode(it, *self._load_media(it))["input_ids"][0])
+                except DataError as bad:
+                    it.length = -1
+                    self._bad(bad)
         items[:] = [it for it in items if it.length >= 0]
 
     def _media_tokens(self, it: _Item) -> int:
@@ -185,8 +199,8 @@ class RLDataset(torch.utils.data.Dataset):
         """Tokens one image (or video of `frames` frames) of this size adds beyond its placeholder text."""
         key = (kind, frames, w, h)
         if key not in self._extra_tokens:
-            chat = apply_chat_template(self.processor, [{"role": "user", "content": [{"type": kind}]}],
-                                       self.chat_template)
+            probe = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": "?"}]}]
+            chat = apply_chat_template(self.processor, probe, self.chat_template)
             blank = Image.new("RGB", (w, h))
             media = {"images": [blank]} if kind == "image" else {"videos": [[blank] * frames]}
             out = self.processor(text=[chat], return_tensors="pt", add_special_tokens=False, **media)
@@ -219,9 +233,8 @@ class RLDataset(torch.utils.data.Dataset):
         meta["index"] = index
         return meta
 
-    def load_media(self, i: int) -> tuple[list[Image.Image], list[list[Image.Image]]]:
-        """Decoded and resized images and video frames of prompt i."""
-        it, cfg = self.items[i], self.cfg
+    def _load_media(self, it: _Item) -> tuple[list[Image.Image], list[list[Image.Image]]]:
+        cfg = self.cfg
         try:
             images = [resize_image(load_image(x, it.ref.base_dir), cfg.min_pixels, cfg.max_pixels)
                       for x in it.images]
@@ -234,14 +247,21 @@ class RLDataset(torch.utils.data.Dataset):
             raise DataError(f"{it.ref.where(cfg.video_key)}: {e}") from None
         return images, videos
 
+    def load_media(self, i: int) -> tuple[list[Image.Image], list[list[Image.Image]]]:
+        """Decoded and resized images and video frames of prompt i."""
+        return self._load_media(self.items[i])
+
+    def _encode(self, it: _Item, images: list[Image.Image], videos: list[list[Image.Image]]) -> Any:
+        """The processor's (or tokenizer's) outputs for one prompt, batch dim 1."""
+        if not self.multimodal:
+            return self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
+        media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
+        return self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
+
     def __getitem__(self, i: int) -> Prompt:
         it = self.items[i]
-        images, videos = self.load_media(i)
-        if self.multimodal:
-            media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
-            out = self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
-        else:
-            out = self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
+        images, videos = self._load_media(it)
+        out = self._encode(it, images, videos)
         input_ids = out["input_ids"][0].tolist()
         n = len(input_ids)
         seq, mm = {}, {}

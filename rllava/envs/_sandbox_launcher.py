@@ -4,20 +4,25 @@ Process tree: trainer -> launcher -> init -> guard (the Python that runs the mod
 
 - launcher: joins the pids cgroup (if the trainer made one), unshares the network, PID and
   mount namespaces (each only if the kernel allows it), forks `init`, and exits with its code.
-- init: pid 1 of the new PID namespace. Dies with the launcher (PDEATHSIG), makes every mount
-  read-only except the work folder, mounts a fresh /proc, forks the guard, reaps orphans, and
-  exits when the guard does. When a PID namespace's init exits, the kernel kills every other
-  process in it, so nothing the code started can outlive the call.
+- init: pid 1 of the new PID namespace. Dies with the launcher (PDEATHSIG). Puts a size-limited
+  tmpfs over the work folder (a copy of it: the disk quota), makes every other mount read-only,
+  mounts a fresh /proc, forks the guard and reaps orphans. When the guard exits it kills the
+  rest of the namespace, copies the tmpfs back into the real work folder and exits. (When a PID
+  namespace's init exits, the kernel kills every other process in it, so nothing the code
+  started outlives the call. If the call times out, init dies with the launcher and the
+  call's file changes are dropped.)
 - guard child: sets the rlimits, drops every capability (so root inside cannot remount, raise
   hard limits or leave the cgroup), sets no_new_privs, and execs the guard script.
 
 Each layer reports whether it took effect on the status pipe (one JSON line per message).
 """
 import ctypes
-import ctypes.util
+import errno
 import json
 import os
+import re
 import resource
+import shutil
 import signal
 import sys
 
@@ -32,7 +37,7 @@ KEEP_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noat
 RLIMITS = {"AS": resource.RLIMIT_AS, "CPU": resource.RLIMIT_CPU, "FSIZE": resource.RLIMIT_FSIZE,
            "NOFILE": resource.RLIMIT_NOFILE, "NPROC": resource.RLIMIT_NPROC, "CORE": resource.RLIMIT_CORE}
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+libc = ctypes.CDLL(None, use_errno=True)  # the running python's own libc symbols (no ldconfig subprocess)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
@@ -45,9 +50,9 @@ def unshare(flag):
     return libc.unshare(flag) == 0
 
 
-def mount(src, target, fstype, flags):
-    enc = [x.encode() if isinstance(x, str) else x for x in (src, target, fstype)]
-    return libc.mount(enc[0], enc[1], enc[2], flags, None) == 0
+def mount(src, target, fstype, flags, data=None):
+    enc = [x.encode() if isinstance(x, str) else x for x in (src, target, fstype, data)]
+    return libc.mount(enc[0], enc[1], enc[2], flags, enc[3]) == 0
 
 
 def mount_points():
@@ -56,15 +61,13 @@ def mount_points():
     with open("/proc/self/mountinfo") as f:
         for line in f:
             parts = line.split()
-            point = parts[4].encode().decode("unicode_escape")
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
             out.append((point, parts[5].split(",")))
     return out
 
 
 def readonly_except(keep):
-    """Make this mount namespace's every mount read-only except `keep`; returns the mount points that failed."""
-    if not mount(None, "/", None, MS_REC | MS_PRIVATE):  # so nothing below propagates to the host
-        return ["/"]
+    """Make every mount of this (already private) namespace read-only except `keep`; returns the ones that failed."""
     if not mount(keep, keep, None, MS_BIND | MS_REC):  # the work folder becomes its own (writable) mount
         return [keep]
     failed = []
@@ -79,13 +82,51 @@ def readonly_except(keep):
     return failed
 
 
+def copy_entries(src, dst):
+    """Copy the files, folders and links in `src` into `dst` (other file types, e.g. FIFOs, are skipped)."""
+    def special(folder, names):
+        return [n for n in names if not (os.path.islink(os.path.join(folder, n)) or os.path.isfile(os.path.join(folder, n))
+                                         or os.path.isdir(os.path.join(folder, n)))]
+    for name in os.listdir(src):
+        a, b = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(a) and not os.path.islink(a):
+            shutil.copytree(a, b, symlinks=True, ignore=special, dirs_exist_ok=True)
+        elif os.path.islink(a) or os.path.isfile(a):
+            shutil.copy2(a, b, follow_symlinks=False)
+
+
+def quota_work_dir(work, host_view, size_mb):
+    """Put a size-limited tmpfs over the work folder, filled with its contents; the real folder stays at host_view."""
+    if not mount(work, host_view, None, MS_BIND):
+        return False
+    if not mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700"):
+        return False
+    copy_entries(host_view, work)
+    return True
+
+
+def sync_back(work, host_view):
+    """After the run: make the real folder writable again and give it the tmpfs contents."""
+    for point, opts in mount_points():
+        if point == host_view:
+            flags = MS_REMOUNT | MS_BIND
+            for o in opts:
+                flags |= KEEP_FLAGS.get(o, 0)
+            mount(None, host_view, None, flags)
+    for name in os.listdir(host_view):
+        path = os.path.join(host_view, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    copy_entries(work, host_view)
+
+
 def drop_capabilities():
     """Empty the bounding set and forbid privilege gain; exec then leaves even root without capabilities."""
-    cap = 0
-    while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 or ctypes.get_errno() != 22:  # EINVAL: past the last cap
-        cap += 1
-        if cap > 63:
-            break
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
@@ -106,10 +147,18 @@ def run_guard(spec):
 
 def run_init(spec, layers, status_fd, launcher_pid):
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != launcher_pid:  # the launcher died before PDEATHSIG was armed
+    if os.getppid() not in (0, launcher_pid):  # the launcher died before PDEATHSIG was armed (0: parent outside our PID ns)
         os._exit(137)
+    work = spec["work_dir"]
     if layers.get("mount_namespace"):
-        failed = readonly_except(spec["work_dir"])
+        if not mount(None, "/", None, MS_REC | MS_PRIVATE):  # nothing below may propagate to the host
+            layers["mount_namespace"] = False
+    if layers.get("mount_namespace"):
+        # The quota needs a PID namespace: before syncing back, init kills everything else in it (kill -1).
+        if spec.get("disk_mb") and layers.get("pid_namespace"):
+            layers["disk_quota"] = quota_work_dir(work, spec["host_view"], spec["disk_mb"])
+        failed = readonly_except(work)
+        os.chdir(work)  # the old cwd still points into the mount below the new one
         layers["readonly_fs"] = not failed
         if failed:
             layers["readonly_fs_failed"] = failed[:5]
@@ -121,8 +170,9 @@ def run_init(spec, layers, status_fd, launcher_pid):
         os.close(status_fd)
         try:
             run_guard(spec)
-        finally:
-            os._exit(126)
+        except BaseException as e:
+            print(f"sandbox: could not start the interpreter: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        os._exit(126)
     code = 1
     while True:  # reap everything; stop when the guard itself exits
         try:
@@ -134,6 +184,17 @@ def run_init(spec, layers, status_fd, launcher_pid):
             code = 128 + sig if sig else os.WEXITSTATUS(st)
             report(status_fd, exit_code=None if sig else code, signal=sig or None)
             break
+    if layers.get("disk_quota") and os.getpid() == 1:  # never kill(-1) outside our own PID namespace
+        try:
+            os.kill(-1, signal.SIGKILL)  # in a PID namespace: every process but this one, so nothing writes meanwhile
+        except ProcessLookupError:
+            pass  # nothing else was running
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        sync_back(work, spec["host_view"])
     os._exit(code)
 
 
@@ -157,8 +218,9 @@ def main():
     if init == 0:
         try:
             run_init(spec, layers, status_fd, me)
-        finally:
-            os._exit(125)
+        except BaseException as e:
+            print(f"sandbox launcher failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        os._exit(125)
     os.close(status_fd)
     _, st = os.waitpid(init, 0)
     os._exit(128 + os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st))

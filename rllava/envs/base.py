@@ -77,11 +77,23 @@ class ToolContext:
             self._work_dir = None
 
 
+@dataclass
+class EpisodeOutcome:
+    """How an episode ended, for the episode reward: see `envs.episode_reward.episode_reward`."""
+
+    answer: Optional[str] = None  # the final <answer> text; None if the episode ended without one
+    answer_reward: float = 0.0
+    format_ok: bool = False  # ended with an answer and every turn was well-formed
+    turn_rewards: list[float] = field(default_factory=list)  # one per policy turn (0 on the answer turn)
+    num_tool_calls: int = 0  # tool calls that ran and succeeded
+    stop_reason: str = ""  # answer | max_turns | no_action
+
+
 class Environment:
     """One episode's environment. Subclasses register with `@ENVIRONMENTS.register(name)`."""
 
     @classmethod
-    def from_config(cls, cfg: Any, answer_reward: Any = None) -> "Environment":
+    def from_config(cls, cfg: Any, answer_reward: Any = None) -> Environment:
         """Build from an `EnvConfig`-like object; the default ignores it."""
         return cls()
 
@@ -91,6 +103,10 @@ class Environment:
 
     def step(self, action_text: str) -> StepResult:
         """Apply one policy turn (its decoded text)."""
+        raise NotImplementedError
+
+    def outcome(self) -> EpisodeOutcome:
+        """How the episode went so far (final once a step returned done)."""
         raise NotImplementedError
 
     def tool_schemas(self) -> list[dict[str, Any]]:
@@ -104,7 +120,7 @@ class Environment:
     def close(self) -> None:
         """Release per-episode resources (temp folders)."""
 
-    def __enter__(self) -> "Environment":
+    def __enter__(self) -> Environment:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,3 +30,9 @@ def exact_match_reward(response: str, answer: str, **meta) -> dict[str, float]:
     """1 if the final answer equals the ground truth after normalisation (case, quotes, spacing)."""
     ok = normalize_text(final_answer(response)) == normalize_text(str(answer))
     return {"overall": float(ok), "accuracy": float(ok)}
+
+
+@REWARDS.register("number_format")
+def number_format_reward(response: str, answer: str = "", **meta) -> float:
+    """1 if the final answer holds a whole number at all: a dense shaping term for counting from scratch."""
+    return float(last_integer(final_answer(response)) is not None)

@@ -1,0 +1,289 @@
+"""rllava vs TRL's GRPOTrainer, side by side on CPU: step time and peak RSS.
+
+Both sides train the same tiny Qwen2-VL ("small", ~31 M params, fp32) with GRPO on the same
+counting prompts (one image each): 1 prompt x 8 completions x exactly 64 new tokens per step,
+AdamW with the same lr/betas/clip, one update per step (mini-batch = whole batch, 1 epoch),
+no KL (beta=0, so no reference model), temperature 1.0, 2 torch threads.
+
+Each side runs in its own subprocess, one after the other, so peak RSS is per side and the two
+never share the CPU. The parent prints each side's per-step times and then ONE JSON line:
+
+    python benchmarks/vs_trl.py            # 2 warm-up + 10 measured steps per side (~2-3 min)
+    python benchmarks/vs_trl.py --quick    # 1 warm-up + 5 measured steps
+
+What a "step" is (the headline `*_step_s`): the wall time between the starts of two consecutive
+training-loop iterations, so it holds everything the loop does once per step on that side:
+fetching the prompt (image decoding + processor), generation, reward scoring, the log-prob
+forward with grad, backward, grad clipping, the AdamW step, and per-step logging. With one
+update per step neither side runs a separate old-log-prob pass, and with beta=0 neither runs a
+reference pass. Secondary numbers: rllava's own `time/step` (metrics.jsonl; excludes the
+prompt fetch and logging) and TRL's on_step_begin -> on_step_end time (excludes the prompt
+fetch). Peak RSS is `ru_maxrss` read at the start of the last (unmeasured) step, so it covers
+every measured step and excludes end-of-run work (rllava's final checkpoint save).
+
+Exactly 64 tokens: the model folder's generation_config.json sets `min_new_tokens=64` (HF's
+per-model generation default, which rllava's HF rollout inherits); TRL gets the same value
+through `GRPOConfig.generation_kwargs`. Both sides report their mean completion length.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEMPLATE_SUFFIX = " Answer with a number."  # the counting task's template: "{{ prompt }} Answer with a number."
+IMAGE_MARKER = "<image>"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_after(values: list[float], warmup: int) -> float:
+    measured = values[warmup:]
+    if not measured:
+        raise RuntimeError(f"no measured steps: {len(values)} step times with {warmup} warm-up")
+    return statistics.median(measured)
+
+
+class StepMarks:
+    """Timestamps (and peak RSS) at the start of every training-loop iteration; prints each finished step."""
+
+    def __init__(self, side: str):
+        self.side = side
+        self.starts: list[float] = []
+        self.cpu: list[float] = []  # process CPU time (all threads): less sensitive to other jobs on the machine
+        self.rss: list[float] = []
+
+    def mark(self) -> None:
+        now, cpu = time.perf_counter(), time.process_time()
+        if self.starts:
+            print(f"[{self.side}] step {len(self.starts)}: {now - self.starts[-1]:.3f} s wall, "
+                  f"{cpu - self.cpu[-1]:.3f} s cpu", flush=True)
+        self.starts.append(now)
+        self.cpu.append(cpu)
+        self.rss.append(peak_rss_mb())
+
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+    def cpu_intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.cpu, self.cpu[1:])]
+
+
+# ---------------------------------------------------------------- setup (parent)
+
+
+def prepare(workdir: Path, new_tokens: int) -> tuple[Path, Path]:
+    """Tiny Qwen2-VL (small) and counting data, written once per workdir; the model never stops early."""
+    from transformers import GenerationConfig
+
+    from rllava.models.tiny import make_tiny_model
+    from rllava.tasks import make_task
+
+    model_dir, data_dir = workdir / "model", workdir / "data"
+    if not (model_dir / "config.json").exists():
+        make_tiny_model("qwen2_vl", model_dir, size="small", seed=0)
+    gen = GenerationConfig.from_pretrained(model_dir)
+    gen.min_new_tokens = new_tokens  # EOS is masked until `new_tokens` tokens exist: every response is full length
+    gen.save_pretrained(model_dir)
+    if not (data_dir / "train.parquet").exists():
+        make_task("counting", data_dir, n=200, seed=0)
+    return model_dir, data_dir
+
+
+# ---------------------------------------------------------------- the two sides (children)
+
+
+def run_ours(args: argparse.Namespace, marks: StepMarks) -> dict:
+    """rllava through its own `run_experiment` (what `rllava train` calls), with the loop's prompt fetch timed."""
+    from rllava.config import load_config
+    from rllava.data.loader import PromptLoader
+    from rllava.pipelines.run import run_experiment
+
+    fetch = PromptLoader.next_batch
+
+    def timed_next_batch(self):  # the trainer calls this once at the top of every iteration
+        marks.mark()
+        return fetch(self)
+
+    PromptLoader.next_batch = timed_next_batch
+    out_dir = Path(args.workdir) / "runs"
+    overrides = [
+        f"data.train_files={Path(args.data) / 'train.parquet'}", "data.val_files=",
+        f"data.template='{{{{ prompt }}}}{TEMPLATE_SUFFIX}'", "data.batch_size=1",  # quoted: values are YAML
+        f"model.path={args.model}", "model.dtype=float32",
+        "algorithm.adv_estimator=grpo", "algorithm.policy_loss=ppo", "algorithm.loss_agg_mode=token-mean",
+        "algorithm.kl_coef=0.0",
+        f"actor.lr={args.lr}", "actor.ppo_epochs=1", "actor.mini_batch_size=0", "actor.max_grad_norm=1.0",
+        "actor.weight_decay=0.0", "actor.lr_scheduler=constant",
+        f"rollout.n={args.n}", f"rollout.temperature={args.temperature}", f"rollout.max_new_tokens={args.new_tokens}",
+        "reward.functions={count: 1.0}",
+        f"trainer.total_steps={args.total_steps}", "trainer.device=cpu", "trainer.val_before_train=false",
+        "trainer.loggers=[jsonl]", "trainer.progress_bar=false", f"trainer.output_dir={out_dir}",
+        "trainer.experiment_name=ours", "trainer.resume=none", f"trainer.seed={args.seed}",
+    ]
+    run_experiment(load_config(None, overrides))
+    rows = [json.loads(ln) for ln in (out_dir / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return {"train_step_s": [r["time/step"] for r in rows], "completion_len": [r["response/length_mean"] for r in rows]}
+
+
+def trl_dataset(data_dir: Path):
+    """The counting rows as TRL wants them: a conversational `prompt` plus an `image` column."""
+    import pandas as pd
+    from datasets import Dataset
+    from PIL import Image
+
+    df = pd.read_parquet(data_dir / "train.parquet")
+    rows = []
+    for prompt, answer, images in zip(df["prompt"], df["answer"], df["images"]):
+        text = prompt.replace(IMAGE_MARKER, "") + TEMPLATE_SUFFIX  # TRL puts the image block before the text, as rllava does
+        with Image.open(data_dir / images[0]) as img:
+            rows.append({"prompt": [{"role": "user", "content": text}], "image": img.convert("RGB"), "answer": answer})
+    return Dataset.from_list(rows)
+
+
+def count_reward_func(completions: list, answer: list, **kwargs) -> list[float]:
+    """rllava's `count` reward, called from TRL."""
+    from rllava.rewards.count import count_reward
+
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [count_reward(t, a)["overall"] for t, a in zip(texts, answer)]
+
+
+def run_trl(args: argparse.Namespace, marks: StepMarks) -> dict:
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    step_s: list[float] = []
+    lengths: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            marks.mark()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            step_s.append(time.perf_counter() - self.t0)
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
+
+    config = GRPOConfig(
+        output_dir=str(Path(args.workdir) / "runs" / "trl"), use_cpu=True, bf16=False, fp16=False,
+        model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
+        per_device_train_batch_size=args.n, num_generations=args.n, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_iterations=1, beta=0.0, loss_type="dapo", scale_rewards="group", epsilon=0.2,
+        max_completion_length=args.new_tokens, generation_kwargs={"min_new_tokens": args.new_tokens},
+        temperature=args.temperature, top_p=1.0, top_k=0,
+        learning_rate=args.lr, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        max_steps=args.total_steps, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, seed=args.seed,
+    )
+    trainer = GRPOTrainer(model=str(args.model), reward_funcs=count_reward_func, args=config,
+                          train_dataset=trl_dataset(Path(args.data)), callbacks=[Timer()])
+    trainer.train()
+    return {"train_step_s": step_s, "completion_len": lengths}
+
+
+SIDES = {"ours": run_ours, "trl": run_trl}
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    marks = StepMarks(args.child)
+    start_rss = peak_rss_mb()
+    extra = SIDES[args.child](args, marks)
+    result = {"step_s": marks.intervals(), "step_cpu_s": marks.cpu_intervals(), "peak_rss_mb": marks.rss[-1], "end_peak_rss_mb": peak_rss_mb(),
+              "import_rss_mb": start_rss, "torch_threads": torch.get_num_threads(), **extra}
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- parent
+
+
+def run_side(side: str, args: argparse.Namespace, model: Path, data: Path, workdir: Path) -> dict:
+    result = workdir / f"{side}.json"
+    cmd = [sys.executable, __file__, "--child", side, "--result", str(result), "--model", str(model),
+           "--data", str(data), "--workdir", str(workdir), "--total-steps", str(args.total_steps),
+           "--n", str(args.n), "--new-tokens", str(args.new_tokens), "--lr", str(args.lr),
+           "--temperature", str(args.temperature), "--threads", str(args.threads), "--seed", str(args.seed)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"vs_trl: the {side} side failed (exit {proc.returncode}); see its output above")
+    out = json.loads(result.read_text())
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="measured steps per side (median over them)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per side, not measured")
+    p.add_argument("--quick", action="store_true", help="1 warm-up + 5 measured steps")
+    p.add_argument("--workdir", default=None, help="model/data/runs folder (default: a fresh temp folder)")
+    p.add_argument("--n", type=int, default=8, help="completions per step (one prompt)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per completion, exactly")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--only", choices=sorted(SIDES), default=None, help="run one side (for profiling)")
+    # internal: one side in a subprocess
+    p.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    if args.quick:
+        args.warmup, args.steps = 1, 5
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    # One more step than measured: its start closes the last measured interval and reads peak RSS.
+    args.total_steps = args.warmup + args.steps + 1
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rllava_vs_trl_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, data = prepare(workdir, args.new_tokens)
+    sides = [args.only] if args.only else ["trl", "ours"]
+    load_before = os.getloadavg()[0]
+    res = {side: run_side(side, args, model, data, workdir) for side in sides}
+    out: dict = {"steps": args.steps, "warmup": args.warmup, "completions_per_step": args.n,
+                 "new_tokens": args.new_tokens, "threads": args.threads,
+                 "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other jobs on the machine
+    for side, r in res.items():
+        out[f"{side}_step_s"] = round(median_after(r["step_s"], args.warmup), 4)
+        out[f"{side}_step_cpu_s"] = round(median_after(r["step_cpu_s"], args.warmup), 4)
+        out[f"{side}_train_step_s"] = round(median_after(r["train_step_s"], args.warmup), 4)
+        out[f"{side}_peak_rss_mb"] = round(r["peak_rss_mb"], 1)
+        out[f"{side}_import_rss_mb"] = round(r["import_rss_mb"], 1)
+        out[f"{side}_completion_len"] = round(statistics.mean(r["completion_len"]), 2) if r["completion_len"] else None
+        out[f"{side}_wall_s"] = round(r["wall_s"], 1)
+    if "ours" in res and "trl" in res:
+        out["step_time_ratio"] = round(out["ours_step_s"] / out["trl_step_s"], 3)
+        out["cpu_time_ratio"] = round(out["ours_step_cpu_s"] / out["trl_step_cpu_s"], 3)
+        out["memory_ratio"] = round(out["ours_peak_rss_mb"] / out["trl_peak_rss_mb"], 3)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""torch.distributed helpers for torchrun launches; every helper is a no-op (or identity) in one process.
+
+Conventions the multi-rank loop relies on:
+- Prompts are sharded *before* rollout (`shard_prompts`), so the n samples of a prompt (a
+  group) always live on one rank and group-relative advantages need no communication.
+- FSDP runs collectives in every forward and backward, so all ranks must run the same number
+  of them: `pad_to_common_length` repeats a rank's last micro-batch (flagged as padding, to be
+  weighted 0) until every rank has as many as the busiest one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed() -> torch.device:
+    """Join the torchrun process group (nccl on GPU, gloo on CPU) and return this rank's device.
+
+    No-op when WORLD_SIZE is unset or 1, or when a group already exists.
+    """
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
+        for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"WORLD_SIZE is set but {var} is not: launch with torchrun")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return device
+
+
+def destroy_distributed() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU for nccl, the CPU for gloo."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce(values: list[float], op: str) -> list[float]:
+    """Element-wise reduction over ranks (`op`: "SUM" or "MAX"), in float64 so counts stay exact."""
+    if not is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t.tolist()
+
+
+def all_reduce_sum(value: float | torch.Tensor) -> float:
+    """Sum of a scalar over ranks (e.g. a loss normaliser: the global count of trained tokens)."""
+    return _all_reduce([float(value)], "SUM")[0]
+
+
+def all_reduce_max(value: float | torch.Tensor) -> float:
+    """Maximum of a scalar over ranks (e.g. the global response width for `norm_len`)."""
+    return _all_reduce([float(value)], "MAX")[0]
+
+
+def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
+    """Average each metric over the ranks that report it (ranks may report different keys)."""
+    if not is_initialized():
+        return dict(metrics)
+    keys: list[list[str]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(keys, sorted(metrics))
+    union = sorted({k for ks in keys for k in ks})
+    sums = _all_reduce([float(metrics.get(k, 0.0)) for k in union] + [float(k in metrics) for k in union],
+                       "SUM")
+    n = len(union)
+    return {k: sums[i] / sums[n + i] for i, k in enumerate(union)}
+
+
+def shard_prompts(prompts: list[T], rank: int, world: int) -> list[T]:
+    """This rank's contiguous share of a global prompt batch (its group offset is `rank * len(share)`).
+
+    Sharding prompts, not episodes, keeps each prompt's n samples together on one rank.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard_prompts: rank {rank} is not in a world of size {world}")
+    if len(prompts) % world:
+        raise ValueError(f"the prompt batch size ({len(prompts)}, data.batch_size) must be divisible by the "
+                         f"number of ranks ({world}) so every rank rolls out the same number of groups")
+    k = len(prompts) // world
+    return list(prompts[rank * k:(rank + 1) * k])
+
+
+def pad_to_common_length(items: list[T]) -> list[tuple[T, bool]]:
+    """`(item, is_real)` pairs, padded with copies of the last item (`is_real=False`) to the max count over ranks.
+
+    Padding items must still be forwarded (and backpropagated, with a zero loss weight) so that every
+    rank issues the same FSDP collectives.
+    """
+    target = int(all_reduce_max(len(items)))
+    if target and not items:
+        raise ValueError("this rank has no micro-batches while another has some: every rank needs at least one")
+    return [(x, True) for x in items] + [(items[-1], False)] * (target - len(items))
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj` as a list (in rank order) on rank `dst`, None elsewhere; `[obj]` in one process."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size() if rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank (e.g. the checkpoint folder rank 0 chose to resume from)."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,274 @@
+"""Training engine for torchrun: FSDP2 (`fully_shard`) with fp32 master shards and mixed-precision compute.
+
+Sharding layout, found without per-family code:
+- every child of every outermost `nn.ModuleList` (decoder layers, vision blocks, ...) is one unit;
+- the root (the whole model) owns the rest: embeddings, LM head, final norms, patch embeddings, mergers.
+
+The LM head deliberately stays with the root rather than being a unit of its own. The log-prob
+code applies it in chunks, and the number of chunks differs between ranks (different token counts).
+As its own unit, every chunk would all-gather and reduce-scatter, so ranks would issue different
+collectives and deadlock. With the root it is gathered once per pass, and tied embeddings stay tied.
+
+The log-prob code calls the model's base module and its LM head directly rather than the root's
+forward, so the root's FSDP pre-forward never runs there. Forward pre-hooks on those two entry
+points therefore unshard the root's own parameters (and cast floating inputs, as the root would);
+FSDP's end-of-backward callback reduce-scatters their gradients and reshards them.
+
+Gradients: FSDP averages them over ranks; `step()` rescales to the *sum*, so every rank's loss
+must be its share of the global loss (divide by global denominators, see `distributed.all_reduce_sum`).
+All ranks must run the same number of forward/backward passes (`distributed.pad_to_common_length`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from rllava.engines import distributed as du
+from rllava.engines.local import DTYPES, lr_lambda
+from rllava.engines.registry import TRAIN_ENGINES
+from rllava.models.introspect import unwrap
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """Children of every outermost ModuleList that hold parameters: the repeated layers and blocks."""
+    blocks: list[nn.Module] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or any(name.startswith(t + ".") for t in taken):
+            continue
+        children = [c for c in module if any(True for _ in c.parameters())]
+        if children:
+            blocks.extend(children)
+            taken.append(name)
+    return blocks
+
+
+@TRAIN_ENGINES.register("fsdp2", description="torchrun + FSDP2 per block; fp32 master shards, mixed-precision compute")
+class FSDP2TrainEngine:
+    """Same interface as LocalTrainEngine, for a model sharded over all ranks of the process group."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
+                 warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
+                 max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
+                 cpu_offload: bool = False):
+        if not du.is_initialized():
+            raise RuntimeError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
+                               "(rllava.engines.distributed.init_distributed joins the group)")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        self.compute_dtype = DTYPES[compute_dtype]
+        self.max_grad_norm = max_grad_norm
+        self.world = du.world_size()
+        param_dtype = self.compute_dtype if self.compute_dtype != next(model.parameters()).dtype else None
+        # Compute in the compute dtype, keep fp32 master shards, reduce gradients in fp32.
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        self.model = model
+        self._children = self._shard(model, CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
+        self.skipped_steps = 0
+        self._generating = False
+
+    # ---- sharding
+
+    def _shard(self, model: nn.Module, offload: OffloadPolicy) -> list[FSDPModule]:
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        kwargs = dict(mesh=mesh, mp_policy=self.mp_policy, offload_policy=offload)
+        hf = unwrap(model)
+        children = repeated_blocks(model)
+        for module in children:
+            fully_shard(module, **kwargs)
+        fully_shard(model, **kwargs)
+        # The root is normally initialised by its first forward; the entry points below are called
+        # before it ever runs, and would otherwise each make themselves an FSDP root.
+        model._get_fsdp_state()._lazy_init()
+        entry_points = [m for m in (getattr(hf, "base_model", hf), hf.get_output_embeddings())
+                        if m is not None and m is not model]
+        self._root_probe = self._root_owned_param(model, children)
+        for module in entry_points:
+            module.register_forward_pre_hook(self._unshard_root, with_kwargs=True)
+        return children
+
+    @staticmethod
+    def _root_owned_param(model: nn.Module, children: list[nn.Module]) -> tuple[nn.Module, str] | None:
+        """(module, name) of one parameter the root owns: a DTensor there means the root is sharded."""
+        inside = {id(m) for c in children for m in c.modules()}
+        for module in model.modules():
+            if id(module) in inside:
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                if isinstance(p, DTensor):
+                    return module, name
+        return None
+
+    def _unshard_root(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        probe = self._root_probe
+        if probe is not None and isinstance(getattr(*probe), DTensor):
+            self.model.unshard()
+        dtype = self.mp_policy.param_dtype
+        if dtype is None:
+            return args, kwargs
+
+        def cast(x: Any) -> Any:
+            return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    # ---- compute
+
+    @contextlib.contextmanager
+    def compute(self, train: bool) -> Iterator[None]:
+        """Train/eval mode and grad switch; FSDP casts parameters itself, so no autocast."""
+        self.model.train(train)
+        grad = contextlib.nullcontext() if train else torch.no_grad()
+        try:
+            with grad:
+                yield
+        finally:
+            if not train and not self._generating:
+                self.model.reshard()  # no backward will free the root's gathered parameters
+
+    @contextlib.contextmanager
+    def generation(self, train: bool = False) -> Iterator[None]:
+        """Eval + no-grad with every unit gathered once, for HF `generate` (usable as a rollout `compute`).
+
+        While it is open no forward issues a collective, so ranks may stop generating at different
+        steps (EOS) without deadlock. Costs the full model in the compute dtype on each device.
+        """
+        if train:
+            raise ValueError("generation() is for rollouts: it runs without gradients")
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        self._generating = True
+        self.model.train(False)
+        try:
+            for m in self._children:
+                m.set_reshard_after_forward(False, recurse=False)
+            for m in units:
+                m.unshard()
+            with torch.no_grad():
+                yield
+        finally:
+            for m in self._children:
+                m.set_reshard_after_forward(True, recurse=False)
+            for m in units:
+                m.reshard()
+            self._generating = False
+
+    # ---- optimisation
+
+    def _grad_norm(self) -> torch.Tensor:
+        """L2 norm of the FSDP-averaged gradient: local shard sums of squares, summed over ranks."""
+        dev = du._comm_device()
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        for p in self.params:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if isinstance(g, DTensor):
+                total += g.to_local().detach().double().pow(2).sum().to(dev)
+            else:  # a replicated gradient: every rank holds it whole, count it once
+                total += g.detach().double().pow(2).sum().to(dev) / self.world
+        torch.distributed.all_reduce(total)
+        return total.sqrt()
+
+    def step(self) -> dict[str, float]:
+        """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update (on every rank).
+
+        FSDP leaves the rank-average of the gradients; scaling by the world size gives their sum,
+        fused into the clipping factor.
+        """
+        grad_norm = float(self._grad_norm()) * self.world
+        finite = math.isfinite(grad_norm)
+        if finite:
+            clip = 1.0
+            if self.max_grad_norm > 0:
+                clip = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
+            scale = clip * self.world
+            if scale != 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {"grad_norm": grad_norm if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
+                "skipped": float(not finite)}
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sharded (DTensor) model and optimizer state plus schedule: what `dcp.save` writes.
+
+        On an optimizer that has not stepped yet, DCP first initialises its state with a zero-lr step.
+        """
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def save(self, folder: str | Path) -> None:
+        """Write this engine's full training state as a distributed checkpoint (every rank writes its shards)."""
+        dcp.save(self.state_dict(), checkpoint_id=str(folder))
+
+    def load(self, folder: str | Path) -> None:
+        """Restore what `save` wrote (same model; the number of ranks may differ)."""
+        if not Path(folder, ".metadata").exists():
+            raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
+        state = self.state_dict()
+        dcp.load(state, checkpoint_id=str(folder))
+        self.load_state_dict(state)
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full tensors on every rank, e.g. for syncing a rollout engine (see `iter_full_state`)."""
+        return dict(self.iter_full_state())
+
+    def iter_full_state(self, device: str | torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) one tensor at a time, so at most one gathered tensor is alive; all ranks must iterate."""
+        gathered: dict[int, torch.Tensor] = {}  # tied weights appear under two names: gather once
+        for name, t in self.model.state_dict().items():
+            if id(t) not in gathered:
+                full = t.full_tensor() if isinstance(t, DTensor) else t
+                gathered[id(t)] = full.to(device) if device is not None else full
+            yield name, gathered[id(t)]
+
+    def export_hf(self, folder: str | Path, processor: Any = None) -> None:
+        """Gather full weights to rank 0 (CPU) and write a plain HF folder there; every rank must call it."""
+        hf = unwrap(self.model)
+        if hf is not self.model:
+            raise NotImplementedError("exporting a LoRA (peft) model trained with fsdp2 is not supported yet")
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if du.is_main():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            hf.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            if processor is not None:
+                processor.save_pretrained(folder)
+        du.barrier()

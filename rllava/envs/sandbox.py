@@ -1,0 +1,360 @@
+"""Run model-written Python in a separate, limited process: `run_python(code, limits) -> SandboxResult`.
+
+The code never runs in the trainer's process. Each call starts `_sandbox_launcher.py`, which
+sets up the OS layers and execs `_sandbox_guard.py`, which installs Python audit hooks and
+runs the code. What holds the code, and who enforces it:
+
+| limit | OS (kernel) | Python audit hook (guard) |
+|---|---|---|
+| wall time | whole process group SIGKILLed at `timeout_s`; with a PID namespace every descendant dies too | - |
+| CPU time | RLIMIT_CPU (SIGXCPU) | - |
+| memory | RLIMIT_AS per process (MemoryError) | - |
+| file size | RLIMIT_FSIZE (also caps stdout/stderr files) | - |
+| disk use | the work folder is a size-limited tmpfs copy, synced back after a clean exit (dropped on timeout) | - |
+| open files | RLIMIT_NOFILE | - |
+| processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` |
+| network | network namespace with no interfaces up | every `socket.*` event refused |
+| writes outside the work folder | mount namespace with every other mount read-only, capabilities dropped so it cannot be undone | `open` for writing and os.remove/rename/mkdir/chmod/... outside it refused |
+| leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
+| secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder | ctypes refused |
+
+OS layers need privileges (root with CAP_SYS_ADMIN, as on the project's machines). Where the
+kernel refuses one, it is skipped and `SandboxResult.layers` says so: check it, or call
+`sandbox_support()`, rather than assume. The audit hooks stop accidents, not a determined
+attacker (see `_sandbox_guard.py`); for hostile code at scale, also run the trainer in a
+container or VM. Memory is per process (RLIMIT_AS), so the total is bounded by
+`max_processes x memory_mb`. As root without a pids cgroup, only the audit hook limits forks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+_HERE = Path(__file__).resolve().parent
+LAUNCHER = _HERE / "_sandbox_launcher.py"
+GUARD = _HERE / "_sandbox_guard.py"
+MEMORY_EXIT = 120  # the guard's exit status after an uncaught MemoryError (same constant there)
+_LAUNCHER_TASKS = 2  # launcher + init sit in the cgroup beside the code
+
+
+@dataclass
+class SandboxLimits:
+    timeout_s: float = 5.0  # wall time
+    cpu_time_s: Optional[float] = None  # RLIMIT_CPU; None = timeout_s
+    memory_mb: int = 512  # RLIMIT_AS of each process
+    file_size_mb: int = 16  # RLIMIT_FSIZE (largest file, stdout and stderr included)
+    disk_mb: int = 64  # all files in the work folder together (a tmpfs quota; needs mount and PID namespaces)
+    max_processes: int = 16  # tasks (processes and threads) the code may have, itself included
+    max_open_files: int = 256
+    max_output_chars: int = 4000  # stdout and stderr are each cut to this (head and tail kept)
+    allow_subprocess: bool = False  # let the audit hook pass fork/exec (the OS limits still apply)
+    os_isolation: bool = True  # namespaces, read-only mounts, pids cgroup, dropped capabilities
+    python_guards: bool = True  # audit hooks
+    python: str = ""  # interpreter for the code; "" = this one
+
+
+@dataclass
+class SandboxResult:
+    exit_code: Optional[int]  # None when killed by a signal
+    signal: Optional[int]
+    stdout: str
+    stderr: str
+    timed_out: bool
+    memory_exceeded: bool
+    cpu_exceeded: bool
+    process_limit_hit: bool
+    duration_s: float
+    limits: SandboxLimits
+    layers: dict[str, Any] = field(default_factory=dict)  # which OS layers took effect
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def notes(self) -> list[str]:
+        lim, out = self.limits, []
+        if self.timed_out:
+            out.append(f"timed out after {lim.timeout_s:g} s; the program was killed")
+        if self.memory_exceeded:
+            out.append(f"memory limit of {lim.memory_mb} MB exceeded")
+        if self.cpu_exceeded:
+            out.append(f"CPU time limit of {_cpu_seconds(lim)} s exceeded")
+        if self.process_limit_hit:
+            out.append(f"process limit of {lim.max_processes} reached")
+        if "[Errno 27]" in self.stderr:
+            out.append(f"file size limit of {lim.file_size_mb} MB reached")
+        if "[Errno 28]" in self.stderr and self.layers.get("disk_quota"):
+            out.append(f"disk quota of {lim.disk_mb} MB reached")
+        if self.timed_out and self.layers.get("disk_quota"):
+            out.append("files written during this run were discarded")
+        return out
+
+    def to_text(self) -> str:
+        """The observation shown to the model: status, notes, stdout, stderr."""
+        if self.timed_out or self.exit_code is None:
+            status = "killed" + (f" by {signal.Signals(self.signal).name}" if self.signal else "")
+        else:
+            status = f"exit status: {self.exit_code}"
+        lines = [status] + [f"note: {n}" for n in self.notes()]
+        if self.stdout:
+            lines += ["stdout:", self.stdout.rstrip("\n")]
+        if self.stderr:
+            lines += ["stderr:", self.stderr.rstrip("\n")]
+        if not self.stdout and not self.stderr:
+            lines.append("(no output)")
+        return "\n".join(lines)
+
+
+def run_python(code: str, limits: Optional[SandboxLimits] = None, work_dir: Optional[Path] = None) -> SandboxResult:
+    """Run `code` as `__main__` in a sandboxed interpreter; `work_dir` (kept) or a fresh temp folder (removed)."""
+    lim = limits or SandboxLimits()
+    own_work = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="rllava-sbx-")) if own_work else Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()
+    ctl = Path(tempfile.mkdtemp(prefix="rllava-sbx-ctl-"))  # code and output files, outside the code's reach
+    cgroup = _make_cgroup(lim.max_processes + _LAUNCHER_TASKS) if lim.os_isolation else None
+    try:
+        (ctl / "code.py").write_text(code, encoding="utf-8")
+        return _run(lim, work, ctl, cgroup)
+    finally:
+        if cgroup is not None:
+            _remove_cgroup(cgroup)
+        shutil.rmtree(ctl, ignore_errors=True)
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> SandboxResult:
+    python = lim.python or sys.executable
+    guard_cfg = {"work_dir": str(work), "guards": lim.python_guards, "block_network": True,
+                 "block_writes": True, "block_processes": not lim.allow_subprocess}
+    argv = [python, "-I", "-B", "-X", "utf8", str(GUARD), json.dumps(guard_cfg), str(ctl / "code.py")]
+    r, w = os.pipe()
+    (ctl / "host").mkdir()  # where init keeps the real work folder while a tmpfs copy stands in for it
+    spec = {"status_fd": w, "cgroup": str(cgroup) if cgroup else None, "isolate": lim.os_isolation,
+            "work_dir": str(work), "rlimits": _rlimits(lim, cgroup is not None), "argv": argv,
+            "disk_mb": lim.disk_mb, "host_view": str(ctl / "host")}
+    start = time.monotonic()
+    try:
+        with open(ctl / "stdout", "wb") as out, open(ctl / "stderr", "wb") as err:
+            proc = subprocess.Popen([python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
+                                    env=_clean_env(work), start_new_session=True, pass_fds=(w,))
+    finally:
+        os.close(w)
+    timed_out = not _wait_unreaped(proc.pid, start + lim.timeout_s)
+    # Kill the whole group while the launcher (a zombie at worst) still holds its id, then reap.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    duration = time.monotonic() - start
+    limit_hit = _sweep_cgroup(cgroup) if cgroup is not None else False
+    status = _read_status(r)
+    code, sig = status.get("exit_code"), status.get("signal")
+    if "exit_code" not in status and not timed_out:  # the launcher itself failed: report its status
+        rc = proc.returncode
+        code, sig = (rc, None) if rc >= 0 else (None, -rc)
+    if timed_out:
+        code, sig = None, signal.SIGKILL
+    return SandboxResult(
+        exit_code=code, signal=sig,
+        stdout=_read_clipped(ctl / "stdout", lim.max_output_chars),
+        stderr=_read_clipped(ctl / "stderr", lim.max_output_chars),
+        timed_out=timed_out, memory_exceeded=code == MEMORY_EXIT,
+        cpu_exceeded=sig == signal.SIGXCPU, process_limit_hit=limit_hit,
+        duration_s=duration, limits=lim, layers=status.get("layers", {}))
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait for `pid` to exit without reaping it (so its process-group id stays ours); False on timeout."""
+    delay = 0.001
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.02)
+
+
+def _cpu_seconds(lim: SandboxLimits) -> int:
+    return max(1, math.ceil(lim.cpu_time_s if lim.cpu_time_s is not None else lim.timeout_s))
+
+
+def _rlimits(lim: SandboxLimits, have_cgroup: bool) -> dict[str, Any]:
+    cpu = _cpu_seconds(lim)
+    mib = 1 << 20
+    out: dict[str, Any] = {"AS": lim.memory_mb * mib, "CPU": [cpu, cpu + 1], "FSIZE": lim.file_size_mb * mib,
+                           "NOFILE": lim.max_open_files, "CORE": 0}
+    if not have_cgroup and os.getuid() != 0:
+        # RLIMIT_NPROC counts every task of the user, not just ours, so allow for those already running.
+        out["NPROC"] = _user_task_count() + lim.max_processes
+    return out
+
+
+def _user_task_count() -> int:
+    uid, n = os.getuid(), 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = os.stat(f"/proc/{d}")
+                if st.st_uid == uid:
+                    n += len(os.listdir(f"/proc/{d}/task"))
+            except OSError:
+                pass
+    return n
+
+
+def _clean_env(work: Path) -> dict[str, str]:
+    """Nothing from the trainer's environment (tokens, paths) leaks in; numeric libraries stay single-threaded."""
+    w = str(work)
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": w, "TMPDIR": w, "TMP": w, "TEMP": w,
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg", "MPLCONFIGDIR": w}
+
+
+def _read_status(fd: int) -> dict[str, Any]:
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while True:
+            try:
+                b = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(fd)
+    status: dict[str, Any] = {}
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        try:
+            status.update(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return status
+
+
+def clip_text(text: str, max_chars: int) -> str:
+    """Keep the head and tail of a long text, with a marker saying how much was cut."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    tail = max_chars - head
+    return f"{text[:head]}\n... [{len(text) - max_chars} characters cut] ...\n{text[len(text) - tail:]}"
+
+
+def _read_clipped(path: Path, max_chars: int) -> str:
+    try:
+        return clip_text(path.read_bytes().decode("utf-8", errors="replace"), max_chars)
+    except OSError:
+        return ""
+
+
+# ---- pids cgroup: the one process-count limit that also binds root
+
+
+@lru_cache(maxsize=1)
+def _cgroup_parent() -> Optional[Path]:
+    """A pids-controller cgroup folder where we may create children, or None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in own:
+        hid, ctrls, rel = line.split(":", 2)
+        for m in mounts:
+            _, point, fstype, opts = m.split()[:4]
+            if hid != "0" and fstype == "cgroup" and "pids" in ctrls.split(",") and "pids" in opts.split(","):
+                candidates.append(Path(point) / rel.lstrip("/"))
+            elif hid == "0" and fstype == "cgroup2":
+                base = Path(point) / rel.lstrip("/")
+                try:
+                    if "pids" in (base / "cgroup.subtree_control").read_text().split():
+                        candidates.append(base)
+                except OSError:
+                    pass
+    for base in candidates:
+        probe = base / f"rllava-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            ok = (probe / "pids.max").exists()
+            probe.rmdir()
+        except OSError:
+            continue
+        if ok:
+            return base
+    return None
+
+
+def _make_cgroup(max_tasks: int) -> Optional[Path]:
+    parent = _cgroup_parent()
+    if parent is None:
+        return None
+    cg = parent / f"rllava-sbx-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        cg.mkdir()
+        (cg / "pids.max").write_text(str(max_tasks))
+    except OSError:
+        _remove_cgroup(cg)
+        return None
+    return cg
+
+
+def _sweep_cgroup(cg: Path) -> bool:
+    """Kill whatever is left in the cgroup; True if the pids limit refused a fork during the run."""
+    for _ in range(200):
+        try:
+            pids = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
+        except OSError:
+            break
+        if not pids:
+            break
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    try:
+        events = dict(line.split() for line in (cg / "pids.events").read_text().splitlines() if line.strip())
+        return int(events.get("max", 0)) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def _remove_cgroup(cg: Path) -> None:
+    for _ in range(50):  # exited tasks may hold it briefly
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
+@lru_cache(maxsize=1)
+def sandbox_support() -> dict[str, Any]:
+    """Which OS layers take effect on this machine (from a real sandboxed run of `pass`), plus `root`."""
+    res = run_python("pass", SandboxLimits(timeout_s=10))
+    return {**res.layers, "root": os.getuid() == 0, "nproc_rlimit": os.getuid() != 0}

@@ -1,0 +1,288 @@
+"""Environment API: tool-call parsing, ToolEnv driven by scripted turns, registries, episode reward."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rllava.config import EnvConfig
+from rllava.envs import (
+    ENVIRONMENTS,
+    TOOLS,
+    Observation,
+    ToolEnv,
+    ToolError,
+    check_arguments,
+    episode_reward,
+    make_environment,
+    parse_action,
+    tool_schemas,
+)
+from rllava.registry import UnknownNameError
+
+
+def call(name: str, **arguments) -> str:
+    return f'<tool_call>{json.dumps({"name": name, "arguments": arguments})}</tool_call>'
+
+
+# ---- parsing
+
+
+def test_xml_tool_call():
+    a = parse_action('I should look closer.\n<tool_call>\n{"name": "zoom", "arguments": {"bbox": [1, 2, 3, 4]}}\n'
+                     '</tool_call>')
+    assert (a.kind, a.name, a.arguments, a.error) == ("tool", "zoom", {"bbox": [1, 2, 3, 4]}, "")
+
+
+@pytest.mark.parametrize("text", [
+    '<tool_call>{"name": "zoom", "arguments": {"bbox": [1, 2, 3, 4]}}',  # closing tag eaten by a stop string
+    '<tool_call>```json\n{"name": "zoom", "arguments": {"bbox": [1, 2, 3, 4]}}\n```</tool_call>',  # fenced
+    '<tool_call>{"name": "zoom", "arguments": "{\\"bbox\\": [1, 2, 3, 4]}"}</tool_call>',  # OpenAI-style string
+])
+def test_xml_tool_call_variants_models_write(text):
+    a = parse_action(text)
+    assert (a.kind, a.name, a.arguments) == ("tool", "zoom", {"bbox": [1, 2, 3, 4]})
+
+
+def test_answer_and_which_comes_first():
+    assert parse_action("thinking... <answer> 42 </answer>").answer == "42"
+    first_answer = parse_action("<answer>7</answer> " + call("zoom", bbox=[0, 0, 1, 1]))
+    assert first_answer.kind == "answer" and first_answer.answer == "7"
+    first_call = parse_action(call("zoom", bbox=[0, 0, 1, 1]) + " <answer>7</answer>")
+    assert first_call.kind == "tool"
+    assert parse_action("just some text with {braces}").kind == "none"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('<tool_call>{"name": "zoom", "arguments": {"bbox": [1, 2,}}</tool_call>',
+     "not valid JSON (Expecting value at line 1 column 46)"),  # the "}" after "2,"
+    ('<tool_call>{"arguments": {}}</tool_call>', 'must be a JSON object with a "name" string'),
+    ('<tool_call>[1, 2]</tool_call>', 'must be a JSON object with a "name" string'),
+    ('<tool_call>{"name": "zoom", "arguments": [1, 2]}</tool_call>', '"arguments" must be a JSON object'),
+    ('<tool_call>{"name": "zoom", "arguments": "{bad"}</tool_call>', '"arguments" string is not valid JSON'),
+    ("<tool_call></tool_call>", "not valid JSON"),
+])
+def test_malformed_calls_are_invalid_with_a_readable_error(text, message):
+    a = parse_action(text)
+    assert a.kind == "invalid"
+    assert message in a.error
+    assert "<tool_call>" in a.error or "name" in a.error  # the error shows or names the expected shape
+
+
+def test_parsing_never_raises_on_junk():
+    for text in ["", "<tool_call>", "<answer>", "{" * 500, '"name": {', "<tool_call>null</tool_call>",
+                 '{"name": 5}', "\x00\uffff<tool_call>\n</tool_call>"]:
+        for fmt in ("xml", "json"):
+            assert parse_action(text, fmt).kind in ("tool", "answer", "invalid", "none")
+
+
+def test_json_format():
+    a = parse_action('Let me search. {"name": "search", "arguments": {"query": "cats", "k": 2}} done', "json")
+    assert (a.kind, a.name, a.arguments) == ("tool", "search", {"query": "cats", "k": 2})
+    bad = parse_action('Sets like {1, 2} aside: {"name": "search", "arguments": {"query": }}', "json")
+    assert bad.kind == "invalid" and "not valid JSON (Expecting value" in bad.error
+    assert parse_action("the set {1, 2} has two elements", "json").kind == "none"
+    assert parse_action('<answer>{"x": 1}</answer>', "json").kind == "answer"
+
+
+def test_unknown_format_names_the_closest():
+    with pytest.raises(UnknownNameError, match="did you mean 'xml'"):
+        parse_action("x", "xmll")
+
+
+# ---- ToolEnv
+
+
+def quadrants() -> Image.Image:
+    a = np.zeros((80, 100, 3), np.uint8)
+    a[:40, :50], a[:40, 50:], a[40:, :50], a[40:, 50:] = (255, 0, 0), (0, 0, 255), (0, 255, 0), (250, 250, 250)
+    return Image.fromarray(a)
+
+
+def exact(answer: str, meta: dict) -> float:
+    return float(answer == meta["answer"])
+
+
+def make_env(**kw) -> ToolEnv:
+    opts = dict(tools=["zoom"], max_turns=4, answer_reward=exact, tool_reward=0.1, invalid_penalty=0.2,
+                tool_error_penalty=0.05)
+    return ToolEnv(**{**opts, **kw})
+
+
+def test_scripted_episode_tool_invalid_error_answer():
+    env = make_env()
+    assert env.reset({"answer": "7"}, [quadrants()]) is None
+
+    r = env.step("Look closer. " + call("zoom", bbox=[50, 0, 100, 40]))
+    assert not r.done and r.reward == pytest.approx(0.1) and r.info["turn_reward"] == pytest.approx(0.1)
+    assert r.observation.role == "tool" and len(r.observation.images) == 1
+    assert r.observation.images[0].size == (224, 179)
+    assert (np.asarray(r.observation.images[0]) == (0, 0, 255)).all()  # the blue quadrant
+    assert r.info["tool"] == "zoom" and r.info["turn"] == 1
+
+    r = env.step('<tool_call>{"name": "zoom", "arguments": {"bbox": [1, 2,}}</tool_call>')
+    assert not r.done and r.reward == pytest.approx(-0.2)
+    assert r.observation.role == "user" and "not valid JSON" in r.observation.text and r.info["action"] == "invalid"
+
+    r = env.step(call("zoom", bbox=[500, 500, 600, 600]))
+    assert not r.done and r.reward == pytest.approx(-0.05)
+    assert r.observation.text.startswith("Error: zoom: bbox [500, 500, 600, 600] lies outside the image")
+
+    r = env.step("<answer>7</answer>")
+    assert r.done and r.observation is None and r.reward == 1.0
+    assert r.info["stop"] == "answer" and r.info["answer_reward"] == 1.0
+
+    out = env.outcome()
+    assert out.answer == "7" and out.answer_reward == 1.0 and out.num_tool_calls == 1
+    assert out.turn_rewards == pytest.approx([0.1, -0.2, -0.05, 0.0])
+    assert out.format_ok is False  # one malformed turn
+    assert len(env.ctx.images) == 2  # the prompt image and the zoomed crop
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step("<answer>7</answer>")
+
+
+def test_zoom_on_a_zoomed_image_and_clean_format():
+    env = make_env()
+    env.reset({"answer": "x"}, [quadrants()])
+    env.step(call("zoom", bbox=[40, 30, 60, 50]))  # 20 x 20 over the centre -> 224 x 224, four colours
+    r = env.step(call("zoom", image_index=1, bbox=[150, 150, 224, 224]))  # inside the white part, clear of the blur
+    assert (np.asarray(r.observation.images[0]) == (250, 250, 250)).all()
+    r = env.step("<answer>nope</answer>")
+    out = env.outcome()
+    assert r.done and r.reward == 0.0 and out.format_ok and out.stop_reason == "answer"
+
+
+def test_turn_limit_ends_the_episode_without_running_the_last_call():
+    env = make_env(max_turns=2)
+    env.reset({"answer": "7"}, [quadrants()])
+    assert not env.step(call("zoom", bbox=[0, 0, 10, 10])).done
+    r = env.step(call("zoom", bbox=[0, 0, 10, 10]))
+    assert r.done and r.observation is None and r.info["stop"] == "max_turns" and r.info["tool_skipped"]
+    out = env.outcome()
+    assert out.num_tool_calls == 1 and out.answer is None and not out.format_ok
+    assert out.turn_rewards == pytest.approx([0.1, 0.0]) and out.stop_reason == "max_turns"
+
+
+def test_plain_text_ends_or_is_flagged():
+    env = make_env()
+    env.reset({"answer": "7"}, [])
+    r = env.step("I think it is 7.")
+    assert r.done and r.info["stop"] == "no_action" and env.outcome().answer is None
+    env = make_env(no_action="invalid")
+    env.reset({"answer": "7"}, [])
+    r = env.step("I think it is 7.")
+    assert not r.done and r.reward == pytest.approx(-0.2) and "no tool call and no <answer>" in r.observation.text
+
+
+def test_unknown_tool_failing_tool_and_image_budget():
+    @TOOLS.register("test_boom", parameters={"type": "object", "properties": {}})
+    def boom(args: dict, ctx) -> Observation:
+        """Always fails."""
+        raise RuntimeError("kaput")
+
+    env = make_env(tools=["zoom", "test_boom"], max_images=2, max_turns=6)
+    env.reset({"answer": "7"}, [quadrants()])
+    r = env.step(call("draw", x=1))
+    assert r.observation.text == "Error: unknown tool 'draw'; available tools: zoom, test_boom"
+    r = env.step(call("test_boom"))
+    assert r.observation.text == "Error: test_boom failed: RuntimeError: kaput" and r.reward == pytest.approx(-0.05)
+    assert not env.step(call("zoom", bbox=[0, 0, 10, 10])).observation.text.startswith("Error")
+    r = env.step(call("zoom", bbox=[0, 0, 10, 10]))  # a third image would exceed max_images=2
+    assert r.observation.text == "Error: image limit reached: at most 2 images per episode"
+    assert r.observation.images == [] and len(env.ctx.images) == 2
+
+
+def test_reset_starts_a_fresh_episode():
+    env = make_env()
+    env.reset({"answer": "1"}, [quadrants()])
+    env.step(call("zoom", bbox=[0, 0, 10, 10]))
+    env.reset({"answer": "2"}, [quadrants()])
+    assert env.outcome().turn_rewards == [] and len(env.ctx.images) == 1
+    assert env.step("<answer>2</answer>").reward == 1.0
+    with pytest.raises(RuntimeError, match="before reset"):
+        make_env().step("<answer>1</answer>")
+
+
+def test_json_call_format_env():
+    env = make_env(call_format="json")
+    env.reset({"answer": "7"}, [quadrants()])
+    r = env.step('{"name": "zoom", "arguments": {"bbox": [0, 0, 50, 40]}}')
+    assert r.info["action"] == "tool" and len(r.observation.images) == 1
+
+
+def test_bad_construction_is_reported():
+    with pytest.raises(UnknownNameError, match="did you mean 'zoom'"):
+        ToolEnv(tools=["zom"])
+    with pytest.raises(ValueError, match="max_turns must be >= 1"):
+        ToolEnv(max_turns=0)
+
+
+# ---- registries, schemas, config
+
+
+def test_registries_list_the_built_ins():
+    assert {"zoom", "python", "search"} <= set(TOOLS.names())
+    assert "tools" in ENVIRONMENTS
+    zoom = tool_schemas(["zoom"])[0]
+    assert zoom["type"] == "function" and zoom["function"]["name"] == "zoom"
+    assert zoom["function"]["parameters"]["required"] == ["bbox"]
+    assert zoom["function"]["description"].startswith("Crop a region")
+
+
+def test_instructions_show_tools_and_format():
+    env = make_env(tools=["zoom", "search"])
+    text = env.instructions()
+    lines = text.splitlines()
+    tools = [json.loads(line) for line in lines[lines.index("<tools>") + 1: lines.index("</tools>")]]
+    assert [t["function"]["name"] for t in tools] == ["zoom", "search"]
+    assert '<tool_call>{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}</tool_call>' in text
+    assert "<answer>...</answer>" in text
+    assert '{"name": "TOOL_NAME"' in make_env(call_format="json").instructions()
+
+
+def test_make_environment_from_config(tmp_path):
+    cfg = EnvConfig(name="tools", tools=["zoom", "python"], max_turns=3, max_images=5, tool_timeout_s=2.5,
+                    tool_memory_mb=300, corpus_path=str(tmp_path / "c.txt"))
+    env = make_environment(cfg, answer_reward=exact)
+    assert isinstance(env, ToolEnv) and env.tools == ["zoom", "python"]
+    assert (env.max_turns, env.max_images, env.answer_reward) == (3, 5, exact)
+    assert env.settings.python.timeout_s == 2.5 and env.settings.python.memory_mb == 300
+    assert env.settings.corpus_path == str(tmp_path / "c.txt")
+
+
+def test_check_arguments_fills_defaults_and_types():
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 3}, "x": {"type": "number"},
+                                               "s": {"type": "string"}}, "required": ["s"]}
+    assert check_arguments({"s": "a"}, schema, "t") == {"n": 3, "s": "a"}
+    assert check_arguments({"s": "a", "x": 2}, schema, "t")["x"] == 2  # an integer is a number
+    with pytest.raises(ToolError, match="argument 'n' must be of type integer, got number"):
+        check_arguments({"s": "a", "n": 1.5}, schema, "t")
+    with pytest.raises(ToolError, match="arguments must be a JSON object"):
+        check_arguments([1], schema, "t")
+
+
+# ---- episode reward
+
+
+def test_episode_reward_combines_answer_format_and_tools():
+    turns = [0.1, -0.2, 0.1, 0.0]
+    assert episode_reward(1.0, True, turns, {}) == pytest.approx(1.0 + 0.0)  # default: answer + tools, format 0
+    w = {"answer": 1.0, "format": 0.5, "tool": 2.0}
+    assert episode_reward(1.0, True, turns, w) == pytest.approx(1.0 + 0.5 + 2.0 * 0.0)
+    assert episode_reward(0.0, False, [0.1, 0.1, 0.1], w) == pytest.approx(0.6)
+    assert episode_reward(0.0, False, [0.1] * 10, {"tool_cap": 0.3}) == pytest.approx(0.3)  # no farming
+    assert episode_reward(0.5, False, [-0.2] * 3, {"tool_cap": 0.3}) == pytest.approx(0.5 - 0.6)  # penalties stay
+    with pytest.raises(ValueError, match=r"unknown episode reward weight\(s\) \['answr'\]"):
+        episode_reward(1.0, True, [], {"answr": 1.0})
+
+
+def test_episode_reward_from_an_env_outcome():
+    env = make_env()
+    env.reset({"answer": "7"}, [quadrants()])
+    env.step(call("zoom", bbox=[0, 0, 10, 10]))
+    env.step("<answer>7</answer>")
+    out = env.outcome()
+    total = episode_reward(out.answer_reward, out.format_ok, out.turn_rewards, {"format": 0.5})
+    assert total == pytest.approx(1.0 + 0.5 + 0.1)

@@ -1,0 +1,239 @@
+"""The Python sandbox: each limit is checked by running real code that breaks it.
+
+Where a limit has an OS layer and a Python audit-hook layer, each layer is tested alone
+(the other switched off), so a test cannot pass just because the other layer caught it.
+OS-layer tests are skipped, with the reason, on machines whose kernel refuses that layer.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import time
+
+import psutil
+import pytest
+
+from rllava.envs.sandbox import SandboxLimits, _cgroup_parent, run_python, sandbox_support
+
+# Programs expected to stop on their own get a generous timeout (it costs nothing and keeps a loaded
+# CI machine from failing them); programs that must be stopped get 1 s.
+FAST = dict(timeout_s=10.0, memory_mb=256)
+GUARDS_ONLY = SandboxLimits(**FAST, os_isolation=False)
+OS_ONLY = SandboxLimits(**FAST, python_guards=False)
+BOTH = SandboxLimits(**FAST)
+SHORT = dict(timeout_s=1.0, memory_mb=256)
+
+
+def need(*layers: str) -> None:
+    missing = [name for name in layers if not sandbox_support().get(name)]
+    if missing:
+        pytest.skip(f"this kernel refuses sandbox layer(s) {missing}: {sandbox_support()}")
+
+
+def procs_mentioning(marker: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose command line contains `marker`."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(p.info["cmdline"] or []):
+            out.append(p)
+    return out
+
+
+def test_normal_code_prints_its_output():
+    res = run_python("import sys\nprint(sum(range(10)))\nprint('careful', file=sys.stderr)", BOTH)
+    assert res.ok and res.exit_code == 0 and not res.timed_out
+    assert res.stdout == "45\n"
+    assert res.stderr == "careful\n"
+    assert res.to_text() == "exit status: 0\nstdout:\n45\nstderr:\ncareful"
+
+
+def test_errors_show_only_the_users_traceback():
+    res = run_python("def f():\n    return 1 / 0\nf()", BOTH)
+    assert res.exit_code == 1
+    assert 'File "<code>", line 2, in f' in res.stderr and "ZeroDivisionError" in res.stderr
+    assert "_sandbox_guard" not in res.stderr
+    syntax = run_python("def f(:\n  pass", BOTH)
+    assert syntax.exit_code == 1 and "SyntaxError" in syntax.stderr
+
+
+def test_infinite_loop_is_killed_at_the_time_limit(tmp_path):
+    work = tmp_path / "loop"
+    start = time.monotonic()
+    res = run_python("while True:\n    pass", SandboxLimits(**SHORT), work_dir=work)
+    assert res.timed_out and res.exit_code is None
+    assert 1.0 <= time.monotonic() - start < 3.0
+    assert "timed out after 1 s" in res.to_text()
+    assert procs_mentioning(str(work)) == []
+
+
+def test_cpu_time_limit_stops_a_busy_program_before_the_wall_clock():
+    res = run_python("while True:\n    pass", SandboxLimits(timeout_s=5.0, cpu_time_s=1.0))
+    assert res.cpu_exceeded and not res.timed_out  # SIGXCPU came before the 5 s wall limit
+    assert "CPU time limit of 1 s exceeded" in res.to_text()
+
+
+def test_huge_allocation_fails_and_is_reported():
+    res = run_python("x = bytearray(4 << 30)\nprint('allocated')", BOTH)
+    assert res.memory_exceeded and "allocated" not in res.stdout
+    assert "MemoryError" in res.stderr
+    assert "memory limit of 256 MB exceeded" in res.to_text()
+
+
+@pytest.mark.parametrize("layer", ["guards", "os"])
+def test_writes_outside_the_work_folder_are_blocked(tmp_path, layer):
+    if layer == "os":
+        need("mount_namespace", "readonly_fs")
+    limits = GUARDS_ONLY if layer == "guards" else OS_ONLY
+    target = tmp_path / "outside.txt"
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    code = (f"import os\n"
+            f"for act in (lambda: open({str(target)!r}, 'w').write('x'), lambda: os.remove({str(keep)!r}),\n"
+            f"            lambda: os.mkdir({str(tmp_path / 'newdir')!r})):\n"
+            f"    try:\n        act()\n        print('done')\n"
+            f"    except OSError as e:\n        print('blocked:', e)\n"
+            f"open('inside.txt', 'w').write('fine')\nprint(open('inside.txt').read())")
+    res = run_python(code, limits, work_dir=tmp_path / "work")
+    lines = res.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["blocked"] * 3 + ["fine"], res.to_text()
+    reason = "not allowed" if layer == "guards" else "Read-only file system"
+    assert all(reason in line for line in lines[:3])
+    assert not target.exists() and not (tmp_path / "newdir").exists()
+    assert keep.read_text() == "precious"
+    assert (tmp_path / "work" / "inside.txt").read_text() == "fine"
+
+
+def test_symlink_out_of_the_work_folder_does_not_open_a_way_out(tmp_path):
+    target = tmp_path / "victim.txt"
+    target.write_text("original")
+    code = (f"import os\nos.symlink({str(target)!r}, 'link')\n"
+            f"try:\n    open('link', 'w').write('changed')\nexcept OSError as e:\n    print('blocked:', e)")
+    res = run_python(code, GUARDS_ONLY)
+    assert res.stdout.startswith("blocked:") and "not allowed" in res.stdout
+    assert target.read_text() == "original"
+
+
+@pytest.mark.parametrize("layer", ["guards", "os"])
+def test_socket_connection_to_localhost_is_blocked(layer):
+    if layer == "os":
+        need("network_namespace")
+    limits = GUARDS_ONLY if layer == "guards" else OS_ONLY
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        res = run_python(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=0.5)\n"
+                         "print('connected')", limits)
+        server.settimeout(0.05)
+        with pytest.raises(socket.timeout):  # nobody reached our listener
+            server.accept()
+    assert res.exit_code == 1 and "connected" not in res.stdout
+    expected = "network access is blocked" if layer == "guards" else "Network is unreachable"
+    assert expected in res.stderr, res.stderr
+
+
+def test_fork_bomb_is_refused_by_the_guard(tmp_path):
+    work = tmp_path / "bomb"
+    start = time.monotonic()
+    res = run_python("import os\nwhile True:\n    os.fork()", GUARDS_ONLY, work_dir=work)
+    assert res.exit_code == 1 and "starting processes is not allowed (os.fork)" in res.stderr
+    assert not res.timed_out and time.monotonic() - start < 5.0  # refused at the first fork
+    assert procs_mentioning(str(work)) == []
+
+
+def test_fork_bomb_is_bounded_by_the_os_and_leaves_nothing_behind(tmp_path):
+    need("pids_cgroup")
+    work = tmp_path / "bomb"
+    limits = SandboxLimits(**SHORT, python_guards=False, allow_subprocess=True, max_processes=8)
+    code = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)"
+    start = time.monotonic()
+    res = run_python(code, limits, work_dir=work)
+    assert res.timed_out and res.process_limit_hit
+    assert "process limit of 8 reached" in res.to_text()
+    assert time.monotonic() - start < 4.0
+    assert procs_mentioning(str(work)) == []
+    assert psutil.Process().children(recursive=True) == []
+
+
+def test_background_process_that_leaves_the_session_dies_with_the_call(tmp_path):
+    need("pid_namespace")
+    work = tmp_path / "daemon"
+    limits = SandboxLimits(**FAST, allow_subprocess=True)
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')"
+    res = run_python(code, limits, work_dir=work)
+    assert res.ok and res.stdout == "parent done\n"
+    time.sleep(0.05)
+    assert procs_mentioning(str(work)) == []
+
+
+def test_isolated_code_runs_without_capabilities():
+    need("mount_namespace")
+    res = run_python("print([l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0])", BOTH)
+    assert res.stdout.strip() == "0000000000000000"
+
+
+def test_environment_is_scrubbed_and_home_is_the_work_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLLAVA_TEST_SECRET", "hunter2")
+    work = tmp_path / "env"
+    res = run_python("import os\nprint(os.environ.get('RLLAVA_TEST_SECRET'))\nprint(os.environ['HOME'])\n"
+                     "print(os.environ['TMPDIR'])\nprint(os.getcwd())", BOTH, work_dir=work)
+    w = str(work.resolve())
+    assert res.stdout.splitlines() == ["None", w, w, w]
+
+
+def test_long_output_is_cut_in_the_middle():
+    res = run_python("print('a' * 30000 + 'END')", SandboxLimits(**FAST, max_output_chars=1000))
+    assert len(res.stdout) < 1100
+    assert res.stdout.startswith("a" * 500) and res.stdout.rstrip().endswith("END")
+    assert "[29004 characters cut]" in res.stdout  # 30004 characters (newline included) minus 1000
+
+
+def test_file_size_limit():
+    res = run_python("open('big.bin', 'wb').write(b'x' * (3 << 20))", SandboxLimits(**FAST, file_size_mb=1))
+    assert res.exit_code == 1 and "File too large" in res.stderr
+    assert "file size limit of 1 MB reached" in res.to_text()
+
+
+def test_disk_quota_bounds_the_work_folder_and_a_timeout_drops_the_runs_files(tmp_path):
+    need("disk_quota")
+    work = tmp_path / "quota"
+    work.mkdir()
+    (work / "old.txt").write_text("old")
+    limits = SandboxLimits(**FAST, disk_mb=4)
+    code = ("import os\nos.remove('old.txt')\nopen('new.txt', 'w').write('new')\n"
+            "for i in range(10):\n    open(f'chunk{i}', 'wb').write(b'x' * (1 << 20))")
+    res = run_python(code, limits, work_dir=work)
+    assert res.exit_code == 1 and "No space left on device" in res.stderr
+    assert "disk quota of 4 MB reached" in res.to_text()
+    names = sorted(p.name for p in work.iterdir())
+    assert "old.txt" not in names and (work / "new.txt").read_text() == "new"  # a finished run's changes are kept
+    assert len([n for n in names if n.startswith("chunk")]) >= 3  # about 4 x 1 MB fit, the rest did not
+    assert sum(p.stat().st_size for p in work.iterdir()) <= 4 << 20
+    before = sorted(p.name for p in work.iterdir())
+    res = run_python("open('late.txt', 'w').write('x')\nwhile True:\n    pass", SandboxLimits(**SHORT, disk_mb=4),
+                     work_dir=work)
+    assert res.timed_out and "files written during this run were discarded" in res.to_text()
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_the_calling_process_keeps_going(tmp_path):
+    """After loops, allocations and bombs in the sandbox, the trainer's own limits, cwd and network are intact."""
+    before = {r: resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NPROC,
+                                                 resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE)}
+    cwd, env = os.getcwd(), dict(os.environ)
+    for code in ("while True:\n    pass", "x = bytearray(4 << 30)", "import os\nwhile True:\n    os.fork()"):
+        run_python(code, SandboxLimits(**SHORT))
+    assert {r: resource.getrlimit(r) for r in before} == before
+    assert os.getcwd() == cwd and dict(os.environ) == env
+    assert len(bytearray(64 << 20)) == 64 << 20
+    (tmp_path / "still_writable.txt").write_text("yes")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=1):
+            pass
+    assert psutil.Process().children(recursive=True) == []
+    assert run_python("print('again')", BOTH).stdout == "again\n"
+    parent = _cgroup_parent()
+    assert parent is None or list(parent.glob(f"rllava-sbx-{os.getpid()}-*")) == []  # every per-call cgroup removed
