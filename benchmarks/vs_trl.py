@@ -54,29 +54,44 @@ def median_after(values: list[float], warmup: int) -> float:
     return statistics.median(measured)
 
 
-class StepMarks:
-    """Timestamps (and peak RSS) at the start of every training-loop iteration; prints each finished step."""
+class Gate:
+    """The child's end of the turn-taking pipe pair: announce a step boundary, then wait for the go."""
 
-    def __init__(self, side: str):
+    def __init__(self, spec: str | None):
+        fds = [int(x) for x in spec.split(",")] if spec else None
+        self.go = os.fdopen(fds[0], "rb", buffering=0) if fds else None
+        self.ready = os.fdopen(fds[1], "wb", buffering=0) if fds else None
+
+    def wait_turn(self) -> None:
+        if self.ready is not None:
+            self.ready.write(b"r")
+            if self.go.read(1) != b"g":
+                raise SystemExit("vs_trl: the parent went away")
+
+
+class StepClock:
+    """Called at the top of every training-loop iteration: closes the previous step's timing, records
+    peak RSS so far, waits for this side's turn, then starts timing the next step."""
+
+    def __init__(self, side: str, gate: Gate):
         self.side = side
-        self.starts: list[float] = []
-        self.cpu: list[float] = []  # process CPU time (all threads): less sensitive to other jobs on the machine
+        self.gate = gate
+        self.wall: list[float] = []
+        self.cpu: list[float] = []  # process CPU time, all threads
         self.rss: list[float] = []
+        self.t0: float | None = None
+        self.c0 = 0.0
 
     def mark(self) -> None:
         now, cpu = time.perf_counter(), time.process_time()
-        if self.starts:
-            print(f"[{self.side}] step {len(self.starts)}: {now - self.starts[-1]:.3f} s wall, "
-                  f"{cpu - self.cpu[-1]:.3f} s cpu", flush=True)
-        self.starts.append(now)
-        self.cpu.append(cpu)
+        if self.t0 is not None:
+            self.wall.append(now - self.t0)
+            self.cpu.append(cpu - self.c0)
+            print(f"[{self.side}] step {len(self.wall)}: {self.wall[-1]:.3f} s wall, {self.cpu[-1]:.3f} s cpu",
+                  flush=True)
         self.rss.append(peak_rss_mb())
-
-    def intervals(self) -> list[float]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:])]
-
-    def cpu_intervals(self) -> list[float]:
-        return [b - a for a, b in zip(self.cpu, self.cpu[1:])]
+        self.gate.wait_turn()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
 
 # ---------------------------------------------------------------- setup (parent)
@@ -103,7 +118,7 @@ def prepare(workdir: Path, new_tokens: int) -> tuple[Path, Path]:
 # ---------------------------------------------------------------- the two sides (children)
 
 
-def run_ours(args: argparse.Namespace, marks: StepMarks) -> dict:
+def run_ours(args: argparse.Namespace, marks: StepClock) -> dict:
     """rllava through its own `run_experiment` (what `rllava train` calls), with the loop's prompt fetch timed."""
     from rllava.config import load_config
     from rllava.data.loader import PromptLoader
@@ -159,8 +174,9 @@ def count_reward_func(completions: list, answer: list, **kwargs) -> list[float]:
     return [count_reward(t, a)["overall"] for t, a in zip(texts, answer)]
 
 
-def run_trl(args: argparse.Namespace, marks: StepMarks) -> dict:
+def run_trl(args: argparse.Namespace, marks: StepClock) -> dict:
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     step_s: list[float] = []
@@ -192,6 +208,7 @@ def run_trl(args: argparse.Namespace, marks: StepMarks) -> dict:
     )
     trainer = GRPOTrainer(model=str(args.model), reward_funcs=count_reward_func, args=config,
                           train_dataset=trl_dataset(Path(args.data)), callbacks=[Timer()])
+    trainer.remove_callback(PrinterCallback)  # it prints every step's log dict
     trainer.train()
     return {"train_step_s": step_s, "completion_len": lengths}
 
@@ -204,33 +221,66 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    marks = StepMarks(args.child)
+    clock = StepClock(args.child, Gate(args.gate))
     start_rss = peak_rss_mb()
-    extra = SIDES[args.child](args, marks)
-    result = {"step_s": marks.intervals(), "step_cpu_s": marks.cpu_intervals(), "peak_rss_mb": marks.rss[-1], "end_peak_rss_mb": peak_rss_mb(),
-              "import_rss_mb": start_rss, "torch_threads": torch.get_num_threads(), **extra}
+    extra = SIDES[args.child](args, clock)
+    result = {"step_s": clock.wall, "step_cpu_s": clock.cpu, "peak_rss_mb": clock.rss[-1],
+              "end_peak_rss_mb": peak_rss_mb(), "import_rss_mb": start_rss, "torch_threads": torch.get_num_threads(),
+              **extra}
     Path(args.result).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------- parent
 
 
-def run_side(side: str, args: argparse.Namespace, model: Path, data: Path, workdir: Path) -> dict:
-    result = workdir / f"{side}.json"
-    cmd = [sys.executable, __file__, "--child", side, "--result", str(result), "--model", str(model),
-           "--data", str(data), "--workdir", str(workdir), "--total-steps", str(args.total_steps),
-           "--n", str(args.n), "--new-tokens", str(args.new_tokens), "--lr", str(args.lr),
-           "--temperature", str(args.temperature), "--threads", str(args.threads), "--seed", str(args.seed)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"vs_trl: the {side} side failed (exit {proc.returncode}); see its output above")
-    out = json.loads(result.read_text())
-    out["wall_s"] = time.perf_counter() - t0
-    return out
+class Side:
+    """One side's subprocess and the parent's end of its turn-taking pipes."""
+
+    def __init__(self, name: str, args: argparse.Namespace, model: Path, data: Path, workdir: Path):
+        self.name = name
+        self.result = workdir / f"{name}.json"
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        cmd = [sys.executable, __file__, "--child", name, "--gate", f"{go_r},{ready_w}", "--result", str(self.result),
+               "--model", str(model), "--data", str(data), "--workdir", str(workdir),
+               "--total-steps", str(args.total_steps), "--n", str(args.n), "--new-tokens", str(args.new_tokens),
+               "--lr", str(args.lr), "--temperature", str(args.temperature), "--threads", str(args.threads),
+               "--seed", str(args.seed)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                   TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
+                   HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+        self.proc = subprocess.Popen(cmd, env=env, pass_fds=(go_r, ready_w))
+        os.close(go_r)
+        os.close(ready_w)
+        self.go = os.fdopen(go_w, "wb", buffering=0)
+        self.ready = os.fdopen(ready_r, "rb", buffering=0)
+        self.alive = self.ready.read(1) == b"r"  # set-up done, at the top of step 1 (or it died)
+
+    def run_one_step(self) -> None:
+        """Let the child run one step (or, after its last step, run to exit) and wait until it is done."""
+        try:
+            self.go.write(b"g")
+        except BrokenPipeError:
+            self.alive = False
+            return
+        self.alive = self.ready.read(1) == b"r"
+
+    def finish(self) -> dict:
+        code = self.proc.wait()
+        if code != 0 or not self.result.exists():
+            raise SystemExit(f"vs_trl: the {self.name} side failed (exit {code}); see its output above")
+        return json.loads(self.result.read_text())
+
+
+def run_interleaved(names: list[str], args: argparse.Namespace, model: Path, data: Path, workdir: Path) -> dict:
+    """Both sides load at once, then take turns one training step at a time, so a step never shares the
+    CPU with the other side and both see the same background load (this machine is shared)."""
+    sides = [Side(n, args, model, data, workdir) for n in names]
+    while any(s.alive for s in sides):
+        for s in sides:
+            if s.alive:
+                s.run_one_step()
+    return {s.name: s.finish() for s in sides}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     # internal: one side in a subprocess
     p.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--gate", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
@@ -266,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     model, data = prepare(workdir, args.new_tokens)
     sides = [args.only] if args.only else ["trl", "ours"]
     load_before = os.getloadavg()[0]
-    res = {side: run_side(side, args, model, data, workdir) for side in sides}
+    res = run_interleaved(sides, args, model, data, workdir)
     out: dict = {"steps": args.steps, "warmup": args.warmup, "completions_per_step": args.n,
                  "new_tokens": args.new_tokens, "threads": args.threads,
                  "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other jobs on the machine
@@ -277,7 +328,6 @@ def main(argv: list[str] | None = None) -> None:
         out[f"{side}_peak_rss_mb"] = round(r["peak_rss_mb"], 1)
         out[f"{side}_import_rss_mb"] = round(r["import_rss_mb"], 1)
         out[f"{side}_completion_len"] = round(statistics.mean(r["completion_len"]), 2) if r["completion_len"] else None
-        out[f"{side}_wall_s"] = round(r["wall_s"], 1)
     if "ours" in res and "trl" in res:
         out["step_time_ratio"] = round(out["ours_step_s"] / out["trl_step_s"], 3)
         out["cpu_time_ratio"] = round(out["ours_step_cpu_s"] / out["trl_step_cpu_s"], 3)

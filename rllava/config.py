@@ -316,19 +316,30 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _read_yaml(path: str, seen: tuple = ()) -> dict:
+    """A YAML file as a dict; `base: other.yaml` (relative to this file) is read first and overlaid."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {path!r} not found")
+    if p.resolve() in seen:
+        raise ConfigError(f"{path}: `base:` chain loops back to itself")
+    tree = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base_dir = p.resolve().parent
+    tree["plugins"] = [str((base_dir / pl).resolve()) if not Path(pl).is_absolute() and not Path(pl).exists()
+                       else str(Path(pl).resolve()) for pl in tree.get("plugins", []) or []]
+    base = tree.pop("base", None)
+    if base:
+        parent = _read_yaml(str(base_dir / base), seen + (p.resolve(),))
+        plugins = parent.get("plugins", []) + [pl for pl in tree["plugins"] if pl not in parent.get("plugins", [])]
+        tree = {**_merge(parent, tree), "plugins": plugins}
+    return tree
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (optional), apply dotted overrides, validate; plugin paths become absolute."""
-    tree: dict = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {path!r} not found")
-        tree = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        base_dir = p.resolve().parent
-        tree["plugins"] = [str((base_dir / pl).resolve()) if not Path(pl).is_absolute() and not Path(pl).exists()
-                           else str(Path(pl).resolve()) for pl in tree.get("plugins", []) or []]
+    tree: dict = _read_yaml(path) if path else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
         return _build(Config, tree)

@@ -64,3 +64,13 @@ def test_cli_config_prints_resolved(tmp_path):
     assert "n: 3" in out and "top_p: 0.9" in out
     bad = subprocess.run([sys.executable, "-m", "rllava", "config", path, "rollout.nn=3"], capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'rollout.n'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_base_file_is_overlaid(tmp_path):
+    (tmp_path / "base.yaml").write_text("rollout:\n  n: 4\n  top_p: 0.9\nplugins: [a.py]\n")
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / "b.py").write_text("")
+    child = write(tmp_path, "base: base.yaml\nrollout:\n  n: 8\nplugins: [b.py]\n")
+    cfg = load_config(child)
+    assert cfg.rollout.n == 8 and cfg.rollout.top_p == 0.9
+    assert [p.split("/")[-1] for p in cfg.plugins] == ["a.py", "b.py"]

@@ -143,14 +143,17 @@ def test_fork_bomb_is_refused_by_the_guard(tmp_path):
 
 
 def test_fork_bomb_is_bounded_by_the_os_and_leaves_nothing_behind(tmp_path):
-    need("pids_cgroup")
+    support = sandbox_support()
+    if not (support.get("pids_cgroup") or support.get("nproc_rlimit")):
+        pytest.skip(f"root without a pids cgroup: only the audit hook limits forks here ({support})")
     work = tmp_path / "bomb"
     limits = SandboxLimits(**SHORT, python_guards=False, allow_subprocess=True, max_processes=8)
     code = "import os, time\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        time.sleep(0.01)"
     start = time.monotonic()
     res = run_python(code, limits, work_dir=work)
-    assert res.timed_out and res.process_limit_hit
-    assert "process limit of 8 reached" in res.to_text()
+    assert res.timed_out
+    if support.get("pids_cgroup"):  # only the cgroup counts refused forks (RLIMIT_NPROC does not)
+        assert res.process_limit_hit and "process limit of 8 reached" in res.to_text()
     assert time.monotonic() - start < 4.0
     assert procs_mentioning(str(work)) == []
     assert psutil.Process().children(recursive=True) == []

@@ -70,6 +70,8 @@ class FSDP2TrainEngine:
             raise RuntimeError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
                                "(rllava.engines.distributed.init_distributed joins the group)")
         device = torch.device(device)
+        if cpu_offload and device.type != "cuda":
+            raise ValueError(f"cpu_offload moves parameters off the GPU; it needs a CUDA device, not {device}")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device

@@ -101,7 +101,10 @@ def quota_work_dir(work, host_view, size_mb):
         return False
     if not mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700"):
         return False
-    copy_entries(host_view, work)
+    try:
+        copy_entries(host_view, work)
+    except OSError as e:
+        raise OSError(f"the work folder does not fit in the disk quota of {size_mb} MB ({e})") from None
     return True
 
 

@@ -10,7 +10,7 @@ runs the code. What holds the code, and who enforces it:
 | CPU time | RLIMIT_CPU (SIGXCPU) | - |
 | memory | RLIMIT_AS per process (MemoryError) | - |
 | file size | RLIMIT_FSIZE (also caps stdout/stderr files) | - |
-| disk use | the work folder is a size-limited tmpfs copy, synced back after a clean exit (dropped on timeout) | - |
+| disk use | the work folder is a `disk_mb` tmpfs copy (RAM), synced back when the code exits, dropped on timeout; needs mount + PID namespaces | - |
 | open files | RLIMIT_NOFILE | - |
 | processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` |
 | network | network namespace with no interfaces up | every `socket.*` event refused |
@@ -18,8 +18,8 @@ runs the code. What holds the code, and who enforces it:
 | leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
 | secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder | ctypes refused |
 
-OS layers need privileges (root with CAP_SYS_ADMIN, as on the project's machines). Where the
-kernel refuses one, it is skipped and `SandboxResult.layers` says so: check it, or call
+OS layers need privileges (root with CAP_SYS_ADMIN, as on the development machines, where each
+layer is verified by tests/test_sandbox.py). Where the kernel refuses one, it is skipped and `SandboxResult.layers` says so: check it, or call
 `sandbox_support()`, rather than assume. The audit hooks stop accidents, not a determined
 attacker (see `_sandbox_guard.py`); for hostile code at scale, also run the trainer in a
 container or VM. Memory is per process (RLIMIT_AS), so the total is bounded by
@@ -153,6 +153,9 @@ def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> S
             proc = subprocess.Popen([python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
                                     env=_clean_env(work), start_new_session=True, pass_fds=(w,))
+    except BaseException:
+        os.close(r)
+        raise
     finally:
         os.close(w)
     timed_out = not _wait_unreaped(proc.pid, start + lim.timeout_s)
@@ -184,7 +187,10 @@ def _wait_unreaped(pid: int, deadline: float) -> bool:
     """Wait for `pid` to exit without reaping it (so its process-group id stays ours); False on timeout."""
     delay = 0.001
     while True:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped elsewhere (a SIGCHLD handler): it has exited
             return True
         now = time.monotonic()
         if now >= deadline:

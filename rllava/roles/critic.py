@@ -94,7 +94,7 @@ class Critic:
                         loss_tok = torch.maximum(loss_tok, (v_clipped - m.returns) ** 2)
                     loss = 0.5 * (loss_tok * m.response_mask).sum() / total_tokens
                     loss.backward()
-                    sums["critic/value_loss"] += float(loss)
+                    sums["critic/value_loss"] += float(loss.detach())
             for k, v in self.engine.step().items():
                 sums[f"critic/{k}"] += v
             n += 1

@@ -25,7 +25,7 @@ from rllava.models.tiny_families import FAMILIES
 
 STEPS = 3
 SAVE_AFTER = 2  # the distributed checkpoint is taken after this step; resuming replays the rest
-ENGINE_KW = dict(lr=2e-2, weight_decay=0.01, warmup_steps=1, lr_scheduler="cosine", total_steps=STEPS + 1,
+ENGINE_KW = dict(lr=1e-4, weight_decay=0.01, warmup_steps=1, lr_scheduler="cosine", total_steps=STEPS + 1,
                  max_grad_norm=1.0)
 GEN = Sampling(n=1, temperature=0.0, max_new_tokens=6)
 CHUNK = 4  # LM-head chunk: several head calls (and checkpoint recomputes) per micro-batch
@@ -104,6 +104,16 @@ def greedy(model, engine_compute, processor, prompts: list[Prompt], device) -> l
     return [rollout.generate([p], GEN)[0].response_ids for p in prompts]
 
 
+def greedy_logits(model, engine_compute, processor, prompt: Prompt, device) -> torch.Tensor:
+    """Logits [steps, V] of a greedy `generate` (a stronger check than ids from a random tiny model)."""
+    inputs = Batch.from_episodes([Episode(prompt=prompt)], pad_token_id(processor)).model_inputs(device)
+    with engine_compute(train=False):
+        out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=pad_token_id(processor),
+                             temperature=None, top_p=None, top_k=None)
+    return torch.stack(out.logits, 1)[0].float().cpu()
+
+
 def full_weights(engine) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in engine.iter_full_state()}
 
@@ -123,7 +133,9 @@ def run_family(path: Path, out: Path) -> dict:
     prompts = du.shard_prompts([full.prompts[0], full.prompts[2]], rank, world)
 
     res: dict = {"generated_before": du.gather_objects(greedy(engine.model, engine.generation, processor, prompts,
-                                                              engine.device))}
+                                                              engine.device)),
+                 "logits_before": du.gather_objects(greedy_logits(engine.model, engine.generation, processor,
+                                                                  prompts[0], engine.device))}
     batch.old_logp = old_logprobs(engine, batch)
     res["old_logp"] = du.gather_objects(batch.old_logp)
     res["metrics"] = []
