@@ -47,10 +47,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def median_after(values: list[float], warmup: int) -> float:
-    measured = values[warmup:]
-    if not measured:
-        raise RuntimeError(f"no measured steps: {len(values)} step times with {warmup} warm-up")
+def measured_median(values: list[float], warmup: int, steps: int) -> float:
+    """Median of the measured steps: after `warmup`, and not the trailing step some lists also hold."""
+    measured = values[warmup:warmup + steps]
+    if len(measured) < steps:
+        raise RuntimeError(f"expected {warmup + steps} step times, got {len(values)}")
     return statistics.median(measured)
 
 
@@ -322,9 +323,9 @@ def main(argv: list[str] | None = None) -> None:
                  "new_tokens": args.new_tokens, "threads": args.threads,
                  "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other jobs on the machine
     for side, r in res.items():
-        out[f"{side}_step_s"] = round(median_after(r["step_s"], args.warmup), 4)
-        out[f"{side}_step_cpu_s"] = round(median_after(r["step_cpu_s"], args.warmup), 4)
-        out[f"{side}_train_step_s"] = round(median_after(r["train_step_s"], args.warmup), 4)
+        out[f"{side}_step_s"] = round(measured_median(r["step_s"], args.warmup, args.steps), 4)
+        out[f"{side}_step_cpu_s"] = round(measured_median(r["step_cpu_s"], args.warmup, args.steps), 4)
+        out[f"{side}_train_step_s"] = round(measured_median(r["train_step_s"], args.warmup, args.steps), 4)
         out[f"{side}_peak_rss_mb"] = round(r["peak_rss_mb"], 1)
         out[f"{side}_import_rss_mb"] = round(r["import_rss_mb"], 1)
         out[f"{side}_completion_len"] = round(statistics.mean(r["completion_len"]), 2) if r["completion_len"] else None

@@ -39,21 +39,31 @@ worker = _import_worker()
 
 
 @pytest.fixture(scope="module")
-def dist_results(tiny_model_factory, tmp_path_factory):
-    """Run the worker under torchrun once for every family; kill the whole process group on failure."""
+def dist_launch(tiny_model_factory, tmp_path_factory):
+    """Start the worker under torchrun for every family (it runs while the reference is computed here)."""
     out = tmp_path_factory.mktemp("fsdp2")
     specs = [f"{f}={tiny_model_factory(f)}" for f in FAMILIES]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER_PATH),
            str(out), *specs]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    with open(out / "torchrun.log", "w") as log:  # a file, not a pipe: nobody reads while the reference runs
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    yield proc, out
+    if proc.poll() is None:  # a failure elsewhere: kill torchrun and both ranks (their own process group)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dist_results(dist_launch, reference):
+    proc, out = dist_launch
     try:
-        log, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    log = (out / "torchrun.log").read_text(errors="replace")
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log[-6000:]}"
     return out, torch.load(out / "results.pt", weights_only=False)
 
@@ -118,6 +128,7 @@ def test_generate_on_sharded_model_matches_one_process(dist_results, reference, 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dcp_resume_equals_uninterrupted_run(dist_results, family):
     got = dist_results[1][family]
+    assert got["sharded_after"] == {"generation": True, "logprobs": True, "training": True}
     assert got["resumed_metrics"] == got["metrics"][worker.SAVE_AFTER:]
     assert _max_diff(got["resumed_weights"], got["weights"]) == 0.0
     assert got["resumed_lr"] == got["lr"]

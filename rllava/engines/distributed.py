@@ -41,7 +41,9 @@ def init_distributed() -> torch.device:
 
 
 def destroy_distributed() -> None:
+    """Leave the group once every rank is done (a rank tearing down mid-collective aborts its peers)."""
     if is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -62,7 +64,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _comm_device() -> torch.device:
+def comm_device() -> torch.device:
     """Where collective tensors must live: the current GPU for nccl, the CPU for gloo."""
     if is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -73,7 +75,7 @@ def _all_reduce(values: list[float], op: str) -> list[float]:
     """Element-wise reduction over ranks (`op`: "SUM" or "MAX"), in float64 so counts stay exact."""
     if not is_initialized():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t.tolist()
 

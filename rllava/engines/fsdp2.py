@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -58,7 +60,8 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-@TRAIN_ENGINES.register("fsdp2", description="torchrun + FSDP2 per block; fp32 master shards, mixed-precision compute")
+@TRAIN_ENGINES.register("fsdp2", description="torchrun + FSDP2 per block; fp32 master shards, mixed-precision compute",
+                        distributed=True)
 class FSDP2TrainEngine:
     """Same interface as LocalTrainEngine, for a model sharded over all ranks of the process group."""
 
@@ -97,6 +100,9 @@ class FSDP2TrainEngine:
         kwargs = dict(mesh=mesh, mp_policy=self.mp_policy, offload_policy=offload)
         hf = unwrap(model)
         children = repeated_blocks(model)
+        if not children:
+            # The root's gradients are reduced by FSDP's end-of-backward callback, which only a unit's backward queues.
+            raise ValueError(f"{type(hf).__name__} has no repeated blocks (nn.ModuleList of layers) to shard with fsdp2")
         for module in children:
             fully_shard(module, **kwargs)
         fully_shard(model, **kwargs)
@@ -123,6 +129,7 @@ class FSDP2TrainEngine:
         return None
 
     def _unshard_root(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Pre-hook on the entry points: gather the root's own parameters and cast inputs, as its forward would."""
         probe = self._root_probe
         if probe is not None and isinstance(getattr(*probe), DTensor):
             self.model.unshard()
@@ -177,20 +184,18 @@ class FSDP2TrainEngine:
 
     # ---- optimisation
 
-    def _grad_norm(self) -> torch.Tensor:
-        """L2 norm of the FSDP-averaged gradient: local shard sums of squares, summed over ranks."""
-        dev = du._comm_device()
+    def _local_grads(self) -> list[torch.Tensor]:
+        """This rank's gradient shards (fully_shard on the root manages every parameter, so all are DTensors)."""
+        return [p.grad.to_local() for p in self.params if p.grad is not None]
+
+    def _grad_norm(self, local_grads: list[torch.Tensor]) -> float:
+        """L2 norm of the FSDP-averaged gradient: squared shard norms summed over ranks."""
+        dev = du.comm_device()
         total = torch.zeros((), dtype=torch.float64, device=dev)
-        for p in self.params:
-            if p.grad is None:
-                continue
-            g = p.grad
-            if isinstance(g, DTensor):
-                total += g.to_local().detach().double().pow(2).sum().to(dev)
-            else:  # a replicated gradient: every rank holds it whole, count it once
-                total += g.detach().double().pow(2).sum().to(dev) / self.world
+        if local_grads:
+            total += torch.stack(torch._foreach_norm(local_grads, 2.0)).double().pow(2).sum().to(dev)
         torch.distributed.all_reduce(total)
-        return total.sqrt()
+        return float(total.sqrt())
 
     def step(self) -> dict[str, float]:
         """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update (on every rank).
@@ -198,17 +203,15 @@ class FSDP2TrainEngine:
         FSDP leaves the rank-average of the gradients; scaling by the world size gives their sum,
         fused into the clipping factor.
         """
-        grad_norm = float(self._grad_norm()) * self.world
+        grads = self._local_grads()
+        grad_norm = self._grad_norm(grads) * self.world
         finite = math.isfinite(grad_norm)
         if finite:
             clip = 1.0
             if self.max_grad_norm > 0:
-                clip = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))
-            scale = clip * self.world
-            if scale != 1.0:
-                for p in self.params:
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
+                clip = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
+            if grads:
+                torch._foreach_mul_(grads, clip * self.world)
             self.optimizer.step()
         else:
             self.skipped_steps += 1
@@ -242,7 +245,7 @@ class FSDP2TrainEngine:
         dcp.save(self.state_dict(), checkpoint_id=str(folder))
 
     def load(self, folder: str | Path) -> None:
-        """Restore what `save` wrote (same model; the number of ranks may differ)."""
+        """Restore what `save` wrote into this engine (built on the same model and optimizer settings)."""
         if not Path(folder, ".metadata").exists():
             raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
         state = self.state_dict()
@@ -255,12 +258,20 @@ class FSDP2TrainEngine:
 
     def iter_full_state(self, device: str | torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, full tensor) one tensor at a time, so at most one gathered tensor is alive; all ranks must iterate."""
-        gathered: dict[int, torch.Tensor] = {}  # tied weights appear under two names: gather once
-        for name, t in self.model.state_dict().items():
-            if id(t) not in gathered:
+        state = self.model.state_dict()
+        uses = Counter(id(t) for t in state.values())  # tied weights appear under two names: gather once
+        shared: dict[int, torch.Tensor] = {}
+        for name, t in state.items():
+            full = shared.get(id(t))
+            if full is None:
                 full = t.full_tensor() if isinstance(t, DTensor) else t
-                gathered[id(t)] = full.to(device) if device is not None else full
-            yield name, gathered[id(t)]
+                full = full.to(device) if device is not None else full
+            uses[id(t)] -= 1
+            if uses[id(t)]:
+                shared[id(t)] = full
+            else:
+                shared.pop(id(t), None)
+            yield name, full
 
     def export_hf(self, folder: str | Path, processor: Any = None) -> None:
         """Gather full weights to rank 0 (CPU) and write a plain HF folder there; every rank must call it."""

@@ -25,8 +25,10 @@ class Sampling:
 
 @ROLLOUT_ENGINES.register("hf", description="HF generate on the policy module itself (KV cache, left-padded batches)")
 class HFRolloutEngine:
+    """Extra keyword arguments (model_path, processor, rollout_cfg) are for engines that need them (vLLM)."""
+
     def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
-                 batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None):
+                 batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None, **_unused):
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)

@@ -72,7 +72,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         compute_dtype=cfg.model.dtype, device=device)
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
         model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size, compute=engine.compute,
-        suppress_ids=placeholder_token_ids(model, processor))
+        suppress_ids=placeholder_token_ids(model, processor), model_path=model_path or cfg.model.path,
+        processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward),
@@ -114,5 +115,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)
     ckpt = find_resume_checkpoint(cfg.trainer.resume, run_dir)
     ctx = build_context(cfg, run_dir, ckpt)
+    if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
+        pipeline.setup(ctx)
     trainer = Trainer(ctx, pipeline)
     return trainer.fit(load_state(ckpt) if ckpt is not None else None)

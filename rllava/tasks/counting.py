@@ -9,6 +9,9 @@ from rllava.tasks.draw import PLURAL, scene
 
 # Easy is what a ~1 M-param VLM can learn by RL on CPU: a small image, big objects, two colours, one shape.
 DIFFICULTY: dict[str, dict] = {
+    # "trivial": one colour and shape, no distractors: the quickstart's CPU-minutes budget.
+    "trivial": dict(size=64, grid=3, colors=("red",), shapes=("circle",), max_count=3, max_distractors=0,
+                    radius=(8, 9)),
     "easy": dict(size=64, grid=3, colors=("red", "blue"), shapes=("circle",), max_count=3, max_distractors=2,
                  radius=(8, 9)),
     "medium": dict(size=96, grid=4, colors=("red", "blue", "green"), shapes=("circle", "square"), max_count=4,

@@ -114,6 +114,13 @@ def greedy_logits(model, engine_compute, processor, prompt: Prompt, device) -> t
     return torch.stack(out.logits, 1)[0].float().cpu()
 
 
+def all_sharded(model) -> bool:
+    """Every parameter is back to its shard (nothing gathered is left behind to hold memory)."""
+    from torch.distributed.tensor import DTensor
+
+    return all(isinstance(p, DTensor) for p in model.parameters())
+
+
 def full_weights(engine) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in engine.iter_full_state()}
 
@@ -136,7 +143,9 @@ def run_family(path: Path, out: Path) -> dict:
                                                               engine.device)),
                  "logits_before": du.gather_objects(greedy_logits(engine.model, engine.generation, processor,
                                                                   prompts[0], engine.device))}
+    res["sharded_after"] = {"generation": all_sharded(engine.model)}
     batch.old_logp = old_logprobs(engine, batch)
+    res["sharded_after"]["logprobs"] = all_sharded(engine.model)
     res["old_logp"] = du.gather_objects(batch.old_logp)
     res["metrics"] = []
     ckpt = out / f"dcp-{path.name}"
@@ -145,6 +154,7 @@ def run_family(path: Path, out: Path) -> dict:
             engine.save(ckpt)
             greedy(engine.model, engine.generation, processor, prompts, engine.device)  # must not disturb training
         res["metrics"].append(train_step(engine, batch, micro_rows, global_tokens))
+    res["sharded_after"]["training"] = all_sharded(engine.model)
     res["weights"] = full_weights(engine)
     engine.export_hf(out / f"hf-{path.name}", processor)
 
