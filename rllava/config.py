@@ -159,12 +159,16 @@ class RewardConfig:
 
 @dataclass
 class EnvConfig:
-    name: Optional[str] = None  # None = single-turn
+    name: Optional[str] = None  # environment registry name ("tools"); used by trainer.pipeline=agentic
     tools: list[str] = field(default_factory=list)
     max_turns: int = 4
-    max_total_tokens: int = 2048
+    max_total_tokens: int = 2048  # response tokens of all turns (generated + observations)
     max_images: int = 8
     call_format: str = "xml"  # <tool_call>{"name": ..., "arguments": {...}}</tool_call>
+    observation_role: str = "user"  # chat role of observation turns ("user" works with every template; "tool" where supported)
+    tool_reward: float = 0.0  # per valid tool call (turn reward)
+    invalid_penalty: float = 0.1  # per malformed call
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})
     tool_timeout_s: float = 5.0
     tool_memory_mb: int = 512
     corpus_path: Optional[str] = None

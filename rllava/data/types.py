@@ -42,7 +42,9 @@ class Episode:
     group_id: int = 0
     finished: bool = True  # ended on EOS / final answer (False = cut by a length limit)
     baseline_reward: Optional[float] = None  # e.g. ReMax: reward of the greedy rollout for this prompt
-    extra_mm: list[dict[str, torch.Tensor]] = field(default_factory=list)  # images that arrived mid-episode
+    extra_mm: list[dict[str, torch.Tensor]] = field(default_factory=list)  # processor outputs of images that arrived mid-episode
+    response_seq: dict[str, list[int]] = field(default_factory=dict)  # per-token extras of response tokens (image tokens of observations)
+    info: dict[str, Any] = field(default_factory=dict)  # environment facts: turns, tool calls, stop reason, transcript
 
     @property
     def num_generated(self) -> int:
@@ -126,7 +128,8 @@ class Batch:
         seq_extras = {}
         for k in seq_keys:
             pl = _pad_2d([p.seq.get(k, [0] * len(p.input_ids)) for p in prompts], 0, True, torch.long)
-            seq_extras[k] = torch.cat([pl, torch.zeros_like(resp)], 1)
+            rl = _pad_2d([e.response_seq.get(k, [0] * len(e.response_ids)) for e in episodes], 0, False, torch.long)
+            seq_extras[k] = torch.cat([pl, rl], 1)
         rollout_logp = None
         if episodes and all(e.rollout_logp is not None for e in episodes):
             rollout_logp = _pad_2d([e.rollout_logp for e in episodes], 0.0, False, torch.float32)
@@ -175,7 +178,9 @@ class Batch:
         Each sequence carries its own copy of its prompt's image inputs, since every
         sequence's image tokens need features; the processor ran once per prompt.
         """
-        mm = concat_mm([p.mm for p in self.prompts]) if any(p.mm for p in self.prompts) else {}
+        per_seq = [[e.prompt.mm, *e.extra_mm] for e in self.episodes] if self.episodes else [[p.mm] for p in self.prompts]
+        items = [d for seq in per_seq for d in seq if d]
+        mm = concat_mm(items) if items else {}
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.seq_extras, **mm}
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 

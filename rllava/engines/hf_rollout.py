@@ -17,6 +17,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 128
+    logprobs: bool = False  # record each sampled token's log-prob (Episode.rollout_logp)
 
     @property
     def greedy(self) -> bool:
@@ -64,13 +65,24 @@ class HFRolloutEngine:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:  # drop sampling defaults a checkpoint's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if sampling.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         ctx = self.compute(train=False) if self.compute else torch.no_grad()
         with ctx:
             out = self.model.generate(**inputs, **kwargs)
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        sequences = out.sequences if sampling.logprobs else out
+        new_ids = sequences[:, inputs["input_ids"].shape[1]:]
+        new = new_ids.tolist()
+        logps = None
+        if sampling.logprobs:  # raw logits / temperature, as the trainer recomputes them
+            temp = sampling.temperature if not sampling.greedy else 1.0
+            logps = torch.stack([torch.log_softmax(step.float() / temp, -1).gather(-1, new_ids[:, i:i + 1]).squeeze(-1)
+                                 for i, step in enumerate(out.logits)], 1).tolist()
         eos = set(self.eos_ids)
-        for ep, ids in zip(episodes, new):
+        for i, (ep, ids) in enumerate(zip(episodes, new)):
             cut = next((j + 1 for j, t in enumerate(ids) if t in eos), None)
             ep.finished = cut is not None
             ep.response_ids = ids[:cut] if cut is not None else ids
             ep.response_mask = [1] * len(ep.response_ids)
+            if logps is not None:
+                ep.rollout_logp = logps[i][: len(ep.response_ids)]

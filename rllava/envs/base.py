@@ -106,8 +106,8 @@ class Environment:
         raise NotImplementedError
 
     def outcome(self) -> EpisodeOutcome:
-        """How the episode went so far (final once a step returned done)."""
-        raise NotImplementedError
+        """How the episode went so far (final once a step returned done); optional for simple environments."""
+        return EpisodeOutcome()
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         """OpenAI-style function schemas of the tools on offer (for `apply_chat_template(tools=...)`)."""

@@ -67,7 +67,8 @@ class ToolEnv(Environment):
         settings = ToolSettings(python=SandboxLimits(timeout_s=cfg.tool_timeout_s, memory_mb=cfg.tool_memory_mb),
                                 corpus_path=cfg.corpus_path)
         return cls(tools=list(cfg.tools), max_turns=cfg.max_turns, max_images=cfg.max_images,
-                   call_format=cfg.call_format, answer_reward=answer_reward, settings=settings)
+                   call_format=cfg.call_format, answer_reward=answer_reward, tool_reward=cfg.tool_reward,
+                   invalid_penalty=cfg.invalid_penalty, settings=settings)
 
     # ---- episode
 

@@ -1,0 +1,139 @@
+"""Multi-turn rollout: the policy acts, an environment answers, until an answer or a limit.
+
+Episodes are built at the token level so training sees exactly what was generated:
+`response_ids` = turn 1 tokens | observation tokens | turn 2 tokens | ..., with
+`response_mask` 1 on generated tokens and 0 on observation tokens. Observation turns are
+rendered with the processor's chat template (the suffix that a new message adds) and their
+images are processed once and kept in `Episode.extra_mm`, with their per-token extras
+(e.g. Qwen's `mm_token_type_ids`) in `Episode.response_seq`, so a single forward pass over
+the whole episode reproduces the positions used during generation (M-RoPE included).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rllava.data.types import Episode, Prompt, concat_mm
+from rllava.data.vision import load_image
+from rllava.engines.hf_rollout import Sampling
+from rllava.models.introspect import get_tokenizer
+
+_PROBE = [{"role": "user", "content": [{"type": "text", "text": "probe"}]},
+          {"role": "assistant", "content": [{"type": "text", "text": "probe"}]}]
+
+
+def _text_only(messages: list[dict]) -> list[dict]:
+    return [{**m, "content": "".join(p.get("text", "") for p in m["content"])} for m in messages]
+
+
+class ObservationRenderer:
+    """Turns an environment observation into tokens (and image inputs) that continue a conversation."""
+
+    def __init__(self, processor: Any, role: str = "user", multimodal: bool = True):
+        self.processor = processor
+        self.tokenizer = get_tokenizer(processor)
+        self.role = role
+        self.multimodal = multimodal
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
+        msgs = messages if self.multimodal else _text_only(messages)
+        return self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def render(self, text: str, n_images: int) -> str:
+        """The string between the end of an assistant turn (its EOS) and the next assistant turn's first token."""
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+        before = self._render(_PROBE, False)
+        after = self._render(_PROBE + [{"role": self.role, "content": content}], True)
+        if not after.startswith(before):
+            raise ValueError("the chat template re-renders earlier turns when a message is added; "
+                             "multi-turn episodes need a prefix-stable template")
+        eos = self.tokenizer.eos_token or ""
+        tail = before[before.rfind(eos) + len(eos):] if eos and eos in before else ""
+        return tail + after[len(before):]
+
+    def encode(self, text: str, images: list) -> tuple[list[int], dict[str, Any], dict[str, list[int]]]:
+        """(token ids, image tensors, per-token extras) of one observation turn."""
+        rendered = self.render(text, len(images))
+        if not images:
+            return self.tokenizer(rendered, add_special_tokens=False)["input_ids"], {}, {}
+        out = self.processor(text=[rendered], images=images, return_tensors="pt")
+        ids = out["input_ids"][0].tolist()
+        seq = {k: v[0].tolist() for k, v in out.items() if k not in ("input_ids", "attention_mask")
+               and hasattr(v, "dim") and v.dim() == 2 and v.shape[1] == len(ids) and v.shape[0] == 1}
+        mm = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and k not in seq}
+        return ids, mm, seq
+
+
+class MultiTurnRollout:
+    """Same interface as the `Rollout` role (generate + sampling presets); drives one environment per episode."""
+
+    def __init__(self, rollout, make_env: Callable[[], Any], renderer: ObservationRenderer, max_total_tokens: int):
+        self.rollout = rollout  # the single-turn Rollout role: engine + tokenizer + sampling config
+        self.make_env = make_env
+        self.renderer = renderer
+        self.max_total_tokens = max_total_tokens
+
+    def __getattr__(self, name: str):  # train_sampling / val_sampling / greedy_sampling / cfg / tokenizer
+        return getattr(self.rollout, name)
+
+    @staticmethod
+    def _context(ep: Episode) -> Prompt:
+        """The conversation so far as a prompt for the next turn."""
+        p = ep.prompt
+        seq = {k: v + ep.response_seq.get(k, [0] * len(ep.response_ids)) for k, v in p.seq.items()}
+        mm = concat_mm([d for d in [p.mm, *ep.extra_mm] if d]) if (p.mm or ep.extra_mm) else {}
+        return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text, meta=p.meta, index=p.index)
+
+    def _append(self, ep: Episode, ids: list[int], trained: bool, logp: list[float] | None = None,
+                seq: dict[str, list[int]] | None = None) -> None:
+        keys = set(ep.prompt.seq) | set(ep.response_seq) | set(seq or {})
+        for k in keys:
+            ep.response_seq.setdefault(k, [0] * len(ep.response_ids))
+            ep.response_seq[k] += (seq or {}).get(k, [0] * len(ids))
+        ep.response_ids += ids
+        ep.response_mask += [int(trained)] * len(ids)
+        ep.rollout_logp = (ep.rollout_logp or []) + (logp if logp is not None else [0.0] * len(ids))
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
+        tok = self.rollout.tokenizer
+        episodes = [Episode(prompt=p, group_id=group_offset + i, rollout_logp=[]) for i, p in enumerate(prompts)
+                    for _ in range(sampling.n)]
+        envs = []
+        for ep in episodes:
+            env = self.make_env()
+            images = [load_image(x) for x in ep.prompt.meta.get("images", []) or []] or list(ep.prompt.images)
+            env.reset(ep.prompt.meta, images)  # full-resolution originals, for tools that crop them
+            envs.append(env)
+            ep.info = {"turns": 0, "tool_calls": 0, "transcript": []}
+        turn_sampling = Sampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                 max_new_tokens=sampling.max_new_tokens, logprobs=True)
+        active = list(range(len(episodes)))
+        while active:
+            turns = self.rollout.engine.generate([self._context(episodes[i]) for i in active], turn_sampling)
+            still = []
+            for i, turn in zip(active, turns):
+                ep, env = episodes[i], envs[i]
+                self._append(ep, turn.response_ids, True, turn.rollout_logp)
+                text = tok.decode(turn.response_ids, skip_special_tokens=True)
+                ep.response_text = text  # the last turn's text: what reward functions score
+                ep.info["transcript"].append(text)
+                ep.info["turns"] += 1
+                result = env.step(text)
+                ep.info["tool_calls"] += int(result.info.get("action") == "tool")
+                ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
+                over_budget = len(ep.response_ids) >= self.max_total_tokens
+                if result.done or not turn.finished or over_budget or result.observation is None:
+                    ep.finished = bool(result.done and turn.finished)
+                    ep.info["stop"] = result.info.get("stop", "length" if not turn.finished else "budget")
+                    ep.info["format_ok"] = env.outcome().format_ok
+                    continue
+                obs = result.observation
+                ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
+                self._append(ep, ids, False, seq=seq)
+                if mm:
+                    ep.extra_mm.append(mm)
+                ep.info["transcript"].append(obs.text)
+                still.append(i)
+            active = still
+        for env in envs:
+            env.close()
+        return episodes

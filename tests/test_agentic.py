@@ -1,0 +1,105 @@
+"""Multi-turn episodes: token layout, images mid-episode, log-prob consistency, and an agentic training run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from rllava.config import load_config
+from rllava.data.types import Batch
+from rllava.envs import ENVIRONMENTS, Environment, Observation, StepResult
+from rllava.models.logprobs import response_logprobs
+
+
+@ENVIRONMENTS.register("image_echo", description="test env: answers each turn with an image, ends after 2 observations")
+class ImageEchoEnv(Environment):
+    def reset(self, sample_meta, images):
+        self.turn = 0
+        return None
+
+    def step(self, action_text):
+        self.turn += 1
+        if self.turn > 2:
+            return StepResult(None, 0.0, True, {"stop": "answer", "turn_reward": 0.0})
+        colour = (255, 0, 0) if self.turn == 1 else (0, 0, 255)
+        return StepResult(Observation(text=f"look {self.turn}", images=[Image.new("RGB", (56, 56), colour)]),
+                          0.5, False, {"action": "tool", "turn_reward": 0.5})
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_factory, tmp_path_factory):
+    from rllava.data.dataset import RLDataset
+    from rllava.models.load import get_tokenizer, load_model_and_processor, pad_token_id
+    from rllava.tasks import make_task
+
+    data = make_task("counting", tmp_path_factory.mktemp("d") / "counting", n=10)
+    cfg = load_config(None, [f"model.path={tiny_model_factory('qwen2_vl')}"])
+    model, processor = load_model_and_processor(cfg.model)
+    ds = RLDataset(str(data / "train.parquet"), cfg.data, processor)
+    return model, processor, [ds[0], ds[1]], pad_token_id(processor), get_tokenizer(processor), data
+
+
+def make_rollout(model, processor, pad, tok, env_name="image_echo"):
+    from rllava.config import RolloutConfig
+    from rllava.engines.hf_rollout import HFRolloutEngine
+    from rllava.envs import make_environment
+    from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
+    from rllava.roles.rollout import Rollout
+
+    # Every token ends a turn, so each policy turn is one token and episodes always reach the env.
+    placeholders = {processor.image_token_id if hasattr(processor, "image_token_id") else -1}
+    eos = [i for i in range(len(tok)) if i not in placeholders]
+    engine = HFRolloutEngine(model, pad_id=pad, eos_ids=eos, suppress_ids=sorted(placeholders - {-1}))
+    env_cfg = load_config(None, [f"env.name={env_name}"]).env
+    return MultiTurnRollout(Rollout(engine, tok, RolloutConfig(max_new_tokens=4)),
+                            lambda: make_environment(env_cfg) if env_name != "image_echo" else ImageEchoEnv(),
+                            ObservationRenderer(processor), max_total_tokens=512)
+
+
+def test_multiturn_layout_and_logprob_consistency(setup):
+    from rllava.engines.hf_rollout import Sampling
+
+    model, processor, prompts, pad, tok, _ = setup
+    torch.manual_seed(0)
+    episodes = make_rollout(model, processor, pad, tok).generate(prompts, Sampling(n=2, temperature=1.0, max_new_tokens=4))
+    assert len(episodes) == 4
+    for ep in episodes:
+        assert ep.info["turns"] == 3 and len(ep.extra_mm) == 2  # two observations, each with an image
+        mask = ep.response_mask
+        assert mask[0] == 1 and 0 in mask and mask[-1] == 1  # policy | observation | ... | policy
+        assert sum(mask) == 3
+        # the observation's image tokens are marked for M-RoPE
+        assert sum(1 for t in ep.response_seq["mm_token_type_ids"] if t == 1) > 0
+        assert ep.turn_rewards == [0.5, 0.5, 0.0]
+    batch = Batch.from_episodes(episodes, pad)
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
+    recorded = torch.tensor([ep.rollout_logp + [0.0] * (batch.response_width - len(ep.rollout_logp)) for ep in episodes])
+    m = batch.response_mask.bool()
+    assert torch.allclose(logp[m], recorded[m], atol=1e-4), (logp[m] - recorded[m]).abs().max()
+    # the observation images matter: changing them changes the later turns' log-probs
+    episodes[0].extra_mm[1] = {k: (-v if k == "pixel_values" else v) for k, v in episodes[0].extra_mm[1].items()}
+    with torch.no_grad():
+        logp2, _ = response_logprobs(model, Batch.from_episodes(episodes, pad).model_inputs(), batch.responses)
+    last = max(j for j, v in enumerate(episodes[0].response_mask) if v)
+    assert not torch.isclose(logp2[0, last], logp[0, last], atol=1e-6)
+
+
+def test_agentic_training_run_with_zoom_tool(tiny_model_factory, tmp_path):
+    from rllava.pipelines.run import run_experiment
+    from rllava.tasks import make_task
+
+    data = make_task("zoom", tmp_path / "zoom", n=10, min_size=128, max_size=160)
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={data / 'train.parquet'}",
+        f"data.val_files={data / 'val.parquet'}", "data.batch_size=2", "rollout.n=2", "rollout.max_new_tokens=6",
+        "trainer.pipeline=agentic", "env.name=tools", "env.tools=[zoom]", "env.max_turns=2",
+        "reward.functions={exact_match: 1.0}", "trainer.total_steps=2", f"trainer.output_dir={tmp_path}",
+        "trainer.progress_bar=false", "trainer.loggers=[jsonl]"])
+    run_experiment(cfg)
+    rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all("agent/tool_call_rate" in r and "agent/turns" in r for r in rows[1:])
