@@ -92,15 +92,27 @@ def all_reduce_max(value: float | torch.Tensor) -> float:
 
 def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
     """Average each metric over the ranks that report it (ranks may report different keys)."""
+    return reduce_metrics(metrics)
+
+
+def reduce_metrics(metrics: dict[str, float], how: dict[str, str] | None = None) -> dict[str, float]:
+    """Combine each metric over ranks: "mean" (default; over the ranks that report it), "sum" or "max".
+
+    `how` maps keys to their reduction and must be the same on every rank.
+    """
     if not is_initialized():
         return dict(metrics)
+    how = how or {}
     keys: list[list[str]] = [[] for _ in range(world_size())]
     dist.all_gather_object(keys, sorted(metrics))
     union = sorted({k for ks in keys for k in ks})
-    sums = _all_reduce([float(metrics.get(k, 0.0)) for k in union] + [float(k in metrics) for k in union],
-                       "SUM")
     n = len(union)
-    return {k: sums[i] / sums[n + i] for i, k in enumerate(union)}
+    sums = _all_reduce([float(metrics.get(k, 0.0)) for k in union] + [float(k in metrics) for k in union], "SUM")
+    out = {k: sums[i] if how.get(k) == "sum" else sums[i] / sums[n + i] for i, k in enumerate(union)}
+    maxed = [k for k in union if how.get(k) == "max"]
+    if maxed:
+        out.update(zip(maxed, _all_reduce([float(metrics.get(k, float("-inf"))) for k in maxed], "MAX")))
+    return out
 
 
 def shard_prompts(prompts: list[T], rank: int, world: int) -> list[T]:

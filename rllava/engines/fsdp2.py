@@ -109,8 +109,9 @@ class FSDP2TrainEngine:
         # The root is normally initialised by its first forward; the entry points below are called
         # before it ever runs, and would otherwise each make themselves an FSDP root.
         model._get_fsdp_state()._lazy_init()
-        entry_points = [m for m in (getattr(hf, "base_model", hf), hf.get_output_embeddings())
-                        if m is not None and m is not model]
+        # (A wrapper such as the critic's value model has neither: its own forward, the root's, is the entry.)
+        head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+        entry_points = [m for m in (getattr(hf, "base_model", hf), head) if m is not None and m is not model]
         self._root_probe = self._root_owned_param(model, children)
         for module in entry_points:
             module.register_forward_pre_hook(self._unshard_root, with_kwargs=True)

@@ -8,7 +8,9 @@ in the compute dtype, trading that safety for memory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 
 from rllava.engines.registry import TRAIN_ENGINES
 
+ENGINE_FILE = "engine.pt"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -39,13 +42,29 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
+def save_hf_folder(model: nn.Module, processor: Any, out: str | Path) -> None:
+    """A plain HF folder; LoRA adapters are merged into a copy so the folder loads without peft."""
+    out = Path(out)
+    to_save = model
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        to_save = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(out / "adapter")  # the adapter alone, for users who want it
+    to_save.save_pretrained(out, safe_serialization=True)
+    if processor is not None:
+        processor.save_pretrained(out)
+
+
 @TRAIN_ENGINES.register("local", description="one process, CPU or one GPU; fp32 master weights with autocast")
 class LocalTrainEngine:
     """Owns a module, its optimizer and lr schedule; knows nothing about RL."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
-                 max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu"):
+                 max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
+                 cpu_offload: bool = False):
+        if cpu_offload:
+            raise ValueError("actor.param_offload needs actor.strategy=fsdp2 (the local engine keeps parameters on "
+                             "its device)")
         self.device = torch.device(device)
         self.model = model
         self.compute_dtype = DTYPES[compute_dtype]
@@ -67,6 +86,12 @@ class LocalTrainEngine:
         grad = contextlib.nullcontext() if train else torch.no_grad()
         with ctx, grad:
             yield
+
+    def generation(self, train: bool = False) -> contextlib.AbstractContextManager:
+        """The context for HF `generate` (a rollout engine's `compute`): eval, no-grad, autocast."""
+        if train:
+            raise ValueError("generation() is for rollouts: it runs without gradients")
+        return self.compute(train=False)
 
     def step(self) -> dict[str, float]:
         """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update."""
@@ -92,6 +117,30 @@ class LocalTrainEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state.get("skipped_steps", 0)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the training state: trainable parameters (what training changed), optimizer and schedule.
+
+        Frozen parameters are not written (for LoRA, the base model): `load` expects a model built the same way.
+        """
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        torch.save({"model": trained, **self.state_dict()}, Path(folder) / ENGINE_FILE)
+
+    def load(self, folder: str | Path) -> None:
+        """Restore what `save` wrote into this engine (built on the same model and optimizer settings)."""
+        path = Path(folder) / ENGINE_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no local engine state here (written by actor.strategy=local?)")
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        unexpected = self.model.load_state_dict(state["model"], strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{path}: parameters this model does not have, e.g. {unexpected[:3]}")
+        self.load_state_dict(state)
+
+    def export_hf(self, folder: str | Path, processor: Any = None) -> None:
+        """A plain HF folder (`from_pretrained` and vLLM load it) of the current weights."""
+        save_hf_folder(self.model, processor, folder)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """Full tensors for saving or syncing to a rollout engine."""

@@ -1,20 +1,27 @@
-"""Atomic checkpoints: `checkpoints/step_N/{model/, trainer_state.pt}`, keep the last k and the best.
+"""Atomic checkpoints: `checkpoints/step_N/{model/, engine/, trainer_state.pt}`, keep the last k and the best.
 
 A checkpoint is written into `step_N.tmp/` and renamed into place only when complete, so a
-crash mid-write never leaves a folder that looks valid. `model/` is a plain HF folder that
-`from_pretrained` (and vLLM) load directly; resuming loads the model from it too.
+crash mid-write never leaves a folder that looks valid. Under torchrun every rank writes its
+part (engine shards) into the same folder, which needs a filesystem all ranks share; rank 0
+writes `trainer_state.pt` and renames once every rank is done. `model/` is a plain HF folder
+that `from_pretrained` (and vLLM) load directly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from rllava.engines import distributed as du
+from rllava.engines.local import save_hf_folder
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -35,31 +42,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model_folder(model, processor, out: Path) -> None:
-    """An HF folder; LoRA adapters are merged into a copy so the folder loads without peft."""
-    to_save = model
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        import copy
+@contextlib.contextmanager
+def checkpoint_folder(run_dir: Path, step: int, state: dict[str, Any] | None) -> Iterator[Path]:
+    """Yield an empty `step_N.tmp/` for every rank to write into; then rank 0 adds `state` and renames it.
 
-        to_save = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(out / "adapter")  # the adapter alone, for resuming
-    to_save.save_pretrained(out, safe_serialization=True)
-    if processor is not None:
-        processor.save_pretrained(out)
+    Every rank must enter it (it holds barriers). `state` is only read on rank 0.
+    """
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = root / f"step_{step}", root / f"step_{step}.tmp"
+    if du.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    du.barrier()
+    yield tmp
+    if du.is_main():
+        torch.save(state, tmp / STATE_FILE)
+    du.barrier()  # every rank's files are complete
+    if du.is_main():
+        if final.exists():  # re-saving a step after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 def save_checkpoint(run_dir: Path, step: int, model, processor, state: dict[str, Any]) -> Path:
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step}"
-    tmp = root / f"step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model_folder(model, processor, tmp / "model")
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():  # re-saving a step after a resume
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    """A checkpoint of a bare model (HF folder) and `state`, for use outside the trainer."""
+    with checkpoint_folder(run_dir, step, state) as tmp:
+        save_hf_folder(model, processor, tmp / "model")
+    return Path(run_dir) / "checkpoints" / f"step_{step}"
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

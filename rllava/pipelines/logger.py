@@ -1,4 +1,7 @@
-"""A run's outputs: metrics.jsonl, samples.jsonl, TensorBoard events, curves.png, a progress bar."""
+"""A run's outputs: metrics.jsonl, samples.jsonl, TensorBoard events, curves.png, a progress bar.
+
+Under torchrun only rank 0 writes them; the other ranks get a `NullLogger` (`make_logger`).
+"""
 from __future__ import annotations
 
 import json
@@ -115,3 +118,27 @@ class RunLogger:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+
+
+class NullLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        pass
+
+    def plot(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_logger(is_main: bool, *args, **kwargs) -> RunLogger | NullLogger:
+    """A `RunLogger(*args, **kwargs)` on the main rank, a `NullLogger` elsewhere."""
+    return RunLogger(*args, **kwargs) if is_main else NullLogger()

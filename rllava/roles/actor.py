@@ -1,6 +1,7 @@
 """The actor: the policy's log-probs and its update over mini-batches, epochs and micro-batches."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -8,16 +9,14 @@ import torch
 from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, entropy_loss, kl_loss
 from rllava.config import Config
 from rllava.data.types import Batch
+from rllava.engines import distributed as du
 from rllava.models.logprobs import response_logprobs
 
 
-def micro_weight(mode: str, micro: Batch, mini: Batch) -> float:
-    """Share of the mini-batch's aggregation denominator held by `micro`, so that summing
-    micro-batch losses times this weight equals the mini-batch loss exactly."""
+def weight_size(mode: str, micro: Batch) -> float:
+    """What `micro` contributes to the aggregation denominator: trained tokens or rows (the mode's `unit`)."""
     unit = AGGREGATIONS.entry(mode).meta.get("unit", "seq")
-    if unit == "token":
-        return float(micro.response_mask.sum() / mini.response_mask.sum().clamp(min=1))
-    return len(micro) / len(mini)
+    return float(micro.response_mask.sum()) if unit == "token" else float(len(micro))
 
 
 def sampling_temperature(cfg: Config) -> float:
@@ -26,12 +25,18 @@ def sampling_temperature(cfg: Config) -> float:
 
 
 @torch.no_grad()
-def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: bool = False):
-    """Run `forward(micro, with_entropy)` over token-budget micro-batches and reassemble [B, T] in row order."""
+def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: bool = False, sync_ranks: bool = True):
+    """Run `forward(micro, with_entropy)` over token-budget micro-batches and reassemble [B, T] in row order.
+
+    `sync_ranks`: the forward runs a sharded model, so every rank runs as many micro-batches as the busiest one.
+    """
     out = torch.zeros(batch.responses.shape, dtype=torch.float32)
     ent = torch.zeros_like(out)
-    for rows in batch.token_budget_groups(token_budget):
+    groups = batch.token_budget_groups(token_budget)
+    for rows, real in du.pad_to_common_length(groups) if sync_ranks else [(g, True) for g in groups]:
         logp, h = forward(batch.select(rows), with_entropy)
+        if not real:
+            continue
         out[rows, : logp.shape[1]] = logp.float().cpu()
         if h is not None:
             ent[rows, : h.shape[1]] = h.float().cpu()
@@ -57,47 +62,72 @@ class Actor:
         with self.engine.compute(train=False):
             return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy)
 
+    def mini_batch_size(self, n_local: int) -> int:
+        """Sequences per optimizer step on this rank: this rank's share of actor.mini_batch_size (0 = all)."""
+        size, world = self.cfg.actor.mini_batch_size, du.world_size()
+        if not size:
+            return max(1, n_local)
+        if size % world:
+            raise ValueError(f"actor.mini_batch_size={size} must be divisible by the number of ranks ({world})")
+        return size // world
+
     def needs_old_logprobs(self, batch_size: int) -> bool:
-        """With one epoch and one mini-batch the update is exactly on-policy: old = current, detached."""
-        mini = self.cfg.actor.mini_batch_size or batch_size
-        return self.cfg.actor.ppo_epochs > 1 or mini < batch_size
+        """With one epoch and one mini-batch (on every rank) the update is exactly on-policy: old = current, detached."""
+        minis = math.ceil(batch_size / self.mini_batch_size(batch_size))
+        return self.cfg.actor.ppo_epochs > 1 or du.all_reduce_max(minis) > 1
 
     def update(self, batch: Batch, loss_name: str | None = None, seed: int = 0) -> dict[str, float]:
-        """Policy-gradient update: epochs x mini-batches (one optimizer step each) x micro-batches."""
-        algo, actor = self.cfg.algorithm, self.cfg.actor
+        """Policy-gradient update: epochs x mini-batches (one optimizer step each) x micro-batches.
+
+        Every loss term is divided by its *global* denominator (summed over ranks), so the ranks'
+        gradients sum to the single-process gradient of the whole batch; metrics are the mini-batch
+        aggregates (weighted like the loss), averaged over optimizer steps.
+        """
+        algo = self.cfg.algorithm
         loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
-        use_kl_loss = algo.kl_coef > 0 and algo.kl_in == "loss" and batch.ref_logp is not None
-        mini_size = actor.mini_batch_size or len(batch)
+        mini_size = self.mini_batch_size(len(batch))
+        norm_len = int(du.all_reduce_max(batch.response_width))  # the same constant on every rank
         gen = torch.Generator().manual_seed(seed)
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        for _ in range(actor.ppo_epochs):
+        history: dict[str, list[float]] = defaultdict(list)
+        for _ in range(self.cfg.actor.ppo_epochs):
             order = torch.randperm(len(batch), generator=gen) if mini_size < len(batch) else torch.arange(len(batch))
-            for start in range(0, len(batch), mini_size):
-                mini = batch.select(order[start:start + mini_size])
-                with self.engine.compute(train=True):
-                    for micro in mini.split_by_tokens(actor.micro_token_budget):
-                        m = micro.to(self.engine.device)
-                        logp, entropy = self.forward(m, with_entropy=True)
-                        old = m.old_logp if m.old_logp is not None else logp.detach()
-                        adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
-                        loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
-                                                entropy=entropy, norm_len=batch.response_width)
-                        ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=batch.response_width)
-                        if algo.entropy_coef:
-                            loss = loss - algo.entropy_coef * ent
-                        if use_kl_loss:
-                            kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode,
-                                         norm_len=batch.response_width)
-                            loss = loss + algo.kl_coef * kl
-                            metrics["kl_loss"] = float(kl.detach())
-                        metrics["entropy"] = float(ent.detach())
-                        metrics["loss"] = float(loss.detach())
-                        (loss * micro_weight(algo.loss_agg_mode, micro, mini)).backward()
-                        for k, v in metrics.items():
-                            sums[f"actor/{k}"] += float(v)
-                            counts[f"actor/{k}"] += 1
-                for k, v in self.engine.step().items():
-                    sums[f"actor/{k}"] += v
-                    counts[f"actor/{k}"] += 1
-        return {k: sums[k] / counts[k] for k in sums}
+            minis = [batch.select(order[s:s + mini_size]) for s in range(0, len(batch), mini_size)]
+            # Ranks may hold different numbers of sequences (group filters): padding mini-batches weigh 0.
+            for mini, real in du.pad_to_common_length(minis):
+                for k, v in self._update_mini(mini, real, loss_fn, norm_len).items():
+                    history[k].append(v)
+        return {k: sum(v) / len(v) for k, v in history.items()}
+
+    def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int) -> dict[str, float]:
+        """One optimizer step on a mini-batch (split into micro-batches by token budget)."""
+        algo = self.cfg.algorithm
+        use_kl_loss = algo.kl_coef > 0 and algo.kl_in == "loss" and mini.ref_logp is not None
+        denominator = max(1.0, du.all_reduce_sum(weight_size(algo.loss_agg_mode, mini) if real else 0.0))
+        sums: dict[str, float] = defaultdict(float)
+        with self.engine.compute(train=True):
+            for micro, real_micro in du.pad_to_common_length(mini.split_by_tokens(self.cfg.actor.micro_token_budget)):
+                m = micro.to(self.engine.device)
+                logp, entropy = self.forward(m, with_entropy=True)
+                old = m.old_logp if m.old_logp is not None else logp.detach()
+                adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
+                loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
+                                        entropy=entropy, norm_len=norm_len)
+                ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=norm_len)
+                if algo.entropy_coef:
+                    loss = loss - algo.entropy_coef * ent
+                if use_kl_loss:
+                    kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode,
+                                 norm_len=norm_len)
+                    loss = loss + algo.kl_coef * kl
+                    metrics["kl_loss"] = float(kl.detach())
+                metrics["entropy"] = float(ent.detach())
+                metrics["loss"] = float(loss.detach())
+                # Padding micro-batches still run forward and backward (FSDP collectives) but weigh 0.
+                weight = weight_size(algo.loss_agg_mode, micro) / denominator if real and real_micro else 0.0
+                (loss * weight).backward()
+                for k, v in metrics.items():
+                    if weight:  # (0 * NaN would poison the sum)
+                        sums[f"actor/{k}"] += weight * float(v)
+        out = du.reduce_metrics(sums, {k: "sum" for k in sums})
+        out.update({f"actor/{k}": v for k, v in self.engine.step().items()})
+        return out

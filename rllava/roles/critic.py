@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from rllava.config import Config
 from rllava.data.types import Batch
+from rllava.engines import distributed as du
 from rllava.models.logprobs import last_hidden_states
 
 
@@ -40,61 +42,71 @@ def hidden_size_of(model: nn.Module) -> int:
 
 
 class Critic:
+    """Trained with the actor's strategy (sharded under fsdp2), under the same rules: global loss
+    denominators and as many micro-batches on every rank."""
+
     def __init__(self, value_model: ValueModel, engine, cfg: Config):
         self.model = value_model
         self.engine = engine
         self.cfg = cfg
 
     @classmethod
-    def build(cls, cfg: Config, device: torch.device, total_steps: int) -> "Critic":
+    def build(cls, cfg: Config, device: torch.device, total_steps: int, load_device: torch.device | None = None,
+              ) -> "Critic":
+        """`load_device`: where the weights are loaded before the engine places them (a sharding engine: the CPU)."""
         from rllava.engines import TRAIN_ENGINES
         from rllava.models.load import load_model_and_processor
         from rllava.pipelines.run import training_model_config
 
+        load_device = load_device or device
         mcfg = dataclasses.replace(training_model_config(cfg, cfg.critic.model_path), lora_rank=0)
-        backbone, _ = load_model_and_processor(mcfg, device=device)
-        model = ValueModel(backbone, hidden_size_of(backbone)).to(device)
+        backbone, _ = load_model_and_processor(mcfg, device=load_device)
+        model = ValueModel(backbone, hidden_size_of(backbone)).to(load_device)
         c = cfg.critic
         engine = TRAIN_ENGINES.get(cfg.actor.strategy)(
             model, lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps, total_steps=total_steps * c.ppo_epochs,
             max_grad_norm=c.max_grad_norm, compute_dtype=cfg.model.dtype, device=device)
-        return cls(model, engine, cfg)  # on resume, the trainer state restores weights and optimizer
+        return cls(model, engine, cfg)  # on resume, `load` restores weights and optimizer
 
-    def state_dict(self) -> dict:
-        return {"engine": self.engine.state_dict(), "model": self.model.state_dict()}
+    def save(self, folder: Path) -> None:
+        self.engine.save(folder)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.engine.load_state_dict(state["engine"])
+    def load(self, folder: Path) -> None:
+        self.engine.load(folder)
 
     @torch.no_grad()
     def values(self, batch: Batch) -> torch.Tensor:
         out = torch.zeros(batch.responses.shape, dtype=torch.float32)
+        groups = batch.token_budget_groups(self.cfg.actor.micro_token_budget)
         with self.engine.compute(train=False):
-            for rows in batch.token_budget_groups(self.cfg.actor.micro_token_budget):
+            for rows, real in du.pad_to_common_length(groups):
                 micro = batch.select(rows)
                 v = self.model(micro.model_inputs(self.engine.device), micro.response_width)
-                out[rows, : v.shape[1]] = v.cpu()
+                if real:
+                    out[rows, : v.shape[1]] = v.cpu()
         return out * batch.response_mask
 
     def update(self, batch: Batch, seed: int = 0) -> dict[str, float]:
-        """Clipped value regression toward the returns (token-mean over the response)."""
+        """Clipped value regression toward the returns (token-mean over the response, over all ranks)."""
         clip = self.cfg.critic.value_clip
         sums: dict[str, float] = defaultdict(float)
         n = 0
+        total_tokens = max(1.0, du.all_reduce_sum(batch.response_mask.sum()))
+        micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget))
         for _ in range(self.cfg.critic.ppo_epochs):
-            total_tokens = batch.response_mask.sum().clamp(min=1)
+            value_loss = 0.0
             with self.engine.compute(train=True):
-                for micro in batch.split_by_tokens(self.cfg.actor.micro_token_budget):
+                for micro, real in micros:
                     m = micro.to(self.engine.device)
                     v = self.model(m.model_inputs(), m.response_width)
                     loss_tok = (v - m.returns) ** 2
                     if clip is not None:
                         v_clipped = m.values + (v - m.values).clamp(-clip, clip)
                         loss_tok = torch.maximum(loss_tok, (v_clipped - m.returns) ** 2)
-                    loss = 0.5 * (loss_tok * m.response_mask).sum() / total_tokens
+                    loss = 0.5 * (loss_tok * m.response_mask).sum() / total_tokens * float(real)
                     loss.backward()
-                    sums["critic/value_loss"] += float(loss.detach())
+                    value_loss += float(loss.detach())
+            sums["critic/value_loss"] += du.all_reduce_sum(value_loss)
             for k, v in self.engine.step().items():
                 sums[f"critic/{k}"] += v
             n += 1

@@ -1,4 +1,7 @@
-"""The reference policy: a frozen copy of the initial weights, or the LoRA base with adapters off."""
+"""The reference policy: a frozen copy of the initial weights, or the LoRA base with adapters off.
+
+Under torchrun the frozen copy is not sharded: every rank holds it whole, in the compute dtype.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -31,4 +34,7 @@ class Reference:
     def logprobs(self, batch: Batch) -> torch.Tensor:
         adapters_off = self.model.disable_adapter() if self.use_disabled_adapter else contextlib.nullcontext()
         with adapters_off, self.compute(train=False):
-            return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget)
+            # A separate reference model is a full local copy on each rank (no collectives); the LoRA
+            # base is the actor's own module, which may be sharded.
+            return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget,
+                                    sync_ranks=self.use_disabled_adapter)
