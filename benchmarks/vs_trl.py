@@ -2,24 +2,27 @@
 
 Both sides train the same tiny Qwen2-VL ("small", ~31 M params, fp32) with GRPO on the same
 counting prompts (one image each): 1 prompt x 8 completions x exactly 64 new tokens per step,
-AdamW with the same lr/betas/clip, one update per step (mini-batch = whole batch, 1 epoch),
-no KL (beta=0, so no reference model), temperature 1.0, 2 torch threads.
+AdamW with the same lr/betas/eps/clip and a constant lr, one update per step (mini-batch =
+whole batch, 1 epoch), no KL (beta=0, so no reference model), temperature 1.0, no gradient
+checkpointing, the same number of torch threads (2).
 
-Each side runs in its own subprocess, one after the other, so peak RSS is per side and the two
-never share the CPU. The parent prints each side's per-step times and then ONE JSON line:
-
-    python benchmarks/vs_trl.py            # 2 warm-up + 10 measured steps per side (~2-3 min)
+    python benchmarks/vs_trl.py            # 2 warm-up + 10 measured steps per side
     python benchmarks/vs_trl.py --quick    # 1 warm-up + 5 measured steps
 
-What a "step" is (the headline `*_step_s`): the wall time between the starts of two consecutive
-training-loop iterations, so it holds everything the loop does once per step on that side:
-fetching the prompt (image decoding + processor), generation, reward scoring, the log-prob
-forward with grad, backward, grad clipping, the AdamW step, and per-step logging. With one
-update per step neither side runs a separate old-log-prob pass, and with beta=0 neither runs a
-reference pass. Secondary numbers: rllava's own `time/step` (metrics.jsonl; excludes the
-prompt fetch and logging) and TRL's on_step_begin -> on_step_end time (excludes the prompt
-fetch). Peak RSS is `ru_maxrss` read at the start of the last (unmeasured) step, so it covers
-every measured step and excludes end-of-run work (rllava's final checkpoint save).
+Each side runs in its own subprocess (so peak RSS is per side). Both load at the same time, then
+take turns one training step at a time through a pipe handshake: a measured step never shares
+the CPU with the other side, and slow drifts in other jobs' load hit both sides alike. Each side
+prints its per-step times; the parent then prints ONE JSON line with the medians and ratios.
+
+A step (the headline `*_step_s`) is the wall time from the top of one training-loop iteration to
+the top of the next, so it holds everything the loop does once per step on that side: fetching
+the prompt (image decoding + processor), generation, reward scoring, the log-prob forward with
+grad (plus entropy), backward, grad clipping, the AdamW step and per-step logging. With one update
+per step neither side runs a separate old-log-prob pass; with beta=0 neither runs a reference pass.
+Also reported: `*_step_cpu_s` (process CPU time of the same span, all threads), rllava's own
+`time/step` from metrics.jsonl and TRL's on_step_begin -> on_step_end time (`*_train_step_s`; both
+exclude the prompt fetch). Peak RSS is the process's VmHWM read at the top of the last, unmeasured
+step: it covers every measured step and excludes end-of-run work (rllava's final checkpoint).
 
 Exactly 64 tokens: the model folder's generation_config.json sets `min_new_tokens=64` (HF's
 per-model generation default, which rllava's HF rollout inherits); TRL gets the same value
@@ -43,8 +46,18 @@ IMAGE_MARKER = "<image>"
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MiB.
+
+    VmHWM where /proc has it: unlike ru_maxrss it starts afresh at exec, while ru_maxrss carries
+    over the parent's RSS at fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measured_median(values: list[float], warmup: int, steps: int) -> float:

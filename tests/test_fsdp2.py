@@ -151,6 +151,7 @@ def test_exported_folder_loads_with_plain_transformers(dist_results, reference, 
 def test_collective_helpers_on_two_ranks(dist_results):
     seen = dist_results[1]["helpers"]  # as rank 0 saw them; rank r reported x=r and a key of its own
     assert seen["mean"] == {"x": 0.5, "r0": 10.0, "r1": 11.0}
+    assert seen["reduced"] == {"t": 3.0, "m": 1.0, "a": 2.5, "r0": 5.0, "r1": 5.0}  # a key only one rank has
     assert seen["pad"] == [(0, True), (0, False)]  # rank 1 had two items, rank 0 one
     assert (seen["sum"], seen["max"], seen["bcast"]) == (3.0, 1.0, "from0")
     assert seen["gathered"] == [[0], [0, 1]]
@@ -189,6 +190,7 @@ def test_distributed_helpers_in_one_process():
         du.shard_prompts(prompts, 2, 2)
     assert du.pad_to_common_length(["x", "y"]) == [("x", True), ("y", True)]
     assert du.all_reduce_mean({"a": 1.5}) == {"a": 1.5}
+    assert du.reduce_metrics({"a": 1.5, "b": 2.0}, {"a": "sum", "b": "max"}) == {"a": 1.5, "b": 2.0}
     assert du.all_reduce_sum(torch.tensor(3.0)) == 3.0
     assert du.gather_objects({"k": 1}) == [{"k": 1}]
     assert du.broadcast_object("ckpt") == "ckpt"

@@ -25,14 +25,17 @@ def is_initialized() -> bool:
 def init_distributed() -> torch.device:
     """Join the torchrun process group (nccl on GPU, gloo on CPU) and return this rank's device.
 
-    No-op when WORLD_SIZE is unset or 1, or when a group already exists.
+    No-op outside torchrun (no WORLD_SIZE, or WORLD_SIZE=1 without MASTER_ADDR) or when a group exists.
+    One torchrun process still gets a group: fsdp2 (e.g. with parameter offload) needs one.
     """
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = world > 1 or ("WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+    if launched and not is_initialized():
         for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE is set but {var} is not: launch with torchrun")

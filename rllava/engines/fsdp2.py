@@ -236,8 +236,9 @@ class FSDP2TrainEngine:
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # strict=False: parameters that never had a gradient legitimately have no optimizer state (see `load`).
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
@@ -250,6 +251,13 @@ class FSDP2TrainEngine:
         if not Path(folder, ".metadata").exists():
             raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
         state = self.state_dict()
+        # A parameter that had no gradient before the save (an unused head, a vision tower on text-only
+        # data) has no optimizer state there; it must have none after loading either, as in the run saved.
+        saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+        with_state = {k.rsplit(".", 1)[0] for k in saved if k.startswith("optimizer.state.")}
+        optim_state = state["optimizer"]["state"]
+        for fqn in [f for f in optim_state if f"optimizer.state.{f}" not in with_state]:
+            del optim_state[fqn]
         dcp.load(state, checkpoint_id=str(folder))
         self.load_state_dict(state)
 

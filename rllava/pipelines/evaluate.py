@@ -5,22 +5,34 @@ from pathlib import Path
 from typing import Any
 
 from rllava.data.types import Prompt
+from rllava.engines import distributed as du
 
 
 def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples: int = 4,
              prefix: str = "val") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate with the validation sampling settings, score, and average."""
+    """Generate with the validation sampling settings, score, and average.
+
+    Under torchrun rank r takes prompts r, r + world, ... and the averages are over all ranks (the
+    samples are rank 0's). Every rank makes as many `generate` calls: entering generation gathers a
+    sharded model, a collective, so a rank short of prompts generates copies of the first and drops them.
+    """
     sampling = rollout.val_sampling()
+    rank, world = du.rank(), du.world_size()
+    mine = prompts[rank::world]
+    per_rank = -(-len(prompts) // world)
+    padded = mine + prompts[:1] * (per_rank - len(mine))
+    step = max(1, batch_size)
     episodes = []
-    for start in range(0, len(prompts), max(1, batch_size)):
-        chunk = rollout.generate(prompts[start:start + batch_size], sampling, group_offset=start)
-        reward.score(chunk)
-        episodes.extend(chunk)
-    n = max(1, len(episodes))
-    accuracy = [e.reward_info.get(reward.accuracy_key, e.reward) for e in episodes]
-    metrics = {f"{prefix}/reward": sum(e.reward for e in episodes) / n,
-               f"{prefix}/accuracy": sum(float(a) for a in accuracy) / n,
-               f"{prefix}/response_length": sum(len(e.response_ids) for e in episodes) / n}
+    for start in range(0, len(padded), step):
+        episodes.extend(rollout.generate(padded[start:start + step], sampling, group_offset=start))
+    episodes = episodes[: len(mine) * sampling.n]  # episodes come grouped by prompt, in prompt order
+    reward.score(episodes)
+    accuracy = [float(e.reward_info.get(reward.accuracy_key, e.reward)) for e in episodes]
+    totals = {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
+              "response_length": float(sum(len(e.response_ids) for e in episodes)), "n": float(len(episodes))}
+    totals = du.reduce_metrics(totals, {k: "sum" for k in totals})
+    n = max(1.0, totals.pop("n"))
+    metrics = {f"{prefix}/{k}": v / n for k, v in totals.items()}
     samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
                 "reward": e.reward} for e in episodes[:n_samples]]
     return metrics, samples

@@ -11,6 +11,7 @@ import torch
 from rllava.algorithms import ADVANTAGES, GROUP_FILTERS
 from rllava.config import Config
 from rllava.data.types import Episode
+from rllava.engines import distributed as du
 
 
 def group_list(episodes: list[Episode]) -> list[list[Episode]]:
@@ -36,12 +37,17 @@ class GreedyBaseline:
 
 
 class DynamicSampling:
-    """DAPO: keep only informative groups; sample more prompts until the batch is full (bounded tries)."""
+    """DAPO: keep only informative groups; sample more prompts until the batch is full (bounded tries).
+
+    Under torchrun each rank filters its own groups and fills its own share of the batch, but all ranks
+    sample extra rounds in lock-step (until none is short): generation is a collective with a sharded
+    model, and the prompt loaders must stay in step.
+    """
 
     def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
         ctx, algo = trainer.ctx, trainer.cfg.algorithm
         keep_fn = GROUP_FILTERS.get(algo.group_filter)
-        wanted = trainer.cfg.data.batch_size
+        wanted = trainer.cfg.data.batch_size // du.world_size()
         kept: list[list[Episode]] = []
         tries, offset, seen = 0, 0, 0
         while True:
@@ -53,10 +59,11 @@ class DynamicSampling:
             starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
             kept += [g for g, s in zip(groups, starts) if bool(mask[s])]
             tries += 1
-            if len(kept) >= wanted or tries > algo.max_filter_tries:
+            any_short = du.all_reduce_max(float(len(kept) < wanted))
+            if not any_short or tries > algo.max_filter_tries:
                 break
             offset += 10_000  # fresh group ids for the extra prompts
-            extra = ctx.loader.next_batch()
+            extra = du.shard_prompts(ctx.loader.next_batch(), du.rank(), du.world_size())
             episodes = ctx.rollout.generate(extra, ctx.rollout.train_sampling(), group_offset=offset)
             ctx.reward.score(episodes)
         metrics["filter/kept_groups"] = float(len(kept))

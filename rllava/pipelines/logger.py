@@ -70,7 +70,8 @@ class RunLogger:
             if post:
                 self.bar.set_postfix(post, refresh=False)
         elif self.console:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in numeric.items() if k.startswith(("reward/", "val/")))
+            keys = ("reward/mean", "reward/accuracy", "actor/loss", "actor/entropy", "val/accuracy", "time/step")
+            shown = ", ".join(f"{k}={numeric[k]:.4g}" for k in keys if k in numeric)
             print(f"step {step}: {shown}", flush=True)
 
     def advance(self) -> None:

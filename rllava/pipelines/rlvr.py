@@ -1,9 +1,9 @@
 """RL with verifiable rewards: the training step as in the paper, one screen of code."""
 from __future__ import annotations
 
-
 from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller
 from rllava.data.types import Batch, Episode
+from rllava.engines import distributed as du
 from rllava.pipelines.hooks import hooks_for
 from rllava.pipelines.registry import PIPELINES
 
@@ -60,7 +60,8 @@ class RLVRPipeline:
                 old = batch.old_logp if batch.old_logp is not None else ctx.actor.logprobs(batch)
                 batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
                                                            self.kl_ctrl.value, algo.kl_estimator)
-                self.kl_ctrl.update(float(kl), len(batch))
+                # Every rank's controller sees the global batch, so the coefficient stays the same on all.
+                self.kl_ctrl.update(du.all_reduce_sum(kl) / du.world_size(), int(du.all_reduce_sum(len(batch))))
                 metrics.update({"kl/mean": float(kl), "kl/coef": self.kl_ctrl.value})
         if ctx.critic is not None:
             batch.values = ctx.critic.values(batch)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from rllava.config import Config, import_plugins, to_yaml
-from rllava.pipelines.checkpoint import find_resume_checkpoint, load_state
+from rllava.engines import distributed as du
+from rllava.pipelines.checkpoint import find_resume_checkpoint
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.trainer import RunContext, Trainer
 
@@ -44,15 +45,19 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     from rllava.roles.rollout import Rollout
 
     device = resolve_device(cfg.trainer.device)
-    lora = cfg.model.lora_rank > 0
-    # Resuming a full-parameter run loads the checkpoint's HF folder; a LoRA run reloads its adapter.
-    model_path = str(resume_ckpt / "model") if resume_ckpt is not None and not lora else None
-    model, processor = load_model_and_processor(training_model_config(cfg, model_path), device=device)
-    if resume_ckpt is not None and lora:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(resume_ckpt / "model" / "adapter" / "adapter_model.safetensors")))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
+    a = cfg.actor
+    sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
+    if sharded and cfg.model.lora_rank > 0:
+        raise ValueError(f"model.lora_rank > 0 with actor.strategy={a.strategy} is not supported yet: "
+                         "use actor.strategy=local for LoRA")
+    # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU.
+    load_device = torch.device("cpu") if sharded else device
+    # The engine state restores the trained weights on resume; the HF folder only serves a rollout engine
+    # that loads weights from disk (it matches; a merged LoRA folder would not be a base model).
+    model_path = str(resume_ckpt / "model") if resume_ckpt is not None and cfg.model.lora_rank == 0 else None
+    model, processor = load_model_and_processor(training_model_config(cfg), device=load_device)
     tokenizer = get_tokenizer(processor)
     pad_id = pad_token_id(processor)
     eos_ids = eos_token_ids(model, processor)
@@ -65,15 +70,14 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     loader = PromptLoader(train_ds, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.trainer.seed)
     total_steps = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * max(1, loader.steps_per_epoch))
     updates_per_step = cfg.actor.ppo_epochs * max(1, -(-cfg.data.batch_size * cfg.rollout.n // (cfg.actor.mini_batch_size or 10**9)))
-    a = cfg.actor
     engine = TRAIN_ENGINES.get(a.strategy)(
         model, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas), warmup_steps=a.warmup_steps,
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
-        compute_dtype=cfg.model.dtype, device=device)
+        compute_dtype=cfg.model.dtype, device=device, cpu_offload=a.param_offload)
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
-        model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size, compute=engine.compute,
-        suppress_ids=placeholder_token_ids(model, processor), model_path=model_path or cfg.model.path,
-        processor=processor, rollout_cfg=cfg.rollout)
+        model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size,
+        compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),
+        model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward),
@@ -83,7 +87,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     if cfg.trainer.pipeline != "sft" and needs_critic(cfg):
         from rllava.roles.critic import Critic
 
-        ctx.critic = Critic.build(cfg, device, total_steps)
+        ctx.critic = Critic.build(cfg, device, total_steps, load_device=load_device)
     return ctx
 
 
@@ -107,15 +111,22 @@ def build_reference(cfg: Config, model, device, engine):
 
 
 def run_experiment(cfg: Config) -> dict[str, Any]:
+    """Train as `cfg` says; under torchrun every rank calls this (one process group for the run)."""
     import_plugins(cfg.plugins)
+    owns_group = not du.is_initialized()
+    du.init_distributed()
     run_dir = Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    seed_everything(cfg.trainer.seed)
+    if du.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    seed_everything(cfg.trainer.seed)  # the same on every rank while models are built (random inits must agree)
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)
-    ckpt = find_resume_checkpoint(cfg.trainer.resume, run_dir)
+    ckpt = du.broadcast_object(find_resume_checkpoint(cfg.trainer.resume, run_dir) if du.is_main() else None)
     ctx = build_context(cfg, run_dir, ckpt)
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
         pipeline.setup(ctx)
-    trainer = Trainer(ctx, pipeline)
-    return trainer.fit(load_state(ckpt) if ckpt is not None else None)
+    seed_everything(cfg.trainer.seed + du.rank())  # each rank samples its own rollouts
+    result = Trainer(ctx, pipeline).fit(ckpt)
+    if owns_group:  # only after success: a rank that failed must not leave its peers waiting in a barrier
+        du.destroy_distributed()
+    return result

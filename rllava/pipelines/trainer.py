@@ -13,15 +13,10 @@ from typing import Any, Protocol
 import torch
 
 from rllava.config import Config, to_dict
-from rllava.pipelines.checkpoint import (
-    load_state,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from rllava.engines import distributed as du
+from rllava.pipelines.checkpoint import checkpoint_folder, load_state, prune_checkpoints, rng_state, set_rng_state
 from rllava.pipelines.evaluate import evaluate
-from rllava.pipelines.logger import RunLogger
+from rllava.pipelines.logger import RunLogger, make_logger
 
 
 @dataclass
@@ -47,14 +42,20 @@ class RunContext:
 
 
 class Pipeline(Protocol):
-    def train_step(self, trainer: "Trainer", prompts: list) -> dict[str, float]: ...
+    def train_step(self, trainer: Trainer, prompts: list) -> dict[str, float]: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
 
 
+# How step metrics combine over ranks (the rest are averaged): totals add up, maxima stay maxima.
+METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "filter/kept_groups": "sum"}
+
+
 class Trainer:
+    """Runs the same on every rank under torchrun: each rank trains on its share of each prompt batch."""
+
     def __init__(self, ctx: RunContext, pipeline: Pipeline):
         self.ctx = ctx
         self.cfg = ctx.cfg
@@ -66,20 +67,36 @@ class Trainer:
     # ---- state for exact resume
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "best": self.best, "rng": rng_state(), "loader": self.ctx.loader.state_dict(),
-                "engine": self.ctx.engine.state_dict(), "pipeline": self.pipeline.state_dict(),
-                "critic": self.ctx.critic.state_dict() if self.ctx.critic else None,
-                "config": to_dict(self.cfg)}
+        """The trainer's own state (engines save theirs into the checkpoint folder); every rank must call it."""
+        return {"step": self.step, "best": self.best, "rng": du.gather_objects(rng_state()),  # one per rank
+                "loader": self.ctx.loader.state_dict(), "pipeline": self.pipeline.state_dict(),
+                "world_size": du.world_size(), "config": to_dict(self.cfg)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load(self, ckpt: Path) -> None:
+        """Resume from a checkpoint folder written by `save`."""
+        state = load_state(ckpt)
+        if state.get("world_size", 1) != du.world_size():
+            raise ValueError(f"{ckpt} was written by {state.get('world_size', 1)} ranks, this run has "
+                             f"{du.world_size()}: resuming needs the same number")
         self.step = state["step"]
         self.best = state["best"]
         self.ctx.loader.load_state_dict(state["loader"])
-        self.ctx.engine.load_state_dict(state["engine"])
+        self.ctx.engine.load(ckpt / "engine")
         self.pipeline.load_state_dict(state["pipeline"])
-        if self.ctx.critic and state.get("critic"):
-            self.ctx.critic.load_state_dict(state["critic"])
-        set_rng_state(state["rng"])
+        if self.ctx.critic:
+            self.ctx.critic.load(ckpt / "critic")
+        set_rng_state(state["rng"][du.rank()])
+
+    def save(self) -> None:
+        ctx = self.ctx
+        with checkpoint_folder(ctx.run_dir, self.step, self.state_dict()) as tmp:
+            ctx.engine.export_hf(tmp / "model", ctx.processor)
+            ctx.engine.save(tmp / "engine")
+            if ctx.critic:
+                ctx.critic.save(tmp / "critic")
+        if du.is_main():
+            keep = {self.best[1]} if self.best and self.cfg.trainer.keep_best else set()
+            prune_checkpoints(ctx.run_dir, self.cfg.trainer.keep_last, keep)
 
     # ---- the loop
 
@@ -95,26 +112,24 @@ class Trainer:
             self.best = (acc, self.step)
         return metrics
 
-    def save(self) -> None:
-        save_checkpoint(self.ctx.run_dir, self.step, self.ctx.model, self.ctx.processor, self.state_dict())
-        keep = {self.best[1]} if self.best and self.cfg.trainer.keep_best else set()
-        prune_checkpoints(self.ctx.run_dir, self.cfg.trainer.keep_last, keep)
-
-    def fit(self, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    def fit(self, resume: Path | None = None) -> dict[str, Any]:
         tc = self.cfg.trainer
-        if resume_state is not None:
-            self.load_state_dict(resume_state)
+        if resume is not None:
+            self.load(resume)
         total = min(tc.total_steps, tc.total_epochs * max(1, self.ctx.loader.steps_per_epoch))
-        logger = RunLogger(self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar, wandb_config=to_dict(self.cfg))
+        logger = make_logger(du.is_main(), self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar,
+                             wandb_config=to_dict(self.cfg))
         try:
             if tc.val_before_train and self.step == 0:
                 logger.log(0, self.validate(logger))
             while self.step < total:
-                prompts = self.ctx.loader.next_batch()
+                # Every rank draws the same global batch and trains on its share (whole prompt groups).
+                prompts = du.shard_prompts(self.ctx.loader.next_batch(), du.rank(), du.world_size())
                 t0 = time.perf_counter()
                 metrics = self.pipeline.train_step(self, prompts)
                 self.step += 1
                 metrics["time/step"] = time.perf_counter() - t0
+                metrics = du.reduce_metrics(metrics, METRIC_REDUCTIONS)
                 if "response/tokens" in metrics:
                     metrics["time/tokens_per_s"] = metrics["response/tokens"] / metrics["time/step"]
                 metrics["train/epoch"] = float(self.ctx.loader.epoch)

@@ -32,7 +32,8 @@ class ValueModel(nn.Module):
 
     def forward(self, model_inputs: dict, response_width: int) -> torch.Tensor:
         h = response_hidden_states(self.backbone, model_inputs, response_width)
-        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        # A fresh tensor, not a view: FSDP2 hooks a unit's output for its backward, and warns on views.
+        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float().clone()
 
 
 def hidden_size_of(model: nn.Module) -> int:
@@ -51,8 +52,8 @@ class Critic:
         self.cfg = cfg
 
     @classmethod
-    def build(cls, cfg: Config, device: torch.device, total_steps: int, load_device: torch.device | None = None,
-              ) -> "Critic":
+    def build(cls, cfg: Config, device: torch.device, total_steps: int,
+              load_device: torch.device | None = None) -> Critic:
         """`load_device`: where the weights are loaded before the engine places them (a sharding engine: the CPU)."""
         from rllava.engines import TRAIN_ENGINES
         from rllava.models.load import load_model_and_processor

@@ -173,6 +173,8 @@ def run_family(path: Path, out: Path) -> dict:
 def check_helpers() -> dict:
     r = du.rank()
     return {"mean": du.all_reduce_mean({"x": float(r), f"r{r}": 10.0 + r}),
+            "reduced": du.reduce_metrics({"t": r + 1.0, "m": float(r), "a": 2.0 + r, f"r{r}": 5.0},
+                                         {"t": "sum", "m": "max", "r0": "sum"}),
             "pad": du.pad_to_common_length(list(range(r + 1))), "sum": du.all_reduce_sum(r + 1),
             "max": du.all_reduce_max(r), "bcast": du.broadcast_object(f"from{r}"),
             "gathered": du.gather_objects(list(range(r + 1)))}

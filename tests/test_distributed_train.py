@@ -1,0 +1,129 @@
+"""`rllava train` under torchrun: 2 ranks (gloo, CPU) with actor.strategy=fsdp2, end to end.
+
+Three launches: an RLVR run (rollouts, reference, mini-batches, validation, checkpoints), a resume of
+it from its step-3 checkpoint, and an SFT step compared with the same step in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rllava.config import load_config
+from rllava.pipelines.run import run_experiment
+
+# Gives every response a reward that varies with its text, so RL steps have non-zero gradients.
+SIGNAL_REWARD = '''
+def reward(response, answer, **row):
+    return len(set(response)) / 10.0
+'''
+# SFT targets of different lengths ("3 x x"), so the ranks get different numbers of micro-batches.
+SFT_TARGET = "data.response_template={{ answer }}{% for i in range(5 - answer|int) %} x{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def counting_data(tmp_path_factory) -> Path:
+    from rllava.tasks import make_task
+
+    return make_task("counting", tmp_path_factory.mktemp("data") / "counting", n=24, seed=0)
+
+
+def common(model: Path, data: Path, out: Path, name: str) -> list[str]:
+    return [f"model.path={model}", f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
+            "data.template={{ prompt }} Answer with a number.", "data.max_val_samples=3", "actor.lr=1e-3",
+            f"trainer.output_dir={out}", f"trainer.experiment_name={name}", "trainer.progress_bar=false",
+            "trainer.loggers=[jsonl]", "trainer.device=cpu"]
+
+
+def torchrun_train(overrides: list[str], log: Path, timeout: float = 120) -> None:
+    """`torchrun --nproc_per_node=2 -m rllava train ...` (free port via --standalone); kills both ranks on failure."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rllava", "train",
+           *overrides, "actor.strategy=fsdp2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log.read_text(errors='replace')[-6000:]}"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("time/")}
+
+
+@pytest.fixture(scope="module")
+def rl_runs(tiny_model_factory, counting_data, tmp_path_factory):
+    """A 4-step RLVR run saving at steps 3 and 4, then a run resumed from its step-3 checkpoint."""
+    out = tmp_path_factory.mktemp("dist_rl")
+    plugin = out / "signal_reward.py"
+    plugin.write_text(SIGNAL_REWARD)
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, out, "straight"),
+            f"reward.functions={{'{plugin}:reward': 1.0}}", "data.batch_size=2", "data.val_batch_size=1",
+            "rollout.n=4", "rollout.max_new_tokens=6", "actor.ppo_epochs=2", "actor.mini_batch_size=4",
+            "algorithm.kl_coef=0.05", "trainer.total_steps=4", "trainer.save_freq=3"]
+    torchrun_train(over, out / "straight.log")
+    resumed = [o.replace("experiment_name=straight", "experiment_name=resumed") for o in over]
+    torchrun_train([*resumed, f"trainer.resume={out / 'straight' / 'checkpoints' / 'step_3'}"], out / "resumed.log")
+    return out / "straight", out / "resumed"
+
+
+def test_two_rank_rl_run_writes_outputs_once(rl_runs, tiny_model_factory):
+    from transformers import AutoModelForImageTextToText
+
+    run, _ = rl_runs
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # rank 1 logs nothing
+    assert all("actor/kl_loss" in r and r["actor/grad_norm"] > 0 for r in rows[1:])
+    assert rows[1]["response/tokens"] == 2 * 4 * 6  # summed over ranks: 2 prompts x 4 samples x 6 tokens (never EOS)
+    assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_3", "step_4"]
+    ckpt = run / "checkpoints" / "step_4"
+    assert sorted(p.name for p in (ckpt / "engine").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each rank samples its own
+    # The exported folder is a plain HF model, loadable here, with trained weights.
+    trained = AutoModelForImageTextToText.from_pretrained(ckpt / "model").state_dict()
+    initial = AutoModelForImageTextToText.from_pretrained(tiny_model_factory("qwen2_vl")).state_dict()
+    assert trained.keys() == initial.keys() and any(not torch.equal(initial[k], trained[k]) for k in initial)
+
+
+def test_two_rank_resume_equals_straight_run(rl_runs):
+    straight, resumed = rl_runs
+    a = load_file(str(straight / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = read_metrics(resumed)
+    assert [r["step"] for r in rows] == [4]
+    assert without_times(rows[0]) == without_times(read_metrics(straight)[-1])
+
+
+def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path):
+    """Same global batch: the FSDP2 ranks' loss, gradient norm and (greedy) validation equal one process's."""
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "trainer.pipeline=sft",
+            SFT_TARGET, "data.batch_size=4", "data.shuffle=false", "data.val_batch_size=2",
+            "actor.micro_token_budget=75", "rollout.max_new_tokens=8", "trainer.total_steps=1"]
+    run_experiment(load_config(None, over))
+    torchrun_train([o.replace("experiment_name=one", "experiment_name=two") for o in over], tmp_path / "two.log")
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert two[1]["response/tokens"] == one[1]["response/tokens"] == 20.0  # the same targets
+    assert abs(two[1]["actor/loss"] - one[1]["actor/loss"]) < 1e-5
+    assert abs(two[1]["actor/grad_norm"] - one[1]["actor/grad_norm"]) < 1e-5
+    assert one[1]["actor/grad_norm"] > 1.0  # clipped: the norm is the pre-clip one on both sides
+    for key in ("val/reward", "val/accuracy", "val/response_length"):  # 3 prompts: 2 on rank 0, 1 on rank 1
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
