@@ -24,15 +24,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="outputs/quickstart")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sft-steps", type=int, default=120)
+    ap.add_argument("--sft-steps", type=int, default=50)
     ap.add_argument("--rl-steps", type=int, default=60)
     ap.add_argument("--n", type=int, default=2000, help="task samples (80/10/10 train/val/test)")
+    ap.add_argument("--difficulty", default="trivial", help="counting difficulty: trivial | easy | medium | hard")
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
 
     model = make_tiny_model("qwen2_vl", out / "tiny-qwen2vl", seed=args.seed)
-    data = make_task("counting", out / "counting", n=args.n, seed=args.seed)
+    data = make_task("counting", out / "counting", n=args.n, seed=args.seed, difficulty=args.difficulty)
     common = [f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
               f"trainer.output_dir={out}", f"trainer.seed={args.seed}", "trainer.loggers=[jsonl,tensorboard]",
               "trainer.resume=none"]

@@ -41,7 +41,7 @@ if [ ! -f "$STAMP" ]; then
     echo "vLLM step: venv ready in $(( $(date +%s) - start )) s"
 fi
 
-"$VENV/bin/python" -m pytest tests/vllm -q -p no:cacheprovider
+"$VENV/bin/python" -m pytest tests/vllm -p no:cacheprovider
 rc=$?
 echo "vLLM step: $(( $(date +%s) - start )) s in all"
 exit $rc

@@ -163,9 +163,15 @@ class FSDP2TrainEngine:
 
         While it is open no forward issues a collective, so ranks may stop generating at different
         steps (EOS) without deadlock. Costs the full model in the compute dtype on each device.
+        Re-entrant: a multi-turn rollout can hold it open around its per-turn `generate` calls, so
+        that ranks may take different numbers of turns.
         """
         if train:
             raise ValueError("generation() is for rollouts: it runs without gradients")
+        if self._generating:  # nested: everything is gathered already
+            with torch.no_grad():
+                yield
+            return
         units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
         self._generating = True
         self.model.train(False)

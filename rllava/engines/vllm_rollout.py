@@ -88,6 +88,26 @@ def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from bucket
 
 
+@torch.no_grad()
+def _reprocess_tied(model: nn.Module) -> None:
+    """Re-derive kernel data of layers that share a weight tensor (a tied LM head) after an in-place reload.
+
+    vLLM's reload re-processes each layer whose checkpoint tensors arrived. A tied LM head has none
+    of its own (the checkpoint stores the embedding only), so on CPU its prepacked GEMM copy of the
+    weight would keep the old values; re-running its post-load step rebuilds it (a no-op on GPU).
+    """
+    by_storage: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and not weight.is_meta and hasattr(module, "quant_method"):
+            by_storage.setdefault(weight.data_ptr(), []).append(module)
+    for modules in by_storage.values():
+        for module in modules if len(modules) > 1 else ():
+            process = getattr(module.quant_method, "process_weights_after_loading", None)
+            if process is not None:
+                process(module)
+
+
 def _sleep_mode_available() -> bool:
     from vllm.platforms import current_platform
 
@@ -162,6 +182,7 @@ class VLLMRolloutEngine:
         if self.llm.collective_rpc(lambda worker: hasattr(worker, "reload_weights"))[0]:
             # vLLM >= 0.11: reload through the model loader, which re-runs post-load processing (fusion, repacking).
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True})
+            self.llm.apply_model(_reprocess_tied)
         else:
             self.llm.apply_model(lambda m: m.load_weights(stream))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
@@ -181,6 +202,16 @@ class VLLMRolloutEngine:
         if self.sleep_enabled and not self._awake:
             self.llm.wake_up(tags=["kv_cache"])
         self._awake = True
+
+    def close(self) -> None:
+        """Shut vLLM down now instead of at interpreter exit.
+
+        vLLM's teardown destroys torch.distributed's default group as well as its own, so under
+        torchrun every rank calls this last, after the trainer's final collective.
+        """
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
 
     # ---- generation
 

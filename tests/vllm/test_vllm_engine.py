@@ -152,6 +152,27 @@ def test_lora_model_synced_merged(setup, tiny_model_factory):
         s["engine"].sync_weights(s["model"])
 
 
+@pytest.mark.parametrize("part", ["embed_tokens", "norm", "bias", "self_attn", "mlp"])
+def test_every_kind_of_weight_reaches_vllm(setup, part):
+    """Perturb one kind of parameter (the embedding is tied to the LM head) and compare with HF after a sync."""
+    s = setup
+    model = copy.deepcopy(s["model"])
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        touched = [p for n, p in model.named_parameters() if part in n]
+        for p in touched:
+            p.add_(torch.randn(p.shape, generator=gen) * p.float().std().clamp(min=0.1))
+    assert touched
+    try:
+        s["engine"].sync_weights(model)
+        ours = s["engine"].generate(s["prompts"], Sampling(temperature=0.0, max_new_tokens=12))
+    finally:
+        s["engine"].sync_weights(s["model"])
+    ref = hf_engine(s, model=model).generate(s["prompts"], Sampling(temperature=0.0, max_new_tokens=12))
+    assert [e.response_ids for e in ours] == [e.response_ids for e in ref]
+    assert_logps_close(ours, trainer_logps(model, ours, s["pad"]))
+
+
 def sft_until_greedy(model, prompt: Prompt, target: list[int], max_steps: int = 200) -> int:
     """AdamW with a large lr on the target continuation until greedy decoding reproduces it; returns the steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
