@@ -31,6 +31,7 @@ through `GRPOConfig.generation_kwargs`. Both sides report their mean completion 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup, args.steps = 1, 5
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.only != "ours" and importlib.util.find_spec("trl") is None:
+        p.error('TRL is not installed: pip install "trl>=1.0" (the `bench` extra), or pass --only ours')
     # One more step than measured: its start closes the last measured interval and reads peak RSS.
     args.total_steps = args.warmup + args.steps + 1
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rllava_vs_trl_"))
@@ -342,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         out[f"{side}_peak_rss_mb"] = round(r["peak_rss_mb"], 1)
         out[f"{side}_import_rss_mb"] = round(r["import_rss_mb"], 1)
         out[f"{side}_completion_len"] = round(statistics.mean(r["completion_len"]), 2) if r["completion_len"] else None
+        out[f"{side}_torch_threads"] = r["torch_threads"]
     if "ours" in res and "trl" in res:
         out["step_time_ratio"] = round(out["ours_step_s"] / out["trl_step_s"], 3)
         out["cpu_time_ratio"] = round(out["ours_step_cpu_s"] / out["trl_step_cpu_s"], 3)

@@ -48,7 +48,7 @@ def main() -> None:
 
     print("\n== 3/3 held-out accuracy (greedy, test split)", flush=True)
     test = str(data / "test.parquet")
-    over = ["data.template={{ prompt }} Answer with a number.", "rollout.max_new_tokens=8"]
+    over = ["data.template={{ prompt }} Answer with a number.", "rollout.max_new_tokens=4"]
     base = evaluate_model(sft["final_model"], test, {"count": 1.0}, over, device="cpu", print_table=False)
     final = evaluate_model(rl["final_model"], test, {"count": 1.0}, over, device="cpu", print_table=False)
     print(f"\n{'model':<12} {'test accuracy':>14}")

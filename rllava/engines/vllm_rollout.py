@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ class VLLMRolloutEngine:
                                  "each rank generates its own prompts")
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)
+        self._shutdown = _quiet_shutdown_hook(self.llm)
         self._awake = True  # a fresh engine holds weights and KV cache
         self._synced = False  # vLLM loaded model_path, which may differ from the training weights
 
@@ -209,9 +211,13 @@ class VLLMRolloutEngine:
         vLLM's teardown destroys torch.distributed's default group as well as its own, so under
         torchrun every rank calls this last, after the trainer's final collective.
         """
-        if self.llm is not None:
+        if self.llm is None:
+            return
+        if self._shutdown is not None:
+            self._shutdown()  # a weakref.finalize: runs once, then never again at exit
+        else:
             self.llm.llm_engine.engine_core.shutdown()
-            self.llm = None
+        self.llm = None
 
     # ---- generation
 
@@ -271,6 +277,28 @@ class VLLMRolloutEngine:
             ep.response_mask = [1] * len(ep.response_ids)
             ep.rollout_logp = logps[: len(ep.response_ids)]
         return episodes
+
+
+def _shutdown_quietly(core: Any) -> None:
+    try:
+        core.shutdown()
+    except (ValueError, RuntimeError, AssertionError):
+        pass  # the process group it would tear down is already gone (the trainer left it first)
+
+
+def _quiet_shutdown_hook(llm: Any) -> weakref.finalize | None:
+    """Replace vLLM's exit-time teardown with one that tolerates a destroyed process group.
+
+    In one process vLLM creates torch.distributed's default group itself; a trainer that then
+    leaves "its" group at the end of a run makes vLLM's own teardown raise at interpreter exit.
+    Returns the new finalizer (None where this vLLM version has no in-process client finalizer).
+    """
+    client = llm.llm_engine.engine_core
+    finalizer = getattr(client, "_finalizer", None)
+    core = getattr(client, "engine_core", None)
+    if not isinstance(finalizer, weakref.finalize) or core is None or finalizer.detach() is None:
+        return None
+    return weakref.finalize(client, _shutdown_quietly, core)
 
 
 def _set_env_defaults() -> None:
