@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def prepare(workdir: Path, new_tokens: int) -> tuple[Path, Path]:
 # ---------------------------------------------------------------- the two sides (children)
 
 
-def run_ours(args: argparse.Namespace, marks: StepClock) -> dict:
+def run_ours(args: argparse.Namespace, clock: StepClock) -> dict:
     """rllava through its own `run_experiment` (what `rllava train` calls), with the loop's prompt fetch timed."""
     from rllava.config import load_config
     from rllava.data.loader import PromptLoader
@@ -142,11 +143,12 @@ def run_ours(args: argparse.Namespace, marks: StepClock) -> dict:
     fetch = PromptLoader.next_batch
 
     def timed_next_batch(self):  # the trainer calls this once at the top of every iteration
-        marks.mark()
+        clock.mark()
         return fetch(self)
 
     PromptLoader.next_batch = timed_next_batch
     out_dir = Path(args.workdir) / "runs"
+    shutil.rmtree(out_dir / "ours", ignore_errors=True)  # a fresh run: no resume, no old metrics lines
     overrides = [
         f"data.train_files={Path(args.data) / 'train.parquet'}", "data.val_files=",
         f"data.template='{{{{ prompt }}}}{TEMPLATE_SUFFIX}'", "data.batch_size=1",  # quoted: values are YAML
@@ -189,7 +191,7 @@ def count_reward_func(completions: list, answer: list, **kwargs) -> list[float]:
     return [count_reward(t, a)["overall"] for t, a in zip(texts, answer)]
 
 
-def run_trl(args: argparse.Namespace, marks: StepClock) -> dict:
+def run_trl(args: argparse.Namespace, clock: StepClock) -> dict:
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -199,7 +201,7 @@ def run_trl(args: argparse.Namespace, marks: StepClock) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            marks.mark()
+            clock.mark()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
@@ -248,6 +250,11 @@ def child(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- parent
 
 
+class SideFailed(RuntimeError):
+    def __init__(self, name: str):
+        super().__init__(f"vs_trl: the {name} side failed; see its output above")
+
+
 class Side:
     """One side's subprocess and the parent's end of its turn-taking pipes."""
 
@@ -269,21 +276,23 @@ class Side:
         os.close(ready_w)
         self.go = os.fdopen(go_w, "wb", buffering=0)
         self.ready = os.fdopen(ready_r, "rb", buffering=0)
-        self.alive = self.ready.read(1) == b"r"  # set-up done, at the top of step 1 (or it died)
+        self.alive = True
+
+    def wait_ready(self) -> None:
+        """Block until the child is at the top of its next step; on EOF it has exited (done or failed)."""
+        if self.ready.read(1) != b"r":
+            self.alive = False
+            if self.proc.wait() != 0:
+                raise SideFailed(self.name)
 
     def run_one_step(self) -> None:
-        """Let the child run one step (or, after its last step, run to exit) and wait until it is done."""
-        try:
-            self.go.write(b"g")
-        except BrokenPipeError:
-            self.alive = False
-            return
-        self.alive = self.ready.read(1) == b"r"
+        """Let the child run one step (after its last step: run to exit) and wait until it is done."""
+        self.go.write(b"g")
+        self.wait_ready()
 
-    def finish(self) -> dict:
-        code = self.proc.wait()
-        if code != 0 or not self.result.exists():
-            raise SystemExit(f"vs_trl: the {self.name} side failed (exit {code}); see its output above")
+    def result_dict(self) -> dict:
+        if self.proc.wait() != 0 or not self.result.exists():
+            raise SideFailed(self.name)
         return json.loads(self.result.read_text())
 
 
@@ -291,11 +300,20 @@ def run_interleaved(names: list[str], args: argparse.Namespace, model: Path, dat
     """Both sides load at once, then take turns one training step at a time, so a step never shares the
     CPU with the other side and both see the same background load (this machine is shared)."""
     sides = [Side(n, args, model, data, workdir) for n in names]
-    while any(s.alive for s in sides):
+    try:
         for s in sides:
-            if s.alive:
-                s.run_one_step()
-    return {s.name: s.finish() for s in sides}
+            s.wait_ready()
+        while any(s.alive for s in sides):
+            for s in sides:
+                if s.alive:
+                    s.run_one_step()
+        return {s.name: s.result_dict() for s in sides}
+    except SideFailed as e:
+        for s in sides:
+            if s.proc.poll() is None:
+                s.proc.kill()  # only the children this run started
+                s.proc.wait()
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,8 +347,19 @@ def main(argv: list[str] | None = None) -> None:
         p.error('TRL is not installed: pip install "trl>=1.0" (the `bench` extra), or pass --only ours')
     # One more step than measured: its start closes the last measured interval and reads peak RSS.
     args.total_steps = args.warmup + args.steps + 1
+    os.environ.setdefault("TQDM_DISABLE", "1")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="rllava_vs_trl_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        out = benchmark(args, workdir)
+    finally:
+        if not args.workdir:  # a temp folder holds ~0.5 GB of model and checkpoints
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(out), flush=True)
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
+    """Prepare model and data, run the sides interleaved, and reduce their step times to medians and ratios."""
     model, data = prepare(workdir, args.new_tokens)
     sides = [args.only] if args.only else ["trl", "ours"]
     load_before = os.getloadavg()[0]
@@ -350,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         out["step_time_ratio"] = round(out["ours_step_s"] / out["trl_step_s"], 3)
         out["cpu_time_ratio"] = round(out["ours_step_cpu_s"] / out["trl_step_cpu_s"], 3)
         out["memory_ratio"] = round(out["ours_peak_rss_mb"] / out["trl_peak_rss_mb"], 3)
-    print(json.dumps(out), flush=True)
+    return out
 
 
 if __name__ == "__main__":
