@@ -6,14 +6,11 @@ it from its step-3 checkpoint, and an SFT step compared with the same step in on
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_scripts.launch import start_torchrun, wait_torchrun
 from safetensors.torch import load_file
 
 from rllava.config import load_config
@@ -43,19 +40,9 @@ def common(model: Path, data: Path, out: Path, name: str) -> list[str]:
 
 
 def torchrun_train(overrides: list[str], log: Path, timeout: float = 120) -> None:
-    """`torchrun --nproc_per_node=2 -m rllava train ...` (free port via --standalone); kills both ranks on failure."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rllava", "train",
-           *overrides, "actor.strategy=fsdp2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log.read_text(errors='replace')[-6000:]}"
+    """`torchrun --nproc_per_node=2 -m rllava train ... actor.strategy=fsdp2`; stops both ranks on failure."""
+    proc = start_torchrun(["-m", "rllava", "train", *overrides, "actor.strategy=fsdp2"], log)
+    wait_torchrun(proc, log, timeout)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

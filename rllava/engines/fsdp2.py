@@ -161,17 +161,13 @@ class FSDP2TrainEngine:
     def generation(self, train: bool = False) -> Iterator[None]:
         """Eval + no-grad with every unit gathered once, for HF `generate` (usable as a rollout `compute`).
 
-        While it is open no forward issues a collective, so ranks may stop generating at different
-        steps (EOS) without deadlock. Costs the full model in the compute dtype on each device.
-        Re-entrant: a multi-turn rollout can hold it open around its per-turn `generate` calls, so
-        that ranks may take different numbers of turns.
+        While it is open no forward issues a collective. HF `generate` still syncs the ranks itself: on
+        an FSDP module it turns on `synced_gpus` (an all-reduce per token; a rank whose sequences have
+        all ended keeps stepping until every rank's have), so every rank must make as many `generate`
+        calls. Costs the full model in the compute dtype on each device.
         """
         if train:
             raise ValueError("generation() is for rollouts: it runs without gradients")
-        if self._generating:  # nested: everything is gathered already
-            with torch.no_grad():
-                yield
-            return
         units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
         self._generating = True
         self.model.train(False)

@@ -6,9 +6,11 @@ so that weights can be handed over as tensors, with no serialization. Under torc
 rank builds its own engine (vLLM's "external_launcher" backend) and generates its own shard
 of prompts, as the HF engine does.
 
-Weights: `wake()` copies the training module's current weights into vLLM (`sync_weights`),
-every time, because no cheap test tells whether an optimizer changed them (fused AdamW and
-`.data` writes leave tensor version counters alone).
+Weights: `wake()` copies the training module's current weights into vLLM (`sync_weights`)
+every time, because no cheap test is sure to tell whether they changed: fused AdamW and `.data`
+writes leave tensor version counters alone. `generate()` on an awake engine re-syncs too when
+the version counters did move (torch's default AdamW bumps them), for callers that never
+sleep and wake the engine between updates.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from rllava.engines.hf_rollout import Sampling
 from rllava.engines.registry import ROLLOUT_ENGINES
 from rllava.models.introspect import unwrap
 
-# A decoder block's parameters ("...layers.7.") travel together: vLLM fuses q/k/v and gate/up
-# into one tensor per block, and its layer-wise reload processes a block once all of it arrived.
+# Sharded parameters are gathered a decoder block ("...layers.7.") at a time: the extra memory is one
+# block's full tensors, and vLLM's layer-wise reload finishes each fused layer as soon as its parts arrive.
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")
 
 
@@ -100,13 +102,20 @@ def _reprocess_tied(model: nn.Module) -> None:
     by_storage: dict[int, list[nn.Module]] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and not weight.is_meta and hasattr(module, "quant_method"):
+        method = getattr(module, "quant_method", None)
+        # Only unquantized layers: re-running a quantization step on already processed data would corrupt it.
+        if isinstance(weight, torch.Tensor) and not weight.is_meta and type(method).__name__.startswith("Unquantized"):
             by_storage.setdefault(weight.data_ptr(), []).append(module)
     for modules in by_storage.values():
         for module in modules if len(modules) > 1 else ():
             process = getattr(module.quant_method, "process_weights_after_loading", None)
             if process is not None:
                 process(module)
+
+
+def _version(model: nn.Module) -> int:
+    """Sum of the parameters' in-place write counters: it moves whenever torch's default AdamW steps."""
+    return sum(p._version for p in model.parameters())
 
 
 def _sleep_mode_available() -> bool:
@@ -128,9 +137,9 @@ class VLLMRolloutEngine:
     """Same contract as HFRolloutEngine: `generate` returns n episodes per prompt, grouped consecutively.
 
     Settings come from `rollout_cfg` (gpu_memory_utilization, enforce_eager, and, when present,
-    `vllm_kwargs`: extra `vllm.LLM` arguments such as dtype, max_model_len, tensor_parallel_size)
+    `sleep_level` and `vllm_kwargs`: extra `vllm.LLM` arguments such as dtype or max_model_len)
     and from keyword arguments here, which win. `batch_size` is ignored: vLLM schedules its own
-    batches (cap them with `max_num_seqs`).
+    batches (cap them with `max_num_seqs`). `Episode.rollout_logp` is always filled (it is free).
     """
 
     def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
@@ -174,13 +183,15 @@ class VLLMRolloutEngine:
         self.llm = vllm.LLM(**kwargs)
         self._shutdown = _quiet_shutdown_hook(self.llm)
         self._awake = True  # a fresh engine holds weights and KV cache
-        self._synced = False  # vLLM loaded model_path, which may differ from the training weights
+        # vLLM loaded model_path, which may differ from the training weights: nothing synced yet.
+        self._synced: tuple[nn.Module, int] | None = None  # (module synced from, its _version then)
 
     # ---- weights and memory
 
     def sync_weights(self, model: nn.Module | None = None) -> None:
         """Copy `model`'s (default: the training module's) current weights into vLLM, in place."""
-        stream = hf_weights(model if model is not None else self.model)
+        model = model if model is not None else self.model
+        stream = hf_weights(model)
         if self.llm.collective_rpc(lambda worker: hasattr(worker, "reload_weights"))[0]:
             # vLLM >= 0.11: reload through the model loader, which re-runs post-load processing (fusion, repacking).
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True})
@@ -188,7 +199,7 @@ class VLLMRolloutEngine:
         else:
             self.llm.apply_model(lambda m: m.load_weights(stream))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
-        self._synced = True
+        self._synced = (model, _version(model))
 
     def sleep(self) -> None:
         """Free the KV cache and offload (level 1) or drop (level 2) vLLM's weights; a no-op where unsupported."""
@@ -254,7 +265,7 @@ class VLLMRolloutEngine:
         episodes = [Episode(prompt=p, group_id=group_offset + i) for i, p in enumerate(prompts) for _ in range(sampling.n)]
         if not episodes:
             return episodes
-        if not self._awake or not self._synced:
+        if not self._awake or self._synced is None or _version(self._synced[0]) != self._synced[1]:
             self.wake()
         # One request per episode: vLLM refuses n > 1 for greedy, and prefix caching shares a group's prefill anyway.
         by_prompt = [self._request(p) for p in prompts]

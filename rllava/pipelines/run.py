@@ -54,8 +54,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
                          "use actor.strategy=local for LoRA")
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU.
     load_device = torch.device("cpu") if sharded else device
-    # The engine state restores the trained weights on resume; the HF folder only serves a rollout engine
-    # that loads weights from disk (it matches; a merged LoRA folder would not be a base model).
+    # On resume `engine.load` restores the trained weights. A rollout engine that reads weights from disk
+    # (vLLM) starts from the checkpoint's HF folder, except under LoRA (that folder is merged, not the base).
     model_path = str(resume_ckpt / "model") if resume_ckpt is not None and cfg.model.lora_rank == 0 else None
     model, processor = load_model_and_processor(training_model_config(cfg), device=load_device)
     tokenizer = get_tokenizer(processor)

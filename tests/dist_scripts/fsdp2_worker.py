@@ -143,9 +143,6 @@ def run_family(path: Path, out: Path) -> dict:
                                                               engine.device)),
                  "logits_before": du.gather_objects(greedy_logits(engine.model, engine.generation, processor,
                                                                   prompts[0], engine.device))}
-    with engine.generation():  # held open: rank r makes r + 1 calls inside, so none may issue a collective
-        res["nested"] = du.gather_objects([greedy(engine.model, engine.generation, processor, prompts[:1],
-                                                  engine.device) for _ in range(rank + 1)])
     res["sharded_after"] = {"generation": all_sharded(engine.model)}
     batch.old_logp = old_logprobs(engine, batch)
     res["sharded_after"]["logprobs"] = all_sharded(engine.model)

@@ -194,30 +194,33 @@ def sft_until_greedy(model, prompt: Prompt, target: list[int], max_steps: int = 
     raise AssertionError(f"SFT did not reach the target in {max_steps} steps")
 
 
-def test_training_then_wake_syncs_new_weights(setup):
+def test_training_then_rollout_uses_new_weights(setup):
     s = setup
     engine, tok = s["engine"], s["tok"]
     trained = copy.deepcopy(s["model"])
     prompt = s["prompts"][0]
     target = tok("The answer is 5.", add_special_tokens=False)["input_ids"] + [s["eos"][0]]
-    engine.sync_weights(s["model"])
-    before = greedy_ids(engine, [prompt])[0]
-    assert before != target
-    sft_until_greedy(trained, prompt, target)
     engine.model = trained  # what the trainer hands the engine: its live module
     try:
-        stale = greedy_ids(engine, [prompt])[0]  # awake and synced before training: still the old weights
-        engine.sleep()  # a no-op for memory on CPU (no sleep mode there) ...
-        engine.wake()  # ... but wake always copies the current weights in
-        ours = engine.generate([prompt], Sampling(temperature=0.0, max_new_tokens=16))[0]
-        engine.sleep()
-        woken = greedy_ids(engine, [prompt])[0]  # generating on a sleeping engine wakes it first
+        engine.wake()
+        before = greedy_ids(engine, [prompt])[0]
+        assert before != target
+        sft_until_greedy(trained, prompt, target)  # AdamW writes in place: the version counters move
+        ours = engine.generate([prompt], Sampling(temperature=0.0, max_new_tokens=16))[0]  # so an awake engine re-syncs
         ref = hf_engine(s, model=trained).generate([prompt], Sampling(temperature=0.0, max_new_tokens=16))[0]
+        expected_logps = trainer_logps(trained, [ours], s["pad"])
+        with torch.no_grad():  # back to the old weights through .data, which no counter sees ...
+            for p, old in zip(trained.parameters(), s["model"].parameters()):
+                p.data.copy_(old.data)
+        unseen = greedy_ids(engine, [prompt])[0]
+        engine.sleep()  # (no sleep mode on CPU: only marks the engine asleep)
+        engine.wake()  # ... but wake always copies the current weights in
+        rewound = greedy_ids(engine, [prompt])[0]
     finally:
         engine.model = s["model"]
         engine.sync_weights(s["model"])
-    assert stale == before
-    assert woken == ours.response_ids
     assert ours.response_ids == ref.response_ids == target
     assert ours.finished
-    assert_logps_close([ours], trainer_logps(trained, [ours], s["pad"]))
+    assert_logps_close([ours], expected_logps)
+    assert unseen == target
+    assert rewound == before
