@@ -61,7 +61,10 @@ def cmd_train(args: argparse.Namespace, pipeline: str | None = None) -> int:
         overrides.append(f"trainer.pipeline={pipeline}")
     cfg = load_config(args.config, overrides)
     result = run_experiment(cfg)
-    print(json.dumps(result))
+    from rllava.engines.distributed import is_main
+
+    if is_main():  # under torchrun every rank returns; one summary line is enough
+        print(json.dumps(result))
     return 0
 
 
