@@ -24,7 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="outputs/quickstart")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sft-steps", type=int, default=50)
+    ap.add_argument("--sft-examples", type=int, default=32, help="labelled examples for the SFT warm start")
+    ap.add_argument("--sft-steps", type=int, default=25)
     ap.add_argument("--rl-steps", type=int, default=60)
     ap.add_argument("--n", type=int, default=2000, help="task samples (80/10/10 train/val/test)")
     ap.add_argument("--difficulty", default="trivial", help="counting difficulty: trivial | easy | medium | hard")
@@ -34,17 +35,22 @@ def main() -> None:
 
     model = make_tiny_model("qwen2_vl", out / "tiny-qwen2vl", seed=args.seed)
     data = make_task("counting", out / "counting", n=args.n, seed=args.seed, difficulty=args.difficulty)
-    common = [f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
-              f"trainer.output_dir={out}", f"trainer.seed={args.seed}", "trainer.loggers=[jsonl,tensorboard]",
-              "trainer.resume=none"]
+    # A few labelled demonstrations (a separate draw) for the warm start; RL then learns from the
+    # reward on the large unlabelled-by-hand train split. This is the usual SFT-then-RL setting.
+    demos = make_task("counting", out / "counting-demos", n=max(2, args.sft_examples * 5 // 4),
+                      seed=args.seed + 10_000, difficulty=args.difficulty)
+    common = [f"data.val_files={data / 'val.parquet'}", f"trainer.output_dir={out}", f"trainer.seed={args.seed}",
+              "trainer.loggers=[jsonl,tensorboard]", "trainer.resume=none"]
 
-    print(f"\n== 1/3 SFT warm start ({args.sft_steps} steps)", flush=True)
+    print(f"\n== 1/3 SFT warm start ({args.sft_steps} steps on {args.sft_examples} examples)", flush=True)
     sft = run_experiment(load_config(str(EXAMPLES / "counting_sft.yaml"), common + [
+        f"data.train_files={demos / 'train.parquet'}", f"data.batch_size={args.sft_examples}",
         f"model.path={model}", f"trainer.total_steps={args.sft_steps}"]))
 
     print(f"\n== 2/3 GRPO ({args.rl_steps} steps)", flush=True)
     rl = run_experiment(load_config(str(EXAMPLES / "counting_grpo.yaml"), common + [
-        f"model.path={sft['final_model']}", f"trainer.total_steps={args.rl_steps}"]))
+        f"data.train_files={data / 'train.parquet'}", f"model.path={sft['final_model']}",
+        f"trainer.total_steps={args.rl_steps}"]))
 
     print("\n== 3/3 held-out accuracy (greedy, test split)", flush=True)
     test = str(data / "test.parquet")

@@ -25,7 +25,9 @@ skip() {
     exit 0
 }
 
-if [ ! -f "$STAMP" ]; then
+# Rebuild when this script, pyproject.toml or the vLLM spec changed since the venv was made.
+WANT="$(cat scripts/ci_vllm.sh pyproject.toml | sha256sum | cut -c1-16) $VLLM_SPEC"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "vLLM step: creating $VENV with $VLLM_SPEC"
     rm -rf "$VENV"
     mkdir -p "$VENV" && : > "$LOG"
@@ -47,7 +49,7 @@ PYEOF
     if ! "$VENV/bin/python" -c "import vllm, rllava.engines" >> "$LOG" 2>&1; then
         echo "FAIL vLLM step: vllm or rllava does not import in $VENV"; tail -n 30 "$LOG"; exit 1
     fi
-    touch "$STAMP"
+    echo "$WANT" > "$STAMP"
     echo "vLLM step: venv ready in $(( $(date +%s) - start )) s"
 fi
 

@@ -13,7 +13,7 @@ EXPECTED = {
     "task": ["counting", "geometry", "grounding", "detection", "zoom"],
     "model_family": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "qwen2", "qwen3"],
     "train_engine": ["local", "fsdp2"],
-    "rollout_engine": ["hf"],
+    "rollout_engine": ["hf", "vllm"],
     "pipeline": ["rlvr", "sft"],
 }
 
