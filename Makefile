@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -x -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check rllava tests benchmarks examples
