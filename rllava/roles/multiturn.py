@@ -10,7 +10,8 @@ the whole episode reproduces the positions used during generation (M-RoPE includ
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rllava.data.types import Episode, Prompt, concat_mm
 from rllava.data.vision import load_image
