@@ -159,7 +159,7 @@ def run_ours(args: argparse.Namespace, clock: StepClock) -> dict:
         "actor.weight_decay=0.0", "actor.lr_scheduler=constant",
         f"rollout.n={args.n}", f"rollout.temperature={args.temperature}", f"rollout.max_new_tokens={args.new_tokens}",
         "reward.functions={count: 1.0}",
-        f"trainer.total_steps={args.total_steps}", "trainer.device=cpu", "trainer.val_before_train=false",
+        f"trainer.total_steps={args.total_steps}", f"trainer.device={args.device}", "trainer.val_before_train=false",
         "trainer.loggers=[jsonl]", "trainer.progress_bar=false", f"trainer.output_dir={out_dir}",
         "trainer.experiment_name=ours", "trainer.resume=none", f"trainer.seed={args.seed}",
     ]
@@ -212,7 +212,7 @@ def run_trl(args: argparse.Namespace, clock: StepClock) -> dict:
                 lengths.append(float(logs["completions/mean_length"]))
 
     config = GRPOConfig(
-        output_dir=str(Path(args.workdir) / "runs" / "trl"), use_cpu=True, bf16=False, fp16=False,
+        output_dir=str(Path(args.workdir) / "runs" / "trl"), use_cpu=args.device == "cpu", bf16=False, fp16=False,
         model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
         per_device_train_batch_size=args.n, num_generations=args.n, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, beta=0.0, loss_type="dapo", scale_rewards="group", epsilon=0.2,
@@ -240,10 +240,19 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     clock = StepClock(args.child, Gate(args.gate))
     start_rss = peak_rss_mb()
-    extra = SIDES[args.child](args, clock)
+    if args.profile:  # cProfile of the whole child run (GPU waits show up in the call that syncs)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        extra = profiler.runcall(SIDES[args.child], args, clock)
+        profiler.dump_stats(str(Path(args.profile) / f"{args.child}.prof"))
+    else:
+        extra = SIDES[args.child](args, clock)
     result = {"step_s": clock.wall, "step_cpu_s": clock.cpu, "peak_rss_mb": clock.rss[-1],
               "end_peak_rss_mb": peak_rss_mb(), "import_rss_mb": start_rss, "torch_threads": torch.get_num_threads(),
               **extra}
+    if args.device == "cuda":  # the whole run's peak of tensors allocated on the GPU
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -267,7 +276,9 @@ class Side:
                "--model", str(model), "--data", str(data), "--workdir", str(workdir),
                "--total-steps", str(args.total_steps), "--n", str(args.n), "--new-tokens", str(args.new_tokens),
                "--lr", str(args.lr), "--temperature", str(args.temperature), "--threads", str(args.threads),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), "--device", args.device]
+        if args.profile:
+            cmd += ["--profile", str(args.profile)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                    TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
                    HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
@@ -328,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and generate")
+    p.add_argument("--profile", default=None, help="folder for a cProfile dump per side (<side>.prof)")
     p.add_argument("--only", choices=sorted(SIDES), default=None, help="run one side (for profiling)")
     # internal: one side in a subprocess
     p.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
@@ -364,7 +377,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     sides = [args.only] if args.only else ["trl", "ours"]
     load_before = os.getloadavg()[0]
     res = run_interleaved(sides, args, model, data, workdir)
-    out: dict = {"steps": args.steps, "warmup": args.warmup, "completions_per_step": args.n,
+    out: dict = {"device": args.device, "steps": args.steps, "warmup": args.warmup, "completions_per_step": args.n,
                  "new_tokens": args.new_tokens, "threads": args.threads,
                  "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other jobs on the machine
     for side, r in res.items():
@@ -375,10 +388,14 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
         out[f"{side}_import_rss_mb"] = round(r["import_rss_mb"], 1)
         out[f"{side}_completion_len"] = round(statistics.mean(r["completion_len"]), 2) if r["completion_len"] else None
         out[f"{side}_torch_threads"] = r["torch_threads"]
+        if "peak_gpu_mb" in r:
+            out[f"{side}_peak_gpu_mb"] = round(r["peak_gpu_mb"], 1)
     if "ours" in res and "trl" in res:
         out["step_time_ratio"] = round(out["ours_step_s"] / out["trl_step_s"], 3)
         out["cpu_time_ratio"] = round(out["ours_step_cpu_s"] / out["trl_step_cpu_s"], 3)
         out["memory_ratio"] = round(out["ours_peak_rss_mb"] / out["trl_peak_rss_mb"], 3)
+        if args.device == "cuda":
+            out["gpu_memory_ratio"] = round(out["ours_peak_gpu_mb"] / out["trl_peak_gpu_mb"], 3)
     return out
 
 

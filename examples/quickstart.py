@@ -25,8 +25,11 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/quickstart")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-examples", type=int, default=32, help="labelled examples for the SFT warm start")
-    ap.add_argument("--sft-steps", type=int, default=25)
-    ap.add_argument("--rl-steps", type=int, default=60)
+    ap.add_argument("--sft-steps", type=int, default=40)
+    ap.add_argument("--sft-lr", type=float, default=2e-3,
+                    help="high on purpose: the short warm start learns the answer format (a digit, then EOS), "
+                         "not yet the counting")
+    ap.add_argument("--rl-steps", type=int, default=100)
     ap.add_argument("--n", type=int, default=2000, help="task samples (80/10/10 train/val/test)")
     ap.add_argument("--difficulty", default="trivial", help="counting difficulty: trivial | easy | medium | hard")
     args = ap.parse_args()
@@ -43,7 +46,7 @@ def main() -> None:
               "trainer.loggers=[jsonl,tensorboard]", "trainer.resume=none"]
 
     print(f"\n== 1/3 SFT warm start ({args.sft_steps} steps on {args.sft_examples} examples)", flush=True)
-    sft = run_experiment(load_config(str(EXAMPLES / "counting_sft.yaml"), common + [
+    sft = run_experiment(load_config(str(EXAMPLES / "counting_sft.yaml"), common + [f"actor.lr={args.sft_lr}",
         f"data.train_files={demos / 'train.parquet'}", f"data.batch_size={args.sft_examples}",
         f"model.path={model}", f"trainer.total_steps={args.sft_steps}"]))
 

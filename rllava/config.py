@@ -113,7 +113,7 @@ class ActorConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 0  # sequences per optimizer step; 0 = the whole rollout batch
     micro_token_budget: int = 8192  # tokens per micro-batch (prompt + response, padded)
-    logprob_chunk_size: int = 1024  # positions per LM-head chunk
+    logprob_chunk_size: int = 512  # positions per LM-head chunk: ~6 [chunk, vocab] fp32 buffers live in backward
     master_weights_fp32: bool = True
     optimizer_offload: bool = False
     param_offload: bool = False

@@ -6,6 +6,7 @@ it from its step-3 checkpoint, and an SFT step compared with the same step in on
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,47 @@ def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path
     assert one[1]["actor/grad_norm"] > 1.0  # clipped: the norm is the pre-clip one on both sides
     for key in ("val/reward", "val/accuracy", "val/response_length"):  # 3 prompts: 2 on rank 0, 1 on rank 1
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
+
+
+# An environment whose episodes last 1 + id % 3 turns whatever the policy writes, so the two ranks'
+# episodes end at different turns and the multi-turn rollout must keep them in lock-step.
+COUNTDOWN_ENV = '''
+from rllava.envs import ENVIRONMENTS, Environment, Observation, StepResult
+
+@ENVIRONMENTS.register("countdown")
+class Countdown(Environment):
+    @classmethod
+    def from_config(cls, cfg, answer_reward=None):
+        return cls()
+
+    def reset(self, sample_meta, images):
+        self.left = 1 + int(sample_meta["id"]) % 3
+        return None
+
+    def step(self, action_text):
+        self.left -= 1
+        if self.left == 0:
+            return StepResult(None, 0.0, True, {"stop": "answer"})
+        return StepResult(Observation(text="go on"), 0.0, False, {"action": "tool", "turn_reward": 0.1})
+'''
+
+
+def test_two_rank_agentic_episodes_of_different_lengths(tiny_model_factory, counting_data, tmp_path):
+    """Agentic rollouts under fsdp2: rank 0's episodes take 1 turn and rank 1's 2; the ranks stay in step."""
+    plugin = tmp_path / "countdown_env.py"
+    plugin.write_text(COUNTDOWN_ENV)
+    # Every token ends a turn (all ids are EOS), so no episode stops early for running out of tokens.
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_factory("qwen2_vl"), model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": list(range(4096))}))
+    over = [*common(model, counting_data, tmp_path, "agent"), f"plugins=[{plugin}]",
+            "trainer.pipeline=agentic", "env.name=countdown", "reward.functions={count: 1.0}", "data.batch_size=2",
+            "data.shuffle=false", "data.val_files=", "rollout.n=2", "rollout.max_new_tokens=3",
+            "trainer.total_steps=2", "trainer.save_freq=0"]
+    torchrun_train(over, tmp_path / "agent.log", timeout=180)
+    rows = [r for r in read_metrics(tmp_path / "agent") if r["step"] > 0]
+    assert [r["step"] for r in rows] == [1, 2]
+    # Unshuffled: step 1 is rows 0 (rank 0: 1 turn) and 1 (rank 1: 2 turns), step 2 rows 2 and 3 (3 and 1).
+    assert rows[0]["agent/turns"] == 1.5 and rows[1]["agent/turns"] == 2.0
+    assert all(r["actor/grad_norm"] == r["actor/grad_norm"] for r in rows)  # finite updates on both ranks

@@ -15,6 +15,7 @@ from typing import Any
 
 from rllava.data.types import Episode, Prompt, concat_mm
 from rllava.data.vision import load_image
+from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import Sampling
 from rllava.models.introspect import get_tokenizer
 
@@ -95,7 +96,6 @@ class MultiTurnRollout:
         ep.rollout_logp = (ep.rollout_logp or []) + (logp if logp is not None else [0.0] * len(ids))
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
-        tok = self.rollout.tokenizer
         episodes = [Episode(prompt=p, group_id=group_offset + i, rollout_logp=[]) for i, p in enumerate(prompts)
                     for _ in range(sampling.n)]
         envs = []
@@ -107,34 +107,48 @@ class MultiTurnRollout:
             ep.info = {"turns": 0, "tool_calls": 0, "transcript": []}
         turn_sampling = Sampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                  max_new_tokens=sampling.max_new_tokens, logprobs=True)
-        active = list(range(len(episodes)))
-        while active:
-            turns = self.rollout.engine.generate([self._context(episodes[i]) for i in active], turn_sampling)
-            still = []
-            for i, turn in zip(active, turns):
-                ep, env = episodes[i], envs[i]
-                self._append(ep, turn.response_ids, True, turn.rollout_logp)
-                text = tok.decode(turn.response_ids, skip_special_tokens=True)
-                ep.response_text = text  # the last turn's text: what reward functions score
-                ep.info["transcript"].append(text)
-                ep.info["turns"] += 1
-                result = env.step(text)
-                ep.info["tool_calls"] += int(result.info.get("action") == "tool")
-                ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
-                over_budget = len(ep.response_ids) >= self.max_total_tokens
-                if result.done or not turn.finished or over_budget or result.observation is None:
-                    ep.finished = bool(result.done and turn.finished)
-                    ep.info["stop"] = result.info.get("stop", "length" if not turn.finished else "budget")
-                    ep.info["format_ok"] = env.outcome().format_ok
-                    continue
-                obs = result.observation
-                ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
-                self._append(ep, ids, False, seq=seq)
-                if mm:
-                    ep.extra_mm.append(mm)
-                ep.info["transcript"].append(obs.text)
-                still.append(i)
-            active = still
+        engine = self.rollout.engine
+        engine.wake()  # a vLLM engine sleeps outside rollouts
+        try:
+            active = list(range(len(episodes)))
+            # Ranks step in lock-step: every rank makes one `generate` call per turn until the episodes of
+            # all ranks are done (a sharded model's generate is a collective). An idle rank generates for
+            # a copy of its first episode and drops the result.
+            while du.all_reduce_max(len(active)) > 0:
+                contexts = [self._context(episodes[i]) for i in active] or [self._context(episodes[0])]
+                turns = engine.generate(contexts, turn_sampling)
+                active = self._advance(episodes, envs, active, turns[: len(active)])
+        finally:
+            engine.sleep()
         for env in envs:
             env.close()
         return episodes
+
+    def _advance(self, episodes: list[Episode], envs: list, active: list[int], turns: list[Episode]) -> list[int]:
+        """Record one generated turn per active episode, step its environment; the indices still active."""
+        tok = self.rollout.tokenizer
+        still = []
+        for i, turn in zip(active, turns):
+            ep, env = episodes[i], envs[i]
+            self._append(ep, turn.response_ids, True, turn.rollout_logp)
+            text = tok.decode(turn.response_ids, skip_special_tokens=True)
+            ep.response_text = text  # the last turn's text: what reward functions score
+            ep.info["transcript"].append(text)
+            ep.info["turns"] += 1
+            result = env.step(text)
+            ep.info["tool_calls"] += int(result.info.get("action") == "tool")
+            ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
+            over_budget = len(ep.response_ids) >= self.max_total_tokens
+            if result.done or not turn.finished or over_budget or result.observation is None:
+                ep.finished = bool(result.done and turn.finished)
+                ep.info["stop"] = result.info.get("stop", "length" if not turn.finished else "budget")
+                ep.info["format_ok"] = env.outcome().format_ok
+                continue
+            obs = result.observation
+            ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
+            self._append(ep, ids, False, seq=seq)
+            if mm:
+                ep.extra_mm.append(mm)
+            ep.info["transcript"].append(obs.text)
+            still.append(i)
+        return still
