@@ -48,6 +48,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from rllava.config_reference import config_reference
+
+        print(config_reference(), end="")
+        return 0
     cfg = load_config(args.config, args.overrides)
     print(to_yaml(cfg), end="")
     return 0
@@ -104,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("train", "RL training (trainer.pipeline picks rlvr / agentic)").set_defaults(fn=cmd_train)
     with_config("sft", "supervised fine-tuning on the same actor").set_defaults(fn=lambda a: cmd_train(a, "sft"))
-    with_config("config", "print the resolved config").set_defaults(fn=cmd_config)
+    cfg_cmd = with_config("config", "print the resolved config (--reference: every field, as markdown)", optional=True)
+    cfg_cmd.add_argument("--reference", action="store_true", help="print the config reference (docs/config.md)")
+    cfg_cmd.set_defaults(fn=cmd_config)
     with_config("list", "print every registry (with a config: after importing its plugins)", optional=True).set_defaults(fn=cmd_list)
 
     ev = sub.add_parser("eval", help="greedy evaluation: accuracy table plus samples")

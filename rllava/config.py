@@ -35,6 +35,7 @@ class DataConfig:
     template: Optional[str] = None  # jinja template string or path to a .jinja file; gets the row as variables
     system_prompt: Optional[str] = None
     response_template: str = "{{ answer }}"  # SFT target, rendered from the row (jinja)
+    demo_key: str = "demo_turns"  # agentic SFT: the row's demonstration, a list of assistant turn texts
     chat_template: Optional[str] = None  # override the processor's chat template (string or file)
     max_prompt_length: int = 1024
     min_pixels: int = 3136
@@ -148,6 +149,8 @@ class RolloutConfig:
     batch_size: int = 0  # sequences generated at once; 0 = all
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = False
+    sleep_level: int = 1  # vLLM between rollouts: 1 keeps weights in CPU memory, 2 drops them (re-synced on wake)
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments, e.g. max_model_len
 
 
 @dataclass
@@ -176,7 +179,7 @@ class EnvConfig:
 
 @dataclass
 class TrainerConfig:
-    pipeline: str = "rlvr"  # rlvr | sft | agentic
+    pipeline: str = "rlvr"  # rlvr | sft | agentic | agentic_sft
     experiment_name: str = "default"
     output_dir: str = "outputs"
     total_steps: int = 100
@@ -192,7 +195,6 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
     log_samples: int = 4
     progress_bar: bool = True
-    save_hf_model: bool = True
 
 
 @dataclass

@@ -18,9 +18,9 @@ class TinyModel(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Linear(2, 2)
 
-    def save_pretrained(self, out, safe_serialization=True):
+    def save_pretrained(self, out, state_dict=None, safe_serialization=True):
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), out / "weights.pt")
+        torch.save(state_dict if state_dict is not None else self.state_dict(), out / "weights.pt")
 
 
 def test_atomic_save_latest_and_prune(tmp_path):

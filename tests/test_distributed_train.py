@@ -159,3 +159,31 @@ def test_two_rank_agentic_episodes_of_different_lengths(tiny_model_factory, coun
     # Unshuffled: step 1 is rows 0 (rank 0: 1 turn) and 1 (rank 1: 2 turns), step 2 rows 2 and 3 (3 and 1).
     assert rows[0]["agent/turns"] == 1.5 and rows[1]["agent/turns"] == 2.0
     assert all(r["actor/grad_norm"] == r["actor/grad_norm"] for r in rows)  # finite updates on both ranks
+
+
+def test_two_rank_lora_run_exports_merged_model(tiny_model_factory, counting_data, tmp_path):
+    """LoRA under fsdp2 (reference = adapters disabled): the exported folder equals peft's own merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    plugin = tmp_path / "signal_reward.py"
+    plugin.write_text(SIGNAL_REWARD)
+    base = tiny_model_factory("qwen2_vl")
+    over = [*common(base, counting_data, tmp_path, "lora"), f"reward.functions={{'{plugin}:reward': 1.0}}",
+            "model.lora_rank=4", "model.lora_alpha=8", "actor.lr=1e-2", "algorithm.kl_coef=0.05",
+            "data.batch_size=2", "data.val_files=", "rollout.n=2", "rollout.max_new_tokens=4",
+            "trainer.total_steps=2", "trainer.save_freq=0"]
+    torchrun_train(over, tmp_path / "lora.log")
+    rows = [r for r in read_metrics(tmp_path / "lora") if r["step"] > 0]
+    assert len(rows) == 2 and all("actor/kl_loss" in r for r in rows)
+    model_dir = tmp_path / "lora" / "checkpoints" / "step_2" / "model"
+    exported = AutoModelForImageTextToText.from_pretrained(model_dir).state_dict()  # loads without peft
+    assert not any("lora_" in k or "base_layer" in k for k in exported)
+    peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), model_dir / "adapter")
+    reference = peft_model.merge_and_unload().state_dict()
+    initial = AutoModelForImageTextToText.from_pretrained(base).state_dict()
+    assert exported.keys() == reference.keys()
+    for k in exported:
+        torch.testing.assert_close(exported[k], reference[k], atol=1e-6, rtol=1e-5)
+    changed = {k for k in exported if not torch.equal(exported[k], initial[k])}
+    assert changed and all("language_model" in k and "proj" in k for k in changed)  # only the adapted layers

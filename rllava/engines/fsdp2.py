@@ -32,7 +32,6 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
-    get_model_state_dict,
     get_state_dict,
     set_state_dict,
 )
@@ -44,6 +43,7 @@ from rllava.engines import distributed as du
 from rllava.engines.local import DTYPES, lr_lambda
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.introspect import unwrap
+from rllava.models.weights import save_hf_folder
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -285,14 +285,6 @@ class FSDP2TrainEngine:
             yield name, full
 
     def export_hf(self, folder: str | Path, processor: Any = None) -> None:
-        """Gather full weights to rank 0 (CPU) and write a plain HF folder there; every rank must call it."""
-        hf = unwrap(self.model)
-        if hf is not self.model:
-            raise NotImplementedError("exporting a LoRA (peft) model trained with fsdp2 is not supported yet")
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if du.is_main():
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            hf.save_pretrained(folder, state_dict=state, safe_serialization=True)
-            if processor is not None:
-                processor.save_pretrained(folder)
+        """Gather full weights (LoRA merged) and write a plain HF folder on rank 0; every rank must call it."""
+        save_hf_folder(self.model, processor, folder, is_main=du.is_main())
         du.barrier()

@@ -8,7 +8,6 @@ in the compute dtype, trading that safety for memory.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from rllava.engines.registry import TRAIN_ENGINES
+from rllava.models.weights import save_hf_folder
 
 ENGINE_FILE = "engine.pt"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,18 +41,6 @@ def lr_lambda(schedule: str, warmup: int, total: int):
         return max(0.0, decay(min(1.0, progress)))
 
     return fn
-
-
-def save_hf_folder(model: nn.Module, processor: Any, out: str | Path) -> None:
-    """A plain HF folder; LoRA adapters are merged into a copy so the folder loads without peft."""
-    out = Path(out)
-    to_save = model
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        to_save = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(out / "adapter")  # the adapter alone, for users who want it
-    to_save.save_pretrained(out, safe_serialization=True)
-    if processor is not None:
-        processor.save_pretrained(out)
 
 
 def fused_adamw_ok(params: list[torch.Tensor]) -> bool:

@@ -15,10 +15,8 @@ sleep and wake the engine between updates.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,67 +26,7 @@ from torch import nn
 from rllava.data.types import Episode, Prompt
 from rllava.engines.hf_rollout import Sampling
 from rllava.engines.registry import ROLLOUT_ENGINES
-from rllava.models.introspect import unwrap
-
-# Sharded parameters are gathered a decoder block ("...layers.7.") at a time: the extra memory is one
-# block's full tensors, and vLLM's layer-wise reload finishes each fused layer as soon as its parts arrive.
-_BLOCK = re.compile(r"^(.*?\.\d+)\.")
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor behind a (possibly FSDP2-sharded) parameter; a collective for DTensors."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _lora_delta(layer: nn.Module) -> torch.Tensor | None:
-    """W_merged - W for a peft LoRA linear layer (sum over its active adapters), or None if it adds nothing."""
-    if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
-        return None  # already folded into base_layer.weight, or switched off
-    delta = None
-    for name in layer.active_adapters:
-        if name not in layer.lora_A:
-            continue
-        if getattr(layer, "use_dora", {}).get(name):
-            raise NotImplementedError(f"{type(layer).__name__}: DoRA adapters cannot be synced to vLLM yet")
-        a = _full(layer.lora_A[name].weight).float()
-        b = _full(layer.lora_B[name].weight).float()
-        d = (b @ a) * layer.scaling[name]
-        delta = d if delta is None else delta + d
-    if delta is not None and getattr(layer, "fan_in_fan_out", False):
-        delta = delta.T
-    return delta
-
-
-def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, full tensor) for every parameter of `model`, LoRA merged, one decoder block at a time.
-
-    Names are the HF module's own (what `save_pretrained` writes). For a peft model the adapters
-    are folded in on the fly (W + B @ A * scaling) and the adapter tensors themselves are left out,
-    so vLLM sees a plain checkpoint. Sharded parameters are gathered block by block: every rank
-    must iterate the whole stream, in the same order.
-    """
-    hf = unwrap(model)
-    bucket: list[tuple[str, torch.Tensor]] = []
-    bucket_key = None
-    for name, param in hf.named_parameters():
-        if ".lora_" in name:
-            continue  # folded into its base layer's weight below
-        match = _BLOCK.match(name)
-        key = match.group(1) if match else name
-        if key != bucket_key and bucket:
-            yield from bucket
-            bucket = []
-        bucket_key = key
-        tensor = _full(param.detach())
-        if ".base_layer." in name:
-            owner, leaf = name.split(".base_layer.")
-            if leaf == "weight":
-                delta = _lora_delta(hf.get_submodule(owner))
-                if delta is not None:
-                    tensor = (tensor.float() + delta.to(tensor.device)).to(tensor.dtype)
-            name = f"{owner}.{leaf}"
-        bucket.append((name, tensor))
-    yield from bucket
+from rllava.models.weights import hf_weights
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rllava.engines import distributed as du
-from rllava.engines.local import save_hf_folder
+from rllava.models.weights import save_hf_folder
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -49,9 +49,6 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
-    if sharded and cfg.model.lora_rank > 0:
-        raise ValueError(f"model.lora_rank > 0 with actor.strategy={a.strategy} is not supported yet: "
-                         "use actor.strategy=local for LoRA")
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU.
     load_device = torch.device("cpu") if sharded else device
     # On resume `engine.load` restores the trained weights. A rollout engine that reads weights from disk

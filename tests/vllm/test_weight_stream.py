@@ -13,8 +13,9 @@ import torch
 from rllava.config import ModelConfig
 from rllava.data.types import Prompt
 from rllava.engines import ROLLOUT_ENGINES
-from rllava.engines.vllm_rollout import VLLMRolloutEngine, hf_weights
+from rllava.engines.vllm_rollout import VLLMRolloutEngine
 from rllava.models.load import load_model
+from rllava.models.weights import hf_weights
 
 
 def _vllm_installed() -> bool:
