@@ -122,17 +122,34 @@ def test_grpo_on_cuda_bf16(tiny_model_factory, counting_data, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def _torchrun_train(overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "rllava",
+           "train", *overrides]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_fsdp2_torchrun_nccl(tiny_model_factory, counting_data, tmp_path):
     """`torchrun -m rllava train actor.strategy=fsdp2` on one GPU with nccl, then resume from its checkpoint."""
     model = tiny_model_factory("qwen2_vl", "small")
     overrides = _counting_overrides(model, counting_data, tmp_path) + ["actor.strategy=fsdp2",
                                                                       "trainer.experiment_name=fsdp2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "rllava",
-           "train", *overrides]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    resumed = subprocess.run(cmd + ["trainer.total_steps=5", "trainer.resume=auto"], env=env,
-                             capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _torchrun_train(overrides)
+    _torchrun_train(overrides + ["trainer.total_steps=5", "trainer.resume=auto"])
     assert (tmp_path / "fsdp2" / "checkpoints" / "step_5" / "model" / "config.json").exists()
+
+
+@pytest.mark.parametrize("extra", [["actor.param_offload=true"], ["model.lora_rank=8", "algorithm.kl_coef=0.05"]],
+                         ids=["param_offload", "lora_with_reference"])
+def test_fsdp2_variants_on_gpu(tiny_model_factory, counting_data, tmp_path, extra):
+    """FSDP2 with CPU-offloaded parameters, and LoRA (reference = adapters off), train and export on one GPU."""
+    from transformers import AutoModelForImageTextToText
+
+    model = tiny_model_factory("qwen2_vl", "small")
+    _torchrun_train(_counting_overrides(model, counting_data, tmp_path) + ["actor.strategy=fsdp2", *extra,
+                                                                          "trainer.experiment_name=variant"])
+    exported = tmp_path / "variant" / "checkpoints" / "step_3" / "model"
+    loaded = AutoModelForImageTextToText.from_pretrained(exported).state_dict()
+    initial = AutoModelForImageTextToText.from_pretrained(model).state_dict()
+    assert loaded.keys() == initial.keys() and any(not torch.equal(initial[k], loaded[k]) for k in initial)
