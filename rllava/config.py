@@ -26,109 +26,108 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / load_from_disk folders / hub names
-    val_files: str = ""
-    prompt_key: str = "prompt"
-    answer_key: str = "answer"
-    image_key: str = "images"
-    video_key: str = "videos"
+    val_files: str = ""  # held-out prompts for validation (same formats); empty = no validation
+    prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
+    answer_key: str = "answer"  # row field with the reference answer, passed to reward functions
+    image_key: str = "images"  # row field with a list of images: paths (relative to the file), bytes or PIL
+    video_key: str = "videos"  # row field with a list of videos (paths or frame lists)
     image_dir: Optional[str] = None  # relative image paths are resolved against this (default: the data file's folder)
     template: Optional[str] = None  # jinja template string or path to a .jinja file; gets the row as variables
-    system_prompt: Optional[str] = None
+    system_prompt: Optional[str] = None  # system message added before the user turn
     response_template: str = "{{ answer }}"  # SFT target, rendered from the row (jinja)
     demo_key: str = "demo_turns"  # agentic SFT: the row's demonstration, a list of assistant turn texts
     chat_template: Optional[str] = None  # override the processor's chat template (string or file)
-    max_prompt_length: int = 1024
-    min_pixels: int = 3136
-    max_pixels: int = 200704
-    video_fps: float = 2.0
-    max_frames: int = 8
+    max_prompt_length: int = 1024  # prompts longer than this (in tokens, images included) are dropped with a warning
+    min_pixels: int = 3136  # images smaller than this are upscaled (aspect kept) before the processor
+    max_pixels: int = 200704  # images larger than this are downscaled (aspect kept) before the processor
+    video_fps: float = 2.0  # frames sampled per second of video
+    max_frames: int = 8  # at most this many frames per video
     batch_size: int = 8  # prompts per training step
-    val_batch_size: int = 64
-    max_val_samples: Optional[int] = None
-    shuffle: bool = True
-    skip_bad_rows: bool = False
+    val_batch_size: int = 64  # prompts per validation generate call
+    max_val_samples: Optional[int] = None  # use only the first N validation prompts; null = all
+    shuffle: bool = True  # reshuffle the training prompts every epoch (seeded)
+    skip_bad_rows: bool = False  # drop rows with missing or broken fields (counted) instead of stopping with an error
 
 
 @dataclass
 class ModelConfig:
     path: str = ""  # local HF folder or hub name
-    tokenizer_path: Optional[str] = None
+    tokenizer_path: Optional[str] = None  # tokenizer/processor folder if not the model's
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
-    freeze_vision_tower: bool = False
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (passed to from_pretrained)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30 % more compute
+    freeze_vision_tower: bool = False  # train only the language model (and connector)
     lora_rank: int = 0  # 0 disables LoRA
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
-    trust_remote_code: bool = False
+    lora_alpha: int = 16  # LoRA scale is lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_target_modules: str = "all-linear"  # `all-linear` or comma-separated leaf names (q_proj,v_proj); language model only
+    trust_remote_code: bool = False  # allow model code from the model folder
 
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"
+    adv_estimator: str = "grpo"  # advantage estimator by registry name: grpo, rloo, reinforce_plus_plus, remax, opo, gpg, gae, ... (`rllava list`)
     norm_adv_by_std: bool = True  # False gives Dr.GRPO
-    gamma: float = 1.0
-    lam: float = 1.0
+    gamma: float = 1.0  # discount (gae, reinforce_plus_plus)
+    lam: float = 1.0  # GAE lambda
     whiten_advantages: bool = True  # for gae / reinforce++
-    grpo_epsilon: float = 1e-6
-    policy_loss: str = "ppo"
-    loss_agg_mode: str = "token-mean"
-    clip_ratio_low: float = 0.2
+    grpo_epsilon: float = 1e-6  # added to the group std before dividing
+    policy_loss: str = "ppo"  # policy loss by registry name: ppo, gspo, gmpo, clip_cov, kl_cov, cispo, sapo, sft, ... (`rllava list`)
+    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
+    clip_ratio_low: float = 0.2  # PPO clip: ratio kept within [1 - low, 1 + high]
     clip_ratio_high: float = 0.2  # > low gives DAPO clip-higher
     clip_ratio_c: Optional[float] = 3.0  # dual-clip constant for negative advantages; None disables
     tis_cap: Optional[float] = None  # truncated importance sampling between rollout and training log-probs
-    clip_cov_ratio: float = 0.0002
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
-    kl_cov_ratio: float = 0.0002
-    kl_cov_coef: float = 1.0
-    sapo_tau_pos: float = 1.0
-    sapo_tau_neg: float = 1.05
+    clip_cov_ratio: float = 0.0002  # Clip-Cov: share of tokens whose gradient is detached
+    clip_cov_lb: float = 1.0  # Clip-Cov: covariance window, lower bound
+    clip_cov_ub: float = 5.0  # Clip-Cov: covariance window, upper bound
+    kl_cov_ratio: float = 0.0002  # KL-Cov: share of tokens (highest covariance) that get the KL penalty
+    kl_cov_coef: float = 1.0  # KL-Cov: weight of that penalty
+    sapo_tau_pos: float = 1.0  # SAPO: gate temperature for positive advantages
+    sapo_tau_neg: float = 1.05  # SAPO: gate temperature for negative advantages
     kl_coef: float = 0.0  # 0 disables the reference pass
     kl_in: str = "loss"  # loss | reward
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k3"  # KL estimator by registry name: k1, k2, k3, abs, ... (`rllava list`)
     kl_ctrl: str = "fixed"  # fixed | adaptive
-    kl_target: float = 0.1
-    kl_horizon: int = 10000
-    entropy_coef: float = 0.0
+    kl_target: float = 0.1  # adaptive KL controller: target KL
+    kl_horizon: int = 10000  # adaptive KL controller: horizon in samples
+    entropy_coef: float = 0.0  # entropy bonus weight (subtracted from the loss)
     group_filter: Optional[str] = None  # e.g. dapo_nonuniform
-    filter_reward_low: float = 0.0
-    filter_reward_high: float = 1.0
-    max_filter_tries: int = 3
+    filter_reward_low: float = 0.0  # group filters: a group whose rewards are all <= low is uninformative
+    filter_reward_high: float = 1.0  # group filters: a group whose rewards are all >= high is uninformative
+    max_filter_tries: int = 3  # dynamic sampling: extra rollout rounds at most per step
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
-    overlong_buffer_len: int = 16
-    overlong_penalty_factor: float = 1.0
+    overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
+    overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
     sft_coef: float = 0.0  # weight of an SFT term in hybrid losses
 
 
 @dataclass
 class ActorConfig:
     strategy: str = "local"  # local | fsdp2
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
+    lr: float = 1e-6  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
     lr_scheduler: str = "constant"  # constant | cosine | linear
-    max_grad_norm: float = 1.0
-    ppo_epochs: int = 1
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
+    ppo_epochs: int = 1  # passes over each rollout batch
     mini_batch_size: int = 0  # sequences per optimizer step; 0 = the whole rollout batch
     micro_token_budget: int = 8192  # tokens per micro-batch (prompt + response, padded)
     logprob_chunk_size: int = 512  # positions per LM-head chunk: ~6 [chunk, vocab] fp32 buffers live in backward
-    master_weights_fp32: bool = True
-    optimizer_offload: bool = False
-    param_offload: bool = False
+    master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype
+    param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
 
 
 @dataclass
 class CriticConfig:
     model_path: Optional[str] = None  # default: the actor's model
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    value_clip: Optional[float] = 0.5
-    ppo_epochs: int = 1
+    lr: float = 1e-5  # critic learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    max_grad_norm: float = 1.0  # clip the critic's gradient norm; 0 disables
+    value_clip: Optional[float] = 0.5  # clip new values to old +- this (PPO value clipping); null disables
+    ppo_epochs: int = 1  # passes over each rollout batch
 
 
 @dataclass
@@ -139,16 +138,16 @@ class ReferenceConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"  # hf | vllm
-    n: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128
+    n: int = 4  # samples per prompt (the group size)
+    temperature: float = 1.0  # sampling temperature; log-probs are taken at the same temperature
+    top_p: float = 1.0  # nucleus sampling; 1 disables
+    top_k: int = 0  # top-k sampling; 0 disables
+    max_new_tokens: int = 128  # response length limit (per turn in agentic episodes)
     val_temperature: float = 0.0  # greedy
-    val_n: int = 1
+    val_n: int = 1  # samples per validation prompt
     batch_size: int = 0  # sequences generated at once; 0 = all
-    gpu_memory_utilization: float = 0.5
-    enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.5  # vLLM: share of GPU memory for its weights and KV cache
+    enforce_eager: bool = False  # vLLM: no CUDA graphs or torch.compile (faster start; required on CPU)
     sleep_level: int = 1  # vLLM between rollouts: 1 keeps weights in CPU memory, 2 drops them (re-synced on wake)
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments, e.g. max_model_len
 
@@ -163,38 +162,38 @@ class RewardConfig:
 @dataclass
 class EnvConfig:
     name: Optional[str] = None  # environment registry name ("tools"); used by trainer.pipeline=agentic
-    tools: list[str] = field(default_factory=list)
-    max_turns: int = 4
+    tools: list[str] = field(default_factory=list)  # tool names offered to the policy, e.g. [zoom, python, search] (`rllava list`)
+    max_turns: int = 4  # policy turns per episode at most
     max_total_tokens: int = 2048  # response tokens of all turns (generated + observations)
-    max_images: int = 8
+    max_images: int = 8  # images per episode at most (prompt + tool outputs)
     call_format: str = "xml"  # <tool_call>{"name": ..., "arguments": {...}}</tool_call>
     observation_role: str = "user"  # chat role of observation turns ("user" works with every template; "tool" where supported)
     tool_reward: float = 0.0  # per valid tool call (turn reward)
     invalid_penalty: float = 0.1  # per malformed call
-    reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})
-    tool_timeout_s: float = 5.0
-    tool_memory_mb: int = 512
-    corpus_path: Optional[str] = None
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})  # episode reward = answer * w.answer + format * w.format + sum(turn rewards) * w.tool
+    tool_timeout_s: float = 5.0  # python tool: wall-time limit per call
+    tool_memory_mb: int = 512  # python tool: address-space limit per call
+    corpus_path: Optional[str] = None  # search tool: .jsonl {id, title, text} or one passage per line
 
 
 @dataclass
 class TrainerConfig:
     pipeline: str = "rlvr"  # rlvr | sft | agentic | agentic_sft
-    experiment_name: str = "default"
-    output_dir: str = "outputs"
-    total_steps: int = 100
+    experiment_name: str = "default"  # the run folder is output_dir/experiment_name
+    output_dir: str = "outputs"  # parent folder of run folders
+    total_steps: int = 100  # training steps (one prompt batch each)
     total_epochs: int = 1000  # steps stop at whichever comes first
-    seed: int = 42
+    seed: int = 42  # seeds data order, sampling and initialisation
     device: str = "auto"  # auto | cpu | cuda
     val_freq: int = 0  # steps between validations; 0 = only at the end
-    val_before_train: bool = True
+    val_before_train: bool = True  # validate once at step 0
     save_freq: int = 0  # steps between checkpoints; 0 = only at the end
-    keep_last: int = 2
-    keep_best: bool = True
+    keep_last: int = 2  # checkpoints kept (older ones are deleted)
+    keep_best: bool = True  # also keep the checkpoint with the best validation accuracy
     resume: str = "auto"  # auto | none | path to a checkpoint folder
-    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
-    log_samples: int = 4
-    progress_bar: bool = True
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])  # console | jsonl | tensorboard | wandb
+    log_samples: int = 4  # samples written to samples.jsonl per validation
+    progress_bar: bool = True  # tqdm bar on rank 0
 
 
 @dataclass
