@@ -216,10 +216,10 @@ class FSDP2TrainEngine:
             if grads:
                 torch._foreach_mul_(grads, clip * self.world)
             self.optimizer.step()
+            self.scheduler.step()  # a skipped update does not advance the schedule either
         else:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         return {"grad_norm": grad_norm if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
                 "skipped": float(not finite)}
 

@@ -93,10 +93,10 @@ class LocalTrainEngine:
         finite = bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
+            self.scheduler.step()  # a skipped update does not advance the schedule either
         else:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         return {"grad_norm": float(grad_norm) if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
                 "skipped": float(not finite)}
 
