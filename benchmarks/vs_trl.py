@@ -162,6 +162,7 @@ def run_ours(args: argparse.Namespace, clock: StepClock) -> dict:
         f"trainer.total_steps={args.total_steps}", f"trainer.device={args.device}", "trainer.val_before_train=false",
         "trainer.loggers=[jsonl]", "trainer.progress_bar=false", f"trainer.output_dir={out_dir}",
         "trainer.experiment_name=ours", "trainer.resume=none", f"trainer.seed={args.seed}",
+        *args.ours_override,
     ]
     run_experiment(load_config(None, overrides))
     rows = [json.loads(ln) for ln in (out_dir / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -279,6 +280,8 @@ class Side:
                "--seed", str(args.seed), "--device", args.device]
         if args.profile:
             cmd += ["--profile", str(args.profile)]
+        for o in args.ours_override:
+            cmd += ["--ours-override", o]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                    TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1",
                    HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
@@ -340,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and generate")
+    p.add_argument("--ours-override", action="append", default=[],
+                   help="extra rllava override for our side (repeatable), e.g. rollout.generate_kwargs={...}")
     p.add_argument("--profile", default=None, help="folder for a cProfile dump per side (<side>.prof)")
     p.add_argument("--only", choices=sorted(SIDES), default=None, help="run one side (for profiling)")
     # internal: one side in a subprocess

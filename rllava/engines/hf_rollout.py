@@ -29,7 +29,8 @@ class HFRolloutEngine:
     """Extra keyword arguments (model_path, processor, rollout_cfg) are for engines that need them (vLLM)."""
 
     def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
-                 batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None, **_unused):
+                 batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None, rollout_cfg=None,
+                 **_unused):
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
@@ -37,6 +38,7 @@ class HFRolloutEngine:
         self.batch_size = batch_size
         self.compute = compute  # context manager factory from the train engine (autocast, eval, no_grad)
         self.suppress_ids = list(suppress_ids or [])  # image/video placeholders: never valid in a response
+        self.generate_kwargs = dict(getattr(rollout_cfg, "generate_kwargs", None) or {})  # e.g. a static KV cache
 
     def sync_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to do: generation uses the training module's own parameters."""
@@ -58,7 +60,7 @@ class HFRolloutEngine:
     def _generate_chunk(self, episodes: list[Episode], sampling: Sampling) -> None:
         batch = Batch.from_episodes(episodes, self.pad_id)
         inputs = batch.model_inputs(self.device)
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
+        kwargs = dict(self.generate_kwargs, max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
                       eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
                       suppress_tokens=self.suppress_ids or None)
         if not sampling.greedy:
