@@ -48,7 +48,7 @@ def test_grpo_writes_every_output(tiny_model_factory, counting_data, tmp_path):
     run = Path(result["run_dir"])
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    for key in ("reward/mean", "actor/grad_norm", "actor/entropy", "response/length_mean", "time/step"):
+    for key in ("reward/mean", "actor/grad_norm", "actor/entropy", "response/length_mean", "time/step", "time/rollout", "time/update"):
         assert all(key in r for r in rows[1:]), key
     assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]
     assert (run / "config.yaml").exists() and (run / "curves.png").stat().st_size > 1000

@@ -1,6 +1,10 @@
 """RL with verifiable rewards: the training step as in the paper, one screen of code."""
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+
 from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
@@ -13,6 +17,16 @@ def response_metrics(episodes: list[Episode]) -> dict[str, float]:
     n = max(1, len(lengths))
     return {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
             "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
+
+
+@contextlib.contextmanager
+def timed(metrics: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to `metrics["time/<key>"]` (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics[f"time/{key}"] = metrics.get(f"time/{key}", 0.0) + time.perf_counter() - t0
 
 
 @PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)")
@@ -46,16 +60,20 @@ class RLVRPipeline:
 
     def train_step(self, trainer, prompts) -> dict[str, float]:
         ctx, algo = trainer.ctx, self.cfg.algorithm
+        t0 = time.perf_counter()
         episodes, metrics = self.collect(trainer, prompts)
+        metrics["time/rollout"] = time.perf_counter() - t0  # generation, hooks and reward scoring
         metrics.update(response_metrics(episodes))
         batch = Batch.from_episodes(episodes, ctx.pad_id)
         for name in algo.reward_shaping:
             lengths = batch.response_mask.sum(1)
             batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
         if ctx.actor.needs_old_logprobs(len(batch)):
-            batch.old_logp = ctx.actor.logprobs(batch)
+            with timed(metrics, "old_logprobs"):
+                batch.old_logp = ctx.actor.logprobs(batch)
         if self.kl_ctrl.value > 0 and ctx.reference is not None:
-            batch.ref_logp = ctx.reference.logprobs(batch)
+            with timed(metrics, "reference"):
+                batch.ref_logp = ctx.reference.logprobs(batch)
             if algo.kl_in == "reward":
                 old = batch.old_logp if batch.old_logp is not None else ctx.actor.logprobs(batch)
                 batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
@@ -64,12 +82,13 @@ class RLVRPipeline:
                 self.kl_ctrl.update(du.all_reduce_sum(kl) / du.world_size(), int(du.all_reduce_sum(len(batch))))
                 metrics.update({"kl/mean": float(kl), "kl/coef": self.kl_ctrl.value})
         if ctx.critic is not None:
-            batch.values = ctx.critic.values(batch)
+            with timed(metrics, "values"):
+                batch.values = ctx.critic.values(batch)
         batch.advantages, batch.returns = ADVANTAGES.get(algo.adv_estimator)(batch, algo)
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
-        metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+        with timed(metrics, "update"):
+            metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step))
         if ctx.critic is not None:
-            metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+            with timed(metrics, "critic_update"):
+                metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))
         return metrics
-
-
