@@ -10,6 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from rllava.envs import parse_action
 from rllava.registry import UnknownNameError
 from rllava.rewards import RewardFunction
 from rllava.tasks import TASKS, make_task, split_sizes
@@ -168,11 +169,48 @@ def test_zoom_label_is_small_and_in_its_box(made):
         assert 448 <= img.width <= 896 and 448 <= img.height <= 896
         x1, y1, x2, y2 = json.loads(r["label_box"])
         assert 0 <= x1 < x2 < img.width and 0 <= y1 < y2 < img.height
-        assert (x2 - x1) * (y2 - y1) < 0.002 * img.width * img.height  # a tiny part of the image
+        # a tiny part of the image (the label fits the widest code, so its size says nothing about the code)
+        assert (x2 - x1) * (y2 - y1) < 0.003 * img.width * img.height
         inside = img.crop((x1 + 1, y1 + 1, x2, y2))
         darkest, lightest = inside.getextrema()
         assert darkest < 80 and lightest == 255  # dark text on a white label
         assert len(r["answer"]) == 4 and set(r["answer"]) <= set(ALPHABET)
+        call, answer = r["demo_turns"]  # the demonstration: zoom on the label (2 px margin), then answer
+        assert parse_action(call).arguments == {"bbox": [max(0, x1 - 2), max(0, y1 - 2), x2 + 2, y2 + 2]}
+        assert parse_action(answer).answer == r["answer"]
+
+
+def test_zoom_options_make_an_easy_variant(tmp_path):
+    out = make_task("zoom", tmp_path / "easy", n=16, seed=0, length=1, alphabet="OX", font_size=16, min_size=448,
+                    max_size=448, grid=2, clutter=0)
+    rows = _all_rows(out)
+    sizes, centres = set(), set()
+    for r in rows:
+        img = Image.open(out / r["images"][0]).convert("L")
+        assert img.size == (448, 448) and r["answer"] in ("O", "X")
+        box = json.loads(r["label_box"])
+        sizes.add((box[2] - box[0], box[3] - box[1]))
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        assert min(abs(cx - 112), abs(cx - 336)) <= 1 and min(abs(cy - 112), abs(cy - 336)) <= 1  # a cell centre
+        centres.add((cx > 224, cy > 224))
+        lo, hi = img.crop((0, 0, 448, box[1] - 1)).getextrema()
+        assert lo == hi  # no clutter: above the label the background is flat
+        bbox = parse_action(r["demo_turns"][0]).arguments["bbox"]
+        assert darkest(img.crop(bbox)) < 80  # the zoom box holds the dark letter
+        # at a 112 px view (the quickstart's prompt resolution) the whole label is a few pixels across
+        assert max(box[2] - box[0], box[3] - box[1]) * 112 / 448 <= 6
+    assert len(sizes) == 1  # the same label for every letter
+    assert len(centres) > 1 and len({r["answer"] for r in rows}) == 2
+    small = json.loads(_rows(make_task("zoom", tmp_path / "small", n=3, length=1, alphabet="OX", font_size=8))[0]["label_box"])
+    assert small[3] - small[1] < min(h for _, h in sizes)  # a smaller font, a smaller label
+    with pytest.raises(ValueError, match="length >= 1"):
+        make_task("zoom", tmp_path / "bad", n=1, length=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        make_task("zoom", tmp_path / "bad", n=1, min_size=20, max_size=20, font_size=40)
+
+
+def darkest(img: Image.Image) -> int:
+    return img.convert("L").getextrema()[0]
 
 
 def test_cli_make_task(tmp_path, capsys):

@@ -6,23 +6,34 @@ Observation tokens are in the sequence but masked out of the loss.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from rllava.config import Config
 from rllava.envs import episode_reward, make_environment
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
 from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
 
 
+def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRollout:
+    """`rollout` (a single-turn Rollout role) driven turn by turn against a fresh `cfg.env` environment per episode."""
+    if not cfg.env.name:
+        raise ValueError(f"trainer.pipeline={cfg.trainer.pipeline} needs env.name (e.g. env.name=tools env.tools=[zoom])")
+    multimodal = hasattr(processor, "image_processor")
+    renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal)
+    return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens)
+
+
+def setup_agentic(ctx) -> None:
+    """Make the context's rollout multi-turn and its reward the episode reward (training and validation)."""
+    ctx.rollout = multiturn_rollout(ctx.cfg, ctx.processor, ctx.rollout)
+    ctx.reward = EpisodeRewardScorer(ctx.reward, ctx.cfg.env.reward_weights)
+
+
 @PIPELINES.register("agentic", description="multi-turn episodes with tools (env.name, env.tools); all policy turns trained")
 class AgenticPipeline(RLVRPipeline):
     def setup(self, ctx) -> None:
-        env_cfg = self.cfg.env
-        if not env_cfg.name:
-            raise ValueError("trainer.pipeline=agentic needs env.name (e.g. env.name=tools env.tools=[zoom])")
-        multimodal = hasattr(ctx.processor, "image_processor")
-        renderer = ObservationRenderer(ctx.processor, role=env_cfg.observation_role, multimodal=multimodal)
-        ctx.rollout = MultiTurnRollout(ctx.rollout, lambda: make_environment(env_cfg), renderer,
-                                       env_cfg.max_total_tokens)
-        ctx.reward = EpisodeRewardScorer(ctx.reward, env_cfg.reward_weights)
+        setup_agentic(ctx)
 
 
 class EpisodeRewardScorer:
@@ -39,10 +50,14 @@ class EpisodeRewardScorer:
             e.reward_info["answer_reward"] = e.reward
             e.reward = episode_reward(e.reward, bool(e.info.get("format_ok", False)), e.turn_rewards, self.weights)
         n = max(1, len(episodes))
-        metrics.update({
-            "reward/mean": sum(e.reward for e in episodes) / n,
-            "agent/turns": sum(e.info.get("turns", 0) for e in episodes) / n,
-            "agent/tool_calls": sum(e.info.get("tool_calls", 0) for e in episodes) / n,
-            "agent/tool_call_rate": sum(e.info.get("tool_calls", 0) > 0 for e in episodes) / n,
-        })
+        metrics["reward/mean"] = sum(e.reward for e in episodes) / n
+        metrics.update(agent_metrics(episodes))
         return metrics
+
+
+def agent_metrics(episodes) -> dict[str, float]:
+    """Turns, successful tool calls per episode, and the share of episodes with at least one call."""
+    n = max(1, len(episodes))
+    return {"agent/turns": sum(e.info.get("turns", 0) for e in episodes) / n,
+            "agent/tool_calls": sum(e.info.get("tool_calls", 0) for e in episodes) / n,
+            "agent/tool_call_rate": sum(e.info.get("tool_calls", 0) > 0 for e in episodes) / n}

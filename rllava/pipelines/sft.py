@@ -1,4 +1,4 @@
-"""Supervised fine-tuning on the same actor: the target response is rendered from the row."""
+"""Supervised fine-tuning on the same actor: the target response is rendered from the row (NLL on mask-1 tokens)."""
 from __future__ import annotations
 
 import jinja2
@@ -18,7 +18,9 @@ def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -
     return episodes
 
 
-@PIPELINES.register("sft", description="supervised fine-tuning (NLL on the rendered answer), same actor and loop")
+# supervised=True: the step needs no reference model or critic.
+@PIPELINES.register("sft", description="supervised fine-tuning (NLL on the rendered answer), same actor and loop",
+                    supervised=True)
 class SFTPipeline:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -29,10 +31,15 @@ class SFTPipeline:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
+        """The target episodes of a prompt batch (a multi-turn SFT pipeline overrides this)."""
+        ctx = trainer.ctx
+        return sft_episodes(prompts, ctx.tokenizer, self.cfg.data.response_template, ctx.extra["eos_ids"][0]), {}
+
     def train_step(self, trainer, prompts) -> dict[str, float]:
         ctx = trainer.ctx
-        eos_id = ctx.extra["eos_ids"][0]
-        batch = Batch.from_episodes(sft_episodes(prompts, ctx.tokenizer, self.cfg.data.response_template, eos_id), ctx.pad_id)
-        metrics = ctx.actor.update(batch, loss_name="sft", seed=self.cfg.trainer.seed + trainer.step)
+        episodes, metrics = self.collect(trainer, prompts)
+        batch = Batch.from_episodes(episodes, ctx.pad_id)
+        metrics.update(ctx.actor.update(batch, loss_name="sft", seed=self.cfg.trainer.seed + trainer.step))
         metrics["response/tokens"] = float(batch.response_mask.sum())
         return metrics

@@ -19,6 +19,10 @@ from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import Sampling
 from rllava.models.introspect import get_tokenizer
 
+# The context prompt's meta says which policy turn comes next (0 first), for engines that play scripted
+# turns (demonstrations); row fields are kept alongside.
+TURN_KEY = "turn_index"
+
 _PROBE = [{"role": "user", "content": [{"type": "text", "text": "probe"}]},
           {"role": "assistant", "content": [{"type": "text", "text": "probe"}]}]
 
@@ -83,7 +87,8 @@ class MultiTurnRollout:
         p = ep.prompt
         seq = {k: v + ep.response_seq.get(k, [0] * len(ep.response_ids)) for k, v in p.seq.items()}
         mm = concat_mm([d for d in [p.mm, *ep.extra_mm] if d]) if (p.mm or ep.extra_mm) else {}
-        return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text, meta=p.meta, index=p.index)
+        return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text,
+                      meta={**p.meta, TURN_KEY: ep.info["turns"]}, index=p.index)
 
     def _append(self, ep: Episode, ids: list[int], trained: bool, logp: list[float] | None = None,
                 seq: dict[str, list[int]] | None = None) -> None:

@@ -1,0 +1,134 @@
+"""SFT on tool-use demonstrations: the played episode's layout, the loss mask, and an `agentic_sft` run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from rllava.config import load_config
+from rllava.data.types import Batch
+
+EASY = dict(length=1, alphabet="AX", min_size=192, max_size=192, grid=2, clutter=0)
+
+
+@pytest.fixture(scope="module")
+def zoom_data(tmp_path_factory):
+    from rllava.tasks import make_task
+
+    return make_task("zoom", tmp_path_factory.mktemp("d") / "zoom", n=10, seed=0, **EASY)
+
+
+@pytest.fixture(scope="module")
+def demo_setup(tiny_model_factory, zoom_data):
+    """A multi-turn rollout whose engine plays the rows' demonstrations against the real zoom tool."""
+    from rllava.data.dataset import RLDataset
+    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
+    from rllava.pipelines.agentic import multiturn_rollout
+    from rllava.pipelines.agentic_sft import DemoEngine
+    from rllava.roles.rollout import Rollout
+
+    cfg = load_config(None, [f"model.path={tiny_model_factory('qwen2_vl')}", "env.name=tools", "env.tools=[zoom]",
+                             "env.max_turns=3", "data.max_pixels=12544"])
+    model, processor = load_model_and_processor(cfg.model)
+    tok = get_tokenizer(processor)
+    eos = eos_token_ids(model, processor)[0]
+    rollout = multiturn_rollout(cfg, processor, Rollout(DemoEngine(tok, eos), tok, cfg.rollout))
+    ds = RLDataset(str(zoom_data / "train.parquet"), cfg.data, processor)
+    return cfg, model, processor, tok, eos, rollout, [ds[0], ds[1], ds[2]], pad_token_id(processor)
+
+
+def _zoomed(path: str, bbox: list[int], longer: int = 224) -> Image.Image:
+    """What the zoom tool should return for an in-image integer box: the crop, longer side scaled to 224."""
+    crop = Image.open(path).convert("RGB").crop(bbox)
+    scale = longer / max(crop.size)
+    return crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BICUBIC)
+
+
+def test_demo_episode_layout_runs_the_real_zoom_tool(demo_setup):
+    from rllava.engines.hf_rollout import Sampling
+    from rllava.envs import parse_action
+
+    cfg, model, processor, tok, eos, rollout, prompts, pad = demo_setup
+    episodes = rollout.generate(prompts, Sampling(n=1, temperature=0.0))
+    for ep in episodes:
+        call, answer = ep.prompt.meta["demo_turns"]
+        assert ep.info["turns"] == 2 and ep.info["tool_calls"] == 1 and ep.info["stop"] == "answer"
+        assert ep.finished and ep.info["format_ok"]
+        call_ids = tok(call, add_special_tokens=False)["input_ids"] + [eos]
+        answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [eos]
+        n_obs = len(ep.response_ids) - len(call_ids) - len(answer_ids)
+        # demonstration turn (trained) | observation with the zoomed image (context) | answer turn (trained)
+        assert ep.response_ids[:len(call_ids)] == call_ids and ep.response_ids[-len(answer_ids):] == answer_ids
+        assert ep.response_mask == [1] * len(call_ids) + [0] * n_obs + [1] * len(answer_ids)
+        assert len(ep.rollout_logp) == len(ep.response_ids)
+        # the observation's image is the tool's real crop of the full-resolution image, processed once
+        bbox = parse_action(call).arguments["bbox"]
+        zoomed = _zoomed(ep.prompt.meta["images"][0], bbox)
+        assert min(zoomed.convert("L").getextrema()) < 80  # the label's dark letter is in the crop
+        expected = processor.image_processor(images=[zoomed], return_tensors="pt")
+        (mm,) = ep.extra_mm
+        assert torch.equal(mm["image_grid_thw"], expected["image_grid_thw"])
+        assert torch.allclose(mm["pixel_values"], expected["pixel_values"])
+        n_image_tokens = int(expected["image_grid_thw"].prod()) // 4  # 2x2 patch merge
+        image_positions = [i for i, t in enumerate(ep.response_ids) if t == processor.image_token_id]
+        assert len(image_positions) == n_image_tokens
+        assert all(ep.response_mask[i] == 0 for i in image_positions)
+        assert [i for i, t in enumerate(ep.response_seq["mm_token_type_ids"]) if t == 1] == image_positions
+
+
+def test_sft_loss_covers_only_demonstration_tokens(demo_setup):
+    from rllava.algorithms import POLICY_LOSSES
+    from rllava.engines.hf_rollout import Sampling
+    from rllava.models.logprobs import response_logprobs
+
+    cfg, model, processor, tok, eos, rollout, prompts, pad = demo_setup
+    batch = Batch.from_episodes(rollout.generate(prompts, Sampling(n=1, temperature=0.0)), pad)
+    mask = batch.response_mask
+    assert 0 < mask.sum() < batch.attention_mask[:, batch.prompt_width:].sum()  # observation tokens are there, untrained
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
+    logp.requires_grad_(True)
+    loss, metrics = POLICY_LOSSES.get("sft")(logp, logp.detach(), torch.zeros_like(logp), mask, cfg.algorithm,
+                                             norm_len=batch.response_width)
+    loss.backward()
+    assert torch.equal(logp.grad != 0, mask.bool())  # a gradient on exactly the demonstration's tokens
+    assert loss.item() == pytest.approx(float(-(logp.detach() * mask).sum() / mask.sum()), rel=1e-5)
+
+
+def test_demo_engine_ends_the_episode_when_the_demonstration_runs_out(demo_setup):
+    from rllava.engines.hf_rollout import Sampling
+    from rllava.pipelines.agentic_sft import DemoEngine, demo_turns
+
+    cfg, model, processor, tok, eos, rollout, prompts, pad = demo_setup
+    p = prompts[0]
+    only_call = dataclasses.replace(p, meta={**p.meta, "demo_turns": json.dumps(p.meta["demo_turns"][:1])})
+    (ep,) = rollout.generate([only_call], Sampling(n=1, temperature=0.0))
+    assert ep.info["tool_calls"] == 1 and not ep.finished and ep.response_mask[-1] == 0  # ends after the observation
+    with pytest.raises(ValueError, match="demo_key='demo_turns' must hold a list"):
+        DemoEngine(tok, eos).generate([dataclasses.replace(p, meta={"index": 3})], Sampling(n=1))
+    assert demo_turns({"d": '["a", "b"]'}, "d") == ["a", "b"]
+
+
+def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_model_factory, zoom_data, tmp_path):
+    from rllava.pipelines.run import run_experiment
+
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={zoom_data / 'train.parquet'}",
+        f"data.val_files={zoom_data / 'val.parquet'}", "data.batch_size=8", "data.max_pixels=12544",
+        "rollout.max_new_tokens=8", "actor.lr=2e-3", "trainer.pipeline=agentic_sft", "env.name=tools",
+        "env.tools=[zoom]", "env.max_turns=2", "reward.functions={exact_match: 1.0}", "trainer.total_steps=3",
+        f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"])
+    result = run_experiment(cfg)
+    rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    train = rows[1:]
+    for r in train:  # every demonstration zooms once, then answers correctly
+        assert (r["demo/accuracy"], r["demo/tool_call_rate"], r["demo/turns"], r["demo/complete"]) == (1.0, 1.0, 2.0, 1.0)
+    nll = [r["actor/nll"] for r in train]
+    assert nll[0] > nll[1] > nll[2]  # the same 8 demonstrations each step: the NLL falls
+    assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]  # the policy's own greedy episodes
+    assert Path(result["final_model"]).is_dir()
