@@ -1,12 +1,13 @@
 """Agentic quickstart: a tiny Qwen2-VL learns to zoom before it answers, on CPU, offline.
 
-The task is an easy `zoom` variant: one letter of a small alphabet on a small label in one of
-a few places of a 448 px image. The prompt image reaches the model at 112 px, where the letter
-is a couple of pixels: it is legible only in a crop from the `zoom` tool. Steps: SFT on a few
-tool-use demonstrations (zoom on the label, then answer; `trainer.pipeline=agentic_sft`), then
-GRPO with multi-turn episodes (`trainer.pipeline=agentic`), then greedy multi-turn evaluation of
-both models on the held-out test split. The last line printed is a JSON object with the base
-(SFT) and RL accuracy and tool-call rate.
+The task is an easy `zoom` variant: one letter (O or X by default) on a small label in a
+448 px image. The prompt image reaches the model at 112 px, where the letter is 3 pixels tall:
+it is legible only in a crop from the `zoom` tool. Steps: a short SFT on 16 tool-use
+demonstrations (zoom on the label, then answer; `trainer.pipeline=agentic_sft`), which teaches
+the call format but not yet to read the crop; GRPO with multi-turn episodes
+(`trainer.pipeline=agentic`), which learns to read it from the answer reward; greedy multi-turn
+evaluation of both models on the held-out test split. The last line printed is a JSON object
+with the base (SFT) and RL accuracy and tool-call rate.
 """
 from __future__ import annotations
 
@@ -57,11 +58,14 @@ def main() -> None:
     ap.add_argument("--font-size", type=int, default=16, help="the letter's font size in pixels")
     ap.add_argument("--grid", type=int, default=1, help="the label sits in one of grid x grid places")
     ap.add_argument("--n", type=int, default=1000, help="task samples (80/10/10 train/val/test)")
-    ap.add_argument("--demos", type=int, default=4, help="tool-use demonstrations for the SFT warm start")
-    ap.add_argument("--sft-steps", type=int, default=30)
+    ap.add_argument("--demos", type=int, default=16, help="tool-use demonstrations for the SFT warm start")
+    ap.add_argument("--sft-steps", type=int, default=25,
+                    help="few on purpose: the warm start learns the call format, not yet to read the crop")
     ap.add_argument("--sft-lr", type=float, default=2e-3)
     ap.add_argument("--rl-steps", type=int, default=30)
     ap.add_argument("--rl-lr", type=float, default=5e-4)
+    ap.add_argument("--rl-temperature", type=float, default=0.7,
+                    help="below 1 so that most sampled zoom calls of the short warm start are well-formed")
     args = ap.parse_args()
     out = Path(args.out)
     t0 = time.time()
@@ -73,7 +77,7 @@ def main() -> None:
     # The demonstrations are a separate draw: RL then learns from the reward alone on the train split.
     demos = make_task("zoom", out / "zoom-demos", n=args.demos, seed=args.seed + 10_000, **task)
     demo_files = ",".join(str(demos / f"{split}.parquet") for split in ("train", "val", "test"))  # all n of them
-    # 112 x 112 prompt images (16 visual tokens): the 8 px letter shrinks to 2 px, the label to a dot.
+    # 112 x 112 prompt images (16 visual tokens): the letter shrinks to 3 px, the label to a dot.
     common = [f"data.val_files={data / 'val.parquet'}", "data.max_pixels=12544", "data.max_val_samples=32",
               f"trainer.output_dir={out}", f"trainer.seed={args.seed}", "trainer.loggers=[jsonl,tensorboard]",
               "trainer.resume=none"]
@@ -86,7 +90,8 @@ def main() -> None:
     print(f"\n== 2/3 agentic GRPO ({args.rl_steps} steps)", flush=True)
     rl = run_experiment(load_config(str(EXAMPLES / "zoom_agent.yaml"), common + [
         f"data.train_files={data / 'train.parquet'}", f"model.path={sft['final_model']}", "data.batch_size=16",
-        "rollout.n=8", "actor.mini_batch_size=32", f"actor.lr={args.rl_lr}", f"trainer.total_steps={args.rl_steps}"]))
+        "rollout.n=8", "actor.mini_batch_size=32", f"actor.lr={args.rl_lr}", f"rollout.temperature={args.rl_temperature}",
+        f"trainer.total_steps={args.rl_steps}"]))
 
     print("\n== 3/3 held-out accuracy (greedy multi-turn episodes, test split)", flush=True)
     test = str(data / "test.parquet")
