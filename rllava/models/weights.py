@@ -35,7 +35,7 @@ def lora_delta(layer: nn.Module) -> torch.Tensor | None:
         if name not in layer.lora_A:
             continue
         if getattr(layer, "use_dora", {}).get(name):
-            raise NotImplementedError(f"{type(layer).__name__}: DoRA adapters cannot be synced to vLLM yet")
+            raise NotImplementedError(f"{type(layer).__name__}: DoRA adapters cannot be merged (export, vLLM sync) yet")
         a = full_tensor(layer.lora_A[name].weight).float()
         b = full_tensor(layer.lora_B[name].weight).float()
         d = (b @ a) * layer.scaling[name]

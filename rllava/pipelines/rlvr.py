@@ -60,9 +60,10 @@ class RLVRPipeline:
 
     def train_step(self, trainer, prompts) -> dict[str, float]:
         ctx, algo = trainer.ctx, self.cfg.algorithm
-        t0 = time.perf_counter()
-        episodes, metrics = self.collect(trainer, prompts)
-        metrics["time/rollout"] = time.perf_counter() - t0  # generation, hooks and reward scoring
+        timing: dict[str, float] = {}
+        with timed(timing, "rollout"):  # generation, hooks and reward scoring
+            episodes, metrics = self.collect(trainer, prompts)
+        metrics.update(timing)
         metrics.update(response_metrics(episodes))
         batch = Batch.from_episodes(episodes, ctx.pad_id)
         for name in algo.reward_shaping:

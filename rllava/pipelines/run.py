@@ -79,9 +79,10 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward),
                      loader=loader, val_prompts=val_prompts, extra={"eos_ids": eos_ids})
-    if cfg.algorithm.kl_coef > 0 and cfg.trainer.pipeline != "sft":
+    supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
+    if cfg.algorithm.kl_coef > 0 and not supervised:
         ctx.reference = build_reference(cfg, model, device, engine)
-    if cfg.trainer.pipeline != "sft" and needs_critic(cfg):
+    if not supervised and needs_critic(cfg):
         from rllava.roles.critic import Critic
 
         ctx.critic = Critic.build(cfg, device, total_steps, load_device=load_device)
