@@ -51,6 +51,24 @@ def test_split_by_token_budget():
     assert len(b.split_by_tokens(1)) == 3  # a row over the budget still gets its own micro-batch
 
 
+def test_split_by_token_budget_counts_a_shared_prompt_once():
+    b = make_batch()
+    # Rows 0 and 1 share prompt p (3 tokens). Shared, they cost 3 + 2 rows x 3 response tokens = 9.
+    assert b.token_budget_groups(9, share_prompts=True) == [[2], [1, 0]]
+    assert b.token_budget_groups(9) == [[2], [1], [0]]
+    # Rows 2 and 1 have different prompts: 2 prompts x width 3 + 2 rows x width 2 = 10.
+    assert b.token_budget_groups(10, share_prompts=True) == [[2, 1], [0]]
+
+
+def test_prompt_share_maps_rows_to_distinct_prompts():
+    b = make_batch()
+    share = b.prompt_share()
+    assert share.rows.tolist() == [0, 2] and share.of_row.tolist() == [0, 0, 1]
+    assert share.images["pixel_values"].shape == (4 + 2, 3)  # each distinct prompt's image once
+    assert "pixel_values" not in b.model_inputs(images=False)
+    assert b.select([0, 2]).prompt_share() is None  # every row its own prompt
+
+
 def test_concat_mm_pads_trailing_dims():
     out = concat_mm([{"x": torch.ones(1, 2, 3)}, {"x": torch.ones(1, 4, 3)}])
     assert out["x"].shape == (2, 4, 3) and out["x"][0, 2:].abs().sum() == 0

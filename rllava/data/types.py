@@ -87,6 +87,20 @@ def concat_mm(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 @dataclass
+class PromptShare:
+    """Which rows of a batch share a prompt, for a forward that runs each distinct prompt once.
+
+    The n samples of a group hold the same `Prompt` object; `rows` picks one row per distinct
+    prompt and `of_row` maps every row to its prompt's position in `rows`.
+    """
+
+    rows: torch.Tensor  # [G] long
+    of_row: torch.Tensor  # [B] long, values in [0, G)
+    images: dict[str, torch.Tensor]  # the G prompts' processor outputs (pixel values, grids), concatenated
+    row_mm: list[dict[str, torch.Tensor]]  # every row's prompt outputs by reference (grids for M-RoPE positions)
+
+
+@dataclass
 class Batch:
     """Collated episodes. Sequences are `[left-padded prompt | right-padded response]`.
 
@@ -172,17 +186,47 @@ class Batch:
     def response_width(self) -> int:
         return self.responses.shape[1]
 
-    def model_inputs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    def model_inputs(self, device: torch.device | str | None = None, images: bool = True) -> dict[str, torch.Tensor]:
         """Keyword arguments for the HF model's forward (ids, mask, per-token extras, images).
 
         Each sequence carries its own copy of its prompt's image inputs, since every
         sequence's image tokens need features; the processor ran once per prompt.
+        `images=False` leaves them out (a shared-prompt forward takes them from `prompt_share`).
         """
-        per_seq = [[e.prompt.mm, *e.extra_mm] for e in self.episodes] if self.episodes else [[p.mm] for p in self.prompts]
-        items = [d for seq in per_seq for d in seq if d]
-        mm = concat_mm(items) if items else {}
+        mm = {}
+        if images:
+            per_seq = [[e.prompt.mm, *e.extra_mm] for e in self.episodes] if self.episodes else [[p.mm] for p in self.prompts]
+            items = [d for seq in per_seq for d in seq if d]
+            mm = concat_mm(items) if items else {}
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.seq_extras, **mm}
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    def forward_inputs(self, device: torch.device | str | None,
+                       share_prompts: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
+        """Model inputs and, when `share_prompts` and rows share prompts, the prompt sharing (images then live there)."""
+        share = self.prompt_share(device) if share_prompts else None
+        return self.model_inputs(device, images=share is None), share
+
+    def prompt_share(self, device: torch.device | str | None = None) -> PromptShare | None:
+        """The rows' distinct prompts, or None when sharing saves nothing or cannot be exact.
+
+        None when every row has its own prompt, and when a response holds images (multi-turn
+        observations), whose features and positions the response part would need.
+        """
+        if any(e.extra_mm for e in self.episodes) or any(e.response_seq for e in self.episodes):
+            return None
+        first: dict[int, int] = {}  # id(prompt) -> index among distinct prompts
+        of_row = [first.setdefault(id(p), len(first)) for p in self.prompts]
+        if len(first) == len(self.prompts):
+            return None
+        rows = [of_row.index(g) for g in range(len(first))]
+        items = [self.prompts[r].mm for r in rows if self.prompts[r].mm]
+        images = concat_mm(items) if items else {}
+        if device is not None:
+            images = {k: v.to(device) for k, v in images.items()}
+        return PromptShare(rows=torch.tensor(rows, dtype=torch.long, device=device),
+                           of_row=torch.tensor(of_row, dtype=torch.long, device=device),
+                           images=images, row_mm=[p.mm for p in self.prompts])
 
     def select(self, idx: list[int] | torch.Tensor) -> Batch:
         """Rows `idx` as a new Batch, trimmed of columns that are padding in every kept row."""
@@ -223,32 +267,44 @@ class Batch:
                 setattr(out, f.name, v[:, :end])
         return out
 
-    def token_budget_groups(self, budget: int) -> list[list[int]]:
-        """Row indices of micro-batches whose padded size (rows x width) stays within `budget` tokens.
+    def token_budget_groups(self, budget: int, share_prompts: bool = False) -> list[list[int]]:
+        """Row indices of micro-batches whose padded size stays within `budget` tokens.
 
         Rows are sorted by length so similar lengths share a micro-batch; a row longer than
-        the budget still gets a micro-batch of its own.
+        the budget still gets a micro-batch of its own. The size is rows x width, or with
+        `share_prompts` (each distinct prompt runs once) distinct prompts x prompt width +
+        rows x response width; rows of one prompt are then kept next to each other.
         """
         P = self.prompt_width
         p_len = self.attention_mask[:, :P].sum(1).tolist()
         r_len = self.attention_mask[:, P:].sum(1).tolist()
-        order = sorted(range(len(self)), key=lambda i: (p_len[i] + r_len[i], i))
+        if share_prompts:
+            first: dict[int, int] = {}
+            prompt_of = [first.setdefault(id(p), i) for i, p in enumerate(self.prompts)]
+            order = sorted(range(len(self)), key=lambda i: (p_len[i], prompt_of[i], r_len[i], i))
+        else:
+            prompt_of = list(range(len(self)))
+            order = sorted(range(len(self)), key=lambda i: (p_len[i] + r_len[i], i))
         groups: list[list[int]] = []
         cur: list[int] = []
-        wp = wr = 0  # padded prompt / response widths of the current group
+        seen: set[int] = set()  # prompts in the current micro-batch
+        wp = wr = 0  # padded prompt / response widths of the current micro-batch
         for i in order:
             np_, nr = max(wp, p_len[i]), max(wr, r_len[i])
-            if cur and (np_ + nr) * (len(cur) + 1) > budget:
+            n_prompts = len(seen | {prompt_of[i]})
+            size = n_prompts * np_ + (len(cur) + 1) * nr if share_prompts else (np_ + nr) * (len(cur) + 1)
+            if cur and size > budget:
                 groups.append(cur)
-                cur, np_, nr = [], p_len[i], r_len[i]
+                cur, seen, np_, nr = [], set(), p_len[i], r_len[i]
             cur.append(i)
+            seen.add(prompt_of[i])
             wp, wr = np_, nr
         if cur:
             groups.append(cur)
         return groups
 
-    def split_by_tokens(self, budget: int) -> list[Batch]:
-        return [self.select(g) for g in self.token_budget_groups(budget)]
+    def split_by_tokens(self, budget: int, share_prompts: bool = False) -> list[Batch]:
+        return [self.select(g) for g in self.token_budget_groups(budget, share_prompts)]
 
     def to(self, device: torch.device | str) -> Batch:
         out = dataclasses.replace(self)

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rllava.data.types import PromptShare, concat_mm
 from rllava.models.introspect import unwrap
+from rllava.models.shared_prompt import can_share_prompt, shared_prompt_hidden_states
 
 
 def _logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -55,6 +57,29 @@ def last_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tensor]) 
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def response_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tensor], response_width: int,
+                           share: PromptShare | None = None) -> torch.Tensor:
+    """[B, T, H]: the final hidden state at each position that predicts a response token.
+
+    With `share` (and a model that allows it), each distinct prompt runs once and its n
+    samples' responses run on its KV cache; `model_inputs` then carries no images.
+    """
+    L, T = model_inputs["input_ids"].shape[1], response_width
+    hf = unwrap(model)
+    if share is not None and can_share_prompt(hf, L - T, T):
+        return shared_prompt_hidden_states(hf.base_model, model_inputs, share, T)
+    if share is not None:  # the images were left out for the shared path: put them back
+        model_inputs = {**model_inputs, **_row_images(share)}
+    return last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]
+
+
+def _row_images(share: PromptShare) -> dict[str, torch.Tensor]:
+    """Every row's own copy of its prompt's image inputs (the plain forward's layout)."""
+    device = share.rows.device
+    items = [mm for mm in share.row_mm if mm]
+    return {k: v.to(device) for k, v in concat_mm(items).items()} if items else {}
+
+
 def _chunk_stats(head: nn.Module, transform: Callable, temperature: float, with_entropy: bool,
                  hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = transform(head(hidden).float()) / temperature
@@ -68,13 +93,14 @@ def _chunk_stats(head: nn.Module, transform: Callable, temperature: float, with_
 
 
 def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], responses: torch.Tensor,
-                      temperature: float = 1.0, chunk_size: int = 1024,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
+                      share: PromptShare | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] (fp32) of `responses` and, if asked, the policy entropy [B, T] at each response position.
 
     `model_inputs` holds sequences of width L = P + T laid out as [left-padded prompt | right-padded response],
     plus any per-token extras and image tensors the model's forward takes. Padded response positions get
     values too (callers mask them). Logits are divided by `temperature`, matching sampling at that temperature.
+    `share`: run each distinct prompt once (see `response_hidden_states`).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
@@ -88,7 +114,7 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
     hf = unwrap(model)
     head = hf.get_output_embeddings()
     transform = _logit_transform(hf)
-    hidden = last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]  # positions that predict the response
+    hidden = response_hidden_states(model, model_inputs, T, share)
     flat_h = hidden.reshape(B * T, hidden.shape[-1])
     flat_t = responses.reshape(B * T)
     use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad

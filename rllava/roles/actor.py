@@ -25,14 +25,16 @@ def sampling_temperature(cfg: Config) -> float:
 
 
 @torch.no_grad()
-def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: bool = False, sync_ranks: bool = True):
+def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: bool = False, sync_ranks: bool = True,
+                     share_prompts: bool = False):
     """Run `forward(micro, with_entropy)` over token-budget micro-batches and reassemble [B, T] in row order.
 
     `sync_ranks`: the forward runs a sharded model, so every rank runs as many micro-batches as the busiest one.
+    `share_prompts`: the forward runs each distinct prompt once, so the budget counts it once.
     """
     out = torch.zeros(batch.responses.shape, dtype=torch.float32)
     ent = torch.zeros_like(out)
-    groups = batch.token_budget_groups(token_budget)
+    groups = batch.token_budget_groups(token_budget, share_prompts)
     for rows, real in du.pad_to_common_length(groups) if sync_ranks else [(g, True) for g in groups]:
         logp, h = forward(batch.select(rows), with_entropy)
         if not real:
@@ -53,14 +55,16 @@ class Actor:
         return self.engine.model
 
     def forward(self, batch: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return response_logprobs(self.model, batch.model_inputs(self.engine.device), batch.responses.to(self.engine.device),
+        inputs, share = batch.forward_inputs(self.engine.device, self.cfg.actor.share_prompt)
+        return response_logprobs(self.model, inputs, batch.responses.to(self.engine.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
-                                 with_entropy=with_entropy)
+                                 with_entropy=with_entropy, share=share)
 
     def logprobs(self, batch: Batch, with_entropy: bool = False):
         """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU."""
         with self.engine.compute(train=False):
-            return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy)
+            return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
+                                    share_prompts=self.cfg.actor.share_prompt)
 
     def mini_batch_size(self, n_local: int) -> int:
         """Sequences per optimizer step on this rank: this rank's share of actor.mini_batch_size (0 = all)."""
@@ -105,7 +109,8 @@ class Actor:
         denominator = max(1.0, du.all_reduce_sum(weight_size(algo.loss_agg_mode, mini) if real else 0.0))
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
-            for micro, real_micro in du.pad_to_common_length(mini.split_by_tokens(self.cfg.actor.micro_token_budget)):
+            for micro, real_micro in du.pad_to_common_length(mini.split_by_tokens(self.cfg.actor.micro_token_budget,
+                                                                                    self.cfg.actor.share_prompt)):
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
                 old = m.old_logp if m.old_logp is not None else logp.detach()

@@ -9,15 +9,9 @@ import torch
 from torch import nn
 
 from rllava.config import Config
-from rllava.data.types import Batch
+from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
-from rllava.models.logprobs import last_hidden_states
-
-
-def response_hidden_states(model: nn.Module, model_inputs: dict, response_width: int) -> torch.Tensor:
-    """[B, T, H]: the hidden state at each position that predicts a response token (the state s_t)."""
-    L = model_inputs["input_ids"].shape[1]
-    return last_hidden_states(model, model_inputs)[:, L - response_width - 1: L - 1]
+from rllava.models.logprobs import response_hidden_states
 
 
 class ValueModel(nn.Module):
@@ -30,8 +24,9 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.weight)  # start from V = 0: no bias on early advantages
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, model_inputs: dict, response_width: int) -> torch.Tensor:
-        h = response_hidden_states(self.backbone, model_inputs, response_width)
+    def forward(self, model_inputs: dict, response_width: int, share: PromptShare | None = None) -> torch.Tensor:
+        """[B, T] values V(s_t): the hidden state at each position that predicts a response token."""
+        h = response_hidden_states(self.backbone, model_inputs, response_width, share)
         # A fresh tensor, not a view: FSDP2 hooks a unit's output for its backward, and warns on views.
         return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float().clone()
 
@@ -78,11 +73,13 @@ class Critic:
     @torch.no_grad()
     def values(self, batch: Batch) -> torch.Tensor:
         out = torch.zeros(batch.responses.shape, dtype=torch.float32)
-        groups = batch.token_budget_groups(self.cfg.actor.micro_token_budget)
+        share_prompts = self.cfg.actor.share_prompt
+        groups = batch.token_budget_groups(self.cfg.actor.micro_token_budget, share_prompts)
         with self.engine.compute(train=False):
             for rows, real in du.pad_to_common_length(groups):
                 micro = batch.select(rows)
-                v = self.model(micro.model_inputs(self.engine.device), micro.response_width)
+                inputs, share = micro.forward_inputs(self.engine.device, share_prompts)
+                v = self.model(inputs, micro.response_width, share)
                 if real:
                     out[rows, : v.shape[1]] = v.cpu()
         return out * batch.response_mask
@@ -93,13 +90,15 @@ class Critic:
         sums: dict[str, float] = defaultdict(float)
         n = 0
         total_tokens = max(1.0, du.all_reduce_sum(batch.response_mask.sum()))
-        micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget))
+        share_prompts = self.cfg.actor.share_prompt
+        micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget, share_prompts))
         for _ in range(self.cfg.critic.ppo_epochs):
             value_loss = 0.0
             with self.engine.compute(train=True):
                 for micro, real in micros:
                     m = micro.to(self.engine.device)
-                    v = self.model(m.model_inputs(), m.response_width)
+                    inputs, share = m.forward_inputs(self.engine.device, share_prompts)
+                    v = self.model(inputs, m.response_width, share)
                     loss_tok = (v - m.returns) ** 2
                     if clip is not None:
                         v_clipped = m.values + (v - m.values).clamp(-clip, clip)

@@ -27,9 +27,10 @@ class Reference:
             model.eval()
 
     def _forward(self, batch: Batch, with_entropy: bool):
-        return response_logprobs(self.model, batch.model_inputs(self.device), batch.responses.to(self.device),
+        inputs, share = batch.forward_inputs(self.device, self.cfg.actor.share_prompt)
+        return response_logprobs(self.model, inputs, batch.responses.to(self.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
-                                 with_entropy=with_entropy)
+                                 with_entropy=with_entropy, share=share)
 
     def logprobs(self, batch: Batch) -> torch.Tensor:
         adapters_off = self.model.disable_adapter() if self.use_disabled_adapter else contextlib.nullcontext()
@@ -37,4 +38,4 @@ class Reference:
             # A separate reference model is a full local copy on each rank (no collectives); the LoRA
             # base is the actor's own module, which may be sharded.
             return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget,
-                                    sync_ranks=self.use_disabled_adapter)
+                                    sync_ranks=self.use_disabled_adapter, share_prompts=self.cfg.actor.share_prompt)

@@ -1,0 +1,66 @@
+"""The shared-prompt forward (each distinct prompt once, its samples on its KV cache) equals the plain forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rllava.data.types import Batch, Episode
+from rllava.models.load import pad_token_id
+from rllava.models.logprobs import response_logprobs
+from rllava.models.tiny_families import FAMILIES
+from tests.test_models import family_prompt, load_plain
+
+# Two groups with different prompt lengths (left padding) and responses of different lengths (right padding).
+GROUP_RESPONSES = [[[400, 17, 250, 901, 33], [512, 88, 7], [9, 9, 9, 9, 9, 9]],
+                   [[77, 5], [300, 301, 302, 303]]]
+
+
+def grouped_batch(processor, family: str) -> Batch:
+    prompts = [family_prompt(processor, family, seed=11),
+               family_prompt(processor, family, seed=12, size=(128, 48), text="Count the red circles in the image.")]
+    eps = [Episode(prompt=p, response_ids=r, response_mask=[1] * len(r), group_id=g)
+           for g, (p, rs) in enumerate(zip(prompts, GROUP_RESPONSES)) for r in rs]
+    return Batch.from_episodes(eps, pad_token_id(processor))
+
+
+def logprobs_and_grads(model, batch: Batch, shared: bool):
+    model.zero_grad()
+    share = batch.prompt_share() if shared else None
+    inputs = batch.model_inputs(images=share is None)
+    logp, ent = response_logprobs(model, inputs, batch.responses, temperature=0.9, chunk_size=4,
+                                  with_entropy=True, share=share)
+    (logp * batch.response_mask).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logp.detach() * batch.response_mask, ent.detach() * batch.response_mask, grads
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family):
+    model, processor = load_plain(tiny_model_factory(family))
+    model.train()
+    for m in model.modules():  # dropout off, training-mode code paths on
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    batch = grouped_batch(processor, family)
+    share = batch.prompt_share()
+    assert share is not None and share.rows.tolist() == [0, 3] and share.of_row.tolist() == [0, 0, 0, 1, 1]
+    lp_plain, ent_plain, g_plain = logprobs_and_grads(model, batch, shared=False)
+    rows_seen = []  # batch sizes the base model was called with
+    hook = model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    lp_shared, ent_shared, g_shared = logprobs_and_grads(model, batch, shared=True)
+    hook.remove()
+    assert rows_seen == [2, 5]  # the 2 distinct prompts once, then the 5 responses on their cache
+    torch.testing.assert_close(lp_shared, lp_plain, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ent_shared, ent_plain, atol=2e-5, rtol=0)
+    assert g_shared.keys() == g_plain.keys() and len(g_plain) > 0
+    for name, g in g_plain.items():  # only the summation order differs
+        torch.testing.assert_close(g_shared[name], g, atol=2e-5, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+
+
+def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_model_factory):
+    model, processor = load_plain(tiny_model_factory("qwen2_vl"))
+    batch = grouped_batch(processor, "qwen2_vl")
+    assert batch.select([0, 3]).prompt_share() is None  # one row per prompt: nothing to share
+    batch.episodes[1].extra_mm = [dict(batch.prompts[0].mm)]  # an observation image inside a response
+    assert batch.prompt_share() is None
