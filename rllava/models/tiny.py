@@ -40,6 +40,17 @@ def tiny_config(family: str, size: str = "tiny") -> tuple[PretrainedConfig, PreT
 
 def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Build family `family` at `size` ("tiny" ~1 M params, "small" ~31 M) with weights from `seed` into `out`."""
+    model, processor = build_tiny_model(family, size, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_model(family: str, size: str = "tiny", seed: int = 0) -> tuple[torch.nn.Module, object]:
+    """(model, processor) as `make_tiny_model` writes them, in memory. The model is built on the
+    current default device (e.g. under `with torch.device("cuda")`), which is fast for large sizes."""
     config, tok = tiny_config(family, size)
     spec = FAMILIES[family]
     auto = AutoModelForImageTextToText if spec.vision else AutoModelForCausalLM
@@ -52,11 +63,7 @@ def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int 
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
                                                bos_token_id=tok.bos_token_id)
     processor = spec.processor(tok, tok.chat_template, SIZES[size])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return model, processor
 
 
 def _register_families() -> None:

@@ -43,6 +43,9 @@ SIZES: dict[str, Size] = {
     # ~31 M params for Qwen2-VL: benchmarks.
     "small": Size(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1536,
                   v_hidden=256, v_layers=5, v_heads=4, v_intermediate=1024),
+    # The shape of Qwen2-VL-2B (~2.2 B params with a 1k vocabulary): GPU benchmarks only.
+    "2b": Size(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960,
+               v_hidden=1280, v_layers=32, v_heads=16, v_intermediate=5120),
 }
 
 

@@ -1,0 +1,119 @@
+"""Shared-prompt forward vs the plain forward: time and peak memory of one training micro-batch.
+
+A GRPO micro-batch holds n responses to one image prompt. The plain forward runs the prompt
+(and its image through the vision tower) n times; `actor.share_prompt=true` runs it once and the
+responses run on its KV cache (rllava/models/shared_prompt.py). Both give the same log-probs and
+gradients (tests/test_shared_prompt.py); this script measures what that saves.
+
+    python benchmarks/shared_prompt.py                          # tiny Qwen2-VL "small", CPU, fp32
+    python benchmarks/shared_prompt.py --device cuda --size 2b --dtype bfloat16 --image 448 --response 256
+
+Each variant runs in its own subprocess (peak memory is per process): build the model, then time
+`reps` forward + backward passes of response log-probs (with entropy) after one warm-up. Prints
+one JSON line: median seconds per pass, peak memory above the loaded model (CPU: VmHWM; CUDA:
+max_memory_allocated) and the shared/plain ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def peak_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.models.load import pad_token_id
+    from rllava.models.logprobs import response_logprobs
+    from rllava.models.tiny import build_tiny_model
+
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    with torch.device(args.device):
+        model, processor = build_tiny_model(args.family, args.size, seed=0)
+    model.to(dtype).train()
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (args.image, args.image, 3), dtype=np.uint8))
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many objects are there?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[chat], images=[[image]], return_tensors="pt")
+    seq_keys = [k for k in ("mm_token_type_ids", "token_type_ids") if k in enc]
+    prompt = Prompt(input_ids=enc["input_ids"][0].tolist(),
+                    mm={k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", *seq_keys)},
+                    seq={k: enc[k][0].tolist() for k in seq_keys})
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    episodes = [Episode(prompt=prompt, response_ids=torch.randint(10, vocab - 64, (args.response,), generator=gen).tolist(),
+                        response_mask=[1] * args.response, group_id=0) for _ in range(args.n)]
+    batch = Batch.from_episodes(episodes, pad_token_id(processor)).to(args.device)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = peak_mb(args.device) if args.device == "cuda" else _rss_mb()
+    times = []
+    for _ in range(args.reps + 1):  # the first pass is a warm-up
+        t0 = time.perf_counter()
+        inputs, share = batch.forward_inputs(args.device, args.variant == "shared")
+        logp, _ = response_logprobs(model, inputs, batch.responses, with_entropy=True, share=share)
+        (logp * batch.response_mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"s": statistics.median(times[1:]), "peak_mb": peak_mb(args.device) - base,
+            "prompt_tokens": len(prompt.input_ids)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--family", default="qwen2_vl")
+    p.add_argument("--size", default="small", help="tiny | small | 2b (rllava.models.tiny_families.SIZES)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--image", type=int, default=224, help="image side in pixels (Qwen2-VL: (side/28)^2 tokens)")
+    p.add_argument("--n", type=int, default=8, help="responses per prompt")
+    p.add_argument("--response", type=int, default=64, help="tokens per response")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variant", choices=["plain", "shared"], help=argparse.SUPPRESS)  # internal: one subprocess
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    res = {}
+    for variant in ("plain", "shared"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        res[variant] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps({
+        "family": args.family, "size": args.size, "device": args.device, "dtype": args.dtype, "n": args.n,
+        "prompt_tokens": res["plain"]["prompt_tokens"], "response_tokens": args.response,
+        "plain_s": round(res["plain"]["s"], 4), "shared_s": round(res["shared"]["s"], 4),
+        "time_ratio": round(res["shared"]["s"] / res["plain"]["s"], 3),
+        "plain_peak_mb": round(res["plain"]["peak_mb"], 1), "shared_peak_mb": round(res["shared"]["peak_mb"], 1),
+        "memory_ratio": round(res["shared"]["peak_mb"] / res["plain"]["peak_mb"], 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
