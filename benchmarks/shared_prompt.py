@@ -47,6 +47,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     with torch.device(args.device):
         model, processor = build_tiny_model(args.family, args.size, seed=0)
     model.to(dtype).train()
+    _lift_pixel_cap(getattr(processor, "image_processor", None), args.image ** 2)
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (args.image, args.image, 3), dtype=np.uint8))
     chat = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many objects are there?"}]}],
@@ -77,6 +78,19 @@ def run_variant(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
     return {"s": statistics.median(times[1:]), "peak_mb": peak_mb(args.device) - base,
             "prompt_tokens": len(prompt.input_ids)}
+
+
+def _lift_pixel_cap(image_processor, pixels: int) -> None:
+    """Qwen-VL processors cap an image's pixels (the tiny folders at 448 x 448): let `--image` through."""
+    if image_processor is None:
+        return
+    if getattr(image_processor, "max_pixels", None):  # older transformers
+        image_processor.max_pixels = max(image_processor.max_pixels, pixels)
+    size = getattr(image_processor, "size", None)
+    if isinstance(size, dict) and size.get("longest_edge"):
+        size["longest_edge"] = max(size["longest_edge"], pixels)
+    elif getattr(size, "longest_edge", None):
+        size.longest_edge = max(size.longest_edge, pixels)
 
 
 def _rss_mb() -> float:
