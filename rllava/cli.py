@@ -92,7 +92,18 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 def cmd_make_task(args: argparse.Namespace) -> int:
     from rllava.tasks import make_task
 
-    out = make_task(args.name, args.out, n=args.n, seed=args.seed)
+    import yaml
+
+    opts = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option difficulty=easy")
+        opts[key] = yaml.safe_load(value)  # typed like config overrides: 3 -> int, true -> bool
+    try:
+        out = make_task(args.name, args.out, n=args.n, seed=args.seed, **opts)
+    except ValueError as e:  # an unknown option (the message lists the task's options) or a bad value
+        raise ConfigError(str(e)) from None
     print(out)
     return 0
 
@@ -137,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--out", required=True)
     mt.add_argument("--n", type=int, default=1000)
     mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a task option (repeatable), e.g. --option difficulty=trivial; an unknown key lists the options")
     mt.set_defaults(fn=cmd_make_task)
     return p
 

@@ -131,4 +131,6 @@ def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_mode
     nll = [r["actor/nll"] for r in train]
     assert nll[0] > nll[1] > nll[2]  # the same 8 demonstrations each step: the NLL falls
     assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]  # the policy's own greedy episodes
+    for r in (rows[0], rows[-1]):  # validation keeps the multi-turn metrics
+        assert 1.0 <= r["val/agent/turns"] <= 2.0 and 0.0 <= r["val/agent/tool_call_rate"] <= 1.0
     assert Path(result["final_model"]).is_dir()

@@ -64,3 +64,19 @@ def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_mo
     assert batch.select([0, 3]).prompt_share() is None  # one row per prompt: nothing to share
     batch.episodes[1].extra_mm = [dict(batch.prompts[0].mm)]  # an observation image inside a response
     assert batch.prompt_share() is None
+
+
+def test_gradient_checkpointing_falls_back_to_the_plain_forward(tiny_model_factory):
+    """HF turns the KV cache off under gradient checkpointing: the shared path must not be taken."""
+    model, processor = load_plain(tiny_model_factory("qwen2_vl"))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = grouped_batch(processor, "qwen2_vl")
+    rows_seen = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    lp_shared, _, _ = logprobs_and_grads(model, batch, shared=True)
+    hook.remove()
+    assert rows_seen == [5]  # one plain forward over every row, images put back per row
+    lp_plain, _, _ = logprobs_and_grads(model, batch, shared=False)
+    torch.testing.assert_close(lp_shared, lp_plain, atol=1e-5, rtol=0)

@@ -218,3 +218,17 @@ def test_cli_make_task(tmp_path, capsys):
 
     assert main(["make-task", "geometry", "--out", str(tmp_path / "g"), "--n", "4", "--seed", "1"]) == 0
     assert (tmp_path / "g" / "train.parquet").is_file() and len(_rows(tmp_path / "g")) == 2
+
+
+def test_cli_make_task_passes_options(tmp_path, capsys):
+    import pandas as pd
+
+    from rllava.cli import main
+
+    assert main(["make-task", "counting", "--out", str(tmp_path / "t"), "--n", "3", "--option", "difficulty=hard"]) == 0
+    hard = pd.read_parquet(tmp_path / "t" / "train.parquet")
+    direct = pd.read_parquet(make_task("counting", tmp_path / "d", n=3, seed=0, difficulty="hard") / "train.parquet")
+    assert hard["prompt"].tolist() == direct["prompt"].tolist()
+    assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--n", "1", "--option", "colour=red"]) == 2
+    assert "no option(s) ['colour']" in capsys.readouterr().err
+    assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--option", "difficulty"]) == 2

@@ -26,10 +26,13 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
     for start in range(0, len(padded), step):
         episodes.extend(rollout.generate(padded[start:start + step], sampling, group_offset=start))
     episodes = episodes[: len(mine) * sampling.n]  # episodes come grouped by prompt, in prompt order
-    reward.score(episodes)
+    scored = reward.score(episodes)
     accuracy = [float(e.reward_info.get(reward.accuracy_key, e.reward)) for e in episodes]
     totals = {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
               "response_length": float(sum(len(e.response_ids) for e in episodes)), "n": float(len(episodes))}
+    # Multi-turn scorers also report per-episode means (agent/turns, agent/tool_call_rate): keep them, as sums
+    # so they average over all ranks' episodes. Every rank has the same keys (the scorer is the same).
+    totals.update({k: v * len(episodes) for k, v in scored.items() if k.startswith("agent/")})
     totals = du.reduce_metrics(totals, {k: "sum" for k in totals})
     n = max(1.0, totals.pop("n"))
     metrics = {f"{prefix}/{k}": v / n for k, v in totals.items()}
