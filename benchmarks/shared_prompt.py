@@ -41,6 +41,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     from rllava.models.load import pad_token_id
     from rllava.models.logprobs import response_logprobs
     from rllava.models.tiny import build_tiny_model
+    from rllava.roles.actor import forward_inputs
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -69,7 +70,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     times = []
     for _ in range(args.reps + 1):  # the first pass is a warm-up
         t0 = time.perf_counter()
-        inputs, share = batch.forward_inputs(args.device, args.variant == "shared")
+        inputs, share = forward_inputs(model, batch, args.device, args.variant == "shared", sync_ranks=False)
+        assert (share is not None) == (args.variant == "shared")
         logp, _ = response_logprobs(model, inputs, batch.responses, with_entropy=True, share=share)
         (logp * batch.response_mask).sum().backward()
         model.zero_grad(set_to_none=True)

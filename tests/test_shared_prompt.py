@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rllava.data.types import Batch, Episode
-from rllava.models.load import pad_token_id
+from rllava.models.load import enable_checkpointing, pad_token_id
 from rllava.models.logprobs import response_logprobs
 from rllava.models.tiny_families import FAMILIES
+from rllava.roles.actor import forward_inputs
 from tests.test_models import family_prompt, load_plain
 
 # Two groups with different prompt lengths (left padding) and responses of different lengths (right padding).
@@ -25,8 +26,8 @@ def grouped_batch(processor, family: str) -> Batch:
 
 def logprobs_and_grads(model, batch: Batch, shared: bool):
     model.zero_grad()
-    share = batch.prompt_share() if shared else None
-    inputs = batch.model_inputs(images=share is None)
+    inputs, share = forward_inputs(model, batch, None, share_prompts=shared, sync_ranks=False)
+    assert (share is not None) == shared or model.is_activation_checkpointing  # (the test below)
     logp, ent = response_logprobs(model, inputs, batch.responses, temperature=0.9, chunk_size=4,
                                   with_entropy=True, share=share)
     (logp * batch.response_mask).sum().backward()
@@ -62,6 +63,9 @@ def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_mo
     model, processor = load_plain(tiny_model_factory("qwen2_vl"))
     batch = grouped_batch(processor, "qwen2_vl")
     assert batch.select([0, 3]).prompt_share() is None  # one row per prompt: nothing to share
+    one_token = Batch.from_episodes([Episode(prompt=batch.prompts[0], response_ids=[5], response_mask=[1])] * 2, 0)
+    assert one_token.prompt_share() is not None
+    assert forward_inputs(model, one_token, None, share_prompts=True, sync_ranks=False)[1] is None  # nothing after
     batch.episodes[1].extra_mm = [dict(batch.prompts[0].mm)]  # an observation image inside a response
     assert batch.prompt_share() is None
 
@@ -69,7 +73,7 @@ def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_mo
 def test_gradient_checkpointing_falls_back_to_the_plain_forward(tiny_model_factory):
     """HF turns the KV cache off under gradient checkpointing: the shared path must not be taken."""
     model, processor = load_plain(tiny_model_factory("qwen2_vl"))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     model.train()
     batch = grouped_batch(processor, "qwen2_vl")
     rows_seen = []
@@ -77,6 +81,6 @@ def test_gradient_checkpointing_falls_back_to_the_plain_forward(tiny_model_facto
         lambda mod, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     lp_shared, _, _ = logprobs_and_grads(model, batch, shared=True)
     hook.remove()
-    assert rows_seen == [5]  # one plain forward over every row, images put back per row
+    assert rows_seen == [5]  # one plain forward over every row, with every row's images
     lp_plain, _, _ = logprobs_and_grads(model, batch, shared=False)
     torch.testing.assert_close(lp_shared, lp_plain, atol=1e-5, rtol=0)

@@ -201,12 +201,6 @@ class Batch:
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.seq_extras, **mm}
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
-    def forward_inputs(self, device: torch.device | str | None,
-                       share_prompts: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
-        """Model inputs and, when `share_prompts` and rows share prompts, the prompt sharing (images then live there)."""
-        share = self.prompt_share(device) if share_prompts else None
-        return self.model_inputs(device, images=share is None), share
-
     def prompt_share(self, device: torch.device | str | None = None) -> PromptShare | None:
         """The rows' distinct prompts, or None when sharing saves nothing or cannot be exact.
 

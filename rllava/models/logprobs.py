@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rllava.data.types import PromptShare, concat_mm
+from rllava.data.types import PromptShare
 from rllava.models.introspect import unwrap
-from rllava.models.shared_prompt import can_share_prompt, shared_prompt_hidden_states
+from rllava.models.shared_prompt import shared_prompt_hidden_states
 
 
 def _logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -61,23 +61,13 @@ def response_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tenso
                            share: PromptShare | None = None) -> torch.Tensor:
     """[B, T, H]: the final hidden state at each position that predicts a response token.
 
-    With `share` (and a model that allows it), each distinct prompt runs once and its n
-    samples' responses run on its KV cache; `model_inputs` then carries no images.
+    With `share`, each distinct prompt runs once and its samples' responses run on its KV cache;
+    `model_inputs` then carries no images (see `rllava.models.shared_prompt`).
     """
     L, T = model_inputs["input_ids"].shape[1], response_width
-    hf = unwrap(model)
-    if share is not None and can_share_prompt(hf, L - T, T):
-        return shared_prompt_hidden_states(hf.base_model, model_inputs, share, T)
-    if share is not None:  # the images were left out for the shared path: put them back
-        model_inputs = {**model_inputs, **_row_images(share)}
+    if share is not None:
+        return shared_prompt_hidden_states(unwrap(model).base_model, model_inputs, share, T)
     return last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]
-
-
-def _row_images(share: PromptShare) -> dict[str, torch.Tensor]:
-    """Every row's own copy of its prompt's image inputs (the plain forward's layout)."""
-    device = share.rows.device
-    items = [mm for mm in share.row_mm if mm]
-    return {k: v.to(device) for k, v in concat_mm(items).items()} if items else {}
 
 
 def _chunk_stats(head: nn.Module, transform: Callable, temperature: float, with_entropy: bool,

@@ -51,7 +51,8 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
     """[B, T, H] hidden states at the positions that predict each response token.
 
     `inputs` holds the full [B, P+T] ids, mask and per-token extras without images; the
-    distinct prompts' images come from `share`.
+    distinct prompts' images come from `share`. Runs `base` twice: callers check
+    `can_share_prompt` first (and, with a sharded model, agree on it across ranks).
     """
     L, T = inputs["input_ids"].shape[1], response_width
     P = L - T
@@ -64,8 +65,6 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
     prompt["position_ids"] = pos[..., share.rows, :P]
     out = base(**prompt, **share.images, use_cache=True, return_dict=True)
     last = out.last_hidden_state[:, -1:][share.of_row]  # [B, 1, H]: predicts each row's first response token
-    if T == 1:
-        return last
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     cache.batch_select_indices(share.of_row)  # one cache row per sample (a differentiable gather)
     # The last response token predicts nothing: responses[:, :T-1] suffice.
@@ -79,9 +78,12 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
 def can_share_prompt(model: nn.Module, prompt_width: int, response_width: int) -> bool:
     """Whether the KV-cache path is available and exact for this model and sequence size.
 
-    Not under gradient checkpointing (HF turns the cache off there), and not past a sliding
-    attention window (the cache would drop prompt keys that the plain forward still masks in).
+    Not under gradient checkpointing (HF turns the cache off there), not past a sliding
+    attention window (the cache would drop prompt keys that the plain forward still masks in),
+    and not for one-token responses (nothing runs on the cache: one plain pass is as cheap).
     """
+    if response_width < 2:
+        return False
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.2x
         checkpointing = getattr(model, "is_gradient_checkpointing", False)

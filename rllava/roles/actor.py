@@ -8,9 +8,11 @@ import torch
 
 from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, entropy_loss, kl_loss
 from rllava.config import Config
-from rllava.data.types import Batch
+from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
+from rllava.models.introspect import unwrap
 from rllava.models.logprobs import response_logprobs
+from rllava.models.shared_prompt import can_share_prompt
 
 
 def weight_size(mode: str, micro: Batch) -> float:
@@ -22,6 +24,21 @@ def weight_size(mode: str, micro: Batch) -> float:
 def sampling_temperature(cfg: Config) -> float:
     """Log-probs are taken under the distribution the rollout sampled from (logits / temperature)."""
     return cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+
+
+def forward_inputs(model, batch: Batch, device, share_prompts: bool,
+                   sync_ranks: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
+    """Model inputs for `batch`, and its prompt sharing when `share_prompts` and it applies.
+
+    `sync_ranks`: the model is sharded, and the shared path runs it twice, so every rank must
+    take the same path: they share only if all of them can.
+    """
+    share = batch.prompt_share(device) if share_prompts else None
+    usable = share is not None and can_share_prompt(unwrap(model), batch.prompt_width, batch.response_width)
+    if share_prompts and sync_ranks:
+        usable = du.all_reduce_max(0.0 if usable else 1.0) == 0.0
+    share = share if usable else None
+    return batch.model_inputs(device, images=share is None), share
 
 
 @torch.no_grad()
@@ -55,7 +72,8 @@ class Actor:
         return self.engine.model
 
     def forward(self, batch: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        inputs, share = batch.forward_inputs(self.engine.device, self.cfg.actor.share_prompt)
+        inputs, share = forward_inputs(self.model, batch, self.engine.device, self.cfg.actor.share_prompt,
+                                       sync_ranks=True)
         return response_logprobs(self.model, inputs, batch.responses.to(self.engine.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
                                  with_entropy=with_entropy, share=share)

@@ -12,6 +12,7 @@ from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
 from rllava.models.logprobs import response_hidden_states
+from rllava.roles.actor import forward_inputs
 
 
 class ValueModel(nn.Module):
@@ -78,7 +79,8 @@ class Critic:
         with self.engine.compute(train=False):
             for rows, real in du.pad_to_common_length(groups):
                 micro = batch.select(rows)
-                inputs, share = micro.forward_inputs(self.engine.device, share_prompts)
+                inputs, share = forward_inputs(self.model.backbone, micro, self.engine.device, share_prompts,
+                                               sync_ranks=True)
                 v = self.model(inputs, micro.response_width, share)
                 if real:
                     out[rows, : v.shape[1]] = v.cpu()
@@ -97,7 +99,8 @@ class Critic:
             with self.engine.compute(train=True):
                 for micro, real in micros:
                     m = micro.to(self.engine.device)
-                    inputs, share = m.forward_inputs(self.engine.device, share_prompts)
+                    inputs, share = forward_inputs(self.model.backbone, m, self.engine.device, share_prompts,
+                                                   sync_ranks=True)
                     v = self.model(inputs, m.response_width, share)
                     loss_tok = (v - m.returns) ** 2
                     if clip is not None:

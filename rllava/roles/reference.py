@@ -12,7 +12,7 @@ from torch import nn
 from rllava.config import Config
 from rllava.data.types import Batch
 from rllava.models.logprobs import response_logprobs
-from rllava.roles.actor import batched_logprobs, sampling_temperature
+from rllava.roles.actor import batched_logprobs, forward_inputs, sampling_temperature
 
 
 class Reference:
@@ -27,7 +27,9 @@ class Reference:
             model.eval()
 
     def _forward(self, batch: Batch, with_entropy: bool):
-        inputs, share = batch.forward_inputs(self.device, self.cfg.actor.share_prompt)
+        # A separate reference model is a full copy on each rank; the LoRA base is the (sharded) actor.
+        inputs, share = forward_inputs(self.model, batch, self.device, self.cfg.actor.share_prompt,
+                                       sync_ranks=self.use_disabled_adapter)
         return response_logprobs(self.model, inputs, batch.responses.to(self.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
                                  with_entropy=with_entropy, share=share)

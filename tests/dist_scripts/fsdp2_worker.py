@@ -21,6 +21,7 @@ from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
 from rllava.models.introspect import eos_token_ids, pad_token_id, placeholder_token_ids
 from rllava.models.logprobs import response_logprobs
+from rllava.roles.actor import forward_inputs
 from rllava.models.tiny_families import FAMILIES
 
 STEPS = 3
@@ -80,20 +81,25 @@ def old_logprobs(engine, batch: Batch) -> torch.Tensor:
 
 def train_step(engine, batch: Batch, micro_rows: list[list[int]], global_tokens: float) -> dict[str, float]:
     """One optimizer step of PPO (token-mean) where each micro-batch's loss is weighted by its share of the
-    *global* token count, so the ranks' losses (and gradients) sum to the single-process ones."""
+    *global* token count, so the ranks' losses (and gradients) sum to the single-process ones. The forward
+    shares prompts only where every rank's micro-batch can (the shared path runs the sharded model twice);
+    metrics["shared"] counts this rank's micro-batches that did."""
     cfg = AlgorithmConfig()
     loss_fn = POLICY_LOSSES.get("ppo")
-    total = 0.0
+    total, shared = 0.0, 0
     with engine.compute(train=True):
         for micro, real in du.pad_to_common_length([batch.select(r) for r in micro_rows]):
             m = micro.to(engine.device)
-            logp, _ = response_logprobs(engine.model, m.model_inputs(), m.responses, chunk_size=CHUNK)
+            inputs, share = forward_inputs(engine.model, m, engine.device, share_prompts=True, sync_ranks=True)
+            shared += share is not None
+            logp, _ = response_logprobs(engine.model, inputs, m.responses, chunk_size=CHUNK, share=share)
             loss, _ = loss_fn(logp, m.old_logp, m.advantages, m.response_mask, cfg)
             weight = float(m.response_mask.sum()) / global_tokens if real else 0.0
             (loss * weight).backward()
             total += float(loss.detach()) * weight
     metrics = engine.step()
     metrics["loss"] = du.all_reduce_sum(total)
+    metrics["shared"] = shared
     return metrics
 
 
@@ -136,7 +142,10 @@ def run_family(path: Path, out: Path) -> dict:
     rows = du.shard_prompts(list(range(len(full))), rank, world)  # whole groups: rows 2r, 2r+1
     batch = full.select(rows)
     global_tokens = du.all_reduce_sum(batch.response_mask.sum())
-    micro_rows = [[0], [1]] if rank == 0 else [[0, 1]]  # uneven counts: rank 1 gets a padding micro-batch
+    # Even steps: uneven counts (rank 1 gets a padding micro-batch) and rank 0's single rows cannot share, so
+    # no rank shares. Odd steps: every rank's micro-batch is its whole group, and all share.
+    uneven = [[0], [1]] if rank == 0 else [[0, 1]]
+    micro_rows = lambda step: uneven if step % 2 == 0 else [[0, 1]]  # noqa: E731
     prompts = du.shard_prompts([full.prompts[0], full.prompts[2]], rank, world)
 
     res: dict = {"generated_before": du.gather_objects(greedy(engine.model, engine.generation, processor, prompts,
@@ -153,7 +162,7 @@ def run_family(path: Path, out: Path) -> dict:
         if step == SAVE_AFTER:
             engine.save(ckpt)
             greedy(engine.model, engine.generation, processor, prompts, engine.device)  # must not disturb training
-        res["metrics"].append(train_step(engine, batch, micro_rows, global_tokens))
+        res["metrics"].append(train_step(engine, batch, micro_rows(step), global_tokens))
     res["sharded_after"]["training"] = all_sharded(engine.model)
     res["weights"] = full_weights(engine)
     engine.export_hf(out / f"hf-{path.name}", processor)
@@ -162,8 +171,8 @@ def run_family(path: Path, out: Path) -> dict:
     model2, _ = load(path)
     engine2 = FSDP2TrainEngine(model2, **ENGINE_KW, device="cpu")
     engine2.load(ckpt)
-    res["resumed_metrics"] = [train_step(engine2, batch, micro_rows, global_tokens)
-                              for _ in range(SAVE_AFTER, STEPS)]
+    res["resumed_metrics"] = [train_step(engine2, batch, micro_rows(step), global_tokens)
+                              for step in range(SAVE_AFTER, STEPS)]
     res["resumed_weights"] = full_weights(engine2)
     res["resumed_lr"] = engine2.scheduler.get_last_lr()[0]
     res["lr"] = engine.scheduler.get_last_lr()[0]
