@@ -9,12 +9,16 @@ EXPECTED = {
     "aggregation": ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"],
     "group_filter": ["dapo_nonuniform", "reward_range"],
     "reward_shaping": ["overlong_penalty"],
-    "reward": ["math", "format", "count", "iou", "detection"],
+    "reward": ["math", "format", "count", "iou", "detection", "answer_tag", "exact_match"],
     "task": ["counting", "geometry", "grounding", "detection", "zoom"],
-    "model_family": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "qwen2", "qwen3"],
+    "model_family": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "qwen2", "qwen3",
+                     "tinyllava"],
     "train_engine": ["local", "fsdp2"],
     "rollout_engine": ["hf", "vllm"],
-    "pipeline": ["rlvr", "sft"],
+    "pipeline": ["rlvr", "sft", "agentic", "agentic_sft"],
+    "environment": ["tools"],
+    "tool": ["zoom", "python", "search"],
+    "call_format": ["json", "xml"],
 }
 
 
