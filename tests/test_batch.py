@@ -58,6 +58,8 @@ def test_split_by_token_budget_counts_a_shared_prompt_once():
     assert b.token_budget_groups(9) == [[2], [1], [0]]
     # Rows 2 and 1 have different prompts: 2 prompts x width 3 + 2 rows x width 2 = 10.
     assert b.token_budget_groups(10, share_prompts=True) == [[2, 1], [0]]
+    b.episodes[0].extra_mm = [{"pixel_values": torch.ones(1, 3)}]  # an image in a response: no sharing, full count
+    assert b.token_budget_groups(9, share_prompts=True) == [[2], [1], [0]]
 
 
 def test_prompt_share_maps_rows_to_distinct_prompts():

@@ -201,13 +201,17 @@ class Batch:
         out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.seq_extras, **mm}
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
+    def _responses_are_text(self) -> bool:
+        """No response holds images (multi-turn observations): the condition for sharing prompts."""
+        return not any(e.extra_mm or e.response_seq for e in self.episodes)
+
     def prompt_share(self, device: torch.device | str | None = None) -> PromptShare | None:
         """The rows' distinct prompts, or None when sharing saves nothing or cannot be exact.
 
         None when every row has its own prompt, and when a response holds images (multi-turn
         observations), whose features and positions the response part would need.
         """
-        if any(e.extra_mm for e in self.episodes) or any(e.response_seq for e in self.episodes):
+        if not self._responses_are_text():
             return None
         first: dict[int, int] = {}  # id(prompt) -> index among distinct prompts
         of_row = [first.setdefault(id(p), len(first)) for p in self.prompts]
@@ -272,6 +276,7 @@ class Batch:
         P = self.prompt_width
         p_len = self.attention_mask[:, :P].sum(1).tolist()
         r_len = self.attention_mask[:, P:].sum(1).tolist()
+        share_prompts = share_prompts and self._responses_are_text()  # else the forward is the plain one
         if share_prompts:
             first: dict[int, int] = {}
             prompt_of = [first.setdefault(id(p), i) for i, p in enumerate(self.prompts)]
