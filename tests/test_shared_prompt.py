@@ -83,3 +83,35 @@ def test_gradient_checkpointing_falls_back_to_the_plain_forward(tiny_model_facto
     assert rows_seen == [5]  # one plain forward over every row, with every row's images
     lp_plain, _, _ = logprobs_and_grads(model, batch, shared=False)
     torch.testing.assert_close(lp_shared, lp_plain, atol=1e-5, rtol=0)
+
+
+def test_training_step_is_the_same_with_and_without_sharing(tiny_model_factory, tmp_path):
+    """One PPO step with GAE (critic), a KL reference and two epochs (old log-probs): every role's
+    numbers and the updated weights agree between actor.share_prompt=true and false."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from rllava.config import load_config
+    from rllava.pipelines.run import run_experiment
+    from rllava.tasks import make_task
+
+    data = make_task("counting", tmp_path / "data", n=12, seed=0)
+    runs = {}
+    for share in (True, False):
+        over = [f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={data / 'train.parquet'}",
+                "data.val_files=", "data.template={{ prompt }} Answer with a number.", "data.batch_size=2",
+                "rollout.n=4", "rollout.max_new_tokens=6", "actor.lr=1e-3", "actor.ppo_epochs=2",
+                "actor.mini_batch_size=4", "algorithm.adv_estimator=gae", "algorithm.kl_coef=0.05",
+                "reward.functions={count: 1.0}", f"actor.share_prompt={str(share).lower()}",
+                f"trainer.output_dir={tmp_path}", f"trainer.experiment_name=share_{share}", "trainer.progress_bar=false",
+                "trainer.loggers=[jsonl]", "trainer.total_steps=1"]
+        result = run_experiment(load_config(None, over))
+        rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        runs[share] = rows[-1], load_file(str(Path(result["final_model"]) / "model.safetensors"))
+    (shared, w_shared), (plain, w_plain) = runs[True], runs[False]
+    assert shared["response/length_mean"] == plain["response/length_mean"]  # the same rollouts
+    for key in ("actor/loss", "actor/grad_norm", "actor/kl_loss", "actor/entropy", "critic/value_loss"):
+        assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+    assert max(float((w_shared[k] - w_plain[k]).abs().max()) for k in w_plain) < 1e-5
