@@ -90,9 +90,9 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_make_task(args: argparse.Namespace) -> int:
-    from rllava.tasks import make_task
-
     import yaml
+
+    from rllava.tasks import make_task
 
     opts = {}
     for item in args.option:

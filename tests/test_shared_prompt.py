@@ -55,7 +55,7 @@ def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family):
     torch.testing.assert_close(ent_shared, ent_plain, atol=2e-5, rtol=0)
     assert g_shared.keys() == g_plain.keys() and len(g_plain) > 0
     for name, g in g_plain.items():  # only the summation order differs
-        torch.testing.assert_close(g_shared[name], g, atol=2e-5, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g_shared[name], g, atol=2e-5, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_model_factory):

@@ -26,7 +26,7 @@ def sampling_temperature(cfg: Config) -> float:
     return cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
 
 
-def forward_inputs(model, batch: Batch, device, share_prompts: bool,
+def forward_inputs(model: torch.nn.Module, batch: Batch, device: torch.device | str | None, share_prompts: bool,
                    sync_ranks: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
     """Model inputs for `batch`, and its prompt sharing when `share_prompts` and it applies.
 

@@ -21,8 +21,8 @@ from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
 from rllava.models.introspect import eos_token_ids, pad_token_id, placeholder_token_ids
 from rllava.models.logprobs import response_logprobs
-from rllava.roles.actor import forward_inputs
 from rllava.models.tiny_families import FAMILIES
+from rllava.roles.actor import forward_inputs
 
 STEPS = 3
 SAVE_AFTER = 2  # the distributed checkpoint is taken after this step; resuming replays the rest
