@@ -1,18 +1,10 @@
 #!/usr/bin/env bash
 # The shared-prompt GPU measurements behind docs/benchmarks.md. Run from the repo root on a CUDA machine:
 #   bash scripts/gpu_bench.sh [OUT_DIR]
-# Wheels in .whl/ (trl, datasets and their missing deps) are installed first when present.
+# scripts/gpu_env.sh installs the carried wheels and sets the environment first.
 set -u
 OUT_DIR=${1:-${OUT:-/tmp/rllava_gpu_bench}}
-mkdir -p "$OUT_DIR"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-  date -u; } 2>&1 | tee "$OUT_DIR/machine.txt"
+source scripts/gpu_env.sh
 echo "== 1/4 shared-prompt equality on this transformers version (CPU)"
 CUDA_VISIBLE_DEVICES= timeout 150 python3 -m pytest tests/test_shared_prompt.py -q -p no:cacheprovider 2>&1 | tail -n 3 | tee "$OUT_DIR/test_shared_prompt.log"
 echo "== 2/4 Qwen2-VL-2B shape, bf16, 448 px image, 8 x 256 tokens"

@@ -1,10 +1,9 @@
+#!/usr/bin/env bash
+# The shared-prompt A/B on the GPU behind docs/benchmarks.md (2b model at 672 px; vs TRL with sharing off, then on):
+#   bash scripts/gpu_bench_ab.sh [OUT_DIR]
 set -u
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name --format=csv,noheader
+OUT_DIR=${1:-${OUT:-/tmp/rllava_gpu_bench_ab}}
+source scripts/gpu_env.sh
 echo "== 2b 672px 8x256"
 timeout 170 python3 benchmarks/shared_prompt.py --device cuda --size 2b --dtype bfloat16 --image 672 --response 256 --threads 4 2>&1 | tail -n 1
 echo "== vs_trl share off"

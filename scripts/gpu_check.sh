@@ -1,19 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks behind docs/benchmarks.md ("GPU checks"). Run from the repo root on a CUDA machine:
 #   bash scripts/gpu_check.sh [OUT_DIR]
-# Wheels in .whl/ (trl, datasets and their missing deps) are installed first when present, for machines
-# without a package index. Every part has its own time limit, so one hang cannot eat the others.
+# scripts/gpu_env.sh installs the carried wheels and sets the environment first.
+# Every part has its own time limit, so one hang cannot eat the others.
 set -u
 OUT_DIR=${1:-${OUT:-/tmp/rllava_gpu_check}}
-mkdir -p "$OUT_DIR"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-  date -u; } 2>&1 | tee "$OUT_DIR/machine.txt"
+source scripts/gpu_env.sh
 echo "== 1/3 CUDA tests"
 timeout 240 python3 -m pytest tests/test_cuda.py -v -s -p no:cacheprovider 2>&1 | tee "$OUT_DIR/test_cuda.log" | grep -v "Loading weights\|Writing model"
 echo "== 2/3 vs TRL on the GPU (fp32, the CPU benchmark's settings)"
