@@ -205,6 +205,11 @@ class Batch:
         """No response holds images (multi-turn observations): the condition for sharing prompts."""
         return not any(e.extra_mm or e.response_seq for e in self.episodes)
 
+    def _prompt_index(self) -> tuple[list[int], int]:
+        """Each row's distinct prompt (0, 1, ... in order of first row; a group's rows share one object), and how many."""
+        first: dict[int, int] = {}
+        return [first.setdefault(id(p), len(first)) for p in self.prompts], len(first)
+
     def prompt_share(self, device: torch.device | str | None = None) -> PromptShare | None:
         """The rows' distinct prompts, or None when sharing saves nothing or cannot be exact.
 
@@ -213,11 +218,10 @@ class Batch:
         """
         if not self._responses_are_text():
             return None
-        first: dict[int, int] = {}  # id(prompt) -> index among distinct prompts
-        of_row = [first.setdefault(id(p), len(first)) for p in self.prompts]
-        if len(first) == len(self.prompts):
+        of_row, n_prompts = self._prompt_index()
+        if n_prompts == len(self.prompts):
             return None
-        rows = [of_row.index(g) for g in range(len(first))]
+        rows = [of_row.index(g) for g in range(n_prompts)]
         items = [self.prompts[r].mm for r in rows if self.prompts[r].mm]
         images = concat_mm(items) if items else {}
         if device is not None:
@@ -278,8 +282,7 @@ class Batch:
         r_len = self.attention_mask[:, P:].sum(1).tolist()
         share_prompts = share_prompts and self._responses_are_text()  # else the forward is the plain one
         if share_prompts:
-            first: dict[int, int] = {}
-            prompt_of = [first.setdefault(id(p), i) for i, p in enumerate(self.prompts)]
+            prompt_of = self._prompt_index()[0]
             order = sorted(range(len(self)), key=lambda i: (p_len[i], prompt_of[i], r_len[i], i))
         else:
             prompt_of = list(range(len(self)))

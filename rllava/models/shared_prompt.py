@@ -75,19 +75,22 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
     return torch.cat([last, out.last_hidden_state], 1)
 
 
-def can_share_prompt(model: nn.Module, prompt_width: int, response_width: int) -> bool:
-    """Whether the KV-cache path is available and exact for this model and sequence size.
-
-    Not under gradient checkpointing (HF turns the cache off there), not past a sliding
-    attention window (the cache would drop prompt keys that the plain forward still masks in),
-    and not for one-token responses (nothing runs on the cache: one plain pass is as cheap).
-    """
-    if response_width < 2:
-        return False
+def sharing_supported(model: nn.Module, training: bool) -> bool:
+    """False for a training pass under gradient checkpointing: HF turns the KV cache off there."""
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.2x
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    if checkpointing and model.training:
+    return not (checkpointing and training)
+
+
+def can_share_prompt(model: nn.Module, prompt_width: int, response_width: int) -> bool:
+    """Whether the KV-cache path is available and exact for this model and sequence size.
+
+    Not where `sharing_supported` says no, not past a sliding attention window (the cache would
+    drop prompt keys that the plain forward still masks in), and not for one-token responses
+    (nothing runs on the cache: one plain pass is as cheap).
+    """
+    if response_width < 2 or not sharing_supported(model, model.training):
         return False
     cfg = model.config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg

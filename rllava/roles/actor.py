@@ -12,7 +12,7 @@ from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
 from rllava.models.introspect import unwrap
 from rllava.models.logprobs import response_logprobs
-from rllava.models.shared_prompt import can_share_prompt
+from rllava.models.shared_prompt import can_share_prompt, sharing_supported
 
 
 def weight_size(mode: str, micro: Batch) -> float:
@@ -24,6 +24,11 @@ def weight_size(mode: str, micro: Batch) -> float:
 def sampling_temperature(cfg: Config) -> float:
     """Log-probs are taken under the distribution the rollout sampled from (logits / temperature)."""
     return cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+
+
+def budget_shares_prompts(cfg: Config, model: torch.nn.Module, training: bool) -> bool:
+    """Whether token budgets count a shared prompt once: actor.share_prompt, and the model can share in this mode."""
+    return cfg.actor.share_prompt and sharing_supported(unwrap(model), training)
 
 
 def forward_inputs(model: torch.nn.Module, batch: Batch, device: torch.device | str | None, share_prompts: bool,
@@ -82,7 +87,7 @@ class Actor:
         """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU."""
         with self.engine.compute(train=False):
             return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
-                                    share_prompts=self.cfg.actor.share_prompt)
+                                    share_prompts=budget_shares_prompts(self.cfg, self.model, training=False))
 
     def mini_batch_size(self, n_local: int) -> int:
         """Sequences per optimizer step on this rank: this rank's share of actor.mini_batch_size (0 = all)."""
@@ -127,8 +132,9 @@ class Actor:
         denominator = max(1.0, du.all_reduce_sum(weight_size(algo.loss_agg_mode, mini) if real else 0.0))
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
+            share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
             for micro, real_micro in du.pad_to_common_length(mini.split_by_tokens(self.cfg.actor.micro_token_budget,
-                                                                                    self.cfg.actor.share_prompt)):
+                                                                                    share_prompts)):
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
                 old = m.old_logp if m.old_logp is not None else logp.detach()

@@ -12,7 +12,7 @@ from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
 from rllava.models.logprobs import response_hidden_states
-from rllava.roles.actor import forward_inputs
+from rllava.roles.actor import budget_shares_prompts, forward_inputs
 
 
 class ValueModel(nn.Module):
@@ -75,7 +75,8 @@ class Critic:
     def values(self, batch: Batch) -> torch.Tensor:
         out = torch.zeros(batch.responses.shape, dtype=torch.float32)
         share_prompts = self.cfg.actor.share_prompt
-        groups = batch.token_budget_groups(self.cfg.actor.micro_token_budget, share_prompts)
+        groups = batch.token_budget_groups(self.cfg.actor.micro_token_budget,
+                                           budget_shares_prompts(self.cfg, self.model.backbone, training=False))
         with self.engine.compute(train=False):
             for rows, real in du.pad_to_common_length(groups):
                 micro = batch.select(rows)
@@ -93,7 +94,8 @@ class Critic:
         n = 0
         total_tokens = max(1.0, du.all_reduce_sum(batch.response_mask.sum()))
         share_prompts = self.cfg.actor.share_prompt
-        micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget, share_prompts))
+        budget_shares = budget_shares_prompts(self.cfg, self.model.backbone, training=True)
+        micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget, budget_shares))
         for _ in range(self.cfg.critic.ppo_epochs):
             value_loss = 0.0
             with self.engine.compute(train=True):

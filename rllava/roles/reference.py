@@ -12,7 +12,7 @@ from torch import nn
 from rllava.config import Config
 from rllava.data.types import Batch
 from rllava.models.logprobs import response_logprobs
-from rllava.roles.actor import batched_logprobs, forward_inputs, sampling_temperature
+from rllava.roles.actor import batched_logprobs, budget_shares_prompts, forward_inputs, sampling_temperature
 
 
 class Reference:
@@ -40,4 +40,5 @@ class Reference:
             # A separate reference model is a full local copy on each rank (no collectives); the LoRA
             # base is the actor's own module, which may be sharded.
             return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget,
-                                    sync_ranks=self.use_disabled_adapter, share_prompts=self.cfg.actor.share_prompt)
+                                    sync_ranks=self.use_disabled_adapter,
+                                    share_prompts=budget_shares_prompts(self.cfg, self.model, training=False))
