@@ -34,7 +34,7 @@ class DataConfig:
     image_dir: Optional[str] = None  # relative image paths are resolved against this (default: the data file's folder)
     template: Optional[str] = None  # jinja template string or path to a .jinja file; gets the row as variables
     system_prompt: Optional[str] = None  # system message added before the user turn
-    response_template: str = "{{ answer }}"  # SFT target, rendered from the row (jinja)
+    response_template: str = "{{ answer }}"  # SFT target and RL demonstration, rendered from the row (jinja)
     demo_key: str = "demo_turns"  # agentic SFT: the row's demonstration, a list of assistant turn texts
     chat_template: Optional[str] = None  # override the processor's chat template (string or file)
     max_prompt_length: int = 1024  # prompts longer than this (in tokens, images included) are dropped with a warning
@@ -99,7 +99,9 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
-    sft_coef: float = 0.0  # weight of an SFT term in hybrid losses
+    demonstrations: bool = False  # add each row's demonstration (data.response_template) to its group as an off-policy sample
+    luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
+    sft_coef: float = 0.0  # weight of an NLL term on demonstration tokens (aggregated like the policy loss)
 
 
 @dataclass

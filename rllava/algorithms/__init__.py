@@ -17,12 +17,12 @@ from rllava.algorithms.kl import (
     kl_loss,
     make_kl_controller,
 )
-from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate
+from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate, demonstration_nll
 from rllava.algorithms.shaping import REWARD_SHAPERS
 
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
     "REWARD_SHAPERS", "AdaptiveKLController", "FixedKLController", "aggregate", "apply_kl_penalty",
-    "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "check_batch", "clipped_surrogate", "compute_advantages", "demonstration_nll", "discounted_returns", "entropy_loss",
     "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten",
 ]

@@ -179,8 +179,39 @@ def gpg(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(-advantages * logp, mask, old_logp, cfg, extra, {})
 
 
+@POLICY_LOSSES.register("luffy", requires=RATIO)
+def luffy(logp, old_logp, advantages, mask, cfg, **extra):
+    """LUFFY (Yan et al. 2025, arXiv 2504.14945): GRPO on groups that mix rollouts and demonstrations.
+
+    Rollout rows take PPO's clipped surrogate. Demonstration rows (`extra["is_expert"]`, [B] bool)
+    have no behaviour log-probs, so LUFFY takes pi itself as their ratio, reshaped by
+    f(pi) = pi / (pi + luffy_gamma) and never clipped: the per-token loss is -A * f(pi), whose
+    gradient -A * gamma / (pi + gamma)^2 * grad pi weighs the expert's low-probability tokens up.
+    """
+    lr = _log_ratio(logp, old_logp, mask)
+    loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg)
+    is_expert = extra.get("is_expert")
+    if is_expert is None:  # no demonstration in this micro-batch: plain PPO
+        return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
+    expert = is_expert.to(device=mask.device, dtype=torch.bool)[:, None].expand_as(mask)
+    p = torch.where(mask != 0, logp, torch.zeros_like(logp)).exp()  # padding never makes inf/NaN
+    loss = torch.where(expert, -advantages * p / (p + cfg.luffy_gamma), loss)
+    metrics = _ratio_metrics(lr, mask * ~expert, **fracs)  # ratio statistics of the rollout tokens
+    metrics["expert_prob_mean"] = float(masked_mean(p.detach(), mask * expert))
+    return _finish(loss, mask, old_logp, cfg, extra, metrics)
+
+
 @POLICY_LOSSES.register("sft", requires=())
 def sft(logp, old_logp, advantages, mask, cfg, **extra):
     """Supervised NLL -logp on trained tokens; advantages (and TIS: there is no sampler) are ignored."""
     loss = aggregate(-logp, mask, cfg.loss_agg_mode, extra.get("norm_len"))
     return loss, {"nll": float(masked_mean(-logp.detach(), mask))}
+
+
+def demonstration_nll(logp: torch.Tensor, mask: torch.Tensor, is_expert: torch.Tensor, cfg: Any,
+                      norm_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """SFT term of the SFT-RL hybrids: -logp on demonstration rows' tokens, 0 on rollout tokens,
+    aggregated over all trained tokens like the policy loss (so micro-batch splits add up exactly).
+    Returns the term and the mean NLL per demonstration token (a metric)."""
+    demo = mask * is_expert.to(device=mask.device, dtype=mask.dtype)[:, None]
+    return aggregate(-logp * demo, mask, cfg.loss_agg_mode, norm_len), float(masked_mean(-logp.detach(), demo))

@@ -45,6 +45,7 @@ class Episode:
     extra_mm: list[dict[str, torch.Tensor]] = field(default_factory=list)  # processor outputs of images that arrived mid-episode
     response_seq: dict[str, list[int]] = field(default_factory=dict)  # per-token extras of response tokens (image tokens of observations)
     info: dict[str, Any] = field(default_factory=dict)  # environment facts: turns, tool calls, stop reason, transcript
+    is_expert: bool = False  # an off-policy demonstration added to the group (SFT-RL hybrids), not a rollout
 
     @property
     def num_generated(self) -> int:
@@ -161,6 +162,7 @@ class Batch:
             group_ids=torch.tensor([e.group_id for e in episodes], dtype=torch.long),
             rollout_logp=rollout_logp,
             baseline_rewards=baseline,
+            is_expert=torch.tensor([e.is_expert for e in episodes]) if any(e.is_expert for e in episodes) else None,
             episodes=list(episodes),
         )
         batch.set_scores(torch.tensor([float(e.reward) for e in episodes], dtype=torch.float32))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from rllava.algorithms import ADVANTAGES, GROUP_FILTERS
-from rllava.config import Config
+from rllava.config import Config, ConfigError
 from rllava.data.types import Episode
 from rllava.engines import distributed as du
+from rllava.pipelines.sft import sft_episodes
 
 
 def group_list(episodes: list[Episode]) -> list[list[Episode]]:
@@ -73,10 +74,38 @@ class DynamicSampling:
         return [e for g in kept for e in g]
 
 
+class Demonstrations:
+    """SFT-RL hybrids (LUFFY): each group gets its row's demonstration as one more, off-policy sample.
+
+    The demonstration is `data.response_template` rendered from the row (as in SFT), then EOS. It is
+    scored like a rollout, so group advantages mix both; `Episode.is_expert` marks it for the loss.
+    Rollout metrics (reward/mean, response lengths) stay over the rollouts only.
+    """
+
+    def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        ctx = trainer.ctx
+        groups = group_list(episodes)
+        demos = sft_episodes([g[0].prompt for g in groups], ctx.tokenizer, trainer.cfg.data.response_template,
+                             ctx.extra["eos_ids"][0])
+        for g, d in zip(groups, demos):
+            d.group_id, d.is_expert = g[0].group_id, True
+        ctx.reward.score(demos)
+        metrics["reward/demo_mean"] = sum(d.reward for d in demos) / max(1, len(demos))
+        return [e for g, d in zip(groups, demos) for e in (*g, d)]
+
+
 def hooks_for(cfg: Config) -> list:
     hooks = []
     if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
         hooks.append(GreedyBaseline())
     if cfg.algorithm.group_filter:
         hooks.append(DynamicSampling())
+    if cfg.algorithm.demonstrations:  # after filtering: groups are judged by their rollouts alone
+        if cfg.trainer.pipeline != "rlvr":
+            raise ConfigError(f"algorithm.demonstrations: single-turn only (trainer.pipeline=rlvr), not "
+                              f"{cfg.trainer.pipeline!r}")
+        if cfg.algorithm.tis_cap is not None:
+            raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
+                              "algorithm.tis_cap cannot be used with them")
+        hooks.append(Demonstrations())
     return hooks

@@ -64,7 +64,7 @@ class RLVRPipeline:
         with timed(timing, "rollout"):  # generation, hooks and reward scoring
             episodes, metrics = self.collect(trainer, prompts)
         metrics.update(timing)
-        metrics.update(response_metrics(episodes))
+        metrics.update(response_metrics([e for e in episodes if not e.is_expert]))
         batch = Batch.from_episodes(episodes, ctx.pad_id)
         for name in algo.reward_shaping:
             lengths = batch.response_mask.sum(1)

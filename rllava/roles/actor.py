@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, entropy_loss, kl_loss
+from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, demonstration_nll, entropy_loss, kl_loss
 from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
@@ -140,7 +140,10 @@ class Actor:
                 old = m.old_logp if m.old_logp is not None else logp.detach()
                 adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
                 loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
-                                        entropy=entropy, norm_len=norm_len)
+                                        entropy=entropy, norm_len=norm_len, is_expert=m.is_expert)
+                if algo.sft_coef and m.is_expert is not None:  # SFT-RL hybrids: an NLL term on the demonstrations
+                    nll, metrics["demo_nll"] = demonstration_nll(logp, m.response_mask, m.is_expert, algo, norm_len)
+                    loss = loss + algo.sft_coef * nll
                 ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=norm_len)
                 if algo.entropy_coef:
                     loss = loss - algo.entropy_coef * ent
