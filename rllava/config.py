@@ -99,7 +99,8 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
-    demonstrations: bool = False  # add each row's demonstration (data.response_template) to its group as an off-policy sample
+    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT)
+    hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
     sft_coef: float = 0.0  # weight of an NLL term on demonstration tokens (aggregated like the policy loss)
 

@@ -48,7 +48,9 @@ def test_example_trains_three_steps(name, tiny_model_factory, task_data, tmp_pat
         assert any(k in rows[-1] for k in ("kl/mean", "actor/kl_loss"))
     if cfg.algorithm.group_filter:
         assert all("filter/kept_groups" in r for r in rows)
-    if cfg.algorithm.demonstrations:
+    if cfg.algorithm.demonstrations == "mix":
         assert all(r["reward/demo_mean"] >= 0 and "actor/expert_prob_mean" in r for r in rows)
+    if cfg.algorithm.demonstrations == "switch":
+        assert all("demo/switched_fraction" in r for r in rows)
     if cfg.algorithm.adv_estimator == "remax":
         assert all("reward/greedy_baseline" in r for r in rows)

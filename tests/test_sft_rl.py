@@ -1,5 +1,6 @@
 """SFT-RL hybrids: the LUFFY loss and the demonstration NLL against hand-computed values, and
-demonstrations mixed into GRPO groups end to end on a tiny Qwen2-VL."""
+demonstrations mixed into GRPO groups (LUFFY) or switched in for failing groups (HPT) end to end
+on a tiny Qwen2-VL."""
 from __future__ import annotations
 
 import json
@@ -81,27 +82,31 @@ def overrides(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "trainer.loggers=[jsonl]", "trainer.total_steps=4", "trainer.val_before_train=false", *extra]
 
 
-def test_luffy_run_mixes_demonstrations_into_groups(tiny_model_factory, counting_data, tmp_path):
+def train_and_capture(over: list[str], run_dir: Path):
+    """Run; return the metrics rows and the batch each RL step built from its collected episodes."""
     from rllava.data.types import Batch
-    from rllava.pipelines import rlvr
 
     seen: list[Batch] = []
     original = Batch.from_episodes
 
-    def spy(episodes, pad_id):  # the batch the RL step builds from the collected episodes
+    def spy(episodes, pad_id):
         batch = original(episodes, pad_id)
         if any(e.response_ids for e in episodes):  # not the rollout engine's prompt-only batches
             seen.append(batch)
         return batch
 
-    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=true",
-                     "algorithm.policy_loss=luffy", "algorithm.sft_coef=1.0")
-    rlvr.Batch.from_episodes = spy
+    Batch.from_episodes = spy
     try:
         run_experiment(load_config(None, over))
     finally:
-        rlvr.Batch.from_episodes = original
-    rows = [json.loads(ln) for ln in (tmp_path / "luffy" / "metrics.jsonl").read_text().splitlines()]
+        Batch.from_episodes = original
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()], seen
+
+
+def test_luffy_run_mixes_demonstrations_into_groups(tiny_model_factory, counting_data, tmp_path):
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=mix",
+                     "algorithm.policy_loss=luffy", "algorithm.sft_coef=1.0")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
     assert len(rows) == 4 and len(seen) == 4
     for batch in seen:  # 2 groups of 3 rollouts + 1 demonstration each, the demonstration last
         assert batch.is_expert.tolist() == [False, False, False, True] * 2
@@ -117,11 +122,35 @@ def test_luffy_run_mixes_demonstrations_into_groups(tiny_model_factory, counting
     assert nll[-1] < nll[0], nll
 
 
+def test_hpt_switches_failing_groups_to_their_demonstration(tiny_model_factory, counting_data, tmp_path):
+    # The random tiny model never counts right: every group's mean reward is 0 <= 0, so every
+    # group trains on its demonstration alone, by the SFT term.
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=switch",
+                     "algorithm.sft_coef=1.0", "algorithm.hpt_threshold=0.0")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    assert all(r["demo/switched_fraction"] == 1.0 and r["reward/mean"] == 0.0 for r in rows)
+    for batch in seen:
+        assert batch.is_expert.tolist() == [True, True] and len(set(batch.group_ids.tolist())) == 2
+        assert torch.equal(batch.advantages, torch.zeros_like(batch.advantages))  # alone in its group
+    nll = [r["actor/demo_nll"] for r in rows]
+    assert nll[-1] < nll[0], nll
+
+
+def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, counting_data, tmp_path):
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=switch",
+                     "algorithm.sft_coef=1.0", "algorithm.hpt_threshold=-1.0")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    assert all(r["demo/switched_fraction"] == 0.0 and "actor/demo_nll" not in r for r in rows)
+    assert all(b.is_expert is None and len(b) == 6 for b in seen)  # 2 groups x 3 rollouts, as plain GRPO
+
+
 @pytest.mark.parametrize("extra, message", [
     (["trainer.pipeline=agentic"], "single-turn only"),
     (["algorithm.tis_cap=2.0"], "tis_cap"),
+    (["algorithm.demonstrations=both"], "not one of"),
+    (["algorithm.demonstrations=switch"], "sft_coef"),
 ])
 def test_demonstrations_reject_what_they_cannot_do(tiny_model_factory, counting_data, tmp_path, extra, message):
-    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=true", *extra)
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=mix", *extra)
     with pytest.raises(ConfigError, match=message):
         run_experiment(load_config(None, over))

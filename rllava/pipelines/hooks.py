@@ -74,24 +74,43 @@ class DynamicSampling:
         return [e for g in kept for e in g]
 
 
-class Demonstrations:
-    """SFT-RL hybrids (LUFFY): each group gets its row's demonstration as one more, off-policy sample.
+def demonstration_episodes(trainer, groups: list[list[Episode]]) -> list[Episode]:
+    """Each group's row demonstration (`data.response_template` rendered as in SFT, then EOS), scored
+    like a rollout and marked `is_expert`, in the group's id."""
+    ctx = trainer.ctx
+    demos = sft_episodes([g[0].prompt for g in groups], ctx.tokenizer, trainer.cfg.data.response_template,
+                         ctx.extra["eos_ids"][0])
+    for g, d in zip(groups, demos):
+        d.group_id, d.is_expert = g[0].group_id, True
+    ctx.reward.score(demos)
+    return demos
 
-    The demonstration is `data.response_template` rendered from the row (as in SFT), then EOS. It is
-    scored like a rollout, so group advantages mix both; `Episode.is_expert` marks it for the loss.
-    Rollout metrics (reward/mean, response lengths) stay over the rollouts only.
-    """
+
+class MixDemonstrations:
+    """LUFFY: every group gets its demonstration as one more, off-policy sample, so the group
+    advantages mix rollouts and demonstration (the `luffy` loss shapes the demonstration tokens)."""
 
     def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
-        ctx = trainer.ctx
         groups = group_list(episodes)
-        demos = sft_episodes([g[0].prompt for g in groups], ctx.tokenizer, trainer.cfg.data.response_template,
-                             ctx.extra["eos_ids"][0])
-        for g, d in zip(groups, demos):
-            d.group_id, d.is_expert = g[0].group_id, True
-        ctx.reward.score(demos)
+        demos = demonstration_episodes(trainer, groups)
         metrics["reward/demo_mean"] = sum(d.reward for d in demos) / max(1, len(demos))
         return [e for g, d in zip(groups, demos) for e in (*g, d)]
+
+
+class SwitchToDemonstrations:
+    """HPT: a group whose rollouts score at most `algorithm.hpt_threshold` on average is replaced by
+    its demonstration, trained by the SFT term (`algorithm.sft_coef`; alone in its group its advantage
+    is 0); the other groups train by RL on their rollouts."""
+
+    def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        groups = group_list(episodes)
+        failing = [sum(e.reward for e in g) / len(g) <= trainer.cfg.algorithm.hpt_threshold for g in groups]
+        demos = iter(demonstration_episodes(trainer, [g for g, f in zip(groups, failing) if f]))
+        metrics["demo/switched_fraction"] = sum(failing) / max(1, len(groups))
+        return [e for g, f in zip(groups, failing) for e in ([next(demos)] if f else g)]
+
+
+DEMONSTRATION_HOOKS = {"mix": MixDemonstrations, "switch": SwitchToDemonstrations}
 
 
 def hooks_for(cfg: Config) -> list:
@@ -100,12 +119,18 @@ def hooks_for(cfg: Config) -> list:
         hooks.append(GreedyBaseline())
     if cfg.algorithm.group_filter:
         hooks.append(DynamicSampling())
-    if cfg.algorithm.demonstrations:  # after filtering: groups are judged by their rollouts alone
+    mode = cfg.algorithm.demonstrations
+    if mode:  # after filtering: groups are judged by their rollouts alone
+        if mode not in DEMONSTRATION_HOOKS:
+            raise ConfigError(f"algorithm.demonstrations: {mode!r} is not one of {sorted(DEMONSTRATION_HOOKS)}")
         if cfg.trainer.pipeline != "rlvr":
             raise ConfigError(f"algorithm.demonstrations: single-turn only (trainer.pipeline=rlvr), not "
                               f"{cfg.trainer.pipeline!r}")
         if cfg.algorithm.tis_cap is not None:
             raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                               "algorithm.tis_cap cannot be used with them")
-        hooks.append(Demonstrations())
+        if mode == "switch" and not cfg.algorithm.sft_coef:
+            raise ConfigError("algorithm.demonstrations=switch trains demonstrations by the SFT term: set "
+                              "algorithm.sft_coef > 0 (HPT uses 1)")
+        hooks.append(DEMONSTRATION_HOOKS[mode]())
     return hooks
