@@ -191,7 +191,7 @@ def luffy(logp, old_logp, advantages, mask, cfg, **extra):
     lr = _log_ratio(logp, old_logp, mask)
     loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg)
     is_expert = extra.get("is_expert")
-    if is_expert is None:  # no demonstration in this micro-batch: plain PPO
+    if is_expert is None or not bool(is_expert.any()):  # no demonstration in this micro-batch: plain PPO
         return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
     expert = is_expert.to(device=mask.device, dtype=torch.bool)[:, None].expand_as(mask)
     p = torch.where(mask != 0, logp, torch.zeros_like(logp)).exp()  # padding never makes inf/NaN

@@ -141,7 +141,7 @@ class Actor:
                 adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
                 loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
                                         entropy=entropy, norm_len=norm_len, is_expert=m.is_expert)
-                if algo.sft_coef and m.is_expert is not None:  # SFT-RL hybrids: an NLL term on the demonstrations
+                if algo.sft_coef and m.is_expert is not None and bool(m.is_expert.any()):  # SFT-RL hybrids
                     nll, metrics["demo_nll"] = demonstration_nll(logp, m.response_mask, m.is_expert, algo, norm_len)
                     loss = loss + algo.sft_coef * nll
                 ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=norm_len)
