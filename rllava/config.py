@@ -121,6 +121,7 @@ class ActorConfig:
     logprob_chunk_size: int = 512  # positions per LM-head chunk: ~6 [chunk, vocab] fp32 buffers live in backward
     master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype
     param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
+    optimizer_offload: bool = False  # local: fp32 masters, grads and AdamW states in CPU memory; the device holds model.dtype weights
 
 
 @dataclass

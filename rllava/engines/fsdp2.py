@@ -68,7 +68,10 @@ class FSDP2TrainEngine:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
-                 cpu_offload: bool = False):
+                 cpu_offload: bool = False, optimizer_offload: bool = False):
+        if optimizer_offload:
+            raise ValueError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
+                             "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
         if not du.is_initialized():
             raise RuntimeError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
                                "(rllava.engines.distributed.init_distributed joins the group)")

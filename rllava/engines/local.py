@@ -3,7 +3,9 @@
 Precision: parameters (the master weights) stay in fp32 and the forward runs under
 autocast in the compute dtype, so bf16 compute never loses small updates (a pure-bf16
 AdamW at lr 1e-6 rounds most of them away). `master_weights_fp32=false` keeps parameters
-in the compute dtype, trading that safety for memory.
+in the compute dtype, trading that safety for memory. `optimizer_offload=True` keeps both: the
+device holds compute-dtype parameters only, and the fp32 masters, gradients and AdamW states live
+in CPU memory (rllava/engines/offload.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rllava.engines.offload import CPUMasterWeights
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.weights import save_hf_folder
 
@@ -55,17 +58,27 @@ class LocalTrainEngine:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
-                 cpu_offload: bool = False):
+                 cpu_offload: bool = False, optimizer_offload: bool = False):
         if cpu_offload:
             raise ValueError("actor.param_offload needs actor.strategy=fsdp2 (the local engine keeps parameters on "
-                             "its device)")
+                             "its device; actor.optimizer_offload keeps everything else off it)")
         self.device = torch.device(device)
         self.model = model
         self.compute_dtype = DTYPES[compute_dtype]
         self.max_grad_norm = max_grad_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                           fused=fused_adamw_ok(self.params))
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in trained], [p for _, p in trained]
+        self.offload: CPUMasterWeights | None = None
+        if optimizer_offload:  # the model may arrive on the CPU in fp32: the masters are made from it first
+            self.offload = CPUMasterWeights(self.params, self.device, self.compute_dtype)
+            for p in model.parameters():
+                if not p.requires_grad and p.is_floating_point():
+                    p.data = p.data.to(self.compute_dtype).to(self.device)  # frozen (LoRA base): no master
+            model.to(self.device)  # buffers; the parameters are there already
+        # What the optimizer steps and clips: the CPU masters under offload, else the parameters themselves.
+        self.opt_params = self.offload.masters if self.offload else self.params
+        self.optimizer = torch.optim.AdamW(self.opt_params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                           fused=fused_adamw_ok(self.opt_params))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
         self.skipped_steps = 0
@@ -89,10 +102,13 @@ class LocalTrainEngine:
 
     def step(self) -> dict[str, float]:
         """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.opt_params, max_norm)
         finite = bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
+            if self.offload:
+                self.offload.push_to_device()
             self.scheduler.step()  # a skipped update does not advance the schedule either
         else:
             self.skipped_steps += 1
@@ -116,9 +132,10 @@ class LocalTrainEngine:
         """Write the training state: trainable parameters (what training changed), optimizer and schedule.
 
         Frozen parameters are not written (for LoRA, the base model): `load` expects a model built the same way.
+        Under optimizer offload the fp32 masters are written, so a resumed run continues exactly.
         """
         Path(folder).mkdir(parents=True, exist_ok=True)
-        trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        trained = {n: t.detach().cpu() for n, t in zip(self.names, self.opt_params)}
         torch.save({"model": trained, **self.state_dict()}, Path(folder) / ENGINE_FILE)
 
     def load(self, folder: str | Path) -> None:
@@ -130,6 +147,8 @@ class LocalTrainEngine:
         unexpected = self.model.load_state_dict(state["model"], strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"{path}: parameters this model does not have, e.g. {unexpected[:3]}")
+        if self.offload:
+            self.offload.load_masters([state["model"][n] for n in self.names])
         self.load_state_dict(state)
 
     def export_hf(self, folder: str | Path, processor: Any = None) -> None:

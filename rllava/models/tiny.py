@@ -28,13 +28,16 @@ MODEL_FAMILIES = Registry("model_family", "families `rllava make-tiny-model --fa
 VOCAB_MULTIPLE = 64  # embedding rows padded like real checkpoints (and friendlier to GPU kernels)
 
 
-def tiny_config(family: str, size: str = "tiny") -> tuple[PretrainedConfig, PreTrainedTokenizerFast]:
-    """The config and tokenizer `make_tiny_model` would use (e.g. to count parameters on the meta device)."""
+def tiny_config(family: str, size: str = "tiny", vocab: int = 0) -> tuple[PretrainedConfig, PreTrainedTokenizerFast]:
+    """The config and tokenizer `make_tiny_model` would use (e.g. to count parameters on the meta device).
+
+    `vocab` widens the embedding to a real model's vocabulary (its memory cost); ids past the tokenizer's
+    own decode to nothing."""
     spec = FAMILIES[MODEL_FAMILIES.entry(family).name]  # unknown family: error naming the closest one
     if size not in SIZES:
         raise ValueError(f"unknown tiny-model size {size!r}; choose one of {sorted(SIZES)}")
     tok = build_tokenizer(spec.special, list(spec.extra_special), chat_template=chat_template(spec.style))
-    vocab = -(-len(tok) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    vocab = max(vocab, -(-len(tok) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
     return spec.config(tok, SIZES[size], vocab), tok
 
 
@@ -48,10 +51,10 @@ def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int 
     return out
 
 
-def build_tiny_model(family: str, size: str = "tiny", seed: int = 0) -> tuple[torch.nn.Module, object]:
+def build_tiny_model(family: str, size: str = "tiny", seed: int = 0, vocab: int = 0) -> tuple[torch.nn.Module, object]:
     """(model, processor) as `make_tiny_model` writes them, in memory. The model is built on the
     current default device (e.g. under `with torch.device("cuda")`), which is fast for large sizes."""
-    config, tok = tiny_config(family, size)
+    config, tok = tiny_config(family, size, vocab)
     spec = FAMILIES[family]
     auto = AutoModelForImageTextToText if spec.vision else AutoModelForCausalLM
     with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG

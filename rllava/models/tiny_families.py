@@ -46,6 +46,9 @@ SIZES: dict[str, Size] = {
     # The shape of Qwen2-VL-2B (~2.2 B params with a 1k vocabulary): GPU benchmarks only.
     "2b": Size(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960,
                v_hidden=1280, v_layers=32, v_heads=16, v_intermediate=5120),
+    # The shape of Qwen2.5-VL-3B (~4.1 B params untied at its 151,936 vocabulary): the 24 GB memory benchmark.
+    "4b": Size(hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008,
+               v_hidden=1280, v_layers=32, v_heads=16, v_intermediate=3420),
 }
 
 

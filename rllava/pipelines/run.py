@@ -30,7 +30,7 @@ def seed_everything(seed: int) -> None:
 
 def training_model_config(cfg: Config, path: str | None = None):
     """The ModelConfig to load the trained model with: fp32 master weights unless disabled."""
-    dtype = "float32" if cfg.actor.master_weights_fp32 else cfg.model.dtype
+    dtype = "float32" if cfg.actor.master_weights_fp32 or cfg.actor.optimizer_offload else cfg.model.dtype
     return dataclasses.replace(cfg.model, dtype=dtype, path=path or cfg.model.path)
 
 
@@ -49,8 +49,9 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
-    # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU.
-    load_device = torch.device("cpu") if sharded else device
+    # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU. So does
+    # optimizer offload: the fp32 masters are made on the CPU, and the device only gets model.dtype weights.
+    load_device = torch.device("cpu") if sharded or a.optimizer_offload else device
     # On resume `engine.load` restores the trained weights. A rollout engine that reads weights from disk
     # (vLLM) starts from the checkpoint's HF folder, except under LoRA (that folder is merged, not the base).
     model_path = str(resume_ckpt / "model") if resume_ckpt is not None and cfg.model.lora_rank == 0 else None
@@ -70,7 +71,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     engine = TRAIN_ENGINES.get(a.strategy)(
         model, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas), warmup_steps=a.warmup_steps,
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
-        compute_dtype=cfg.model.dtype, device=device, cpu_offload=a.param_offload)
+        compute_dtype=cfg.model.dtype, device=device, cpu_offload=a.param_offload,
+        optimizer_offload=a.optimizer_offload)
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
         model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size,
         compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),
