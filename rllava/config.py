@@ -99,10 +99,15 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
-    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT)
+    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
-    sft_coef: float = 0.0  # weight of an NLL term on demonstration tokens (aggregated like the policy loss)
+    sft_coef: float = 0.0  # weight c of the SFT term (mean demonstration NLL; the peak under a schedule)
+    sft_mix: str = "add"  # add: L_RL + c * L_SFT | convex: (1 - c) * L_RL + c * L_SFT (CHORD)
+    sft_token_weight: str = "none"  # per-token SFT weights: none | chord_phi (p * (1 - p), CHORD-phi)
+    sft_coef_warmup_steps: int = 0  # CHORD-mu: sft_coef rises linearly from 0 over these steps
+    sft_coef_final: Optional[float] = None  # CHORD-mu: then falls (cosine) to this; null keeps sft_coef
+    sft_coef_decay_steps: int = 0  # CHORD-mu: steps of that fall
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""SFT-RL hybrids: the LUFFY loss and the demonstration NLL against hand-computed values, and
-demonstrations mixed into GRPO groups (LUFFY) or switched in for failing groups (HPT) end to end
-on a tiny Qwen2-VL."""
+"""SFT-RL hybrids: the LUFFY loss, the SFT term (CHORD-phi weights, CHORD-mu schedule) and advantages
+over rollouts only against hand-computed values; demonstrations mixed into GRPO groups (LUFFY),
+switched in for failing groups (HPT) or trained beside the rollouts by the SFT term (CHORD) end to
+end on a tiny Qwen2-VL, with micro-batch splits that add up exactly."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rllava.algorithms import POLICY_LOSSES, demonstration_nll
+from rllava.algorithms import POLICY_LOSSES, sft_coef_at, sft_loss
 from rllava.config import AlgorithmConfig, ConfigError, load_config
 from rllava.pipelines.run import run_experiment
 
@@ -58,13 +59,52 @@ def test_luffy_ignores_garbage_on_demonstration_padding():
     assert torch.isfinite(dirty) and float(dirty) == pytest.approx(float(clean))
 
 
-def test_demonstration_nll_counts_only_demonstration_tokens_over_all_tokens():
-    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.5, 0.25, 1.0]]))
+def test_sft_loss_is_the_mean_nll_over_demonstration_tokens():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0], [0.5, 0.8, 0.9]])).requires_grad_()
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    nll, mean = demonstration_nll(logp, mask, torch.tensor([False, True]), cfg())
-    # token-mean over the 5 trained tokens; only row 1's (ln 2 + ln 4 + 0) count
-    assert nll.item() == pytest.approx((math.log(2) + math.log(4)) / 5)
-    assert mean == pytest.approx((math.log(2) + math.log(4)) / 3)
+    term, mean_nll = sft_loss(logp, mask, cfg())
+    nll = [math.log(2), math.log(4), math.log(2), -math.log(0.8), -math.log(0.9)]
+    assert term.item() == pytest.approx(sum(nll) / 5) and mean_nll == pytest.approx(sum(nll) / 5)
+    term.backward()
+    assert torch.allclose(logp.grad, -mask / 5)
+
+
+def test_chord_phi_weighs_each_token_by_p_times_one_minus_p_without_gradient_through_it():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 1.0]])).requires_grad_()
+    mask = torch.tensor([[1.0, 1.0, 1.0]])
+    term, mean_nll = sft_loss(logp, mask, cfg(sft_token_weight="chord_phi"))
+    w = [0.5 * 0.5, 0.25 * 0.75, 0.0]  # p (1 - p): the certain token (p = 1) weighs nothing
+    assert term.item() == pytest.approx((w[0] * math.log(2) + w[1] * math.log(4)) / 3)
+    assert mean_nll == pytest.approx((math.log(2) + math.log(4)) / 3)  # the metric stays the plain NLL
+    term.backward()
+    assert torch.allclose(logp.grad, -torch.tensor([w]) / 3)  # the weight is a constant in backward
+
+
+def test_chord_mu_schedule():
+    c = cfg(sft_coef=0.5, sft_coef_warmup_steps=2, sft_coef_final=0.1, sft_coef_decay_steps=4)
+    values = [sft_coef_at(c, step) for step in range(8)]
+    half_way = 0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi * 2 / 4))
+    assert values == pytest.approx([0.25, 0.5, 0.5, 0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi / 4)), half_way,
+                                    0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), 0.1, 0.1])
+    assert [sft_coef_at(cfg(sft_coef=0.3), s) for s in (0, 50)] == [0.3, 0.3]  # no schedule: constant
+
+
+def test_sft_only_demonstrations_stay_out_of_the_advantages():
+    """REINFORCE++ whitens over the batch: with demonstrations=sft the rollouts get exactly the advantages
+    they get without the demonstrations; the demonstrations get 0."""
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.rlvr import rl_advantages
+
+    prompt = Prompt(input_ids=[5, 6, 7])
+    rollouts = [Episode(prompt=prompt, response_ids=[8] * n, response_mask=[1] * n, group_id=g, reward=r)
+                for g, n, r in [(0, 2, 0.0), (0, 3, 1.0), (1, 1, 0.0), (1, 2, 0.0)]]
+    demos = [Episode(prompt=prompt, response_ids=[9] * 4, response_mask=[1] * 4, group_id=g, reward=1.0,
+                     is_expert=True) for g in (0, 1)]
+    algo = cfg(adv_estimator="reinforce_plus_plus", demonstrations="sft", sft_coef=0.5)
+    alone, _ = rl_advantages(Batch.from_episodes(rollouts, 0), algo)
+    mixed, _ = rl_advantages(Batch.from_episodes(rollouts[:2] + demos[:1] + rollouts[2:] + demos[1:], 0), algo)
+    assert torch.equal(mixed[[0, 1, 3, 4], :3], alone)
+    assert not mixed[[2, 5]].any() and alone.abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +189,53 @@ def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, countin
     (["algorithm.tis_cap=2.0"], "tis_cap"),
     (["algorithm.demonstrations=both"], "not one of"),
     (["algorithm.demonstrations=switch"], "sft_coef"),
+    (["algorithm.demonstrations=sft"], "sft_coef"),
+    (["algorithm.sft_mix=blend"], "sft_mix"),
+    (["algorithm.sft_mix=convex", "algorithm.sft_coef=1.5"], r"\[0, 1\]"),
 ])
 def test_demonstrations_reject_what_they_cannot_do(tiny_model_factory, counting_data, tmp_path, extra, message):
     over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=mix", *extra)
     with pytest.raises(ConfigError, match=message):
         run_experiment(load_config(None, over))
+
+
+def test_chord_trains_demonstrations_beside_the_rollouts(tiny_model_factory, counting_data, tmp_path):
+    """demonstrations=sft: each group of rollouts plus its demonstration, which gets advantage 0 and is trained
+    by the SFT term alone; CHORD-mu's coefficient follows its schedule and the demonstrations' NLL falls."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=sft",
+                     "algorithm.sft_coef=0.8", "algorithm.sft_mix=convex", "algorithm.sft_token_weight=chord_phi",
+                     "algorithm.sft_coef_warmup_steps=1", "algorithm.sft_coef_final=0.2",
+                     "algorithm.sft_coef_decay_steps=2")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    assert [r["demo/sft_coef"] for r in rows] == pytest.approx([0.8, 0.8, 0.5, 0.2])
+    for batch in seen:
+        assert batch.is_expert.tolist() == [False, False, False, True] * 2
+        assert not batch.advantages[batch.is_expert].any()
+    nll = [r["actor/demo_nll"] for r in rows]
+    assert nll[-1] < nll[0], nll
+
+
+@pytest.mark.parametrize("mode", ["sft", "mix", "switch"])
+def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, counting_data, tmp_path, mode):
+    """One row per micro-batch or all rows in one: the same loss, gradient norm and weights. The RL loss and
+    the SFT term have separate denominators, so this checks both (seq-mean-token-mean averages over rows)."""
+    from safetensors.torch import load_file
+
+    results = {}
+    for budget in (10_000, 1):
+        over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, f"algorithm.demonstrations={mode}",
+                         "algorithm.sft_coef=0.5", "algorithm.sft_mix=convex", "algorithm.sft_token_weight=chord_phi",
+                         "algorithm.loss_agg_mode=seq-mean-token-mean", "rollout.temperature=1.0",
+                         "algorithm.hpt_threshold=0.5", "algorithm.entropy_coef=0.01", f"actor.micro_token_budget={budget}",
+                         "trainer.total_steps=1", f"trainer.experiment_name=budget_{budget}")
+        result = run_experiment(load_config(None, over))
+        row = json.loads((Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
+        results[budget] = row, load_file(str(Path(result["final_model"]) / "model.safetensors"))
+    (whole, w_whole), (split, w_split) = results[10_000], results[1]
+    keys = [k for k in ("actor/loss", "actor/grad_norm", "actor/demo_nll") if k in whole]  # switch: demos only
+    assert "actor/demo_nll" in keys and all(k in split for k in keys) and whole["actor/grad_norm"] > 0
+    for key in keys:
+        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    # AdamW's first step moves a weight by about lr * sign(gradient) whatever the gradient's size, so float
+    # noise in near-zero gradients shows up in the weights: they agree to 5 % of one step (lr = 3e-3).
+    assert max(float((w_whole[k] - w_split[k]).abs().max()) for k in w_whole) < 0.05 * 3e-3

@@ -6,6 +6,7 @@ This layer imports torch and `rllava.registry` only.
 """
 from rllava.algorithms.advantages import ADVANTAGES, check_batch, compute_advantages, discounted_returns
 from rllava.algorithms.aggregation import AGGREGATIONS, aggregate, masked_mean, masked_whiten
+from rllava.algorithms.demonstrations import SFT_TOKEN_WEIGHTS, rl_rows, sft_coef_at, sft_loss, sft_rows
 from rllava.algorithms.filters import GROUP_FILTERS
 from rllava.algorithms.kl import (
     KL_CONTROLLERS,
@@ -17,12 +18,12 @@ from rllava.algorithms.kl import (
     kl_loss,
     make_kl_controller,
 )
-from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate, demonstration_nll
+from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate
 from rllava.algorithms.shaping import REWARD_SHAPERS
 
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
-    "REWARD_SHAPERS", "AdaptiveKLController", "FixedKLController", "aggregate", "apply_kl_penalty",
-    "check_batch", "clipped_surrogate", "compute_advantages", "demonstration_nll", "discounted_returns", "entropy_loss",
-    "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten",
+    "REWARD_SHAPERS", "SFT_TOKEN_WEIGHTS", "AdaptiveKLController", "FixedKLController", "aggregate",
+    "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_rows", "sft_coef_at", "sft_loss", "sft_rows",
 ]

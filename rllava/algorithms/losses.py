@@ -206,12 +206,3 @@ def sft(logp, old_logp, advantages, mask, cfg, **extra):
     """Supervised NLL -logp on trained tokens; advantages (and TIS: there is no sampler) are ignored."""
     loss = aggregate(-logp, mask, cfg.loss_agg_mode, extra.get("norm_len"))
     return loss, {"nll": float(masked_mean(-logp.detach(), mask))}
-
-
-def demonstration_nll(logp: torch.Tensor, mask: torch.Tensor, is_expert: torch.Tensor, cfg: Any,
-                      norm_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """SFT term of the SFT-RL hybrids: -logp on demonstration rows' tokens, 0 on rollout tokens,
-    aggregated over all trained tokens like the policy loss (so micro-batch splits add up exactly).
-    Returns the term and the mean NLL per demonstration token (a metric)."""
-    demo = mask * is_expert.to(device=mask.device, dtype=mask.dtype)[:, None]
-    return aggregate(-logp * demo, mask, cfg.loss_agg_mode, norm_len), float(masked_mean(-logp.detach(), demo))

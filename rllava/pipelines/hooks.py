@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from rllava.algorithms import ADVANTAGES, GROUP_FILTERS
+from rllava.algorithms import ADVANTAGES, GROUP_FILTERS, SFT_TOKEN_WEIGHTS
+from rllava.algorithms.demonstrations import SFT_MIXES
 from rllava.config import Config, ConfigError
 from rllava.data.types import Episode
 from rllava.engines import distributed as du
@@ -86,9 +87,10 @@ def demonstration_episodes(trainer, groups: list[list[Episode]]) -> list[Episode
     return demos
 
 
-class MixDemonstrations:
-    """LUFFY: every group gets its demonstration as one more, off-policy sample, so the group
-    advantages mix rollouts and demonstration (the `luffy` loss shapes the demonstration tokens)."""
+class AddDemonstrations:
+    """Every group gets its demonstration as one more sample. `mix` (LUFFY): an off-policy sample, so the
+    group advantages mix rollouts and demonstration (the `luffy` loss shapes its tokens). `sft` (CHORD):
+    SFT data next to the rollouts, trained by the SFT term alone (rllava.algorithms.demonstrations)."""
 
     def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
         groups = group_list(episodes)
@@ -110,7 +112,7 @@ class SwitchToDemonstrations:
         return [e for g, f in zip(groups, failing) for e in ([next(demos)] if f else g)]
 
 
-DEMONSTRATION_HOOKS = {"mix": MixDemonstrations, "switch": SwitchToDemonstrations}
+DEMONSTRATION_HOOKS = {"mix": AddDemonstrations, "switch": SwitchToDemonstrations, "sft": AddDemonstrations}
 
 
 def hooks_for(cfg: Config) -> list:
@@ -129,8 +131,20 @@ def hooks_for(cfg: Config) -> list:
         if cfg.algorithm.tis_cap is not None:
             raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                               "algorithm.tis_cap cannot be used with them")
-        if mode == "switch" and not cfg.algorithm.sft_coef:
-            raise ConfigError("algorithm.demonstrations=switch trains demonstrations by the SFT term: set "
+        if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
+            raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
                               "algorithm.sft_coef > 0 (HPT uses 1)")
+        check_sft_term(cfg.algorithm)
         hooks.append(DEMONSTRATION_HOOKS[mode]())
     return hooks
+
+
+def check_sft_term(algo) -> None:
+    """The SFT term's settings, before any model is loaded."""
+    if algo.sft_mix not in SFT_MIXES:
+        raise ConfigError(f"algorithm.sft_mix: {algo.sft_mix!r} is not one of {list(SFT_MIXES)}")
+    SFT_TOKEN_WEIGHTS.entry(algo.sft_token_weight)  # an unknown name fails here, naming the known ones
+    coefs = [algo.sft_coef] + ([algo.sft_coef_final] if algo.sft_coef_final is not None else [])
+    if algo.sft_mix == "convex" and not all(0.0 <= c <= 1.0 for c in coefs):
+        raise ConfigError(f"algorithm.sft_mix=convex weighs (1 - c) * RL + c * SFT: sft_coef and sft_coef_final "
+                          f"must lie in [0, 1], got {coefs}")

@@ -5,7 +5,9 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller
+import torch
+
+from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller, rl_rows, sft_coef_at
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.pipelines.hooks import hooks_for
@@ -17,6 +19,24 @@ def response_metrics(episodes: list[Episode]) -> dict[str, float]:
     n = max(1, len(lengths))
     return {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
             "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
+
+
+def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages (and returns) from the rows RL trains; SFT-only demonstrations get 0 and stay out of the
+    group and batch statistics."""
+    rows = rl_rows(batch.is_expert, algo.demonstrations)
+    if rows is None:
+        return ADVANTAGES.get(algo.adv_estimator)(batch, algo)
+    adv = torch.zeros_like(batch.response_mask, dtype=torch.float32)
+    returns = None
+    if len(rows):
+        sub_adv, sub_returns = ADVANTAGES.get(algo.adv_estimator)(batch.select(rows), algo)
+        width = sub_adv.shape[1]  # select() trims response columns past the kept rows' longest
+        adv[rows, :width] = sub_adv.to(adv.dtype)
+        if sub_returns is not None:
+            returns = torch.zeros_like(adv)
+            returns[rows, :width] = sub_returns.to(adv.dtype)
+    return adv, returns
 
 
 @contextlib.contextmanager
@@ -85,10 +105,13 @@ class RLVRPipeline:
         if ctx.critic is not None:
             with timed(metrics, "values"):
                 batch.values = ctx.critic.values(batch)
-        batch.advantages, batch.returns = ADVANTAGES.get(algo.adv_estimator)(batch, algo)
+        batch.advantages, batch.returns = rl_advantages(batch, algo)
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
         with timed(metrics, "update"):
-            metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+            sft_coef = sft_coef_at(algo, trainer.step)
+            if algo.demonstrations:
+                metrics["demo/sft_coef"] = sft_coef
+            metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef))
         if ctx.critic is not None:
             with timed(metrics, "critic_update"):
                 metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))

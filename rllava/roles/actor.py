@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 
-from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, demonstration_nll, entropy_loss, kl_loss
+from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, entropy_loss, kl_loss, rl_rows, sft_loss, sft_rows
 from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
@@ -15,10 +15,16 @@ from rllava.models.logprobs import response_logprobs
 from rllava.models.shared_prompt import can_share_prompt, sharing_supported
 
 
-def weight_size(mode: str, micro: Batch) -> float:
-    """What `micro` contributes to the aggregation denominator: trained tokens or rows (the mode's `unit`)."""
+def weight_size(mode: str, mask: torch.Tensor) -> float:
+    """What rows with response `mask` contribute to the aggregation denominator: trained tokens or rows (the
+    mode's `unit`)."""
     unit = AGGREGATIONS.entry(mode).meta.get("unit", "seq")
-    return float(micro.response_mask.sum()) if unit == "token" else float(len(micro))
+    return float(mask.sum()) if unit == "token" else float(mask.shape[0])
+
+
+def take(t: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows `rows` of `t` (all of it when rows is None)."""
+    return t if t is None or rows is None else t[rows]
 
 
 def sampling_temperature(cfg: Config) -> float:
@@ -103,15 +109,18 @@ class Actor:
         minis = math.ceil(batch_size / self.mini_batch_size(batch_size))
         return self.cfg.actor.ppo_epochs > 1 or du.all_reduce_max(minis) > 1
 
-    def update(self, batch: Batch, loss_name: str | None = None, seed: int = 0) -> dict[str, float]:
+    def update(self, batch: Batch, loss_name: str | None = None, seed: int = 0,
+               sft_coef: float | None = None) -> dict[str, float]:
         """Policy-gradient update: epochs x mini-batches (one optimizer step each) x micro-batches.
 
         Every loss term is divided by its *global* denominator (summed over ranks), so the ranks'
         gradients sum to the single-process gradient of the whole batch; metrics are the mini-batch
-        aggregates (weighted like the loss), averaged over optimizer steps.
+        aggregates (weighted like the loss), averaged over optimizer steps. `sft_coef` is this step's
+        weight of the SFT term on demonstrations (default `algorithm.sft_coef`; a schedule sets it).
         """
         algo = self.cfg.algorithm
         loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
+        sft_coef = algo.sft_coef if sft_coef is None else sft_coef
         mini_size = self.mini_batch_size(len(batch))
         norm_len = int(du.all_reduce_max(batch.response_width))  # the same constant on every rank
         gen = torch.Generator().manual_seed(seed)
@@ -121,15 +130,26 @@ class Actor:
             minis = [batch.select(order[s:s + mini_size]) for s in range(0, len(batch), mini_size)]
             # Ranks may hold different numbers of sequences (group filters): padding mini-batches weigh 0.
             for mini, real in du.pad_to_common_length(minis):
-                for k, v in self._update_mini(mini, real, loss_fn, norm_len).items():
+                for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef).items():
                     history[k].append(v)
         return {k: sum(v) / len(v) for k, v in history.items()}
 
-    def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int) -> dict[str, float]:
-        """One optimizer step on a mini-batch (split into micro-batches by token budget)."""
-        algo = self.cfg.algorithm
+    def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int, sft_coef: float) -> dict[str, float]:
+        """One optimizer step on a mini-batch (split into micro-batches by token budget).
+
+        The RL loss covers the rows RL trains (all, or the rollouts when demonstrations are SFT-only);
+        the SFT term covers the demonstrations. Each is averaged over its own rows of the mini-batch.
+        """
+        algo, mode = self.cfg.algorithm, self.cfg.algorithm.loss_agg_mode
         use_kl_loss = algo.kl_coef > 0 and algo.kl_in == "loss" and mini.ref_logp is not None
-        denominator = max(1.0, du.all_reduce_sum(weight_size(algo.loss_agg_mode, mini) if real else 0.0))
+        rl_coef = 1.0 - sft_coef if algo.sft_mix == "convex" else 1.0
+
+        def denominator(rows: torch.Tensor | None, default_all: bool) -> float:
+            size = 0.0 if rows is None and not default_all else weight_size(mode, take(mini.response_mask, rows))
+            return max(1.0, du.all_reduce_sum(size if real else 0.0))
+
+        rl_den = denominator(rl_rows(mini.is_expert, algo.demonstrations), True)
+        sft_den = denominator(sft_rows(mini.is_expert, sft_coef), False)
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
             share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
@@ -137,26 +157,34 @@ class Actor:
                                                                                     share_prompts)):
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
-                old = m.old_logp if m.old_logp is not None else logp.detach()
-                adv = m.advantages if m.advantages is not None else torch.zeros_like(logp)
-                loss, metrics = loss_fn(logp, old, adv, m.response_mask, algo, rollout_logp=m.rollout_logp,
-                                        entropy=entropy, norm_len=norm_len, is_expert=m.is_expert)
-                if algo.sft_coef and m.is_expert is not None and bool(m.is_expert.any()):  # SFT-RL hybrids
-                    nll, metrics["demo_nll"] = demonstration_nll(logp, m.response_mask, m.is_expert, algo, norm_len)
-                    loss = loss + algo.sft_coef * nll
-                ent = entropy_loss(entropy, m.response_mask, algo.loss_agg_mode, norm_len=norm_len)
-                if algo.entropy_coef:
-                    loss = loss - algo.entropy_coef * ent
-                if use_kl_loss:
-                    kl = kl_loss(logp, m.ref_logp, m.response_mask, algo.kl_estimator, algo.loss_agg_mode,
-                                 norm_len=norm_len)
-                    loss = loss + algo.kl_coef * kl
-                    metrics["kl_loss"] = float(kl.detach())
-                metrics["entropy"] = float(ent.detach())
-                metrics["loss"] = float(loss.detach())
-                # Padding micro-batches still run forward and backward (FSDP collectives) but weigh 0.
-                weight = weight_size(algo.loss_agg_mode, micro) / denominator if real and real_micro else 0.0
-                (loss * weight).backward()
+                live = real and real_micro  # padding micro-batches still run forward and backward but weigh 0
+                rl, sft = rl_rows(m.is_expert, algo.demonstrations), sft_rows(m.is_expert, sft_coef)
+                mask = take(m.response_mask, rl)
+                total, metrics, weight = logp.sum() * 0.0, {}, 0.0  # zero, but part of the graph (FSDP backward)
+                if mask.shape[0]:
+                    rl_logp, ent_rows = take(logp, rl), take(entropy, rl)
+                    old = take(m.old_logp, rl) if m.old_logp is not None else rl_logp.detach()
+                    adv = take(m.advantages, rl) if m.advantages is not None else torch.zeros_like(rl_logp)
+                    loss, metrics = loss_fn(rl_logp, old, adv, mask, algo, rollout_logp=take(m.rollout_logp, rl),
+                                            entropy=ent_rows, norm_len=norm_len, is_expert=take(m.is_expert, rl))
+                    ent = entropy_loss(ent_rows, mask, mode, norm_len=norm_len)
+                    if algo.entropy_coef:
+                        loss = loss - algo.entropy_coef * ent
+                    if use_kl_loss:
+                        kl = kl_loss(rl_logp, take(m.ref_logp, rl), mask, algo.kl_estimator, mode, norm_len=norm_len)
+                        loss = loss + algo.kl_coef * kl
+                        metrics["kl_loss"] = float(kl.detach())
+                    metrics["entropy"] = float(ent.detach())
+                    metrics["loss"] = float(loss.detach())
+                    weight = weight_size(mode, mask) / rl_den if live else 0.0
+                    total = rl_coef * weight * loss
+                if sft is not None:  # SFT-RL hybrids: the demonstrations' SFT term
+                    demo_mask = m.response_mask[sft]
+                    term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len)
+                    sft_weight = weight_size(mode, demo_mask) / sft_den if live else 0.0
+                    total = total + sft_coef * sft_weight * term
+                    sums["actor/demo_nll"] += sft_weight * nll
+                total.backward()
                 for k, v in metrics.items():
                     if weight:  # (0 * NaN would poison the sum)
                         sums[f"actor/{k}"] += weight * float(v)
