@@ -99,7 +99,7 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
-    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD)
+    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
     sft_coef: float = 0.0  # weight c of the SFT term (mean demonstration NLL; the peak under a schedule)
@@ -108,6 +108,9 @@ class AlgorithmConfig:
     sft_coef_warmup_steps: int = 0  # CHORD-mu: sft_coef rises linearly from 0 over these steps
     sft_coef_final: Optional[float] = None  # CHORD-mu: then falls (cosine) to this; null keeps sft_coef
     sft_coef_decay_steps: int = 0  # CHORD-mu: steps of that fall
+    hint_ratio_high: float = 0.95  # UFT: share of the demonstration given as a hint at the start (Binomial mean)
+    hint_ratio_low: float = 0.05  # UFT: the share a cosine brings it down to over hint_steps; 0 after them
+    hint_steps: int = 0  # UFT: steps with hints (required for demonstrations=hint)
 
 
 @dataclass

@@ -52,6 +52,8 @@ def test_example_trains_three_steps(name, tiny_model_factory, task_data, tmp_pat
         assert all(r["reward/demo_mean"] >= 0 and "actor/expert_prob_mean" in r for r in rows)
     if cfg.algorithm.demonstrations == "switch":
         assert all("demo/switched_fraction" in r for r in rows)
+    if cfg.algorithm.demonstrations == "hint":
+        assert all("demo/hint_ratio" in r for r in rows) and any("actor/demo_nll" in r for r in rows)
     if cfg.algorithm.demonstrations == "sft":
         assert all(r["actor/demo_nll"] > 0 and 0 < r["demo/sft_coef"] <= cfg.algorithm.sft_coef for r in rows)
     if cfg.algorithm.adv_estimator == "remax":

@@ -1,7 +1,8 @@
-"""SFT-RL hybrids: the LUFFY loss, the SFT term (CHORD-phi weights, CHORD-mu schedule) and advantages
-over rollouts only against hand-computed values; demonstrations mixed into GRPO groups (LUFFY),
-switched in for failing groups (HPT) or trained beside the rollouts by the SFT term (CHORD) end to
-end on a tiny Qwen2-VL, with micro-batch splits that add up exactly."""
+"""SFT-RL hybrids: the LUFFY loss, the SFT term (CHORD-phi weights, CHORD-mu schedule), UFT's hint
+schedule and token split, and advantages over rollouts only against hand-computed values;
+demonstrations mixed into GRPO groups (LUFFY), switched in for failing groups (HPT), trained beside
+the rollouts by the SFT term (CHORD) or given as hints (UFT) end to end on a tiny Qwen2-VL, with
+micro-batch splits that add up exactly."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rllava.algorithms import POLICY_LOSSES, sft_coef_at, sft_loss
+from rllava.algorithms import (
+    POLICY_LOSSES,
+    demonstration_tokens,
+    hint_ratio_at,
+    rl_part,
+    sft_coef_at,
+    sft_loss,
+    sft_part,
+)
 from rllava.config import AlgorithmConfig, ConfigError, load_config
 from rllava.pipelines.run import run_experiment
 
@@ -87,6 +96,30 @@ def test_chord_mu_schedule():
     assert values == pytest.approx([0.25, 0.5, 0.5, 0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi / 4)), half_way,
                                     0.1 + 0.4 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), 0.1, 0.1])
     assert [sft_coef_at(cfg(sft_coef=0.3), s) for s in (0, 50)] == [0.3, 0.3]  # no schedule: constant
+
+
+def test_uft_hint_ratio_schedule():
+    c = cfg(hint_ratio_high=0.9, hint_ratio_low=0.1, hint_steps=4)
+    expected = [0.1 + 0.4 * (1 + math.cos(math.pi * (t + 1) / 4)) for t in range(4)] + [0.0, 0.0]
+    assert [hint_ratio_at(c, t) for t in range(6)] == pytest.approx(expected)
+    assert hint_ratio_at(c, 3) == pytest.approx(0.1)  # the last hinted step is at the low end
+
+
+def test_hint_tokens_go_to_the_sft_term_and_the_rest_to_rl():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    hint_len = torch.tensor([2, 0, 1])
+    demo = demonstration_tokens(None, hint_len, mask)
+    assert demo.tolist() == [[True, True, False, False], [False] * 4, [True, False, False, False]]
+    rows, rl_mask = rl_part(mask, demo, "hint")
+    assert rows is None and rl_mask.tolist() == [[0, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]]
+    sft_rows, sft_mask = sft_part(mask, demo, 1.0)
+    assert sft_rows.tolist() == [0, 2] and sft_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
+    assert sft_part(mask, demo, 0.0) == (None, None)
+    # a whole demonstration row (switch / sft) drops out of RL; under mix RL keeps every token
+    expert = torch.tensor([False, True, False])
+    rows, rl_mask = rl_part(mask, demonstration_tokens(expert, None, mask), "sft")
+    assert rows.tolist() == [0, 2] and torch.equal(rl_mask, mask[[0, 2]])
+    assert rl_part(mask, demonstration_tokens(expert, None, mask), "mix") == (None, mask)
 
 
 def test_sft_only_demonstrations_stay_out_of_the_advantages():
@@ -191,6 +224,8 @@ def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, countin
     (["algorithm.demonstrations=switch"], "sft_coef"),
     (["algorithm.demonstrations=sft"], "sft_coef"),
     (["algorithm.sft_mix=blend"], "sft_mix"),
+    (["algorithm.demonstrations=hint"], "hint_steps"),
+    (["algorithm.demonstrations=hint", "algorithm.hint_steps=5", "algorithm.adv_estimator=remax"], "greedy baseline"),
     (["algorithm.sft_mix=convex", "algorithm.sft_coef=1.5"], r"\[0, 1\]"),
 ])
 def test_demonstrations_reject_what_they_cannot_do(tiny_model_factory, counting_data, tmp_path, extra, message):
@@ -215,7 +250,34 @@ def test_chord_trains_demonstrations_beside_the_rollouts(tiny_model_factory, cou
     assert nll[-1] < nll[0], nll
 
 
-@pytest.mark.parametrize("mode", ["sft", "mix", "switch"])
+def test_uft_rollouts_start_from_hints_that_the_sft_term_trains(tiny_model_factory, counting_data, tmp_path):
+    """demonstrations=hint with the whole demonstration as the hint for 3 steps, then none: each response of
+    a hinted step starts with the demonstration's tokens (the prompt is the plain one again), the SFT term
+    trains them, and the 4th step is plain GRPO."""
+    from transformers import AutoTokenizer
+
+    model = tiny_model_factory("qwen2_vl")
+    over = overrides(model, counting_data, tmp_path, "algorithm.demonstrations=hint", "algorithm.sft_coef=1.0",
+                     "algorithm.hint_steps=3", "algorithm.hint_ratio_high=1.0", "algorithm.hint_ratio_low=1.0",
+                     "data.response_template='There are {{ answer }}.'")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    assert [r["demo/hint_ratio"] for r in rows] == [1.0, 1.0, 1.0, 0.0]
+    tok = AutoTokenizer.from_pretrained(model)
+    for batch in seen[:3]:
+        for i, ep in enumerate(batch.episodes):
+            hint = tok(f"There are {ep.prompt.meta['answer']}.", add_special_tokens=False)["input_ids"]
+            assert int(batch.hint_len[i]) == len(hint) and ep.response_ids[:len(hint)] == hint
+            assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.")
+            assert "_unhinted_prompt" not in ep.prompt.meta and ep.prompt.input_ids[-len(hint):] != hint
+        hint_tokens = torch.arange(batch.response_width)[None, :] < batch.hint_len[:, None]
+        assert not batch.advantages[hint_tokens].any()  # RL sees the generated tokens only
+        assert batch.response_mask.sum() > batch.hint_len.sum()  # something was generated after each hint
+    assert seen[3].hint_len is None
+    nll = [r["actor/demo_nll"] for r in rows[:3]]
+    assert "actor/demo_nll" not in rows[3] and nll[-1] < nll[0], nll
+
+
+@pytest.mark.parametrize("mode", ["sft", "mix", "switch", "hint"])
 def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, counting_data, tmp_path, mode):
     """One row per micro-batch or all rows in one: the same loss, gradient norm and weights. The RL loss and
     the SFT term have separate denominators, so this checks both (seq-mean-token-mean averages over rows)."""
@@ -227,6 +289,7 @@ def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, count
                          "algorithm.sft_coef=0.5", "algorithm.sft_mix=convex", "algorithm.sft_token_weight=chord_phi",
                          "algorithm.loss_agg_mode=seq-mean-token-mean", "rollout.temperature=1.0",
                          "algorithm.hpt_threshold=0.5", "algorithm.entropy_coef=0.01", f"actor.micro_token_budget={budget}",
+                         "algorithm.hint_steps=2", "algorithm.hint_ratio_low=0.5", "data.response_template='There are {{ answer }}.'",
                          "trainer.total_steps=1", f"trainer.experiment_name=budget_{budget}")
         result = run_experiment(load_config(None, over))
         row = json.loads((Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()[-1])

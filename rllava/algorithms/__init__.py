@@ -6,7 +6,15 @@ This layer imports torch and `rllava.registry` only.
 """
 from rllava.algorithms.advantages import ADVANTAGES, check_batch, compute_advantages, discounted_returns
 from rllava.algorithms.aggregation import AGGREGATIONS, aggregate, masked_mean, masked_whiten
-from rllava.algorithms.demonstrations import SFT_TOKEN_WEIGHTS, rl_rows, sft_coef_at, sft_loss, sft_rows
+from rllava.algorithms.demonstrations import (
+    SFT_TOKEN_WEIGHTS,
+    demonstration_tokens,
+    hint_ratio_at,
+    rl_part,
+    sft_coef_at,
+    sft_loss,
+    sft_part,
+)
 from rllava.algorithms.filters import GROUP_FILTERS
 from rllava.algorithms.kl import (
     KL_CONTROLLERS,
@@ -25,5 +33,6 @@ __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
     "REWARD_SHAPERS", "SFT_TOKEN_WEIGHTS", "AdaptiveKLController", "FixedKLController", "aggregate",
     "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
-    "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_rows", "sft_coef_at", "sft_loss", "sft_rows",
+    "demonstration_tokens", "hint_ratio_at", "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_part",
+    "sft_coef_at", "sft_loss", "sft_part",
 ]

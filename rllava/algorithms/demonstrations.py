@@ -1,9 +1,11 @@
 """The SFT term of the SFT-RL hybrids: which rows RL trains, the term itself, its token weights and coefficient.
 
 A demonstration (the row's reference answer, `algorithm.demonstrations`) enters the batch in one of
-three modes. `mix` (LUFFY) treats it like a rollout: it takes part in its group's advantages and in
-the RL loss. `switch` (HPT) and `sft` (CHORD) train it by the SFT term alone: advantages and the RL
-loss see the rollouts only.
+four modes. `mix` (LUFFY) treats it like a rollout: it takes part in its group's advantages and in
+the RL loss. `switch` (HPT) and `sft` (CHORD) add whole demonstration rows that the SFT term alone
+trains. `hint` (UFT) starts each rollout from a prefix of the demonstration: those first response
+tokens are trained by the SFT term, the generated rest by RL. Advantages and the RL loss see the
+rollouts' own tokens only, except under `mix`.
 
 The SFT term is -w * logp over demonstration tokens, aggregated like the policy loss but over the
 demonstrations alone, so `sft_coef` weighs a mean demonstration NLL against a mean RL loss however
@@ -21,7 +23,7 @@ from rllava.algorithms.aggregation import aggregate, masked_mean
 from rllava.registry import Registry
 
 # Whether RL (advantages and the policy loss) also trains the demonstrations, per mode.
-RL_TRAINS_DEMONSTRATIONS = {"mix": True, "switch": False, "sft": False}
+RL_TRAINS_DEMONSTRATIONS = {"mix": True, "switch": False, "sft": False, "hint": False}
 SFT_MIXES = ("add", "convex")
 
 SFT_TOKEN_WEIGHTS = Registry("sft_token_weight", "per-token weights of the SFT term on demonstrations "
@@ -41,18 +43,51 @@ def chord_phi(logp: torch.Tensor) -> torch.Tensor:
     return p * (1 - p)
 
 
-def sft_rows(is_expert: Optional[torch.Tensor], sft_coef: float) -> Optional[torch.Tensor]:
-    """Indices of the rows the SFT term trains (demonstrations), or None when it trains none."""
-    if not sft_coef or is_expert is None or not bool(is_expert.any()):
-        return None
-    return is_expert.bool().nonzero().squeeze(1)
+def demonstration_tokens(is_expert: Optional[torch.Tensor], hint_len: Optional[torch.Tensor],
+                         mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """[B, T] bool: the response tokens that come from a demonstration (whole demonstration rows, UFT hint
+    prefixes), or None when there are none."""
+    demo = None
+    if is_expert is not None and bool(is_expert.any()):
+        demo = is_expert.to(device=mask.device, dtype=torch.bool)[:, None].expand_as(mask)
+    if hint_len is not None and bool(hint_len.any()):
+        positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
+        hint = positions < hint_len.to(mask.device)[:, None]
+        demo = hint if demo is None else demo | hint
+    return demo
 
 
-def rl_rows(is_expert: Optional[torch.Tensor], mode: Optional[str]) -> Optional[torch.Tensor]:
-    """Indices of the rows RL trains, or None for all of them (no demonstrations, or `mix`)."""
-    if is_expert is None or not mode or RL_TRAINS_DEMONSTRATIONS[mode] or not bool(is_expert.any()):
-        return None
-    return (~is_expert.bool()).nonzero().squeeze(1)
+def rl_part(mask: torch.Tensor, demo: Optional[torch.Tensor], mode: Optional[str]
+            ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """(rows RL trains, their token mask). Rows: None for all of them; under the SFT-only modes a row of
+    demonstration tokens only drops out (it must not count as an RL row in a per-sequence mean)."""
+    if demo is None or not mode or RL_TRAINS_DEMONSTRATIONS[mode]:
+        return None, mask
+    own = mask * ~demo
+    keep = (own != 0).any(1)
+    if bool(keep.all()):
+        return None, own
+    rows = keep.nonzero().squeeze(1)
+    return rows, own[rows]
+
+
+def sft_part(mask: torch.Tensor, demo: Optional[torch.Tensor], sft_coef: float
+             ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(rows the SFT term trains, their demonstration-token mask), or (None, None) when it trains nothing."""
+    if not sft_coef or demo is None:
+        return None, None
+    demo_mask = mask * demo
+    rows = (demo_mask != 0).any(1).nonzero().squeeze(1)
+    return rows, demo_mask[rows]
+
+
+def hint_ratio_at(cfg: Any, step: int) -> float:
+    """UFT's hint proportion for the step after `step` completed ones: a cosine from `hint_ratio_high` to
+    `hint_ratio_low` over `hint_steps` steps, then 0 (training ends as plain RL, like evaluation)."""
+    if step >= cfg.hint_steps:
+        return 0.0
+    cos = math.cos(math.pi * (step + 1) / cfg.hint_steps)
+    return cfg.hint_ratio_low + 0.5 * (cfg.hint_ratio_high - cfg.hint_ratio_low) * (1.0 + cos)
 
 
 def sft_loss(logp: torch.Tensor, mask: torch.Tensor, cfg: Any, norm_len: int | None = None) -> tuple[torch.Tensor, float]:

@@ -46,6 +46,7 @@ class Episode:
     response_seq: dict[str, list[int]] = field(default_factory=dict)  # per-token extras of response tokens (image tokens of observations)
     info: dict[str, Any] = field(default_factory=dict)  # environment facts: turns, tool calls, stop reason, transcript
     is_expert: bool = False  # an off-policy demonstration added to the group (SFT-RL hybrids), not a rollout
+    hint_len: int = 0  # UFT: the first hint_len response tokens are a demonstration prefix the rollout started from
 
     @property
     def num_generated(self) -> int:
@@ -127,6 +128,7 @@ class Batch:
     returns: Optional[torch.Tensor] = None
     baseline_rewards: Optional[torch.Tensor] = None  # [B] e.g. ReMax's greedy-rollout reward
     is_expert: Optional[torch.Tensor] = None  # [B] bool, for SFT-RL hybrids
+    hint_len: Optional[torch.Tensor] = None  # [B] long, UFT hints: demonstration tokens at the start of each response
     episodes: list[Episode] = field(default_factory=list)
 
     # ---- construction
@@ -163,6 +165,7 @@ class Batch:
             rollout_logp=rollout_logp,
             baseline_rewards=baseline,
             is_expert=torch.tensor([e.is_expert for e in episodes]) if any(e.is_expert for e in episodes) else None,
+            hint_len=torch.tensor([e.hint_len for e in episodes]) if any(e.hint_len for e in episodes) else None,
             episodes=list(episodes),
         )
         batch.set_scores(torch.tensor([float(e.reward) for e in episodes], dtype=torch.float32))

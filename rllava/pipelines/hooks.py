@@ -1,17 +1,21 @@
 """Hooks that change what the RLVR step does without copying it.
 
-A hook may implement any of `after_rollout(trainer, episodes, metrics)` and
-`after_scoring(trainer, episodes, metrics)`, each returning the (possibly new) episodes.
+A hook may implement any of `before_rollout(trainer, prompts, metrics)` (returning the prompts to
+sample from), `after_rollout(trainer, episodes, metrics)` and `after_scoring(trainer, episodes,
+metrics)` (each returning the, possibly new, episodes).
 Which hooks run is derived from the config (`hooks_for`), not from algorithm names.
 """
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import torch
 
-from rllava.algorithms import ADVANTAGES, GROUP_FILTERS, SFT_TOKEN_WEIGHTS
+from rllava.algorithms import ADVANTAGES, GROUP_FILTERS, SFT_TOKEN_WEIGHTS, hint_ratio_at
 from rllava.algorithms.demonstrations import SFT_MIXES
 from rllava.config import Config, ConfigError
-from rllava.data.types import Episode
+from rllava.data.types import Episode, Prompt
 from rllava.engines import distributed as du
 from rllava.pipelines.sft import sft_episodes
 
@@ -112,7 +116,54 @@ class SwitchToDemonstrations:
         return [e for g, f in zip(groups, failing) for e in ([next(demos)] if f else g)]
 
 
-DEMONSTRATION_HOOKS = {"mix": AddDemonstrations, "switch": SwitchToDemonstrations, "sft": AddDemonstrations}
+class HintFromDemonstrations:
+    """UFT (Liu et al. 2025, arXiv 2505.16984): each prompt's rollouts start from a hint, the first l tokens
+    of its demonstration, with l ~ Binomial(L, p) for a demonstration of L tokens (before EOS) and p
+    annealed by `hint_ratio_at`. The hint then becomes the start of every response of the group: the
+    reward judges the whole solution, the SFT term trains the hint tokens and RL the generated rest.
+    The draws are seeded by (trainer.seed, step, rank), so a resumed run draws the same hints."""
+
+    ORIGINAL = "_unhinted_prompt"  # Prompt.meta key: the prompt without its hint
+
+    def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
+        ctx, cfg = trainer.ctx, trainer.cfg
+        ratio = hint_ratio_at(cfg.algorithm, trainer.step)
+        demos = sft_episodes(prompts, ctx.tokenizer, cfg.data.response_template, ctx.extra["eos_ids"][0])
+        rng = random.Random(f"{cfg.trainer.seed}/{trainer.step}/{du.rank()}")
+        out, lengths = [], []
+        for prompt, demo in zip(prompts, demos):
+            solution = demo.response_ids[:-1]  # without EOS: the rollout must still end the answer itself
+            hint = solution[:sum(rng.random() < ratio for _ in solution)]
+            lengths.append(len(hint))
+            if not hint:
+                out.append(prompt)
+                continue
+            seq = {k: v + [0] * len(hint) for k, v in prompt.seq.items()}  # text tokens: no image/type ids
+            # (text: for engines that re-tokenize it, e.g. vLLM with images, which checks the ids still agree)
+            out.append(dataclasses.replace(prompt, input_ids=prompt.input_ids + hint, seq=seq,
+                                           text=prompt.text + ctx.tokenizer.decode(hint) if prompt.text else "",
+                                           meta={**prompt.meta, self.ORIGINAL: (prompt, hint)}))
+        metrics["demo/hint_ratio"] = ratio
+        metrics["demo/hint_tokens_mean"] = sum(lengths) / max(1, len(lengths))
+        return out
+
+    def after_rollout(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        tokenizer = trainer.ctx.tokenizer
+        for e in episodes:
+            if self.ORIGINAL not in e.prompt.meta:
+                continue
+            e.prompt, hint = e.prompt.meta[self.ORIGINAL]
+            e.hint_len = len(hint)
+            e.response_ids = hint + e.response_ids
+            e.response_mask = [1] * len(hint) + e.response_mask
+            if e.rollout_logp is not None:
+                e.rollout_logp = [0.0] * len(hint) + e.rollout_logp
+            e.response_text = tokenizer.decode(e.response_ids, skip_special_tokens=True)
+        return episodes
+
+
+DEMONSTRATION_HOOKS = {"mix": AddDemonstrations, "switch": SwitchToDemonstrations, "sft": AddDemonstrations,
+                       "hint": HintFromDemonstrations}
 
 
 def hooks_for(cfg: Config) -> list:
@@ -131,6 +182,11 @@ def hooks_for(cfg: Config) -> list:
         if cfg.algorithm.tis_cap is not None:
             raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                               "algorithm.tis_cap cannot be used with them")
+        if mode == "hint" and cfg.algorithm.hint_steps <= 0:
+            raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
+        if mode == "hint" and hooks:  # ReMax's greedy rollouts and DAPO's extra rounds would sample without hints
+            raise ConfigError("algorithm.demonstrations=hint cannot be combined with a greedy baseline (remax) or "
+                              "a group filter yet")
         if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
             raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
                               "algorithm.sft_coef > 0 (HPT uses 1)")

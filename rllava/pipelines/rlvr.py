@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 
 import torch
 
-from rllava.algorithms import ADVANTAGES, REWARD_SHAPERS, apply_kl_penalty, make_kl_controller, rl_rows, sft_coef_at
+from rllava.algorithms import (
+    ADVANTAGES,
+    REWARD_SHAPERS,
+    apply_kl_penalty,
+    demonstration_tokens,
+    make_kl_controller,
+    rl_part,
+    sft_coef_at,
+)
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.pipelines.hooks import hooks_for
@@ -22,20 +31,24 @@ def response_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 
 def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages (and returns) from the rows RL trains; SFT-only demonstrations get 0 and stay out of the
-    group and batch statistics."""
-    rows = rl_rows(batch.is_expert, algo.demonstrations)
-    if rows is None:
+    """Advantages (and returns) from what RL trains: SFT-only demonstration tokens (whole rows, UFT hints)
+    get 0 and stay out of the group and batch statistics."""
+    demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
+    rows, own_mask = rl_part(batch.response_mask, demo, algo.demonstrations)
+    if own_mask is batch.response_mask:  # RL trains every token
         return ADVANTAGES.get(algo.adv_estimator)(batch, algo)
     adv = torch.zeros_like(batch.response_mask, dtype=torch.float32)
     returns = None
-    if len(rows):
-        sub_adv, sub_returns = ADVANTAGES.get(algo.adv_estimator)(batch.select(rows), algo)
-        width = sub_adv.shape[1]  # select() trims response columns past the kept rows' longest
-        adv[rows, :width] = sub_adv.to(adv.dtype)
+    if own_mask.shape[0]:
+        sub = batch if rows is None else batch.select(rows)
+        width = sub.response_width  # select() trims response columns past the kept rows' longest
+        sub = dataclasses.replace(sub, response_mask=own_mask[:, :width])
+        sub_adv, sub_returns = ADVANTAGES.get(algo.adv_estimator)(sub, algo)
+        target = slice(None) if rows is None else rows
+        adv[target, :width] = sub_adv.to(adv.dtype)
         if sub_returns is not None:
             returns = torch.zeros_like(adv)
-            returns[rows, :width] = sub_returns.to(adv.dtype)
+            returns[target, :width] = sub_returns.to(adv.dtype)
     return adv, returns
 
 
@@ -72,6 +85,7 @@ class RLVRPipeline:
         """Rollout and scoring, with the hooks in between (a multi-turn pipeline overrides this)."""
         ctx = trainer.ctx
         metrics: dict[str, float] = {}
+        prompts = self._run_hooks("before_rollout", trainer, prompts, metrics)
         episodes = ctx.rollout.generate(prompts, ctx.rollout.train_sampling())
         episodes = self._run_hooks("after_rollout", trainer, episodes, metrics)
         metrics.update(ctx.reward.score(episodes))

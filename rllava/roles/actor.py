@@ -6,7 +6,16 @@ from collections import defaultdict
 
 import torch
 
-from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES, entropy_loss, kl_loss, rl_rows, sft_loss, sft_rows
+from rllava.algorithms import (
+    AGGREGATIONS,
+    POLICY_LOSSES,
+    demonstration_tokens,
+    entropy_loss,
+    kl_loss,
+    rl_part,
+    sft_loss,
+    sft_part,
+)
 from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
@@ -137,19 +146,22 @@ class Actor:
     def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int, sft_coef: float) -> dict[str, float]:
         """One optimizer step on a mini-batch (split into micro-batches by token budget).
 
-        The RL loss covers the rows RL trains (all, or the rollouts when demonstrations are SFT-only);
-        the SFT term covers the demonstrations. Each is averaged over its own rows of the mini-batch.
+        The RL loss covers the tokens RL trains (all, or the rollouts' own tokens when demonstrations are
+        SFT-only); the SFT term covers demonstration tokens. Each is averaged over its own part of the
+        mini-batch.
         """
         algo, mode = self.cfg.algorithm, self.cfg.algorithm.loss_agg_mode
         use_kl_loss = algo.kl_coef > 0 and algo.kl_in == "loss" and mini.ref_logp is not None
         rl_coef = 1.0 - sft_coef if algo.sft_mix == "convex" else 1.0
 
-        def denominator(rows: torch.Tensor | None, default_all: bool) -> float:
-            size = 0.0 if rows is None and not default_all else weight_size(mode, take(mini.response_mask, rows))
-            return max(1.0, du.all_reduce_sum(size if real else 0.0))
+        def parts(b: Batch) -> tuple:
+            """(RL rows, their mask, SFT rows, their demonstration-token mask) of b."""
+            demo = demonstration_tokens(b.is_expert, b.hint_len, b.response_mask)
+            return (*rl_part(b.response_mask, demo, algo.demonstrations), *sft_part(b.response_mask, demo, sft_coef))
 
-        rl_den = denominator(rl_rows(mini.is_expert, algo.demonstrations), True)
-        sft_den = denominator(sft_rows(mini.is_expert, sft_coef), False)
+        _, rl_mask, sft, sft_mask = parts(mini)
+        rl_den = max(1.0, du.all_reduce_sum(weight_size(mode, rl_mask) if real else 0.0))
+        sft_den = max(1.0, du.all_reduce_sum(weight_size(mode, sft_mask) if real and sft is not None else 0.0))
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
             share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
@@ -158,8 +170,7 @@ class Actor:
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
                 live = real and real_micro  # padding micro-batches still run forward and backward but weigh 0
-                rl, sft = rl_rows(m.is_expert, algo.demonstrations), sft_rows(m.is_expert, sft_coef)
-                mask = take(m.response_mask, rl)
+                rl, mask, sft, demo_mask = parts(m)
                 total, metrics, weight = logp.sum() * 0.0, {}, 0.0  # zero, but part of the graph (FSDP backward)
                 if mask.shape[0]:
                     rl_logp, ent_rows = take(logp, rl), take(entropy, rl)
@@ -178,8 +189,7 @@ class Actor:
                     metrics["loss"] = float(loss.detach())
                     weight = weight_size(mode, mask) / rl_den if live else 0.0
                     total = rl_coef * weight * loss
-                if sft is not None:  # SFT-RL hybrids: the demonstrations' SFT term
-                    demo_mask = m.response_mask[sft]
+                if sft is not None and len(sft):  # SFT-RL hybrids: the SFT term on demonstration tokens
                     term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len)
                     sft_weight = weight_size(mode, demo_mask) / sft_den if live else 0.0
                     total = total + sft_coef * sft_weight * term
