@@ -153,3 +153,44 @@ def test_fsdp2_variants_on_gpu(tiny_model_factory, counting_data, tmp_path, extr
     loaded = AutoModelForImageTextToText.from_pretrained(exported).state_dict()
     initial = AutoModelForImageTextToText.from_pretrained(model).state_dict()
     assert loaded.keys() == initial.keys() and any(not torch.equal(initial[k], loaded[k]) for k in initial)
+
+
+def _backward_peak_bytes(model, engine: LocalTrainEngine, ids: torch.Tensor) -> int:
+    """Peak GPU bytes above the weights for one forward + backward (before the optimizer step)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with engine.compute(train=True):
+        model(input_ids=ids, labels=ids).loss.backward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def test_optimizer_offload_on_cuda(tiny_model_factory):
+    """actor.optimizer_offload on the GPU: bf16 weights there, fp32 masters on the host take a lr=1e-6 step, and
+    backward never holds the whole gradient on the GPU (the plain bf16 engine does: 2 bytes a parameter)."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model_factory("qwen2", "small")
+    ids = torch.randint(10, 500, (4, 64), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # on the CPU, as rllava loads it
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    engine = LocalTrainEngine(model, lr=1e-6, compute_dtype="bfloat16", device="cuda", optimizer_offload=True)
+    assert all(p.is_cuda and p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(m.device.type == "cpu" for m in engine.offload.masters) and engine.offload.staging.is_pinned()
+    _nll_step(model, engine, ids)  # also the warm-up: first-use CUDA allocations (cuBLAS workspaces) happen here
+    assert all(p.grad is None for p in model.parameters())
+    changed = sum(int((m != before[n]).sum()) for n, m in zip(engine.names, engine.offload.masters))
+    assert changed / sum(m.numel() for m in engine.offload.masters) > 0.9
+    assert all(torch.equal(p.detach().cpu(), m.to(torch.bfloat16)) for p, m in zip(engine.params, engine.offload.masters))
+    few = ids[:1, :8]  # few tokens: activations far smaller than the gradients, which then set the plain peak
+    offload_peak = _backward_peak_bytes(model, engine, few)
+
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    plain_engine = LocalTrainEngine(plain, lr=1e-6, compute_dtype="bfloat16", device="cuda")
+    _nll_step(plain, plain_engine, ids)
+    plain_peak = _backward_peak_bytes(plain, plain_engine, few)
+    grad_bytes = sum(p.numel() * 2 for p in plain.parameters())
+    print(f"backward peak above weights: offload {offload_peak / 2**20:.1f} MiB, plain bf16 {plain_peak / 2**20:.1f} MiB,"
+          f" bf16 gradients {grad_bytes / 2**20:.1f} MiB")
+    assert plain_peak - offload_peak > 0.7 * grad_bytes
