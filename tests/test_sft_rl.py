@@ -302,3 +302,12 @@ def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, count
     # AdamW's first step moves a weight by about lr * sign(gradient) whatever the gradient's size, so float
     # noise in near-zero gradients shows up in the weights: they agree to 5 % of one step (lr = 3e-3).
     assert max(float((w_whole[k] - w_split[k]).abs().max()) for k in w_whole) < 0.05 * 3e-3
+
+
+def test_a_demonstration_template_naming_a_missing_field_fails_clearly():
+    from rllava.data.rows import DataError
+    from rllava.data.types import Prompt
+    from rllava.pipelines.sft import sft_episodes
+
+    with pytest.raises(DataError, match=r"response_template.*row 7.*'solution' is undefined.*\['answer'\]"):
+        sft_episodes([Prompt(input_ids=[1], meta={"answer": "3", "index": 7}, index=7)], None, "{{ solution }}", 0)

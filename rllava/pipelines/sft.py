@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jinja2
 
+from rllava.data.rows import DataError
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.pipelines.registry import PIPELINES
 
@@ -12,7 +13,11 @@ def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -
     tmpl = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
     episodes = []
     for i, p in enumerate(prompts):
-        text = tmpl.render(**p.meta)
+        try:
+            text = tmpl.render(**p.meta)
+        except jinja2.TemplateError as e:  # e.g. a row without the field the template names
+            raise DataError(f"data.response_template {template!r}: dataset row {p.index}: {e} "
+                            f"(row fields: {sorted(k for k in p.meta if k != 'index')})") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
         episodes.append(Episode(prompt=p, response_ids=ids, response_mask=[1] * len(ids), response_text=text, group_id=i))
     return episodes
