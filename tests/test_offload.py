@@ -111,8 +111,10 @@ def test_optimizer_offload_is_for_the_local_engine():
         FSDP2TrainEngine(torch.nn.Linear(2, 2), lr=1e-3, optimizer_offload=True)
 
 
-def test_grpo_with_optimizer_offload(tiny_model_factory, tmp_path):
-    """GRPO on a tiny Qwen2-VL with bf16 device weights and CPU masters: rollout, update, checkpoint, export."""
+@pytest.mark.parametrize("extra", [[], ["model.lora_rank=8", "algorithm.kl_coef=0.05"]], ids=["full", "lora"])
+def test_grpo_with_optimizer_offload(tiny_model_factory, tmp_path, extra):
+    """GRPO on a tiny Qwen2-VL with bf16 device weights and CPU masters: rollout, update, checkpoint, export.
+    Under LoRA only the adapters get masters; the frozen base is bf16 and serves as the KL reference."""
     from rllava.tasks import make_task
 
     model = tiny_model_factory("qwen2_vl")
@@ -122,7 +124,7 @@ def test_grpo_with_optimizer_offload(tiny_model_factory, tmp_path):
             "rollout.max_new_tokens=6", "rollout.temperature=1.0", "actor.lr=1e-3", "algorithm.entropy_coef=0.01",
             "reward.functions={count: 1.0}", "model.dtype=bfloat16", "actor.optimizer_offload=true",
             f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]",
-            "trainer.total_steps=2", "trainer.save_freq=2"]
+            "trainer.total_steps=2", "trainer.save_freq=2", *extra]
     result = run_experiment(load_config(None, over))
     assert result["steps"] == 2
     before, after = load_file(str(model / "model.safetensors")), load_file(f"{result['final_model']}/model.safetensors")
