@@ -8,6 +8,7 @@ checkpointing, the same number of torch threads (2).
 
     python benchmarks/vs_trl.py            # 2 warm-up + 10 measured steps per side
     python benchmarks/vs_trl.py --quick    # 1 warm-up + 5 measured steps
+    python benchmarks/vs_trl.py --gradient-checkpointing   # both sides recompute activations (TRL's default)
 
 Each side runs in its own subprocess (so peak RSS is per side). Both load at the same time, then
 take turns one training step at a time through a pipe handshake: a measured step never shares
@@ -162,6 +163,7 @@ def run_ours(args: argparse.Namespace, clock: StepClock) -> dict:
         f"trainer.total_steps={args.total_steps}", f"trainer.device={args.device}", "trainer.val_before_train=false",
         "trainer.loggers=[jsonl]", "trainer.progress_bar=false", f"trainer.output_dir={out_dir}",
         "trainer.experiment_name=ours", "trainer.resume=none", f"trainer.seed={args.seed}",
+        f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         *args.ours_override,
     ]
     run_experiment(load_config(None, overrides))
@@ -214,7 +216,7 @@ def run_trl(args: argparse.Namespace, clock: StepClock) -> dict:
 
     config = GRPOConfig(
         output_dir=str(Path(args.workdir) / "runs" / "trl"), use_cpu=args.device == "cpu", bf16=False, fp16=False,
-        model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=False,
+        model_init_kwargs={"dtype": "float32"}, gradient_checkpointing=args.gradient_checkpointing,
         per_device_train_batch_size=args.n, num_generations=args.n, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, beta=0.0, loss_type="dapo", scale_rewards="group", epsilon=0.2,
         max_completion_length=args.new_tokens, generation_kwargs={"min_new_tokens": args.new_tokens},
@@ -280,6 +282,8 @@ class Side:
                "--seed", str(args.seed), "--device", args.device]
         if args.profile:
             cmd += ["--profile", str(args.profile)]
+        if args.gradient_checkpointing:
+            cmd += ["--gradient-checkpointing"]
         for o in args.ours_override:
             cmd += ["--ours-override", o]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -342,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward on both sides (TRL's own default)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides train and generate")
     p.add_argument("--ours-override", action="append", default=[],
                    help="extra rllava override for our side (repeatable), e.g. rollout.generate_kwargs={...}")
@@ -383,7 +389,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     load_before = os.getloadavg()[0]
     res = run_interleaved(sides, args, model, data, workdir)
     out: dict = {"device": args.device, "steps": args.steps, "warmup": args.warmup, "completions_per_step": args.n,
-                 "new_tokens": args.new_tokens, "threads": args.threads,
+                 "new_tokens": args.new_tokens, "threads": args.threads, "gradient_checkpointing": args.gradient_checkpointing,
                  "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # other jobs on the machine
     for side, r in res.items():
         out[f"{side}_step_s"] = round(measured_median(r["step_s"], args.warmup, args.steps), 4)
