@@ -111,10 +111,12 @@ def test_optimizer_offload_is_for_the_local_engine():
         FSDP2TrainEngine(torch.nn.Linear(2, 2), lr=1e-3, optimizer_offload=True)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.lora_rank=8", "algorithm.kl_coef=0.05"]], ids=["full", "lora"])
+@pytest.mark.parametrize("extra", [[], ["model.lora_rank=8", "algorithm.kl_coef=0.05"], ["algorithm.adv_estimator=gae"]],
+                         ids=["full", "lora", "ppo_critic"])
 def test_grpo_with_optimizer_offload(tiny_model_factory, tmp_path, extra):
     """GRPO on a tiny Qwen2-VL with bf16 device weights and CPU masters: rollout, update, checkpoint, export.
-    Under LoRA only the adapters get masters; the frozen base is bf16 and serves as the KL reference."""
+    Under LoRA only the adapters get masters; the frozen base is bf16 and serves as the KL reference. A PPO
+    critic is offloaded like the actor."""
     from rllava.tasks import make_task
 
     model = tiny_model_factory("qwen2_vl")
