@@ -160,6 +160,7 @@ class RolloutConfig:
     val_n: int = 1  # samples per validation prompt
     batch_size: int = 0  # sequences generated at once; 0 = all
     generate_kwargs: dict[str, Any] = field(default_factory=dict)  # hf engine: extra `generate` arguments, e.g. {cache_implementation: static}
+    share_prefill: bool = True  # hf engine: prefill each distinct prompt (and its images) once for its n samples
     gpu_memory_utilization: float = 0.5  # vLLM: share of GPU memory for its weights and KV cache
     enforce_eager: bool = False  # vLLM: no CUDA graphs or torch.compile (faster start; required on CPU)
     sleep_level: int = 1  # vLLM between rollouts: 1 keeps weights in CPU memory, 2 drops them (re-synced on wake)

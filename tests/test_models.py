@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 from rllava.config import ModelConfig
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.models import tinyllava  # noqa: F401  (registers "tinyllava" with the Auto classes)
+from rllava.models.introspect import placeholder_token_ids
 from rllava.models.load import (
     eos_token_ids,
     get_tokenizer,
@@ -150,6 +151,38 @@ def test_left_padded_batch_equals_each_alone(tiny_model_factory, family):
             alone = batch_of([p], [r], processor)
             single, _ = response_logprobs(model, alone.model_inputs(), alone.responses)
             torch.testing.assert_close(together[i, :len(r)], single[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_rollout_prefills_each_prompt_once_with_the_same_outputs(tiny_model_factory, family):
+    """HF rollout with n samples: each distinct prompt prefilled once (the cache gathered to its samples)
+    gives the greedy responses of the plain `generate` on the repeated prompts, for prompts of different
+    lengths and image sizes, and a chunk that splits a group."""
+    from types import SimpleNamespace
+
+    from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
+
+    model, processor = load_plain(tiny_model_factory(family))
+    prompts = [family_prompt(processor, family, seed=1, size=(64, 64)),
+               family_prompt(processor, family, seed=2, size=(128, 48), text="Count the red circles in the image.")]
+    sampling = Sampling(n=3, temperature=0.0, max_new_tokens=6)
+    outputs = {}
+    for share, batch_size in ((False, 0), (True, 0), (True, 4)):
+        engine = HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), batch_size=batch_size,
+                                 suppress_ids=placeholder_token_ids(model, processor),
+                                 rollout_cfg=SimpleNamespace(share_prefill=share, generate_kwargs={}))
+        calls = []
+        hook = model.base_model.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+        try:
+            episodes = engine.generate(prompts, sampling)
+        finally:
+            hook.remove()
+        outputs[(share, batch_size)] = [e.response_ids for e in episodes]
+        if share and batch_size == 0:  # the first call is the prefill: 2 distinct prompts, all but their last token
+            assert calls[0][0] == 2
+    assert outputs[(True, 0)] == outputs[(False, 0)]
+    assert outputs[(True, 4)] == outputs[(False, 0)]
 
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)

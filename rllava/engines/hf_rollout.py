@@ -1,4 +1,9 @@
-"""Rollout with HF `generate` on the training module itself: no weight copy, no sync."""
+"""Rollout with HF `generate` on the training module itself: no weight copy, no sync.
+
+With n samples per prompt, each distinct prompt is prefilled once (its images through the vision
+tower once) and the KV cache is gathered to one row per sample; `generate` then continues from
+that cache. Greedy outputs equal the plain `generate`'s for every model family (tests).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +13,8 @@ from torch import nn
 
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.engines.registry import ROLLOUT_ENGINES
+from rllava.models.introspect import unwrap
+from rllava.models.shared_prompt import _cache_kwarg
 
 
 @dataclass
@@ -39,6 +46,8 @@ class HFRolloutEngine:
         self.compute = compute  # context manager factory from the train engine (autocast, eval, no_grad)
         self.suppress_ids = list(suppress_ids or [])  # image/video placeholders: never valid in a response
         self.generate_kwargs = dict(getattr(rollout_cfg, "generate_kwargs", None) or {})  # e.g. a static KV cache
+        # Prefill each distinct prompt once; not with a cache of generate's own choosing (e.g. static).
+        self.share_prefill = getattr(rollout_cfg, "share_prefill", True) and "cache_implementation" not in self.generate_kwargs
 
     def sync_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to do: generation uses the training module's own parameters."""
@@ -57,6 +66,30 @@ class HFRolloutEngine:
             self._generate_chunk(episodes[start:start + step], sampling)
         return episodes
 
+    def _prefill_once(self, batch: Batch, share) -> dict | None:
+        """Run the distinct prompts but their last token once, with a KV cache gathered to one row per
+        sample: `generate` feeds the last prompt token on top of it and goes on from there."""
+        from transformers import DynamicCache
+
+        prompt = batch.select(share.rows).model_inputs(self.device)
+        width = prompt["input_ids"].shape[1]
+        if width != batch.input_ids.shape[1] or width < 2:  # (the same prompts: the same padded width)
+            return None
+        pre = {k: v[:, :width - 1] if k in ("input_ids", "attention_mask", *batch.seq_extras) else v
+               for k, v in prompt.items()}
+        base = unwrap(self.model).base_model  # no LM head: the prefill's logits are not needed
+        if not hasattr(base, "get_rope_index"):  # left padding: positions as generate counts them (M-RoPE
+            pre["position_ids"] = (pre["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # models do it)
+        cache_arg = _cache_kwarg(base)
+        cache = DynamicCache(config=self.model.config)
+        base(**pre, **{cache_arg: cache}, use_cache=True)
+        cache.batch_select_indices(share.of_row)
+        for module in base.modules():  # M-RoPE offsets kept from the prefill: one per sample, too
+            deltas = vars(module).get("rope_deltas")
+            if isinstance(deltas, torch.Tensor) and deltas.shape[0] == len(share.rows):
+                module.rope_deltas = deltas[share.of_row]
+        return {cache_arg: cache}
+
     def _generate_chunk(self, episodes: list[Episode], sampling: Sampling) -> None:
         batch = Batch.from_episodes(episodes, self.pad_id)
         inputs = batch.model_inputs(self.device)
@@ -71,6 +104,11 @@ class HFRolloutEngine:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
         ctx = self.compute(train=False) if self.compute else torch.no_grad()
         with ctx:
+            share = batch.prompt_share(self.device) if self.share_prefill else None
+            cache = self._prefill_once(batch, share) if share is not None else None
+            if cache is not None:
+                kwargs.update(cache)
+                inputs = batch.model_inputs(self.device, images=False)  # the images are in the cache now
             out = self.model.generate(**inputs, **kwargs)
         sequences = out.sequences if sampling.logprobs else out
         new_ids = sequences[:, inputs["input_ids"].shape[1]:]
