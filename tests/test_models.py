@@ -173,7 +173,7 @@ def test_rollout_prefills_each_prompt_once_with_the_same_outputs(tiny_model_fact
                                  rollout_cfg=SimpleNamespace(share_prefill=share, generate_kwargs={}))
         calls = []
         hook = model.base_model.register_forward_pre_hook(
-            lambda m, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+            lambda m, args, kwargs, calls=calls: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
         try:
             episodes = engine.generate(prompts, sampling)
         finally:
