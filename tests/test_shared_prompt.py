@@ -34,9 +34,13 @@ def logprobs_and_grads(model, batch: Batch, shared: bool):
     return logp.detach() * batch.response_mask, ent.detach() * batch.response_mask, grads
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family):
+def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, checkpointing):
+    """Also under gradient checkpointing, whose backward re-runs every layer's forward on the caches."""
     model, processor = load_plain(tiny_model_factory(family))
+    if checkpointing:
+        enable_checkpointing(model)
     model.train()
     for m in model.modules():  # dropout off, training-mode code paths on
         if isinstance(m, torch.nn.Dropout):
@@ -69,11 +73,14 @@ def test_no_share_when_every_prompt_is_distinct_or_responses_hold_images(tiny_mo
     assert batch.prompt_share() is None
 
 
-def test_gradient_checkpointing_falls_back_to_the_plain_forward(tiny_model_factory):
-    """HF turns the KV cache off under gradient checkpointing: the shared path must not be taken."""
+def test_gradient_checkpointing_falls_back_where_layers_cannot_keep_a_cache(tiny_model_factory, monkeypatch):
+    """Older transformers turn the KV cache off in checkpointed layers: there the plain forward is taken."""
+    from rllava.models import shared_prompt
+
     model, processor = load_plain(tiny_model_factory("qwen2_vl"))
     enable_checkpointing(model)
     model.train()
+    monkeypatch.setattr(shared_prompt, "checkpointed_layers_keep_cache", lambda: False)
     batch = grouped_batch(processor, "qwen2_vl")
     rows_seen = []
     hook = model.base_model.register_forward_pre_hook(

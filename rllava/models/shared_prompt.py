@@ -8,6 +8,11 @@ summation order); tests/test_shared_prompt.py checks that for every model family
 
 Position ids are computed for the full sequences, as the plain forward computes them (M-RoPE
 models through their own `get_rope_index`), then split between the two passes.
+
+Both passes use caches that a re-run leaves as they were: the prompt pass's layers store their
+keys and values (a second call replaces them), and the response pass's layers read the gathered
+prompt keys and values without appending. So the path also works under gradient checkpointing,
+whose backward re-runs each layer's forward.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import inspect
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from rllava.data.types import PromptShare, concat_mm
@@ -46,6 +52,32 @@ def _cache_kwarg(base: nn.Module) -> str:
     return "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+class _StoreLayer(DynamicLayer):
+    """The prompt pass: keeps the layer's keys and values; a re-run (checkpoint recompute) replaces them."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class _PrefixLayer(DynamicLayer):
+    """The response pass: attends over a fixed prefix (the gathered prompt keys and values) and the new
+    states, and stores nothing, so a re-run sees the same prefix."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.device, self.keys, self.values, self.is_initialized = keys.device, keys, values, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+
+
+def _checkpoint_layers(base: nn.Module) -> list[nn.Module]:
+    return [m for m in base.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+
+
 def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor], share: PromptShare,
                                 response_width: int) -> torch.Tensor:
     """[B, T, H] hidden states at the positions that predict each response token.
@@ -59,28 +91,44 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
     pos = position_ids(base, inputs, share)
     seq_keys = [k for k, v in inputs.items() if v.dim() == 2 and v.shape[1] == L and k != "attention_mask"]
     cache_arg = _cache_kwarg(base)
-
-    prompt = {k: inputs[k][share.rows, :P] for k in seq_keys}
-    prompt["attention_mask"] = inputs["attention_mask"][share.rows, :P]
-    prompt["position_ids"] = pos[..., share.rows, :P]
-    out = base(**prompt, **share.images, use_cache=True, return_dict=True)
-    last = out.last_hidden_state[:, -1:][share.of_row]  # [B, 1, H]: predicts each row's first response token
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    cache.batch_select_indices(share.of_row)  # one cache row per sample (a differentiable gather)
-    # The last response token predicts nothing: responses[:, :T-1] suffice.
-    rest = {k: inputs[k][:, P:L - 1] for k in seq_keys}
-    rest["attention_mask"] = inputs["attention_mask"][:, :L - 1]
-    rest["position_ids"] = pos[..., P:L - 1]
-    out = base(**rest, **{cache_arg: cache}, use_cache=True, return_dict=True)
+    layers = _checkpoint_layers(base)
+    for layer in layers:  # our caches are safe to re-run: let checkpointed layers keep them
+        layer._can_checkpoint_with_cache = True
+    try:
+        prompt = {k: inputs[k][share.rows, :P] for k in seq_keys}
+        prompt["attention_mask"] = inputs["attention_mask"][share.rows, :P]
+        prompt["position_ids"] = pos[..., share.rows, :P]
+        stored = Cache(layer_class_to_replicate=_StoreLayer)
+        out = base(**prompt, **share.images, **{cache_arg: stored}, use_cache=True, return_dict=True)
+        last = out.last_hidden_state[:, -1:][share.of_row]  # [B, 1, H]: predicts each row's first response token
+        # One prefix row per sample (a differentiable gather).
+        prefix = Cache(layers=[_PrefixLayer(layer.keys[share.of_row], layer.values[share.of_row])
+                               for layer in stored.layers])
+        # The last response token predicts nothing: responses[:, :T-1] suffice.
+        rest = {k: inputs[k][:, P:L - 1] for k in seq_keys}
+        rest["attention_mask"] = inputs["attention_mask"][:, :L - 1]
+        rest["position_ids"] = pos[..., P:L - 1]
+        out = base(**rest, **{cache_arg: prefix}, use_cache=True, return_dict=True)
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class's own setting
     return torch.cat([last, out.last_hidden_state], 1)
 
 
 def sharing_supported(model: nn.Module, training: bool) -> bool:
-    """False for a training pass under gradient checkpointing: HF turns the KV cache off there."""
+    """Under gradient checkpointing in training, only where checkpointed layers can be told to keep a
+    cache (`_can_checkpoint_with_cache`, recent transformers); older ones turn the KV cache off there."""
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.2x
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    return not (checkpointing and training)
+    return not (checkpointing and training) or checkpointed_layers_keep_cache()
+
+
+def checkpointed_layers_keep_cache() -> bool:
+    """Whether this transformers lets a checkpointed layer keep a KV cache (`_can_checkpoint_with_cache`)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
 
 
 def can_share_prompt(model: nn.Module, prompt_width: int, response_width: int) -> bool:
