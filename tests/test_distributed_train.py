@@ -117,6 +117,21 @@ def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
 
 
+def test_two_ranks_match_one_process_on_the_sft_term(tiny_model_factory, counting_data, tmp_path):
+    """HPT with every group switched to its demonstration (threshold above any reward): the step is the SFT
+    term alone on the 4 demonstrations, whose global denominator must make 2 ranks equal one process."""
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "data.val_files=",
+            SFT_TARGET, "data.batch_size=4", "data.shuffle=false", "rollout.n=2", "rollout.max_new_tokens=4",
+            "algorithm.demonstrations=switch", "algorithm.hpt_threshold=2.0", "algorithm.sft_coef=1.0",
+            "actor.micro_token_budget=75", "trainer.total_steps=1", "trainer.val_before_train=false"]
+    run_experiment(load_config(None, over))
+    torchrun_train([o.replace("experiment_name=one", "experiment_name=two") for o in over], tmp_path / "two.log")
+    one, two = read_metrics(tmp_path / "one")[-1], read_metrics(tmp_path / "two")[-1]
+    assert one["demo/switched_fraction"] == two["demo/switched_fraction"] == 1.0
+    assert abs(two["actor/demo_nll"] - one["actor/demo_nll"]) < 1e-5
+    assert abs(two["actor/grad_norm"] - one["actor/grad_norm"]) < 1e-5 and one["actor/grad_norm"] > 0
+
+
 # An environment whose episodes last 1 + id % 3 turns whatever the policy writes, so the two ranks'
 # episodes end at different turns and the multi-turn rollout must keep them in lock-step.
 COUNTDOWN_ENV = '''
