@@ -66,17 +66,14 @@ class HFRolloutEngine:
             self._generate_chunk(episodes[start:start + step], sampling)
         return episodes
 
-    def _prefill_once(self, batch: Batch, share) -> dict | None:
+    def _prefill_once(self, text: dict[str, torch.Tensor], share) -> dict:
         """Run the distinct prompts but their last token once, with a KV cache gathered to one row per
-        sample: `generate` feeds the last prompt token on top of it and goes on from there."""
+        sample: `generate` feeds the last prompt token on top of it and goes on from there. `text`: the
+        chunk's ids, mask and per-token extras (all [B, P]); the images come from `share`."""
         from transformers import DynamicCache
 
-        prompt = batch.select(share.rows).model_inputs(self.device)
-        width = prompt["input_ids"].shape[1]
-        if width != batch.input_ids.shape[1] or width < 2:  # (the same prompts: the same padded width)
-            return None
-        pre = {k: v[:, :width - 1] if k in ("input_ids", "attention_mask", *batch.seq_extras) else v
-               for k, v in prompt.items()}
+        pre = {k: v[share.rows, :-1] for k, v in text.items()}
+        pre.update(share.images)
         base = unwrap(self.model).base_model  # no LM head: the prefill's logits are not needed
         if not hasattr(base, "get_rope_index"):  # left padding: positions as generate counts them (M-RoPE
             pre["position_ids"] = (pre["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # models do it)
@@ -92,7 +89,6 @@ class HFRolloutEngine:
 
     def _generate_chunk(self, episodes: list[Episode], sampling: Sampling) -> None:
         batch = Batch.from_episodes(episodes, self.pad_id)
-        inputs = batch.model_inputs(self.device)
         kwargs = dict(self.generate_kwargs, max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
                       eos_token_id=self.eos_ids, pad_token_id=self.pad_id, use_cache=True,
                       suppress_tokens=self.suppress_ids or None)
@@ -104,11 +100,10 @@ class HFRolloutEngine:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
         ctx = self.compute(train=False) if self.compute else torch.no_grad()
         with ctx:
-            share = batch.prompt_share(self.device) if self.share_prefill else None
-            cache = self._prefill_once(batch, share) if share is not None else None
-            if cache is not None:
-                kwargs.update(cache)
-                inputs = batch.model_inputs(self.device, images=False)  # the images are in the cache now
+            share = batch.prompt_share(self.device) if self.share_prefill and batch.prompt_width > 1 else None
+            inputs = batch.model_inputs(self.device, images=share is None)  # shared: the images go into the cache
+            if share is not None:
+                kwargs.update(self._prefill_once(inputs, share))
             out = self.model.generate(**inputs, **kwargs)
         sequences = out.sequences if sampling.logprobs else out
         new_ids = sequences[:, inputs["input_ids"].shape[1]:]
