@@ -102,9 +102,11 @@ class AlgorithmConfig:
     demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
+    srft_rl_coef: float = 0.1  # SRFT (policy_loss=srft): positive-advantage rollouts weigh srft_rl_coef * exp(s * H)
+    srft_entropy_scale: float = 1.0  # SRFT: s in that weight; +1 weighs positives more at high entropy, -1 less, 0 constant (README: SFT-RL hybrids)
     sft_coef: float = 0.0  # weight c of the SFT term (mean demonstration NLL; the peak under a schedule)
     sft_mix: str = "add"  # add: L_RL + c * L_SFT | convex: (1 - c) * L_RL + c * L_SFT (CHORD)
-    sft_token_weight: str = "none"  # per-token SFT weights: none | chord_phi (p * (1 - p), CHORD-phi)
+    sft_token_weight: str = "none"  # per-token SFT weights: none | chord_phi (p * (1 - p), CHORD-phi) | srft (exp(-H))
     sft_coef_warmup_steps: int = 0  # CHORD-mu: sft_coef rises linearly from 0 over these steps
     sft_coef_final: Optional[float] = None  # CHORD-mu: then falls (cosine) to this; null keeps sft_coef
     sft_coef_decay_steps: int = 0  # CHORD-mu: steps of that fall

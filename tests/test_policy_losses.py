@@ -194,8 +194,9 @@ def test_garbage_on_padding_does_not_leak(name):
     old = logp + torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, 0.0]])
     adv = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
     junk = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    entropy = torch.tensor([[0.5, 0.7, 0.0], [0.2, 0.0, 0.0]])
     cfg = replace(CFG, tis_cap=2.0)
-    clean = POLICY_LOSSES[name](logp, old, adv, mask, cfg, rollout_logp=old)[0]
+    clean = POLICY_LOSSES[name](logp, old, adv, mask, cfg, rollout_logp=old, entropy=entropy)[0]
     dirty = POLICY_LOSSES[name](logp - 1e4 * junk, old + 1e4 * junk, adv + 50 * junk, mask, cfg,
-                                rollout_logp=old - 1e4 * junk)[0]
+                                rollout_logp=old - 1e4 * junk, entropy=entropy + 1e4 * junk)[0]
     assert torch.isfinite(dirty) and float(dirty) == pytest.approx(float(clean), abs=1e-6)

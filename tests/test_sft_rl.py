@@ -1,4 +1,4 @@
-"""SFT-RL hybrids: the LUFFY loss, the SFT term (CHORD-phi weights, CHORD-mu schedule), UFT's hint
+"""SFT-RL hybrids: the LUFFY and SRFT losses, the SFT term (CHORD-phi weights, CHORD-mu schedule), UFT's hint
 schedule and token split, and advantages over rollouts only against hand-computed values;
 demonstrations mixed into GRPO groups (LUFFY), switched in for failing groups (HPT), trained beside
 the rollouts by the SFT term (CHORD) or given as hints (UFT) end to end on a tiny Qwen2-VL, with
@@ -23,6 +23,8 @@ from rllava.algorithms import (
 )
 from rllava.config import AlgorithmConfig, ConfigError, load_config
 from rllava.pipelines.run import run_experiment
+
+SRFT = ("algorithm.policy_loss=srft", "algorithm.sft_token_weight=srft")
 
 
 def cfg(**kw) -> AlgorithmConfig:
@@ -66,6 +68,59 @@ def test_luffy_ignores_garbage_on_demonstration_padding():
     clean = POLICY_LOSSES.get("luffy")(logp, logp, adv, mask, cfg(), is_expert=expert)[0]
     dirty = POLICY_LOSSES.get("luffy")(logp + 1e4 * junk, logp, adv + 50 * junk, mask, cfg(), is_expert=expert)[0]
     assert torch.isfinite(dirty) and float(dirty) == pytest.approx(float(clean))
+
+
+def test_srft_loss_matches_hand_computed_values_and_gradients():
+    """Rows: a rollout with A = 1 and one with A = -1 (on-policy: ratio 1), a demonstration with A = 2 and
+    one with A = -1 (pi_beta = 1: the ratio is pi itself, 0.5 and 0.9 / 0.5 and 0.5)."""
+    probs = torch.tensor([[0.4, 0.7], [0.3, 0.6], [0.5, 0.9], [0.5, 0.5]])
+    logp = probs.log().requires_grad_()
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [2.0, 2.0], [-1.0, -1.0]])
+    entropy = torch.tensor([[0.2, 0.6], [1.0, 1.0], [0.3, 0.3], [0.1, 0.1]], requires_grad=True)
+    mask, expert = torch.ones(4, 2), torch.tensor([False, False, True, True])
+    c = cfg(srft_rl_coef=0.1, srft_entropy_scale=1.0)
+    loss, metrics = POLICY_LOSSES.get("srft")(logp, logp.detach(), adv, mask, c, is_expert=expert, entropy=entropy)
+    w = 0.1 * math.exp(0.4)  # the positive rollout's weight: its mean entropy is 0.4
+    # rollout tokens: -A * ratio (times w for A > 0); demonstration A = 2: -A * p (p <= 1 < 1 + eps: never clipped);
+    # demonstration A = -1 with p = 0.5 < 1 - eps: PPO's pessimistic clip holds it at -A * 0.8, a constant
+    expected = [-w, -w, 1.0, 1.0, -1.0, -1.8, 0.8, 0.8]
+    assert loss.item() == pytest.approx(sum(expected) / 8, abs=1e-6)
+    loss.backward()
+    grad = torch.tensor([[-w, -w], [1.0, 1.0], [-2 * 0.5, -2 * 0.9], [0.0, 0.0]]) / 8
+    torch.testing.assert_close(logp.grad, grad)
+    assert entropy.grad is None or not entropy.grad.any()  # the weight is a constant in backward
+    assert metrics["srft_positive_weight"] == pytest.approx(w)
+    assert metrics["expert_prob_mean"] == pytest.approx((0.5 + 0.9 + 0.5 + 0.5) / 4)
+    # s = -1: the same row now weighs 0.1 * exp(-0.4)
+    neg, _ = POLICY_LOSSES.get("srft")(logp.detach(), logp.detach(), adv, mask, cfg(srft_entropy_scale=-1.0),
+                                       is_expert=expert, entropy=entropy)
+    w_neg = 0.1 * math.exp(-0.4)
+    assert neg.item() == pytest.approx((-2 * w_neg + 2 - 2.8 + 1.6) / 8, abs=1e-6)
+
+
+def test_srft_is_ppo_with_unit_weight_and_no_demonstrations():
+    logp = torch.log(torch.tensor([[0.9, 0.2], [0.5, 0.4]]))
+    old = torch.log(torch.tensor([[0.3, 0.3], [0.6, 0.6]]))
+    adv, mask = torch.tensor([[1.0, 1.0], [-0.5, -0.5]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    ppo, _ = POLICY_LOSSES.get("ppo")(logp, old, adv, mask, cfg())
+    same, _ = POLICY_LOSSES.get("srft")(logp, old, adv, mask, cfg(srft_rl_coef=1.0, srft_entropy_scale=0.0),
+                                        is_expert=None, entropy=torch.rand(2, 2))
+    assert same.item() == pytest.approx(ppo.item())
+
+
+def test_srft_sft_weight_is_exp_minus_the_rows_mean_entropy_without_gradient_through_it():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.5, 0.8, 0.9]])).requires_grad_()
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    entropy = torch.tensor([[0.5, 1.5, 50.0], [0.3, 0.3, 0.3]])  # padding (50) is not part of the mean
+    term, mean_nll = sft_loss(logp, mask, cfg(sft_token_weight="srft"), entropy=entropy)
+    w0, w1 = math.exp(-1.0), math.exp(-0.3)
+    nll = [math.log(2), math.log(4), math.log(2), -math.log(0.8), -math.log(0.9)]
+    assert term.item() == pytest.approx((w0 * sum(nll[:2]) + w1 * sum(nll[2:])) / 5)
+    assert mean_nll == pytest.approx(sum(nll) / 5)
+    term.backward()
+    assert torch.allclose(logp.grad, -torch.tensor([[w0, w0, 0.0], [w1, w1, w1]]) / 5)
+    with pytest.raises(ValueError, match="entropy"):
+        sft_loss(logp, mask, cfg(sft_token_weight="srft"))
 
 
 def test_sft_loss_is_the_mean_nll_over_demonstration_tokens():
@@ -195,6 +250,20 @@ def test_luffy_run_mixes_demonstrations_into_groups(tiny_model_factory, counting
     assert nll[-1] < nll[0], nll
 
 
+def test_srft_run_trains_demonstrations_by_sft_and_off_policy_rl(tiny_model_factory, counting_data, tmp_path):
+    """SRFT on mixed groups: the demonstration (reward 1 among failing rollouts) has a positive advantage,
+    its ratio is pi itself, the SFT term weighs it by exp(-H), and its NLL falls."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, *SRFT, "algorithm.demonstrations=mix",
+                     "algorithm.sft_coef=0.5")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    for batch in seen:
+        assert batch.is_expert.tolist() == [False, False, False, True] * 2
+        assert (batch.advantages[batch.is_expert] > 0).any()
+    assert all(0 < r["actor/expert_prob_mean"] < 1 and r["actor/demo_nll"] > 0 for r in rows)
+    nll = [r["actor/demo_nll"] for r in rows]
+    assert nll[-1] < nll[0], nll
+
+
 def test_hpt_switches_failing_groups_to_their_demonstration(tiny_model_factory, counting_data, tmp_path):
     # The random tiny model never counts right: every group's mean reward is 0 <= 0, so every
     # group trains on its demonstration alone, by the SFT term.
@@ -277,16 +346,21 @@ def test_uft_rollouts_start_from_hints_that_the_sft_term_trains(tiny_model_facto
     assert "actor/demo_nll" not in rows[3] and nll[-1] < nll[0], nll
 
 
-@pytest.mark.parametrize("mode", ["sft", "mix", "switch", "hint"])
-def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, counting_data, tmp_path, mode):
+SPLIT_CASES = {"sft": (), "mix": (), "switch": (), "hint": (), "mix-srft": SRFT}  # case: its extra overrides
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_CASES))
+def test_micro_batch_splits_add_up_with_demonstrations(tiny_model_factory, counting_data, tmp_path, case):
     """One row per micro-batch or all rows in one: the same loss, gradient norm and weights. The RL loss and
     the SFT term have separate denominators, so this checks both (seq-mean-token-mean averages over rows)."""
     from safetensors.torch import load_file
 
+    mode = case.split("-")[0]
     results = {}
     for budget in (10_000, 1):
         over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, f"algorithm.demonstrations={mode}",
                          "algorithm.sft_coef=0.5", "algorithm.sft_mix=convex", "algorithm.sft_token_weight=chord_phi",
+                         *SPLIT_CASES[case],
                          "algorithm.loss_agg_mode=seq-mean-token-mean", "rollout.temperature=1.0",
                          "algorithm.hpt_threshold=0.5", "algorithm.entropy_coef=0.01", f"actor.micro_token_budget={budget}",
                          "algorithm.hint_steps=2", "algorithm.hint_ratio_low=0.5", "data.response_template='There are {{ answer }}.'",

@@ -65,6 +65,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _masked(x, mask).sum() / mask.sum().clamp(min=1)
 
 
+def row_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, 1]: each row's mean of `x` over its masked positions (0 for a row with none)."""
+    return _masked(x, mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over masked positions (unbiased variance); masked positions become 0."""
     n = mask.sum()

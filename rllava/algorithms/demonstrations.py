@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from rllava.algorithms.aggregation import aggregate, masked_mean
+from rllava.algorithms.aggregation import aggregate, masked_mean, row_mean
 from rllava.registry import Registry
 
 # Whether RL (advantages and the policy loss) also trains the demonstrations, per mode.
@@ -27,20 +27,31 @@ RL_TRAINS_DEMONSTRATIONS = {"mix": True, "switch": False, "sft": False, "hint": 
 SFT_MIXES = ("add", "convex")
 
 SFT_TOKEN_WEIGHTS = Registry("sft_token_weight", "per-token weights of the SFT term on demonstrations "
-                                                 "(algorithm.sft_token_weight)")
+                                                 "(algorithm.sft_token_weight): fn(logp, entropy, mask) -> [B, T]")
 
 
 @SFT_TOKEN_WEIGHTS.register("none", description="every demonstration token weighs 1 (plain NLL)")
-def uniform(logp: torch.Tensor) -> torch.Tensor:
+def uniform(logp: torch.Tensor, entropy: Optional[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(logp)
 
 
 @SFT_TOKEN_WEIGHTS.register("chord_phi", description="CHORD-phi: p (1 - p) of the expert token, no gradient through it")
-def chord_phi(logp: torch.Tensor) -> torch.Tensor:
+def chord_phi(logp: torch.Tensor, entropy: Optional[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """CHORD-phi (Zhang et al. 2025, arXiv 2508.11408): tokens the policy already predicts (p ~ 1) or finds
     very unlikely (p ~ 0) weigh little, uncertain ones (p ~ 0.5) most; the weight is a constant in backward."""
     p = logp.detach().exp()
     return p * (1 - p)
+
+
+@SFT_TOKEN_WEIGHTS.register("srft", description="SRFT: exp(-H) of the demonstration row's mean policy entropy, no gradient")
+def srft_sft_weight(logp: torch.Tensor, entropy: Optional[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """SRFT (Fu et al. 2025, arXiv 2506.19767): the SFT term weakens where the policy is uncertain about
+    the demonstration (high entropy, far from the expert). H is the mean entropy over the row's
+    demonstration tokens, so the weight does not depend on how a batch is split; the paper's 0.5 is
+    `sft_coef`."""
+    if entropy is None:
+        raise ValueError("sft_token_weight=srft needs the policy entropy of the demonstration tokens")
+    return torch.exp(-row_mean(entropy.detach(), mask)).expand_as(logp)
 
 
 def demonstration_tokens(is_expert: Optional[torch.Tensor], hint_len: Optional[torch.Tensor],
@@ -90,10 +101,11 @@ def hint_ratio_at(cfg: Any, step: int) -> float:
     return cfg.hint_ratio_low + 0.5 * (cfg.hint_ratio_high - cfg.hint_ratio_low) * (1.0 + cos)
 
 
-def sft_loss(logp: torch.Tensor, mask: torch.Tensor, cfg: Any, norm_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """The SFT term on demonstration rows (`logp`, `mask`: those rows only): -w * logp aggregated with
-    `cfg.loss_agg_mode`. Returns the term and the mean NLL per demonstration token (a metric)."""
-    weight = SFT_TOKEN_WEIGHTS.get(cfg.sft_token_weight)(logp)
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, cfg: Any, norm_len: int | None = None,
+             entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The SFT term on demonstration rows (`logp`, `mask`, `entropy`: those rows only): -w * logp
+    aggregated with `cfg.loss_agg_mode`. Returns the term and the mean NLL per demonstration token (a metric)."""
+    weight = SFT_TOKEN_WEIGHTS.get(cfg.sft_token_weight)(logp, entropy, mask)
     return aggregate(-weight * logp, mask, cfg.loss_agg_mode, norm_len), float(masked_mean(-logp.detach(), mask))
 
 

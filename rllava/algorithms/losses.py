@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from rllava.algorithms.aggregation import aggregate, masked_mean
+from rllava.algorithms.aggregation import aggregate, masked_mean, row_mean
 from rllava.registry import Registry
 
 POLICY_LOSSES = Registry("policy_loss", "policy losses (algorithm.policy_loss): fn(logp, old_logp, adv, mask, cfg) -> (loss, metrics)")
@@ -198,6 +198,38 @@ def luffy(logp, old_logp, advantages, mask, cfg, **extra):
     loss = torch.where(expert, -advantages * p / (p + cfg.luffy_gamma), loss)
     metrics = _ratio_metrics(lr, mask * ~expert, **fracs)  # ratio statistics of the rollout tokens
     metrics["expert_prob_mean"] = float(masked_mean(p.detach(), mask * expert))
+    return _finish(loss, mask, old_logp, cfg, extra, metrics)
+
+
+@POLICY_LOSSES.register("srft", requires=RATIO)
+def srft(logp, old_logp, advantages, mask, cfg, **extra):
+    """SRFT's RL terms (Fu et al. 2025, arXiv 2506.19767); its SFT term is `sft_token_weight=srft`.
+
+    Demonstration rows (`extra["is_expert"]`) take PPO's clipped surrogate with the behaviour policy
+    taken as 1 (pi_beta = 1), so their ratio is pi itself. Rollout rows take the clipped surrogate, and
+    the tokens of positive-advantage rows are weighed by w_RL = srft_rl_coef * exp(s * H): H is the row's
+    mean policy entropy (no gradient), s = `srft_entropy_scale`. With s = +1 positive samples, which
+    lower the entropy, weigh more while the entropy is high: the paper's stated purpose, keeping the
+    entropy stable. The paper's self-rollout term w_RL * NLL(y+) + logp(y-) is the on-policy gradient of
+    this loss with advantages +-1.
+    """
+    entropy = extra.get("entropy")
+    if entropy is None:
+        raise ValueError("policy_loss=srft needs the policy entropy of the response tokens")
+    is_expert = extra.get("is_expert")
+    expert = (is_expert.to(device=mask.device, dtype=torch.bool)[:, None].expand_as(mask) if is_expert is not None
+              else torch.zeros_like(mask, dtype=torch.bool))
+    lr = _log_ratio(logp, torch.where(expert, torch.zeros_like(old_logp), old_logp), mask)
+    loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg)
+    positive = (advantages > 0) & ~expert
+    w_rl = cfg.srft_rl_coef * torch.exp(cfg.srft_entropy_scale * row_mean(entropy.detach(), mask))
+    loss = torch.where(positive, w_rl * loss, loss)
+    rollout = mask * ~expert
+    metrics = _ratio_metrics(_log_ratio(logp, old_logp, rollout), rollout, **fracs)
+    if bool((mask * positive).any()):
+        metrics["srft_positive_weight"] = float(masked_mean(w_rl.expand_as(mask), mask * positive))
+    if bool(expert.any()):
+        metrics["expert_prob_mean"] = float(masked_mean(lr.detach().exp(), mask * expert))
     return _finish(loss, mask, old_logp, cfg, extra, metrics)
 
 

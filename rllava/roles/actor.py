@@ -190,7 +190,7 @@ class Actor:
                     weight = weight_size(mode, mask) / rl_den if live else 0.0
                     total = rl_coef * weight * loss
                 if sft is not None and len(sft):  # SFT-RL hybrids: the SFT term on demonstration tokens
-                    term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len)
+                    term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len, entropy=entropy[sft])
                     sft_weight = weight_size(mode, demo_mask) / sft_den if live else 0.0
                     total = total + sft_coef * sft_weight * term
                     sums["actor/demo_nll"] += sft_weight * nll
