@@ -11,13 +11,16 @@ train` calls) in its own subprocess under `torch.cuda.set_per_process_memory_fra
   fp32 masters, gradients and AdamW states in host memory.
 - `default`: fp32 master weights, gradients and AdamW states on the GPU with bf16 autocast (rllava's
   default), with `--baseline-cap-gib` (0 = the whole GPU), to measure what it needs.
+- `offload_8bit`, `default_8bit` (`--variants`): the same with `actor.optimizer=adamw_8bit`, 8-bit AdamW
+  states (bitsandbytes): 2 bytes a parameter instead of 8, in host memory or on the GPU.
 
 Both use gradient checkpointing, KL off (no reference model), `data.batch_size` prompts x `rollout.n`
 samples x `--new-tokens` tokens (a random model almost never stops early), lr 1e-6, one update a step.
 The end-of-run checkpoint is skipped: for 4 B parameters it is 56 GB of disk (the bf16 HF folder plus
 the fp32 masters and AdamW states). Prints one JSON line: each variant's peak GPU memory (allocated and
 reserved, GiB), whether it ran out of memory, its median step / rollout / update seconds (steps after the
-first), and `memory_ratio` (offload peak allocated / default peak allocated).
+first), and `memory_ratio` (offload peak allocated / default peak allocated; `memory_ratios` for every
+variant).
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ import sys
 from pathlib import Path
 
 GIB = 2**30
+OFFLOAD = ["model.dtype=bfloat16", "actor.optimizer_offload=true"]
+VARIANTS = {"offload": OFFLOAD, "default": ["model.dtype=bfloat16"],  # the `_8bit` ones: 8-bit AdamW states
+            "offload_8bit": [*OFFLOAD, "actor.optimizer=adamw_8bit"],
+            "default_8bit": ["model.dtype=bfloat16", "actor.optimizer=adamw_8bit"]}
 
 
 def prepare(workdir: Path, size: str, vocab: int) -> tuple[Path, Path]:
@@ -100,8 +107,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * GIB / total))
     Trainer.save = lambda self: None  # see the docstring: no 56 GB checkpoint
     timers = time_calls({LocalTrainEngine: "step", CPUMasterWeights: "grad_to_master"}, cuda)
-    side = {"offload": ["model.dtype=bfloat16", "actor.optimizer_offload=true"],
-            "default": ["model.dtype=bfloat16"]}[args.variant]
+    side = VARIANTS[args.variant]
     out = Path(args.workdir) / "runs"
     overrides = [
         f"model.path={args.model}", f"data.train_files={Path(args.data) / 'train.parquet'}", "data.val_files=",
@@ -159,9 +165,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="prompts a step")
     ap.add_argument("--n", type=int, default=8, help="samples a prompt")
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--variants", default="offload,default")
+    ap.add_argument("--variants", default="offload,default", help=f"comma-separated, of {sorted(VARIANTS)}")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per variant")
-    ap.add_argument("--child", choices=["offload", "default"])
+    ap.add_argument("--child", choices=sorted(VARIANTS))
     ap.add_argument("--model")
     ap.add_argument("--data")
     args = ap.parse_args()
@@ -171,15 +177,16 @@ def main() -> None:
     model, data = prepare(Path(args.workdir), args.size, args.vocab)
     results = {}
     for variant in args.variants.split(","):
-        cap = args.cap_gib if variant == "offload" else args.baseline_cap_gib
+        cap = args.cap_gib if variant.startswith("offload") else args.baseline_cap_gib
         results[variant] = run_variant(args, model, data, variant, cap)
         print(json.dumps(results[variant]), file=sys.stderr, flush=True)
-    off, base = results.get("offload", {}), results.get("default", {})
-    ratio = None
-    if off.get("peak_allocated_gib") and base.get("peak_allocated_gib") and not base.get("oom"):
-        ratio = round(off["peak_allocated_gib"] / base["peak_allocated_gib"], 3)
-    print(json.dumps({"model_params_b": round(count_params(args.size, args.vocab) / 1e9, 3), "offload": off,
-                      "default": base, "memory_ratio": ratio}))
+    base = results.get("default", {})
+    ratios = {}  # each variant's peak allocated / the default's
+    for variant, res in results.items():
+        if variant != "default" and res.get("peak_allocated_gib") and base.get("peak_allocated_gib") and not base.get("oom"):
+            ratios[variant] = round(res["peak_allocated_gib"] / base["peak_allocated_gib"], 3)
+    print(json.dumps({"model_params_b": round(count_params(args.size, args.vocab) / 1e9, 3), **results,
+                      "memory_ratio": ratios.get("offload"), "memory_ratios": ratios}))
 
 
 if __name__ == "__main__":

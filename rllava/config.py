@@ -132,6 +132,7 @@ class ActorConfig:
     master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype
     param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
     optimizer_offload: bool = False  # local: fp32 masters, grads and AdamW states in CPU memory; the device holds model.dtype weights
+    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes: 8-bit moments, 2 bytes a parameter instead of 8; local engine)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class CriticConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 0  # linear warm-up, in optimizer steps
     max_grad_norm: float = 1.0  # clip the critic's gradient norm; 0 disables
+    optimizer: str = "adamw"  # adamw | adamw_8bit, as actor.optimizer
     value_clip: Optional[float] = 0.5  # clip new values to old +- this (PPO value clipping); null disables
     ppo_epochs: int = 1  # passes over each rollout batch
 

@@ -41,6 +41,7 @@ from torch.distributed.tensor import DTensor
 
 from rllava.engines import distributed as du
 from rllava.engines.local import DTYPES, lr_lambda
+from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.introspect import unwrap
 from rllava.models.weights import save_hf_folder
@@ -68,7 +69,10 @@ class FSDP2TrainEngine:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
-                 cpu_offload: bool = False, optimizer_offload: bool = False):
+                 cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
+        if OPTIMIZERS.entry(optimizer).meta.get("sharded") is False:
+            raise ValueError(f"optimizer {optimizer!r} cannot step FSDP2's sharded parameters (DTensors); use it "
+                             "with actor.strategy=local")
         if optimizer_offload:
             raise ValueError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
@@ -90,7 +94,8 @@ class FSDP2TrainEngine:
         self.model = model
         self._children = self._shard(model, CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = OPTIMIZERS.get(optimizer)(self.params, lr=lr, betas=betas, weight_decay=weight_decay,
+                                                   fused=False)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
         self.skipped_steps = 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rllava.engines.offload import CPUMasterWeights
+from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.weights import save_hf_folder
 
@@ -46,11 +47,6 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
-def fused_adamw_ok(params: list[torch.Tensor]) -> bool:
-    """The fused AdamW kernel (measured ~4x faster than the for-loop on CPU) needs float params on cpu/cuda."""
-    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-
-
 @TRAIN_ENGINES.register("local", description="one process, CPU or one GPU; fp32 master weights with autocast")
 class LocalTrainEngine:
     """Owns a module, its optimizer and lr schedule; knows nothing about RL."""
@@ -58,7 +54,7 @@ class LocalTrainEngine:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
-                 cpu_offload: bool = False, optimizer_offload: bool = False):
+                 cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
         if cpu_offload:
             raise ValueError("actor.param_offload needs actor.strategy=fsdp2 (the local engine keeps parameters on "
                              "its device; actor.optimizer_offload keeps everything else off it)")
@@ -77,8 +73,7 @@ class LocalTrainEngine:
             model.to(self.device)  # buffers; the parameters are there already
         # What the optimizer steps and clips: the CPU masters under offload, else the parameters themselves.
         self.opt_params = self.offload.masters if self.offload else self.params
-        self.optimizer = torch.optim.AdamW(self.opt_params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                           fused=fused_adamw_ok(self.opt_params))
+        self.optimizer = OPTIMIZERS.get(optimizer)(self.opt_params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
         self.skipped_steps = 0

@@ -37,7 +37,7 @@ def training_model_config(cfg: Config, path: str | None = None):
 def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunContext:
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
-    from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
+    from rllava.engines import OPTIMIZERS, ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.roles.actor import Actor
@@ -48,6 +48,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
+    for name in (a.optimizer, cfg.critic.optimizer):
+        OPTIMIZERS.entry(name)  # an unknown name fails before any loading, naming the known ones
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU. So does
     # optimizer offload: the fp32 masters are made on the CPU, and the device only gets model.dtype weights.
@@ -72,7 +74,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         model, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas), warmup_steps=a.warmup_steps,
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
         compute_dtype=cfg.model.dtype, device=device, cpu_offload=a.param_offload,
-        optimizer_offload=a.optimizer_offload)
+        optimizer_offload=a.optimizer_offload, optimizer=a.optimizer)
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
         model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size,
         compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),

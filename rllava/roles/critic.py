@@ -63,7 +63,8 @@ class Critic:
         engine = TRAIN_ENGINES.get(cfg.actor.strategy)(
             model, lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps, total_steps=total_steps * c.ppo_epochs,
             max_grad_norm=c.max_grad_norm, compute_dtype=cfg.model.dtype, device=device,
-            optimizer_offload=cfg.actor.optimizer_offload)  # as the actor's: also what moves it to the device
+            optimizer_offload=cfg.actor.optimizer_offload,  # as the actor's: also what moves it to the device
+            optimizer=c.optimizer)
         return cls(model, engine, cfg)  # on resume, `load` restores weights and optimizer
 
     def save(self, folder: Path) -> None:
