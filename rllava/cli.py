@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("make-tiny-model", help="write a tiny random-weight HF model folder (offline)")
     tm.add_argument("--family", required=True, help="HF model_type, e.g. qwen2_vl")
     tm.add_argument("--out", required=True)
-    tm.add_argument("--size", default="tiny", help="tiny (~1 M params), small (~31 M) or 2b (Qwen2-VL-2B shape, for GPU benchmarks)")
+    tm.add_argument("--size", default="tiny", help="tiny (~1 M params), small (~31 M), or 2b, 4b, 7b (Qwen2-VL-2B, Qwen2.5-VL-3B and -7B shapes, for GPU benchmarks)")
     tm.add_argument("--seed", type=int, default=0)
     tm.set_defaults(fn=cmd_make_tiny_model)
 

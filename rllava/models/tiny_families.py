@@ -49,6 +49,9 @@ SIZES: dict[str, Size] = {
     # The shape of Qwen2.5-VL-3B (~4.1 B params untied at its 151,936 vocabulary): the 24 GB memory benchmark.
     "4b": Size(hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008,
                v_hidden=1280, v_layers=32, v_heads=16, v_intermediate=3420),
+    # The shape of Qwen2.5-VL-7B (~8.3 B params at its 152,064 vocabulary, untied): the 7 B memory check.
+    "7b": Size(hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944,
+               v_hidden=1280, v_layers=32, v_heads=16, v_intermediate=3420),
 }
 
 
