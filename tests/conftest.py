@@ -26,3 +26,23 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def short_counting_run(tiny_model_factory, tmp_path) -> Callable[..., list[str]]:
+    """`overrides(*extra) -> list[str]`: a 2-step GRPO run of a tiny Qwen2-VL on 12 counting rows (2 prompts x 4
+    samples of up to 6 tokens, lr 1e-3, an entropy bonus so that all-zero rewards still move the weights),
+    checkpointed at its end under tmp_path; `extra` overrides come last."""
+    from rllava.tasks import make_task
+
+    data = make_task("counting", tmp_path / "data", n=12, seed=0)
+
+    def overrides(*extra: str) -> list[str]:
+        return [f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={data / 'train.parquet'}",
+                "data.val_files=", "data.template={{ prompt }} Answer with a number.", "data.batch_size=2",
+                "rollout.n=4", "rollout.max_new_tokens=6", "rollout.temperature=1.0", "actor.lr=1e-3",
+                "algorithm.entropy_coef=0.01", "reward.functions={count: 1.0}", f"trainer.output_dir={tmp_path}",
+                "trainer.progress_bar=false", "trainer.loggers=[jsonl]", "trainer.total_steps=2", "trainer.save_freq=2",
+                *extra]
+
+    return overrides

@@ -113,22 +113,14 @@ def test_optimizer_offload_is_for_the_local_engine():
 
 @pytest.mark.parametrize("extra", [[], ["model.lora_rank=8", "algorithm.kl_coef=0.05"], ["algorithm.adv_estimator=gae"]],
                          ids=["full", "lora", "ppo_critic"])
-def test_grpo_with_optimizer_offload(tiny_model_factory, tmp_path, extra):
+def test_grpo_with_optimizer_offload(tiny_model_factory, short_counting_run, extra):
     """GRPO on a tiny Qwen2-VL with bf16 device weights and CPU masters: rollout, update, checkpoint, export.
     Under LoRA only the adapters get masters; the frozen base is bf16 and serves as the KL reference. A PPO
     critic is offloaded like the actor."""
-    from rllava.tasks import make_task
-
-    model = tiny_model_factory("qwen2_vl")
-    data = make_task("counting", tmp_path / "data", n=12, seed=0)
-    over = [f"model.path={model}", f"data.train_files={data / 'train.parquet'}", "data.val_files=",
-            "data.template={{ prompt }} Answer with a number.", "data.batch_size=2", "rollout.n=4",
-            "rollout.max_new_tokens=6", "rollout.temperature=1.0", "actor.lr=1e-3", "algorithm.entropy_coef=0.01",
-            "reward.functions={count: 1.0}", "model.dtype=bfloat16", "actor.optimizer_offload=true",
-            f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]",
-            "trainer.total_steps=2", "trainer.save_freq=2", *extra]
-    result = run_experiment(load_config(None, over))
+    result = run_experiment(load_config(None, short_counting_run("model.dtype=bfloat16", "actor.optimizer_offload=true",
+                                                                 *extra)))
     assert result["steps"] == 2
+    model = tiny_model_factory("qwen2_vl")
     before, after = load_file(str(model / "model.safetensors")), load_file(f"{result['final_model']}/model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in after.values())  # the device weights, as a bf16 HF folder
     assert any(not torch.equal(before[k].to(torch.bfloat16), after[k]) for k in before)
