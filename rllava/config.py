@@ -35,7 +35,7 @@ class DataConfig:
     template: Optional[str] = None  # jinja template string or path to a .jinja file; gets the row as variables
     system_prompt: Optional[str] = None  # system message added before the user turn
     response_template: str = "{{ answer }}"  # SFT target and RL demonstration, rendered from the row (jinja)
-    demo_key: str = "demo_turns"  # agentic SFT: the row's demonstration, a list of assistant turn texts
+    demo_key: str = "demo_turns"  # agentic SFT and agentic RL with algorithm.demonstrations: the row's demonstration, a list of assistant turn texts
     chat_template: Optional[str] = None  # override the processor's chat template (string or file)
     max_prompt_length: int = 1024  # prompts longer than this (in tokens, images included) are dropped with a warning
     min_pixels: int = 3136  # images smaller than this are upscaled (aspect kept) before the processor
@@ -99,7 +99,7 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
-    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
+    demonstrations: Optional[str] = None  # the row's demonstration (data.response_template; agentic: data.demo_key turns) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens
     srft_rl_coef: float = 0.1  # SRFT (policy_loss=srft): positive-advantage rollouts weigh srft_rl_coef * exp(s * H)

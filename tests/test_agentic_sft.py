@@ -1,4 +1,5 @@
-"""SFT on tool-use demonstrations: the played episode's layout, the loss mask, and an `agentic_sft` run."""
+"""Tool-use demonstrations: the played episode's layout, the loss mask, an `agentic_sft` run, and the
+SFT-RL hybrids (LUFFY's `mix`, HPT's `switch`) with multi-turn demonstrations in `agentic` RL."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,7 @@ def demo_setup(tiny_model_factory, zoom_data):
     """A multi-turn rollout whose engine plays the rows' demonstrations against the real zoom tool."""
     from rllava.data.dataset import RLDataset
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
-    from rllava.pipelines.agentic import multiturn_rollout
-    from rllava.pipelines.agentic_sft import DemoEngine
+    from rllava.pipelines.agentic import DemoEngine, multiturn_rollout
     from rllava.roles.rollout import Rollout
 
     cfg = load_config(None, [f"model.path={tiny_model_factory('qwen2_vl')}", "env.name=tools", "env.tools=[zoom]",
@@ -101,7 +101,7 @@ def test_sft_loss_covers_only_demonstration_tokens(demo_setup):
 
 def test_demo_engine_ends_the_episode_when_the_demonstration_runs_out(demo_setup):
     from rllava.engines.hf_rollout import Sampling
-    from rllava.pipelines.agentic_sft import DemoEngine, demo_turns
+    from rllava.pipelines.agentic import DemoEngine, demo_turns
 
     cfg, model, processor, tok, eos, rollout, prompts, pad = demo_setup
     p = prompts[0]
@@ -134,3 +134,49 @@ def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_mode
     for r in (rows[0], rows[-1]):  # validation keeps the multi-turn metrics
         assert 1.0 <= r["val/agent/turns"] <= 2.0 and 0.0 <= r["val/agent/tool_call_rate"] <= 1.0
     assert Path(result["final_model"]).is_dir()
+
+
+@pytest.mark.parametrize("mode", ["mix", "switch"])
+def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data, tmp_path, mode):
+    """Each group's demonstration zooms, sees the real crop and answers; it joins its group (LUFFY) or
+    replaces a failing one (HPT). Only its own turns are trained: observation tokens stay masked."""
+    from rllava.pipelines.run import run_experiment
+
+    seen: list[Batch] = []
+    original = Batch.from_episodes
+
+    def spy(episodes, pad_id):
+        batch = original(episodes, pad_id)
+        if any(e.is_expert for e in episodes):
+            seen.append(batch)
+        return batch
+
+    extra = ["algorithm.policy_loss=luffy"] if mode == "mix" else ["algorithm.hpt_threshold=0.5"]
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={zoom_data / 'train.parquet'}",
+        "data.val_files=", "data.batch_size=2", "data.max_pixels=12544", "rollout.n=2", "rollout.max_new_tokens=8",
+        "actor.lr=2e-3", "trainer.pipeline=agentic", "env.name=tools", "env.tools=[zoom]", "env.max_turns=2",
+        "reward.functions={exact_match: 1.0}", f"algorithm.demonstrations={mode}", "algorithm.sft_coef=1.0",
+        *extra, "trainer.total_steps=3", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
+        "trainer.loggers=[jsonl]", "trainer.val_before_train=false"])
+    Batch.from_episodes = spy
+    try:
+        run_experiment(cfg)
+    finally:
+        Batch.from_episodes = original
+    rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and len(seen) == 3
+    for batch in seen:
+        for i in batch.is_expert.nonzero().flatten().tolist():
+            demo = batch.episodes[i]
+            assert demo.info["turns"] == 2 and demo.info["tool_calls"] == 1 and demo.extra_mm  # the real crop
+            assert demo.reward_info["answer_reward"] == 1.0
+            mask = batch.response_mask[i][: len(demo.response_ids)]
+            assert 0 < mask.sum() < len(demo.response_ids)  # its observation tokens are not trained
+        if mode == "mix":  # 2 rollouts + the demonstration per group
+            assert batch.is_expert.tolist() == [False, False, True] * 2
+    assert all(r["actor/demo_nll"] > 0 for r in rows)
+    if mode == "switch":  # the random policy never answers right: every group is switched
+        assert all(r["demo/switched_fraction"] == 1.0 for r in rows)
+    else:
+        assert all(r["reward/demo_mean"] > 1.0 - 1e-6 for r in rows)

@@ -6,13 +6,17 @@ Observation tokens are in the sequence but masked out of the loss.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rllava.config import Config
+from rllava.data.types import Episode, Prompt
+from rllava.engines.hf_rollout import Sampling
 from rllava.envs import episode_reward, make_environment
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
-from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
+from rllava.roles.multiturn import TURN_KEY, MultiTurnRollout, ObservationRenderer
+from rllava.roles.rollout import Rollout
 
 
 def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRollout:
@@ -30,10 +34,66 @@ def setup_agentic(ctx) -> None:
     ctx.reward = EpisodeRewardScorer(ctx.reward, ctx.cfg.env.reward_weights)
 
 
-@PIPELINES.register("agentic", description="multi-turn episodes with tools (env.name, env.tools); all policy turns trained")
+def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
+    """The row's demonstration: a list of turn texts (or that list as a JSON string)."""
+    turns = meta.get(key)
+    if isinstance(turns, str):
+        turns = json.loads(turns)
+    if not isinstance(turns, (list, tuple)) or not all(isinstance(t, str) for t in turns):
+        raise ValueError(f"row {meta.get('index', '?')}: data.demo_key={key!r} must hold a list of assistant turn "
+                         f"texts, got {turns!r}")
+    return list(turns)
+
+
+class DemoEngine:
+    """A rollout engine that plays the row's demonstration: turn k is `meta[demo_key][k]`'s tokens, then EOS.
+
+    The turn index comes from the context prompt (`MultiTurnRollout` puts it in `meta[TURN_KEY]`).
+    Past the last demonstration turn it returns an empty, unfinished turn, which ends the episode.
+    """
+
+    def __init__(self, tokenizer, eos_id: int, demo_key: str = "demo_turns"):
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.demo_key = demo_key
+
+    def sync_weights(self, model: Any = None) -> None:
+        pass
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
+        episodes = []
+        for i, p in enumerate(prompts):
+            turns, k = demo_turns(p.meta, self.demo_key), p.meta.get(TURN_KEY, 0)
+            ids = self.tokenizer(turns[k], add_special_tokens=False)["input_ids"] + [self.eos_id] if k < len(turns) else []
+            for _ in range(sampling.n):
+                episodes.append(Episode(prompt=p, response_ids=list(ids), response_mask=[1] * len(ids),
+                                        rollout_logp=[0.0] * len(ids), finished=bool(ids), group_id=group_offset + i))
+        return episodes
+
+
+def demonstration_rollout(ctx) -> MultiTurnRollout:
+    """A multi-turn rollout that plays the rows' demonstrations (`data.demo_key`) against the environment."""
+    engine = DemoEngine(ctx.tokenizer, ctx.extra["eos_ids"][0], ctx.cfg.data.demo_key)
+    return multiturn_rollout(ctx.cfg, ctx.processor, Rollout(engine, ctx.tokenizer, ctx.cfg.rollout))
+
+
+@PIPELINES.register("agentic", description="multi-turn episodes with tools (env.name, env.tools); all policy turns trained",
+                    demonstrations=("mix", "switch", "sft"))
 class AgenticPipeline(RLVRPipeline):
+    """With `algorithm.demonstrations`, a group's demonstration is the row's `data.demo_key` turns played
+    through the environment (tools run, observations are masked out of every loss), as in `agentic_sft`."""
+
     def setup(self, ctx) -> None:
         setup_agentic(ctx)
+        if self.cfg.algorithm.demonstrations:
+            demos = demonstration_rollout(ctx)
+            ctx.extra["demonstrations"] = lambda prompts: demos.generate(prompts, demos.greedy_sampling())
 
 
 class EpisodeRewardScorer:

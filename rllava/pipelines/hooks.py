@@ -17,6 +17,7 @@ from rllava.algorithms.demonstrations import SFT_MIXES
 from rllava.config import Config, ConfigError
 from rllava.data.types import Episode, Prompt
 from rllava.engines import distributed as du
+from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.sft import sft_episodes
 
 
@@ -80,11 +81,14 @@ class DynamicSampling:
 
 
 def demonstration_episodes(trainer, groups: list[list[Episode]]) -> list[Episode]:
-    """Each group's row demonstration (`data.response_template` rendered as in SFT, then EOS), scored
-    like a rollout and marked `is_expert`, in the group's id."""
+    """Each group's row demonstration, scored like a rollout and marked `is_expert`, in the group's id:
+    `data.response_template` rendered as in SFT, then EOS; or what the pipeline set up instead in
+    `ctx.extra["demonstrations"]` (multi-turn: the demonstration played through the environment)."""
     ctx = trainer.ctx
-    demos = sft_episodes([g[0].prompt for g in groups], ctx.tokenizer, trainer.cfg.data.response_template,
-                         ctx.extra["eos_ids"][0])
+    prompts = [g[0].prompt for g in groups]
+    play = ctx.extra.get("demonstrations")
+    demos = play(prompts) if play else sft_episodes(prompts, ctx.tokenizer, trainer.cfg.data.response_template,
+                                                    ctx.extra["eos_ids"][0])
     for g, d in zip(groups, demos):
         d.group_id, d.is_expert = g[0].group_id, True
     ctx.reward.score(demos)
@@ -176,9 +180,10 @@ def hooks_for(cfg: Config) -> list:
     if mode:  # after filtering: groups are judged by their rollouts alone
         if mode not in DEMONSTRATION_HOOKS:
             raise ConfigError(f"algorithm.demonstrations: {mode!r} is not one of {sorted(DEMONSTRATION_HOOKS)}")
-        if cfg.trainer.pipeline != "rlvr":
-            raise ConfigError(f"algorithm.demonstrations: single-turn only (trainer.pipeline=rlvr), not "
-                              f"{cfg.trainer.pipeline!r}")
+        supported = PIPELINES.entry(cfg.trainer.pipeline).meta.get("demonstrations", ())
+        if mode not in supported:
+            raise ConfigError(f"algorithm.demonstrations={mode} does not work with trainer.pipeline="
+                              f"{cfg.trainer.pipeline} (it takes {list(supported)}; hint is single-turn only)")
         if cfg.algorithm.tis_cap is not None:
             raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                               "algorithm.tis_cap cannot be used with them")

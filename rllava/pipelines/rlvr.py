@@ -62,7 +62,8 @@ def timed(metrics: dict[str, float], key: str) -> Iterator[None]:
         metrics[f"time/{key}"] = metrics.get(f"time/{key}", 0.0) + time.perf_counter() - t0
 
 
-@PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)")
+@PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)",
+                    demonstrations=("mix", "switch", "sft", "hint"))
 class RLVRPipeline:
     def __init__(self, cfg):
         self.cfg = cfg
