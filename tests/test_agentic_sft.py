@@ -136,10 +136,11 @@ def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_mode
     assert Path(result["final_model"]).is_dir()
 
 
-@pytest.mark.parametrize("mode", ["mix", "switch"])
+@pytest.mark.parametrize("mode", ["mix", "switch", "sft"])
 def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data, tmp_path, mode):
-    """Each group's demonstration zooms, sees the real crop and answers; it joins its group (LUFFY) or
-    replaces a failing one (HPT). Only its own turns are trained: observation tokens stay masked."""
+    """Each group's demonstration zooms, sees the real crop and answers; it joins its group (LUFFY), replaces
+    a failing one (HPT) or is trained by the SFT term beside it (CHORD). Only its own turns are trained:
+    observation tokens stay masked."""
     from rllava.pipelines.run import run_experiment
 
     seen: list[Batch] = []
@@ -173,10 +174,12 @@ def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data
             assert demo.reward_info["answer_reward"] == 1.0
             mask = batch.response_mask[i][: len(demo.response_ids)]
             assert 0 < mask.sum() < len(demo.response_ids)  # its observation tokens are not trained
-        if mode == "mix":  # 2 rollouts + the demonstration per group
+        if mode in ("mix", "sft"):  # 2 rollouts + the demonstration per group
             assert batch.is_expert.tolist() == [False, False, True] * 2
+        if mode == "sft":  # trained by the SFT term alone
+            assert not batch.advantages[batch.is_expert].any()
     assert all(r["actor/demo_nll"] > 0 for r in rows)
     if mode == "switch":  # the random policy never answers right: every group is switched
         assert all(r["demo/switched_fraction"] == 1.0 for r in rows)
-    else:
+    elif mode == "mix":
         assert all(r["reward/demo_mean"] > 1.0 - 1e-6 for r in rows)
