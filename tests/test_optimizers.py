@@ -2,11 +2,13 @@
 tiny model, exact resume with and without optimizer offload, end to end, and the FSDP2 guard."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rllava.config import load_config
+from rllava.config import ConfigError, load_config
 from rllava.engines import OPTIMIZERS
 from rllava.engines.local import LocalTrainEngine
 from rllava.pipelines.run import run_experiment
@@ -86,10 +88,19 @@ def test_grpo_with_8bit_adamw_end_to_end(tiny_model_factory, short_counting_run)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_unknown_optimizer_fails_before_loading_and_8bit_is_not_for_fsdp2(tmp_path):
+def test_unknown_optimizer_or_missing_package_fail_before_loading_and_8bit_is_not_for_fsdp2(tmp_path, monkeypatch):
     over = ["model.path=/nonexistent/model", "actor.optimizer=adam8", f"trainer.output_dir={tmp_path}"]
     with pytest.raises(UnknownNameError, match="adamw_8bit"):
         run_experiment(load_config(None, over))
+    import rllava.engines.optimizers as opt
+
+    with monkeypatch.context() as m:  # as if bitsandbytes were not installed
+        m.setitem(OPTIMIZERS.entry("adamw_8bit").meta, "package", "bitsandbytes_not_installed")
+        with pytest.raises(ConfigError, match=r"pip install 'rllava\[bnb\]'"):
+            run_experiment(load_config(None, [*over[:1], "actor.optimizer=adamw_8bit", over[2]]))
+        with pytest.raises(ImportError, match="needs bitsandbytes_not_installed"):
+            m.setitem(sys.modules, "bitsandbytes", None)
+            opt.adamw_8bit([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
     from rllava.engines.fsdp2 import FSDP2TrainEngine
 
     with pytest.raises(ValueError, match="sharded parameters"):

@@ -6,6 +6,7 @@ states shrink from 56 GB to 14 GB. Small tensors (under 4096 elements) keep fp32
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -20,6 +21,14 @@ def fused_adamw_ok(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
+def missing_package(name: str) -> str | None:
+    """Why optimizer `name` cannot be built here (its package is not installed), or None."""
+    meta = OPTIMIZERS.entry(name).meta
+    if "package" not in meta or importlib.util.find_spec(meta["package"]) is not None:
+        return None
+    return f"optimizer {name} needs {meta['package']}: pip install 'rllava[{meta['extra']}]'"
+
+
 @OPTIMIZERS.register("adamw", description="torch AdamW, fp32 moments (8 bytes a parameter); fused where it applies")
 def adamw(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay: float,
           fused: bool = True) -> torch.optim.Optimizer:
@@ -28,18 +37,18 @@ def adamw(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay: flo
 
 
 @OPTIMIZERS.register("adamw_8bit", description="bitsandbytes AdamW8bit: block-wise 8-bit moments (2 bytes a parameter)",
-                     sharded=False)
+                     sharded=False, package="bitsandbytes", extra="bnb")
 def adamw_8bit(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay: float,
                fused: bool = True) -> torch.optim.Optimizer:
     """Fast on CUDA. On the CPU (and so under actor.optimizer_offload) bitsandbytes runs it in plain torch:
-    about 40x slower than fused AdamW (docs/benchmarks.md), for a quarter of the host memory."""
+    about 25x slower than fused AdamW (docs/benchmarks.md), for a quarter of the host memory."""
     quiet = logging.getLogger("bitsandbytes")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its import warns about 4-bit matmul kernels, which no optimizer uses
     try:
         import bitsandbytes as bnb
-    except ImportError:
-        raise ImportError("optimizer adamw_8bit needs bitsandbytes: pip install 'rllava[bnb]'") from None
+    except ImportError as e:
+        raise ImportError(missing_package("adamw_8bit") or f"optimizer adamw_8bit: bitsandbytes failed to import: {e}") from None
     finally:
         quiet.setLevel(level)
     return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllava.config import Config, import_plugins, to_yaml
+from rllava.config import Config, ConfigError, import_plugins, to_yaml
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import find_resume_checkpoint
 from rllava.pipelines.registry import PIPELINES
@@ -37,7 +37,8 @@ def training_model_config(cfg: Config, path: str | None = None):
 def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunContext:
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
-    from rllava.engines import OPTIMIZERS, ROLLOUT_ENGINES, TRAIN_ENGINES
+    from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
+    from rllava.engines.optimizers import missing_package
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.roles.actor import Actor
@@ -48,8 +49,9 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
-    for name in (a.optimizer, cfg.critic.optimizer):
-        OPTIMIZERS.entry(name)  # an unknown name fails before any loading, naming the known ones
+    for name in (a.optimizer, cfg.critic.optimizer):  # an unknown name or a missing package fails before any loading
+        if missing := missing_package(name):
+            raise ConfigError(missing)
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU. So does
     # optimizer offload: the fp32 masters are made on the CPU, and the device only gets model.dtype weights.
