@@ -1,4 +1,4 @@
-"""A user file registers an advantage estimator through `plugins:`, with no framework edit."""
+"""User files register an advantage estimator and a reward through `plugins:`, with no framework edit."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,3 +23,14 @@ def test_plugin_registers_median_baseline(tmp_path):
     adv, _ = ADVANTAGES[cfg.algorithm.adv_estimator](batch, cfg.algorithm)
     # group 0 = [3, 1, 2]: median 2; group 1 = [5, 1]: lower median 1
     torch.testing.assert_close(adv, torch.tensor([[1.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [4.0, 0.0], [0.0, 0.0]]))
+
+
+def test_plugin_registers_the_strict_tagged_count_reward():
+    from rllava.rewards import REWARDS
+
+    import_plugins([str(PLUGIN.parent / "tagged_count.py")])
+    reward = REWARDS.get("tagged_count")
+    assert reward(" <answer> 3 </answer>\n", "3") == {"overall": 1.0, "accuracy": 1.0}
+    for wrong in ("<answer>4</answer>", "3", "There are 3.", "<answer>3</answer> done", "<answer>three</answer>"):
+        assert reward(wrong, "3")["overall"] == 0.0, wrong
+    assert REWARDS.entry("tagged_count").meta["accuracy"]
