@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rllava.config import ConfigError, import_plugins, load_config, to_yaml
+from rllava.data.rows import DataError
 from rllava.registry import UnknownNameError
 
 # Modules whose import fills the registries that `rllava list` prints.
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [config, *args.overrides], None
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError) as e:
+    except (ConfigError, UnknownNameError, DataError) as e:  # bad input: the message names what and where
         print(f"rllava: error: {e}", file=sys.stderr)
         return 2
 

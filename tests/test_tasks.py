@@ -232,3 +232,21 @@ def test_cli_make_task_passes_options(tmp_path, capsys):
     assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--n", "1", "--option", "colour=red"]) == 2
     assert "no option(s) ['colour']" in capsys.readouterr().err
     assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--option", "difficulty"]) == 2
+
+
+def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
+    """A missing model folder, then a dataset row without its answer: one line naming what is wrong and
+    where (the file, row and field), exit code 2."""
+    from rllava.cli import main
+    from rllava.models.tiny import make_tiny_model
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "How many?", "answer": "2"}\n{"prompt": "And here?"}\n')
+    assert main(["train", f"data.train_files={bad}", "data.val_files=", "model.path=/nonexistent"]) == 2
+    assert capsys.readouterr().err == "rllava: error: model.path '/nonexistent' does not exist (and is not an 'org/name' hub id)\n"
+    model = make_tiny_model("qwen2", tmp_path / "model")
+    assert main(["train", f"data.train_files={bad}", "data.val_files=", f"model.path={model}",
+                 f"trainer.output_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err  # (after the model's loading bar)
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"rllava: error: {bad}, row 1, field 'answer': missing")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from rllava.config import ModelConfig
+from rllava.config import ConfigError, ModelConfig
 from rllava.models.introspect import (  # noqa: F401  (re-exported: the helpers callers use with a loaded model)
     eos_token_ids,
     get_tokenizer,
@@ -47,15 +47,19 @@ def _resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+class ModelPathError(ConfigError, FileNotFoundError):
+    """model.path names no model folder: a config error (the CLI prints it in one line), and a missing file."""
+
+
 def _check_path(path: str) -> None:
     if not path:
-        raise ValueError("model.path is empty: give a local HF model folder or a hub name")
+        raise ConfigError("model.path is empty: give a local HF model folder or a hub name")
     p = Path(path)
     looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
     if looks_local and not p.exists():
-        raise FileNotFoundError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
+        raise ModelPathError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
-        raise FileNotFoundError(f"model.path {path!r} has no config.json: not an HF model folder")
+        raise ModelPathError(f"model.path {path!r} has no config.json: not an HF model folder")
 
 
 def enable_checkpointing(model: nn.Module) -> None:
