@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rllava.config import ConfigError, import_plugins, load_config, to_yaml
 from rllava.data.rows import DataError
+from rllava.data.template import TemplateError
 from rllava.registry import UnknownNameError
 
 # Modules whose import fills the registries that `rllava list` prints.
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [config, *args.overrides], None
     try:
         return args.fn(args)
-    except (ConfigError, UnknownNameError, DataError) as e:  # bad input: the message names what and where
+    except (ConfigError, UnknownNameError, DataError, TemplateError) as e:  # bad input: the message names what and where
         print(f"rllava: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from rllava.config import ConfigError
 from rllava.registry import UnknownNameError
 from rllava.rewards import REWARDS, RewardFunction
 from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
@@ -209,7 +210,7 @@ def test_reward_function_user_file_and_unknown_name(tmp_path):
     assert infos[0]["accuracy"] == 1.0  # from the first component that reports it (the user's)
     with pytest.raises(UnknownNameError, match="did you mean 'count'"):
         RewardFunction({"cont": 1.0})
-    with pytest.raises(AttributeError, match="no function 'missing'"):
+    with pytest.raises(ConfigError, match="no function 'missing'"):
         RewardFunction({f"{plugin}:missing": 1.0})
 
 

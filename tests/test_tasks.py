@@ -250,3 +250,17 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err  # (after the model's loading bar)
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith(f"rllava: error: {bad}, row 1, field 'answer': missing")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("reward.functions={/nonexistent/r.py:fn: 1.0}", "rllava: error: reward '/nonexistent/r.py:fn': file '/nonexistent/r.py' not found"),
+    ("data.template='{{ prompt '", "rllava: error: data.template: jinja syntax error on line 1"),
+])
+def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tiny_model_factory, override, message):
+    from rllava.cli import main
+
+    data = make_task("counting", tmp_path / "data", n=4, seed=0)
+    assert main(["train", f"data.train_files={data / 'train.parquet'}", "data.val_files=",
+                 f"model.path={tiny_model_factory('qwen2_vl')}", f"trainer.output_dir={tmp_path / 'runs'}", override]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(message)

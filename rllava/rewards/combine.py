@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rllava.config import ConfigError
 from rllava.rewards.registry import REWARDS
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,15 @@ logger = logging.getLogger(__name__)
 RewardFn = Callable[..., Any]
 
 
+class RewardFileNotFound(ConfigError, FileNotFoundError):
+    """reward.functions names a `file.py:fn` whose file does not exist."""
+
+
 def _load_file_function(spec: str) -> RewardFn:
     path_str, _, fn_name = spec.rpartition(":")
     path = Path(path_str).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"reward {spec!r}: file {path_str!r} not found")
+        raise RewardFileNotFound(f"reward {spec!r}: file {path_str!r} not found")
     module_name = f"rllava_reward_{abs(hash(str(path.resolve())))}"
     module = sys.modules.get(module_name)
     if module is None:
@@ -34,7 +39,7 @@ def _load_file_function(spec: str) -> RewardFn:
         loader_spec.loader.exec_module(module)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise AttributeError(f"reward {spec!r}: {path_str} has no function {fn_name!r}")
+        raise ConfigError(f"reward {spec!r}: {path_str} has no function {fn_name!r}")
     return fn
 
 
