@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A config problem, reported with the key path that caused it."""
 
 
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A config value names a file or folder that is not there (still a FileNotFoundError for callers)."""
+
+
 @dataclass
 class DataConfig:
     train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / load_from_disk folders / hub names

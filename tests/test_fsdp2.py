@@ -15,6 +15,7 @@ from dist_scripts.launch import start_torchrun, stop_torchrun, wait_torchrun
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+from rllava.config import ConfigError
 from rllava.engines import TRAIN_ENGINES
 from rllava.engines import distributed as du
 from rllava.engines.fsdp2 import FSDP2TrainEngine, repeated_blocks
@@ -150,7 +151,7 @@ def test_collective_helpers_on_two_ranks(dist_results):
 def test_registered_and_needs_a_process_group(tiny_model_factory):
     assert TRAIN_ENGINES.get("fsdp2") is FSDP2TrainEngine
     model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("qwen2"))
-    with pytest.raises(RuntimeError, match="torchrun"):
+    with pytest.raises(ConfigError, match="torchrun"):
         FSDP2TrainEngine(model, lr=1e-3)
 
 

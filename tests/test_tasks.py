@@ -255,9 +255,18 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
 @pytest.mark.parametrize("override, message", [
     ("reward.functions={/nonexistent/r.py:fn: 1.0}", "rllava: error: reward '/nonexistent/r.py:fn': file '/nonexistent/r.py' not found"),
     ("data.template='{{ prompt '", "rllava: error: data.template: jinja syntax error on line 1"),
+    ("trainer.resume=/nonexistent/ckpt", "rllava: error: trainer.resume='/nonexistent/ckpt': no trainer_state.pt there"),
+    ("model.dtype=float8", "rllava: error: model.dtype='float8' is not one of"),
+    ("actor.strategy=fsdp2", "rllava: error: actor.strategy=fsdp2 needs torch.distributed"),
+    ("trainer.device=cuda", "rllava: error: trainer.device=cuda, but torch sees no CUDA device"),
 ])
 def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tiny_model_factory, override, message):
+    import torch
+
     from rllava.cli import main
+
+    if override == "trainer.device=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
 
     data = make_task("counting", tmp_path / "data", n=4, seed=0)
     assert main(["train", f"data.train_files={data / 'train.parquet'}", "data.val_files=",

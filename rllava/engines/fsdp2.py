@@ -39,11 +39,13 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from rllava.config import ConfigError
 from rllava.engines import distributed as du
-from rllava.engines.local import DTYPES, lr_lambda
+from rllava.engines.local import lr_lambda
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.introspect import unwrap
+from rllava.models.load import resolve_dtype
 from rllava.models.weights import save_hf_folder
 
 
@@ -77,7 +79,7 @@ class FSDP2TrainEngine:
             raise ValueError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
         if not du.is_initialized():
-            raise RuntimeError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
+            raise ConfigError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
                                "(rllava.engines.distributed.init_distributed joins the group)")
         device = torch.device(device)
         if cpu_offload and device.type != "cuda":
@@ -85,7 +87,7 @@ class FSDP2TrainEngine:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        self.compute_dtype = DTYPES[compute_dtype]
+        self.compute_dtype = resolve_dtype(compute_dtype)
         self.max_grad_norm = max_grad_norm
         self.world = du.world_size()
         param_dtype = self.compute_dtype if self.compute_dtype != next(model.parameters()).dtype else None

@@ -21,10 +21,10 @@ from torch import nn
 from rllava.engines.offload import CPUMasterWeights
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
+from rllava.models.load import resolve_dtype
 from rllava.models.weights import save_hf_folder
 
 ENGINE_FILE = "engine.pt"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -60,7 +60,7 @@ class LocalTrainEngine:
                              "its device; actor.optimizer_offload keeps everything else off it)")
         self.device = torch.device(device)
         self.model = model
-        self.compute_dtype = DTYPES[compute_dtype]
+        self.compute_dtype = resolve_dtype(compute_dtype)
         self.max_grad_norm = max_grad_norm
         trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in trained], [p for _, p in trained]

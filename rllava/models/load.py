@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from rllava.config import ConfigError, ModelConfig
+from rllava.config import ConfigError, MissingFileError, ModelConfig
 from rllava.models.introspect import (  # noqa: F401  (re-exported: the helpers callers use with a loaded model)
     eos_token_ids,
     get_tokenizer,
@@ -39,16 +39,13 @@ def _auto_class_for(config: Any) -> type:
                      f"(known to {', '.join(a.__name__ for a in AUTO_CLASSES)})")
 
 
-def _resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from a config name (model.dtype: float32, bfloat16, float16, or fp32, bf16, fp16)."""
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
     return DTYPES[name]
-
-
-class ModelPathError(ConfigError, FileNotFoundError):
-    """model.path names no model folder: a config error (the CLI prints it in one line), and a missing file."""
 
 
 def _check_path(path: str) -> None:
@@ -57,9 +54,9 @@ def _check_path(path: str) -> None:
     p = Path(path)
     looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
     if looks_local and not p.exists():
-        raise ModelPathError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
+        raise MissingFileError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
-        raise ModelPathError(f"model.path {path!r} has no config.json: not an HF model folder")
+        raise MissingFileError(f"model.path {path!r} has no config.json: not an HF model folder")
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -85,7 +82,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
     except (OSError, ValueError) as e:  # unknown hub id, offline, unknown model_type without trust_remote_code
         raise OSError(f"model.path {cfg.path!r}: cannot load its config: {e}") from e
     auto = _auto_class_for(config)
-    model = auto.from_pretrained(cfg.path, dtype=_resolve_dtype(dtype or cfg.dtype),
+    model = auto.from_pretrained(cfg.path, dtype=resolve_dtype(dtype or cfg.dtype),
                                  attn_implementation=cfg.attn_implementation,
                                  trust_remote_code=cfg.trust_remote_code)
     model.to(device)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllava.config import MissingFileError
 from rllava.engines import distributed as du
 from rllava.models.weights import save_hf_folder
 
@@ -110,5 +111,5 @@ def find_resume_checkpoint(mode: str, run_dir: Path) -> Path | None:
     if mode == "auto":
         return latest_checkpoint(run_dir)
     if not (Path(mode) / STATE_FILE).exists():
-        raise FileNotFoundError(f"trainer.resume={mode!r}: no {STATE_FILE} there")
+        raise MissingFileError(f"trainer.resume={mode!r}: no {STATE_FILE} there")
     return Path(mode)

@@ -19,7 +19,10 @@ from rllava.pipelines.trainer import RunContext, Trainer
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}, but torch sees no CUDA device (trainer.device=auto picks the CPU)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -40,7 +43,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.engines.optimizers import missing_package
     from rllava.models.introspect import placeholder_token_ids
-    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
+    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id, resolve_dtype
     from rllava.roles.actor import Actor
     from rllava.roles.reward import RewardScorer
     from rllava.roles.rollout import Rollout
@@ -49,7 +52,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
-    for name in (a.optimizer, cfg.critic.optimizer):  # an unknown name or a missing package fails before any loading
+    resolve_dtype(cfg.model.dtype)  # these fail before any loading
+    for name in (a.optimizer, cfg.critic.optimizer):  # an unknown name, or its package missing
         if missing := missing_package(name):
             raise ConfigError(missing)
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rllava.config import ConfigError
+from rllava.config import ConfigError, MissingFileError
 from rllava.rewards.registry import REWARDS
 
 logger = logging.getLogger(__name__)
@@ -21,15 +21,11 @@ logger = logging.getLogger(__name__)
 RewardFn = Callable[..., Any]
 
 
-class RewardFileNotFound(ConfigError, FileNotFoundError):
-    """reward.functions names a `file.py:fn` whose file does not exist."""
-
-
 def _load_file_function(spec: str) -> RewardFn:
     path_str, _, fn_name = spec.rpartition(":")
     path = Path(path_str).expanduser()
     if not path.is_file():
-        raise RewardFileNotFound(f"reward {spec!r}: file {path_str!r} not found")
+        raise MissingFileError(f"reward {spec!r}: file {path_str!r} not found")
     module_name = f"rllava_reward_{abs(hash(str(path.resolve())))}"
     module = sys.modules.get(module_name)
     if module is None:
