@@ -27,6 +27,10 @@ class MissingFileError(ConfigError, FileNotFoundError):
     """A config value names a file or folder that is not there (still a FileNotFoundError for callers)."""
 
 
+class MissingPackageError(ConfigError, ImportError):
+    """A config value needs an optional package that is not installed; the message says how to get it."""
+
+
 @dataclass
 class DataConfig:
     train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / load_from_disk folders / hub names
@@ -370,9 +374,30 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     tree: dict = _read_yaml(path) if path else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     try:
-        return _build(Config, tree)
+        cfg = _build(Config, tree)
+        check_ranges(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{path or '<overrides>'}: {e}") from None
+
+
+# Numeric settings with a valid range: (section, key, lowest allowed, whether the lowest itself is allowed).
+RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout", "max_new_tokens", 1, True),
+          ("rollout", "temperature", 0.0, True), ("rollout", "top_p", 0.0, False), ("rollout", "top_k", 0, True),
+          ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
+          ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
+          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True)]
+
+
+def check_ranges(cfg: Config) -> None:
+    """Reject out-of-range numbers at load time, naming the key (deep inside they fail obscurely or silently)."""
+    for section, key, low, inclusive in RANGES:
+        value = getattr(getattr(cfg, section), key)
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{section}.{key}={value!r}: must be {bound}")
+    if cfg.rollout.top_p > 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -74,3 +74,18 @@ def test_base_file_is_overlaid(tmp_path):
     cfg = load_config(child)
     assert cfg.rollout.n == 8 and cfg.rollout.top_p == 0.9
     assert [p.split("/")[-1] for p in cfg.plugins] == ["a.py", "b.py"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.n=0", r"rollout.n=0: must be >= 1"),
+    ("data.batch_size=0", r"data.batch_size=0: must be >= 1"),
+    ("rollout.temperature=-1", r"rollout.temperature=-1.0: must be >= 0.0"),
+    ("actor.lr=-1e-6", r"actor.lr=-1e-06: must be >= 0.0"),
+    ("rollout.top_p=0", r"rollout.top_p=0.0: must be > 0.0"),
+    ("rollout.top_p=1.5", r"rollout.top_p=1.5: must be in \(0, 1\]"),
+    ("actor.micro_token_budget=0", r"actor.micro_token_budget=0: must be >= 1"),
+])
+def test_out_of_range_numbers_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=r"<overrides>: " + message):
+        load_config(None, [override])
+    load_config(None, ["rollout.temperature=0", "actor.lr=0", "actor.mini_batch_size=0"])  # the edges that are allowed

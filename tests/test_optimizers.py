@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rllava.config import ConfigError, load_config
+from rllava.config import MissingPackageError, load_config
 from rllava.engines import OPTIMIZERS
 from rllava.engines.local import LocalTrainEngine
 from rllava.pipelines.run import run_experiment
@@ -96,9 +96,9 @@ def test_unknown_optimizer_or_missing_package_fail_before_loading_and_8bit_is_no
 
     with monkeypatch.context() as m:  # as if bitsandbytes were not installed
         m.setitem(OPTIMIZERS.entry("adamw_8bit").meta, "package", "bitsandbytes_not_installed")
-        with pytest.raises(ConfigError, match=r"pip install 'rllava\[bnb\]'"):
+        with pytest.raises(MissingPackageError, match=r"needs bitsandbytes_not_installed: pip install 'rllava\[bnb\]'"):
             run_experiment(load_config(None, [*over[:1], "actor.optimizer=adamw_8bit", over[2]]))
-        with pytest.raises(ImportError, match="needs bitsandbytes_not_installed"):
+        with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'rllava\[bnb\]'"):
             m.setitem(sys.modules, "bitsandbytes", None)
             opt.adamw_8bit([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
     from rllava.engines.fsdp2 import FSDP2TrainEngine

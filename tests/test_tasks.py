@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 
@@ -259,6 +260,8 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     ("model.dtype=float8", "rllava: error: model.dtype='float8' is not one of"),
     ("actor.strategy=fsdp2", "rllava: error: actor.strategy=fsdp2 needs torch.distributed"),
     ("trainer.device=cuda", "rllava: error: trainer.device=cuda, but torch sees no CUDA device"),
+    ("rollout.engine=vllm", "rllava: error: rollout.engine=vllm needs vllm: pip install 'rllava[vllm]'"),
+    ("trainer.loggers=[wandb]", "rllava: error: trainer.loggers=[wandb] needs wandb: pip install 'rllava[wandb]'"),
 ])
 def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tiny_model_factory, override, message):
     import torch
@@ -267,6 +270,9 @@ def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tin
 
     if override == "trainer.device=cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    package = {"rollout.engine=vllm": "vllm", "trainer.loggers=[wandb]": "wandb"}.get(override)
+    if package and importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
 
     data = make_task("counting", tmp_path / "data", n=4, seed=0)
     assert main(["train", f"data.train_files={data / 'train.parquet'}", "data.val_files=",

@@ -6,11 +6,11 @@ states shrink from 56 GB to 14 GB. Small tensors (under 4096 elements) keep fp32
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import torch
 
+from rllava.config import MissingPackageError
 from rllava.registry import Registry
 
 OPTIMIZERS = Registry("optimizer", "optimizers (actor.optimizer, critic.optimizer): fn(params, lr, betas, weight_decay)")
@@ -19,14 +19,6 @@ OPTIMIZERS = Registry("optimizer", "optimizers (actor.optimizer, critic.optimize
 def fused_adamw_ok(params: list[torch.Tensor]) -> bool:
     """The fused AdamW kernel (measured ~4x faster than the for-loop on CPU) needs float params on cpu/cuda."""
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-
-
-def missing_package(name: str) -> str | None:
-    """Why optimizer `name` cannot be built here (its package is not installed), or None."""
-    meta = OPTIMIZERS.entry(name).meta
-    if "package" not in meta or importlib.util.find_spec(meta["package"]) is not None:
-        return None
-    return f"optimizer {name} needs {meta['package']}: pip install 'rllava[{meta['extra']}]'"
 
 
 @OPTIMIZERS.register("adamw", description="torch AdamW, fp32 moments (8 bytes a parameter); fused where it applies")
@@ -48,7 +40,7 @@ def adamw_8bit(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay
     try:
         import bitsandbytes as bnb
     except ImportError as e:
-        raise ImportError(missing_package("adamw_8bit") or f"optimizer adamw_8bit: bitsandbytes failed to import: {e}") from None
+        raise MissingPackageError(f"optimizer adamw_8bit needs bitsandbytes: pip install 'rllava[bnb]' ({e})") from None
     finally:
         quiet.setLevel(level)
     return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rllava.config import MissingPackageError
 from rllava.data.types import Episode, Prompt
 from rllava.engines.hf_rollout import Sampling
 from rllava.engines.registry import ROLLOUT_ENGINES
@@ -70,7 +71,7 @@ def _distributed() -> tuple[int, int]:
 
 
 @ROLLOUT_ENGINES.register("vllm", description="in-process vLLM colocated with training; weights synced in place",
-                          needs="vllm")
+                          package="vllm", extra="vllm")
 class VLLMRolloutEngine:
     """Same contract as HFRolloutEngine: `generate` returns n episodes per prompt, grouped consecutively.
 
@@ -99,8 +100,8 @@ class VLLMRolloutEngine:
             import vllm
             from vllm import LLM, SamplingParams  # noqa: F401  (fails cleanly where a stray "vllm" folder shadows it)
         except ImportError as e:
-            raise ImportError("rollout.engine=vllm needs the vllm package (pip install 'rllava[vllm]'; "
-                              "see docs/vllm.md)") from e
+            raise MissingPackageError("rollout.engine=vllm needs the vllm package (pip install 'rllava[vllm]'; "
+                                      "see docs/vllm.md)") from e
         self.vllm = vllm
         self.sleep_enabled = _sleep_mode_available()  # CUDA/ROCm/XPU; on CPU sleep and wake only sync
         kwargs: dict[str, Any] = dict(

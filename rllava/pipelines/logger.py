@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rllava.config import MissingPackageError
+
 CURVES = [  # (title, metric keys tried in order)
     ("reward", ["reward/mean"]),
     ("val accuracy", ["val/accuracy"]),
@@ -36,7 +38,10 @@ class RunLogger:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self.wandb = None
         if "wandb" in loggers:
-            import wandb
+            try:
+                import wandb
+            except ImportError:
+                raise MissingPackageError("trainer.loggers has wandb: pip install 'rllava[wandb]'") from None
 
             self.wandb = wandb.init(project="rllava", name=self.run_dir.name, config=wandb_config, resume="allow")
         self.bar = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import random
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllava.config import Config, ConfigError, import_plugins, to_yaml
+from rllava.config import Config, ConfigError, MissingPackageError, import_plugins, to_yaml
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import find_resume_checkpoint
 from rllava.pipelines.registry import PIPELINES
@@ -23,6 +24,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name}, but torch sees no CUDA device (trainer.device=auto picks the CPU)")
     return device
+
+
+def check_packages(cfg: Config) -> None:
+    """The optional packages the config needs (registry meta `package`, `extra`), checked before any loading."""
+    from rllava.engines import OPTIMIZERS, ROLLOUT_ENGINES
+
+    needs = [(OPTIMIZERS.entry(name).meta, f"optimizer {name}") for name in (cfg.actor.optimizer, cfg.critic.optimizer)]
+    needs.append((ROLLOUT_ENGINES.entry(cfg.rollout.engine).meta, f"rollout.engine={cfg.rollout.engine}"))
+    if "wandb" in cfg.trainer.loggers:
+        needs.append(({"package": "wandb", "extra": "wandb"}, "trainer.loggers=[wandb]"))
+    for meta, what in needs:
+        if "package" in meta and importlib.util.find_spec(meta["package"]) is None:
+            raise MissingPackageError(f"{what} needs {meta['package']}: pip install 'rllava[{meta['extra']}]'")
 
 
 def seed_everything(seed: int) -> None:
@@ -41,7 +55,6 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
-    from rllava.engines.optimizers import missing_package
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id, resolve_dtype
     from rllava.roles.actor import Actor
@@ -53,9 +66,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
     resolve_dtype(cfg.model.dtype)  # these fail before any loading
-    for name in (a.optimizer, cfg.critic.optimizer):  # an unknown name, or its package missing
-        if missing := missing_package(name):
-            raise ConfigError(missing)
+    check_packages(cfg)
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU. So does
     # optimizer offload: the fp32 masters are made on the CPU, and the device only gets model.dtype weights.
