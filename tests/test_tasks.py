@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 
@@ -267,11 +266,12 @@ def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tin
     import torch
 
     from rllava.cli import main
+    from rllava.pipelines.run import installed
 
     if override == "trainer.device=cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     package = {"rollout.engine=vllm": "vllm", "trainer.loggers=[wandb]": "wandb"}.get(override)
-    if package and importlib.util.find_spec(package) is not None:
+    if package and installed(package):
         pytest.skip(f"{package} is installed here")
 
     data = make_task("counting", tmp_path / "data", n=4, seed=0)

@@ -26,6 +26,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def installed(package: str) -> bool:
+    """Whether `package` can be imported as a real package (a bare folder of that name on sys.path is not one)."""
+    spec = importlib.util.find_spec(package)
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 def check_packages(cfg: Config) -> None:
     """The optional packages the config needs (registry meta `package`, `extra`), checked before any loading."""
     from rllava.engines import OPTIMIZERS, ROLLOUT_ENGINES
@@ -35,7 +41,7 @@ def check_packages(cfg: Config) -> None:
     if "wandb" in cfg.trainer.loggers:
         needs.append(({"package": "wandb", "extra": "wandb"}, "trainer.loggers=[wandb]"))
     for meta, what in needs:
-        if "package" in meta and importlib.util.find_spec(meta["package"]) is None:
+        if "package" in meta and not installed(meta["package"]):
             raise MissingPackageError(f"{what} needs {meta['package']}: pip install 'rllava[{meta['extra']}]'")
 
 
