@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from rllava.config import load_config
+from rllava.data.rows import DataError
 from rllava.data.types import Batch
 
 EASY = dict(length=1, alphabet="AX", min_size=192, max_size=192, grid=2, clutter=0)
@@ -111,6 +112,8 @@ def test_demo_engine_ends_the_episode_when_the_demonstration_runs_out(demo_setup
     with pytest.raises(ValueError, match="demo_key='demo_turns' must hold a list"):
         DemoEngine(tok, eos).generate([dataclasses.replace(p, meta={"index": 3})], Sampling(n=1))
     assert demo_turns({"d": '["a", "b"]'}, "d") == ["a", "b"]
+    with pytest.raises(DataError, match=r"dataset row 4: data.demo_key='d' must hold a list .* got '\[\"a\", b'"):
+        demo_turns({"d": '["a", b', "index": 4}, "d")
 
 
 def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_model_factory, zoom_data, tmp_path):

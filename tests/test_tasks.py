@@ -261,6 +261,7 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     ("trainer.device=cuda", "rllava: error: trainer.device=cuda, but torch sees no CUDA device"),
     ("rollout.engine=vllm", "rllava: error: rollout.engine=vllm needs vllm: pip install 'rllava[vllm]'"),
     ("trainer.loggers=[wandb]", "rllava: error: trainer.loggers=[wandb] needs wandb: pip install 'rllava[wandb]'"),
+    ("trainer.pipeline=agentic", "rllava: error: trainer.pipeline=agentic needs env.name"),
 ])
 def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tiny_model_factory, override, message):
     import torch

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rllava.config import Config
+from rllava.config import Config, ConfigError
+from rllava.data.rows import DataError
 from rllava.data.types import Episode, Prompt
 from rllava.engines.hf_rollout import Sampling
 from rllava.envs import episode_reward, make_environment
@@ -22,7 +23,7 @@ from rllava.roles.rollout import Rollout
 def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRollout:
     """`rollout` (a single-turn Rollout role) driven turn by turn against a fresh `cfg.env` environment per episode."""
     if not cfg.env.name:
-        raise ValueError(f"trainer.pipeline={cfg.trainer.pipeline} needs env.name (e.g. env.name=tools env.tools=[zoom])")
+        raise ConfigError(f"trainer.pipeline={cfg.trainer.pipeline} needs env.name (e.g. env.name=tools env.tools=[zoom])")
     multimodal = hasattr(processor, "image_processor")
     renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal)
     return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens)
@@ -38,10 +39,13 @@ def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
     """The row's demonstration: a list of turn texts (or that list as a JSON string)."""
     turns = meta.get(key)
     if isinstance(turns, str):
-        turns = json.loads(turns)
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError:
+            pass  # not JSON: reported below as not a list
     if not isinstance(turns, (list, tuple)) or not all(isinstance(t, str) for t in turns):
-        raise ValueError(f"row {meta.get('index', '?')}: data.demo_key={key!r} must hold a list of assistant turn "
-                         f"texts, got {turns!r}")
+        raise DataError(f"dataset row {meta.get('index', '?')}: data.demo_key={key!r} must hold a list of assistant "
+                        f"turn texts, got {turns!r}")
     return list(turns)
 
 
