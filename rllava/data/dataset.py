@@ -120,7 +120,7 @@ class RLDataset(torch.utils.data.Dataset):
 
     def _bad(self, err: DataError) -> None:
         if not self.skip_bad_rows:
-            raise err
+            raise DataError(f"{err} (data.skip_bad_rows=true drops such rows and counts them)") from None
         self.n_bad += 1
         if len(self.bad_rows) < 20:
             self.bad_rows.append(str(err))
