@@ -2,7 +2,8 @@
 
 The step is the RLVR step; only the rollout differs (a `MultiTurnRollout` drives one
 environment per episode) and the episode reward adds the environment's per-turn rewards.
-Observation tokens are in the sequence but masked out of the loss.
+Observation tokens are in the sequence but masked out of the loss. With `algorithm.demonstrations`
+(mix, switch, sft) a group's demonstration is the row's tool-use turns played through the environment.
 """
 from __future__ import annotations
 
