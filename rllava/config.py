@@ -169,7 +169,7 @@ class RolloutConfig:
     top_k: int = 0  # top-k sampling; 0 disables
     max_new_tokens: int = 128  # response length limit (per turn in agentic episodes)
     val_temperature: float = 0.0  # greedy
-    val_n: int = 1  # samples per validation prompt
+    val_n: int = 1  # samples per validation prompt; > 1 adds val/pass@k (k = 1, 2, 4, ..., val_n)
     batch_size: int = 0  # sequences generated at once; 0 = all
     generate_kwargs: dict[str, Any] = field(default_factory=dict)  # hf engine: extra `generate` arguments, e.g. {cache_implementation: static}
     share_prefill: bool = True  # hf engine: prefill each distinct prompt (and its images) once for its n samples

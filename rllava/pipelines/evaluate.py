@@ -1,6 +1,7 @@
-"""Greedy evaluation: accuracy over a prompt set plus a few samples; also `rllava eval`."""
+"""Evaluation: accuracy (greedy, or mean@n and pass@k over n samples) plus a few samples; also `rllava eval`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -8,9 +9,26 @@ from rllava.data.types import Prompt
 from rllava.engines import distributed as du
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chance that at least one of k samples drawn without replacement from n, c of them correct, is
+    correct: 1 - C(n - c, k) / C(n, k), the unbiased pass@k estimator (Chen et al. 2021, arXiv 2107.03374)."""
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at_k_sums(solved: list[list[bool]]) -> dict[str, float]:
+    """Per k in 1, 2, 4, ..., n: pass@k summed over prompts (each a list of n per-sample outcomes)."""
+    n = len(solved[0]) if solved else 0
+    ks = sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}) if n > 1 else []
+    return {f"pass@{k}": sum(pass_at_k(n, sum(s), k) for s in solved) for k in ks}
+
+
 def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples: int = 4,
              prefix: str = "val") -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Generate with the validation sampling settings, score, and average.
+
+    With n samples a prompt (`rollout.val_n` > 1), accuracy is the mean over all samples (mean@n) and
+    pass@k (k = 1, 2, 4, ..., n) is the unbiased estimate that one of k samples solves the prompt; a
+    sample solves it when its accuracy is 1.
 
     Under torchrun rank r takes prompts r, r + world, ... and the averages are over all ranks (the
     samples are rank 0's). Every rank makes as many `generate` calls: entering generation gathers a
@@ -33,9 +51,13 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
     # Multi-turn scorers also report per-episode means (agent/turns, agent/tool_call_rate): keep them, as sums
     # so they average over all ranks' episodes. Every rank has the same keys (the scorer is the same).
     totals.update({k: v * len(episodes) for k, v in scored.items() if k.startswith("agent/")})
+    solved = [[a >= 1.0 - 1e-6 for a in accuracy[i:i + sampling.n]] for i in range(0, len(accuracy), sampling.n)]
+    per_prompt = {**pass_at_k_sums(solved), "n_prompts": float(len(solved))}  # averaged over prompts, not samples
     totals = du.reduce_metrics(totals, {k: "sum" for k in totals})
-    n = max(1.0, totals.pop("n"))
+    per_prompt = du.reduce_metrics(per_prompt, {k: "sum" for k in per_prompt})
+    n, n_prompts = max(1.0, totals.pop("n")), max(1.0, per_prompt.pop("n_prompts"))
     metrics = {f"{prefix}/{k}": v / n for k, v in totals.items()}
+    metrics.update({f"{prefix}/{k}": v / n_prompts for k, v in per_prompt.items()})
     samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
                 "reward": e.reward} for e in episodes[:n_samples]]
     return metrics, samples
@@ -48,20 +70,21 @@ def resolve_split(data: str, split: str) -> str:
 
 
 def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], overrides: list[str] | None = None,
-                   device: str = "auto", print_table: bool = True) -> dict[str, Any]:
-    """Load a model folder and report greedy accuracy on a dataset: what `rllava eval` runs."""
+                   device: str = "auto", print_table: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded."""
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
     from rllava.engines.hf_rollout import HFRolloutEngine
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
-    from rllava.pipelines.run import resolve_device
+    from rllava.pipelines.run import resolve_device, seed_everything
     from rllava.roles.reward import RewardScorer
     from rllava.roles.rollout import Rollout
 
     cfg = load_config(None, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
     cfg.reward.functions = dict(rewards)
     dev = resolve_device(device)
+    seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
     ds = RLDataset(data_files, cfg.data, processor)
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
@@ -71,8 +94,10 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     metrics, samples = evaluate(rollout, RewardScorer(cfg.reward), prompts, cfg.data.val_batch_size, n_samples=3,
                                 prefix="eval")
     if print_table:
-        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}")
-        print(f"{model_path[-48:]:<48} {len(prompts):>5} {metrics['eval/accuracy']:>9.3f} {metrics['eval/reward']:>8.3f}")
+        passes = [k for k in metrics if k.startswith("eval/pass@")]
+        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k[5:]:>8}" for k in passes))
+        print(f"{model_path[-48:]:<48} {len(prompts):>5} {metrics['eval/accuracy']:>9.3f} {metrics['eval/reward']:>8.3f}"
+              + "".join(f" {metrics[k]:>8.3f}" for k in passes))
         for s in samples:
             print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {s['response'][:80]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
     return {"model": model_path, "n": len(prompts), **metrics}
@@ -80,9 +105,12 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
 
 def evaluate_cli(args) -> dict[str, Any]:
     rewards = {name: 1.0 for name in args.reward.split(",") if name}
-    overrides = [f"rollout.max_new_tokens={args.max_new_tokens}"]
+    temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
+    overrides = [f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.val_n={args.n}",
+                 f"rollout.val_temperature={temperature}"]
     if args.template:
         overrides.append(f"data.template={args.template}")
     if args.max_samples:
         overrides.append(f"data.max_val_samples={args.max_samples}")
-    return evaluate_model(args.model, resolve_split(args.data, args.split), rewards, overrides, device=args.device)
+    return evaluate_model(args.model, resolve_split(args.data, args.split), rewards, overrides, device=args.device,
+                          seed=args.seed)

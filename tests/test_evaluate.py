@@ -1,0 +1,69 @@
+"""Evaluation: the pass@k estimator by hand, `rllava eval` (greedy, and n samples with mean@n and pass@k),
+and pass@k in a training run's validation."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rllava.pipelines.evaluate import pass_at_k, pass_at_k_sums
+
+
+def test_pass_at_k_by_hand():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # C(3, 2) / C(4, 2)
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
+    assert pass_at_k(8, 3, 3) == pytest.approx(1 - math.comb(5, 3) / math.comb(8, 3))
+    solved = [[True, False, False, False], [False] * 4, [True] * 4]
+    assert pass_at_k_sums(solved) == pytest.approx({"pass@1": 1.25, "pass@2": 1.5, "pass@4": 2.0})
+    assert pass_at_k_sums([[True, False, True]]) == pytest.approx({"pass@1": 2 / 3, "pass@2": 1.0, "pass@3": 1.0})
+    assert pass_at_k_sums([[True], [False]]) == {}  # one sample a prompt: accuracy says it all
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory) -> Path:
+    from rllava.tasks import make_task
+
+    return make_task("counting", tmp_path_factory.mktemp("eval") / "counting", n=60, seed=0)
+
+
+def test_rllava_eval_greedy_and_with_samples(tiny_model_factory, counting, capsys):
+    from rllava.cli import main
+
+    model = tiny_model_factory("qwen2_vl")
+    base = ["eval", "--model", str(model), "--data", str(counting), "--reward", "count", "--max-new-tokens", "4"]
+    assert main(base) == 0
+    greedy = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert greedy["n"] == 6 and 0.0 <= greedy["eval/accuracy"] <= 1.0  # the test split: 10 % of 60
+    assert not any(k.startswith("eval/pass@") for k in greedy)
+    assert main([*base, "--n", "4"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    sampled = json.loads(out[-1])
+    assert "pass@1" in out[0] and "pass@4" in out[0]  # the table's header
+    p1, p2, p4 = (sampled[f"eval/pass@{k}"] for k in (1, 2, 4))
+    assert p1 == pytest.approx(sampled["eval/accuracy"])  # 0/1 accuracy: pass@1 is mean@n
+    assert p1 <= p2 <= p4 <= 1.0
+    assert main([*base, "--n", "4"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == sampled  # seeded: the same again
+    # number_format (any whole number): a random model's one sampled token is a number now and then
+    base = ["eval", "--model", str(model), "--data", str(counting), "--reward", "number_format", "--max-new-tokens", "1"]
+    assert main([*base, "--n", "4"]) == 0
+    loose = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < loose["eval/pass@1"] < loose["eval/pass@4"] and loose["eval/pass@1"] <= loose["eval/pass@2"] <= 1
+
+
+def test_training_validation_reports_pass_at_k(tiny_model_factory, counting, tmp_path):
+    from rllava.config import load_config
+    from rllava.pipelines.run import run_experiment
+
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={counting / 'train.parquet'}",
+        f"data.val_files={counting / 'val.parquet'}", "data.batch_size=2", "rollout.n=2", "rollout.max_new_tokens=4",
+        "rollout.val_n=2", "rollout.val_temperature=1.0", "reward.functions={count: 1.0}", "trainer.total_steps=1",
+        f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"])
+    run_experiment(cfg)
+    first = json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["val/pass@1"] == pytest.approx(first["val/accuracy"]) and first["val/pass@2"] >= first["val/pass@1"]
