@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy for "
                                                                         "--n 1, else 1.0)")
     ev.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    ev.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. env.name=tools env.tools=[zoom] for "
+                                                  "multi-turn episodes with tools")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(fn=cmd_eval)
 

@@ -67,3 +67,19 @@ def test_training_validation_reports_pass_at_k(tiny_model_factory, counting, tmp
     run_experiment(cfg)
     first = json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["val/pass@1"] == pytest.approx(first["val/accuracy"]) and first["val/pass@2"] >= first["val/pass@1"]
+
+
+def test_rllava_eval_runs_multi_turn_episodes_with_env_overrides(tiny_model_factory, tmp_path, capsys):
+    from rllava.cli import main
+    from rllava.tasks import make_task
+
+    zoom = make_task("zoom", tmp_path / "zoom", n=20, seed=0, length=1, alphabet="AX", min_size=192, max_size=192,
+                     grid=2, clutter=0)
+    base = ["eval", "--model", str(tiny_model_factory("qwen2_vl")), "--data", str(zoom), "--reward", "exact_match",
+            "--max-new-tokens", "8", "data.max_pixels=12544"]
+    assert main([*base, "env.name=tools", "env.tools=[zoom]", "env.max_turns=2"]) == 0
+    agentic = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert agentic["n"] == 2 and 1.0 <= agentic["eval/agent/turns"] <= 2.0  # the episode metrics of agentic RL
+    assert main(base) == 0
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "eval/agent/turns" not in single and single["n"] == 2

@@ -71,7 +71,9 @@ def resolve_split(data: str, split: str) -> str:
 
 def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], overrides: list[str] | None = None,
                    device: str = "auto", print_table: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded."""
+    """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded.
+    With `env.name` in the overrides, episodes are multi-turn against that environment and scored by the
+    episode reward, as in `trainer.pipeline=agentic`."""
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
     from rllava.engines.hf_rollout import HFRolloutEngine
@@ -91,8 +93,12 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor)),
                       get_tokenizer(processor), cfg.rollout)
-    metrics, samples = evaluate(rollout, RewardScorer(cfg.reward), prompts, cfg.data.val_batch_size, n_samples=3,
-                                prefix="eval")
+    reward = RewardScorer(cfg.reward)
+    if cfg.env.name:
+        from rllava.pipelines.agentic import EpisodeRewardScorer, multiturn_rollout
+
+        rollout, reward = multiturn_rollout(cfg, processor, rollout), EpisodeRewardScorer(reward, cfg.env.reward_weights)
+    metrics, samples = evaluate(rollout, reward, prompts, cfg.data.val_batch_size, n_samples=3, prefix="eval")
     if print_table:
         passes = [k for k in metrics if k.startswith("eval/pass@")]
         print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k[5:]:>8}" for k in passes))
@@ -112,5 +118,6 @@ def evaluate_cli(args) -> dict[str, Any]:
         overrides.append(f"data.template={args.template}")
     if args.max_samples:
         overrides.append(f"data.max_val_samples={args.max_samples}")
+    overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
     return evaluate_model(args.model, resolve_split(args.data, args.split), rewards, overrides, device=args.device,
                           seed=args.seed)
