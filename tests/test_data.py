@@ -165,7 +165,7 @@ def test_text_only_dataset_matches_the_chat_template(tmp_path, text_tok):
     assert p.text == expected
     assert p.input_ids == text_tok(expected, add_special_tokens=False)["input_ids"]
     assert p.mm == {} and p.seq == {} and p.images == []
-    assert p.meta == {"question": "1+1?", "answer": "2", "level": "easy", "index": 0}
+    assert p.meta == {"question": "1+1?", "answer": "2", "level": "easy", "index": 0, "data_source": "math"}
     (tmp_path / "chat.jinja").write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}>")
     override = RLDataset(str(f), DataConfig(prompt_key="question", chat_template=str(tmp_path / "chat.jinja")),
                          text_tok)

@@ -18,9 +18,10 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
     assert pass_at_k(8, 3, 3) == pytest.approx(1 - math.comb(5, 3) / math.comb(8, 3))
     solved = [[True, False, False, False], [False] * 4, [True] * 4]
-    assert pass_at_k_sums(solved) == pytest.approx({"pass@1": 1.25, "pass@2": 1.5, "pass@4": 2.0})
-    assert pass_at_k_sums([[True, False, True]]) == pytest.approx({"pass@1": 2 / 3, "pass@2": 1.0, "pass@3": 1.0})
-    assert pass_at_k_sums([[True], [False]]) == {}  # one sample a prompt: accuracy says it all
+    assert pass_at_k_sums(solved, 4) == pytest.approx({"pass@1": 1.25, "pass@2": 1.5, "pass@4": 2.0})
+    assert pass_at_k_sums([[True, False, True]], 3) == pytest.approx({"pass@1": 2 / 3, "pass@2": 1.0, "pass@3": 1.0})
+    assert pass_at_k_sums([[True], [False]], 1) == {}  # one sample a prompt: accuracy says it all
+    assert pass_at_k_sums([], 2) == {"pass@1": 0.0, "pass@2": 0.0}  # the same keys on a rank with no prompts
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,33 @@ def test_rllava_eval_runs_multi_turn_episodes_with_env_overrides(tiny_model_fact
     assert main(base) == 0
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "eval/agent/turns" not in single and single["n"] == 2
+
+
+def test_validation_on_two_datasets_reports_each(tiny_model_factory, counting, tmp_path):
+    """Validation files from two task folders: overall metrics plus each one's, named after its folder; a row's
+    own data_source column wins."""
+    import pandas as pd
+
+    from rllava.config import load_config
+    from rllava.data.dataset import data_source
+    from rllava.pipelines.run import run_experiment
+    from rllava.tasks import make_task
+
+    assert data_source("/x/counting/val.parquet") == "counting" and data_source("gsm8k.jsonl") == "gsm8k"
+    other = make_task("counting", tmp_path / "hard", n=40, seed=1, difficulty="hard")
+    tagged = other / "tagged.parquet"  # `other`'s val rows (images relative to that folder) with their own source column
+    pd.read_parquet(other / "val.parquet").assign(data_source="mine").to_parquet(tagged)
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={counting / 'train.parquet'}",
+        f"data.val_files={counting / 'val.parquet'},{other / 'val.parquet'},{tagged}", "data.batch_size=2",
+        "rollout.n=2", "rollout.max_new_tokens=1", "rollout.val_temperature=1.0", "trainer.total_steps=1",
+        "reward.functions={number_format: 1.0}",  # a random model's one sampled token is a number now and then
+        f"trainer.output_dir={tmp_path / 'runs'}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"])
+    run_experiment(cfg)
+    first = json.loads((tmp_path / "runs" / "default" / "metrics.jsonl").read_text().splitlines()[0])
+    n = {s: len(pd.read_parquet(f)) for s, f in [("counting", counting / "val.parquet"), ("hard", other / "val.parquet"),
+                                                 ("mine", tagged)]}
+    weighted = sum(first[f"val/{s}/accuracy"] * k for s, k in n.items()) / sum(n.values())
+    assert first["val/accuracy"] == pytest.approx(weighted)  # the overall mean is over all prompts
+    assert len({first[f"val/{s}/accuracy"] for s in n}) > 1, first  # (the sources did score differently)
+    assert all(0.0 <= first[f"val/{s}/accuracy"] <= 1.0 and f"val/{s}/reward" in first for s in n)

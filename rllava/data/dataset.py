@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +77,15 @@ def _answer_text(value: Any) -> str:
 def is_multimodal(processor: Any) -> bool:
     """True for a VLM processor, False for a plain tokenizer."""
     return hasattr(processor, "image_processor") or hasattr(processor, "video_processor")
+
+
+SPLIT_NAMES = ("train", "val", "validation", "test", "dev")
+
+
+def data_source(file: str) -> str:
+    """A short name for the dataset a file belongs to: `counting/val.parquet` -> counting, `gsm8k.jsonl` -> gsm8k."""
+    p = Path(file)
+    return p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem
 
 
 class RLDataset(torch.utils.data.Dataset):
@@ -231,6 +241,7 @@ class RLDataset(torch.utils.data.Dataset):
         if cfg.answer_key:
             meta["answer"] = _answer_text(it.row[cfg.answer_key])
         meta["index"] = index
+        meta.setdefault("data_source", data_source(it.ref.file))  # a row's own data_source column wins (veRL's)
         return meta
 
     def _load_media(self, it: _Item) -> tuple[list[Image.Image], list[list[Image.Image]]]:

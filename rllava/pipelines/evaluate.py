@@ -15,11 +15,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def pass_at_k_sums(solved: list[list[bool]]) -> dict[str, float]:
-    """Per k in 1, 2, 4, ..., n: pass@k summed over prompts (each a list of n per-sample outcomes)."""
-    n = len(solved[0]) if solved else 0
+def pass_at_k_sums(solved: list[list[bool]], n: int) -> dict[str, float]:
+    """Per k in 1, 2, 4, ..., n (none for n = 1): pass@k summed over prompts, each a list of n outcomes."""
     ks = sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n}) if n > 1 else []
     return {f"pass@{k}": sum(pass_at_k(n, sum(s), k) for s in solved) for k in ks}
+
+
+def _sums(episodes: list, accuracy: list[float], n: int) -> dict[str, float]:
+    """Sums over the episodes (reward, accuracy, length, count) and over their prompts (pass@k, count);
+    the keys depend on n only, so every rank has the same."""
+    solved = [[a >= 1.0 - 1e-6 for a in accuracy[i:i + n]] for i in range(0, len(accuracy), n)]
+    return {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
+            "response_length": float(sum(len(e.response_ids) for e in episodes)), "n": float(len(episodes)),
+            **pass_at_k_sums(solved, n), "n_prompts": float(len(solved))}
 
 
 def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples: int = 4,
@@ -28,7 +36,8 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
 
     With n samples a prompt (`rollout.val_n` > 1), accuracy is the mean over all samples (mean@n) and
     pass@k (k = 1, 2, 4, ..., n) is the unbiased estimate that one of k samples solves the prompt; a
-    sample solves it when its accuracy is 1.
+    sample solves it when its accuracy is 1. Prompts from several datasets (`meta["data_source"]`) also
+    get each dataset's metrics, under `{prefix}/{source}/`.
 
     Under torchrun rank r takes prompts r, r + world, ... and the averages are over all ranks (the
     samples are rank 0's). Every rank makes as many `generate` calls: entering generation gathers a
@@ -46,18 +55,23 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
     episodes = episodes[: len(mine) * sampling.n]  # episodes come grouped by prompt, in prompt order
     scored = reward.score(episodes)
     accuracy = [float(e.reward_info.get(reward.accuracy_key, e.reward)) for e in episodes]
-    totals = {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
-              "response_length": float(sum(len(e.response_ids) for e in episodes)), "n": float(len(episodes))}
+    groups = {"": _sums(episodes, accuracy, sampling.n)}
     # Multi-turn scorers also report per-episode means (agent/turns, agent/tool_call_rate): keep them, as sums
     # so they average over all ranks' episodes. Every rank has the same keys (the scorer is the same).
-    totals.update({k: v * len(episodes) for k, v in scored.items() if k.startswith("agent/")})
-    solved = [[a >= 1.0 - 1e-6 for a in accuracy[i:i + sampling.n]] for i in range(0, len(accuracy), sampling.n)]
-    per_prompt = {**pass_at_k_sums(solved), "n_prompts": float(len(solved))}  # averaged over prompts, not samples
-    totals = du.reduce_metrics(totals, {k: "sum" for k in totals})
-    per_prompt = du.reduce_metrics(per_prompt, {k: "sum" for k in per_prompt})
-    n, n_prompts = max(1.0, totals.pop("n")), max(1.0, per_prompt.pop("n_prompts"))
-    metrics = {f"{prefix}/{k}": v / n for k, v in totals.items()}
-    metrics.update({f"{prefix}/{k}": v / n_prompts for k, v in per_prompt.items()})
+    groups[""].update({k: v * len(episodes) for k, v in scored.items() if k.startswith("agent/")})
+    sources = sorted({p.meta.get("data_source", "") for p in prompts})  # the same on every rank
+    if len(sources) > 1:  # several datasets: each one's own metrics too, under {prefix}/{source}/
+        for source in sources:
+            keep = [i for i, e in enumerate(episodes) if e.prompt.meta.get("data_source", "") == source]
+            groups[f"{source}/"] = _sums([episodes[i] for i in keep], [accuracy[i] for i in keep], sampling.n)
+    sums = {group + k: v for group, part in groups.items() for k, v in part.items()}
+    sums = du.reduce_metrics(sums, {k: "sum" for k in sums})
+    metrics = {}
+    for group, part in groups.items():
+        n, n_prompts = max(1.0, sums[f"{group}n"]), max(1.0, sums[f"{group}n_prompts"])
+        for k in part:
+            if k not in ("n", "n_prompts"):  # pass@k is a mean over prompts, the rest over samples
+                metrics[f"{prefix}/{group}{k}"] = sums[group + k] / (n_prompts if k.startswith("pass@") else n)
     samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
                 "reward": e.reward} for e in episodes[:n_samples]]
     return metrics, samples
