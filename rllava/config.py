@@ -216,7 +216,8 @@ class TrainerConfig:
     val_before_train: bool = True  # validate once at step 0
     save_freq: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # checkpoints kept (older ones are deleted)
-    keep_best: bool = True  # also keep the checkpoint with the best validation accuracy
+    keep_best: bool = True  # also keep the checkpoint with the best validation score (trainer.best_metric)
+    best_metric: str = "val/accuracy"  # the validation metric that picks the best checkpoint (higher is better), e.g. val/pass@4 or val/<source>/accuracy; val/reward where a run has no accuracy
     resume: str = "auto"  # auto | none | path to a checkpoint folder
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])  # console | jsonl | tensorboard | wandb
     log_samples: int = 4  # samples written to samples.jsonl per validation

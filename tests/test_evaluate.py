@@ -114,3 +114,25 @@ def test_validation_on_two_datasets_reports_each(tiny_model_factory, counting, t
     assert first["val/accuracy"] == pytest.approx(weighted)  # the overall mean is over all prompts
     assert len({first[f"val/{s}/accuracy"] for s in n}) > 1, first  # (the sources did score differently)
     assert all(0.0 <= first[f"val/{s}/accuracy"] <= 1.0 and f"val/{s}/reward" in first for s in n)
+
+
+def test_best_metric_picks_the_kept_checkpoint(tiny_model_factory, counting, tmp_path):
+    """Validate and save every step, keep the last one and the best by trainer.best_metric."""
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.run import run_experiment
+
+    over = [f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={counting / 'train.parquet'}",
+            f"data.val_files={counting / 'val.parquet'}", "data.batch_size=2", "rollout.n=2", "rollout.max_new_tokens=1",
+            "rollout.val_n=2", "rollout.val_temperature=1.0", "reward.functions={number_format: 1.0}",
+            "trainer.total_steps=4", "trainer.val_freq=1", "trainer.save_freq=1", "trainer.keep_last=1",
+            "trainer.best_metric=val/pass@2", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
+            "trainer.loggers=[jsonl]"]
+    result = run_experiment(load_config(None, over))
+    rows = [json.loads(ln) for ln in (tmp_path / "default" / "metrics.jsonl").read_text().splitlines()]
+    scores = [(r["val/pass@2"], -r["step"]) for r in rows if "val/pass@2" in r]
+    best_step = -max(scores)[1]  # the first step with the highest score
+    kept = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "default" / "checkpoints").iterdir())
+    assert kept == sorted({best_step, 4} - {0}) and result["best_val_accuracy"] == max(scores)[0]
+    with pytest.raises(ConfigError, match=r"trainer.best_metric='val/pass@8' is not among the validation metrics"):
+        run_experiment(load_config(None, [*over, "trainer.best_metric=val/pass@8", "trainer.total_steps=1",
+                                          "trainer.experiment_name=bad"]))

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rllava.config import Config, to_dict
+from rllava.config import Config, ConfigError, to_dict
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import checkpoint_folder, load_state, prune_checkpoints, rng_state, set_rng_state
 from rllava.pipelines.evaluate import evaluate
@@ -61,7 +61,7 @@ class Trainer:
         self.cfg = ctx.cfg
         self.pipeline = pipeline
         self.step = 0
-        self.best: tuple[float, int] | None = None  # (val accuracy, step)
+        self.best: tuple[float, int] | None = None  # (trainer.best_metric, step)
         self.last_val: dict[str, float] = {}
 
     # ---- state for exact resume
@@ -107,9 +107,13 @@ class Trainer:
                                     self.cfg.data.val_batch_size, self.cfg.trainer.log_samples)
         logger.log_samples(self.step, samples)
         self.last_val = metrics
-        acc = metrics.get("val/accuracy", metrics.get("val/reward"))
-        if acc is not None and (self.best is None or acc > self.best[0]):
-            self.best = (acc, self.step)
+        name = self.cfg.trainer.best_metric
+        if name not in metrics and name != "val/accuracy":
+            raise ConfigError(f"trainer.best_metric={name!r} is not among the validation metrics: "
+                              f"{sorted(k for k in metrics if k.startswith('val/'))}")
+        score = metrics.get(name, metrics.get("val/reward"))  # rewards without an accuracy: the mean reward
+        if score is not None and (self.best is None or score > self.best[0]):
+            self.best = (score, self.step)
         return metrics
 
     def fit(self, resume: Path | None = None) -> dict[str, Any]:
