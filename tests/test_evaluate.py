@@ -112,7 +112,6 @@ def test_validation_on_two_datasets_reports_each(tiny_model_factory, counting, t
                                                  ("mine", tagged)]}
     weighted = sum(first[f"val/{s}/accuracy"] * k for s, k in n.items()) / sum(n.values())
     assert first["val/accuracy"] == pytest.approx(weighted)  # the overall mean is over all prompts
-    assert len({first[f"val/{s}/accuracy"] for s in n}) > 1, first  # (the sources did score differently)
     assert all(0.0 <= first[f"val/{s}/accuracy"] <= 1.0 and f"val/{s}/reward" in first for s in n)
 
 
