@@ -15,11 +15,20 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from rllava.config import ConfigError
+
 T = TypeVar("T")
 
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def require_process_group(strategy: str) -> None:
+    """A sharding strategy runs only under torchrun: say so in one line when there is no process group."""
+    if not is_initialized():
+        raise ConfigError(f"actor.strategy={strategy} needs torch.distributed: launch with torchrun, "
+                          f"e.g. torchrun --nproc_per_node=8 -m rllava train CONFIG")
 
 
 def init_distributed() -> torch.device:

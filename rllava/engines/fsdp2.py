@@ -39,7 +39,6 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from rllava.config import ConfigError
 from rllava.engines import distributed as du
 from rllava.engines.local import lr_lambda
 from rllava.engines.optimizers import OPTIMIZERS
@@ -78,9 +77,7 @@ class FSDP2TrainEngine:
         if optimizer_offload:
             raise ValueError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
-        if not du.is_initialized():
-            raise ConfigError("actor.strategy=fsdp2 needs torch.distributed: launch with torchrun "
-                               "(rllava.engines.distributed.init_distributed joins the group)")
+        du.require_process_group("fsdp2")
         device = torch.device(device)
         if cpu_offload and device.type != "cuda":
             raise ValueError(f"cpu_offload moves parameters off the GPU; it needs a CUDA device, not {device}")

@@ -9,8 +9,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rllava.config import MissingPackageError
-
 CURVES = [  # (title, metric keys tried in order)
     ("reward", ["reward/mean"]),
     ("val accuracy", ["val/accuracy"]),
@@ -38,10 +36,7 @@ class RunLogger:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self.wandb = None
         if "wandb" in loggers:
-            try:
-                import wandb
-            except ImportError:
-                raise MissingPackageError("trainer.loggers has wandb: pip install 'rllava[wandb]'") from None
+            import wandb  # run.check_packages has made sure it is installed
 
             self.wandb = wandb.init(project="rllava", name=self.run_dir.name, config=wandb_config, resume="allow")
         self.bar = None

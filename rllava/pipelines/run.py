@@ -74,9 +74,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     resolve_dtype(cfg.model.dtype)  # these fail before any loading
     check_packages(cfg)
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
-    if sharded and not du.is_initialized():
-        raise ConfigError(f"actor.strategy={a.strategy} needs torch.distributed: launch with torchrun, "
-                          f"e.g. torchrun --nproc_per_node=8 -m rllava train CONFIG")
+    if sharded:
+        du.require_process_group(a.strategy)
     # A sharding engine places the shards itself: load on the CPU rather than a whole copy per GPU. So does
     # optimizer offload: the fp32 masters are made on the CPU, and the device only gets model.dtype weights.
     load_device = torch.device("cpu") if sharded or a.optimizer_offload else device
