@@ -184,6 +184,8 @@ class RewardConfig:
     functions: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name or file.py:fn -> weight
     on_error: float = 0.0  # score given when a reward function raises or returns NaN
     accuracy_key: str = "accuracy"  # logged as accuracy when a reward returns it
+    workers: int = 0  # 0: score in the trainer's process; N: in N worker processes (parallel; a hung reward can be stopped)
+    timeout_s: Optional[float] = None  # wall time per response in a worker; over it: killed, scored on_error, counted (needs workers >= 1)
 
 
 @dataclass
@@ -399,6 +401,14 @@ def check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key}={value!r}: must be {bound}")
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
+    if cfg.reward.workers < 0:
+        raise ConfigError(f"reward.workers={cfg.reward.workers!r}: must be >= 0")
+    if cfg.reward.timeout_s is not None:
+        if cfg.reward.timeout_s <= 0:
+            raise ConfigError(f"reward.timeout_s={cfg.reward.timeout_s!r}: must be > 0")
+        if cfg.reward.workers == 0:
+            raise ConfigError("reward.timeout_s needs reward.workers >= 1: a reward that hangs can only be "
+                              "stopped in a process of its own")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -119,6 +119,9 @@ class EpisodeRewardScorer:
         metrics.update(agent_metrics(episodes))
         return metrics
 
+    def close(self) -> None:
+        self.scorer.close()
+
 
 def agent_metrics(episodes) -> dict[str, float]:
     """Turns, successful tool calls per episode, and the share of episodes with at least one call."""

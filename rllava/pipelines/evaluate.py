@@ -107,12 +107,15 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor)),
                       get_tokenizer(processor), cfg.rollout)
-    reward = RewardScorer(cfg.reward)
+    reward = RewardScorer(cfg.reward, cfg.plugins)
     if cfg.env.name:
         from rllava.pipelines.agentic import EpisodeRewardScorer, multiturn_rollout
 
         rollout, reward = multiturn_rollout(cfg, processor, rollout), EpisodeRewardScorer(reward, cfg.env.reward_weights)
-    metrics, samples = evaluate(rollout, reward, prompts, cfg.data.val_batch_size, n_samples=3, prefix="eval")
+    try:
+        metrics, samples = evaluate(rollout, reward, prompts, cfg.data.val_batch_size, n_samples=3, prefix="eval")
+    finally:
+        reward.close()
     if print_table:
         passes = [k for k in metrics if k.startswith("eval/pass@")]
         print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k[5:]:>8}" for k in passes))

@@ -106,7 +106,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
-                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward),
+                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward, cfg.plugins),
                      loader=loader, val_prompts=val_prompts, extra={"eos_ids": eos_ids})
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
     if cfg.algorithm.kl_coef > 0 and not supervised:
@@ -153,7 +153,10 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
         pipeline.setup(ctx)
     seed_everything(cfg.trainer.seed + du.rank())  # each rank samples its own rollouts
-    result = Trainer(ctx, pipeline).fit(ckpt)
+    try:
+        result = Trainer(ctx, pipeline).fit(ckpt)
+    finally:
+        ctx.reward.close()
     if owns_group:  # only after success: a rank that failed must not leave its peers waiting in a barrier
         du.destroy_distributed()
     return result

@@ -50,7 +50,8 @@ class Pipeline(Protocol):
 
 
 # How step metrics combine over ranks (the rest are averaged): totals add up, maxima stay maxima.
-METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "filter/kept_groups": "sum"}
+METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "filter/kept_groups": "sum",
+                     **{f"reward/{k}": "sum" for k in ("errors", "errors_total", "timeouts_total", "crashes_total")}}
 
 
 class Trainer:

@@ -75,42 +75,69 @@ class RewardFunction:
         self.on_error = float(on_error)
         self._logged: set[str] = set()
 
-    def score_one(self, response: str, meta: dict[str, Any]) -> tuple[float, dict[str, float], int]:
-        """(overall, info, errors) for one response; info holds each component and its extra keys."""
+    def score_one(self, response: str, meta: dict[str, Any]) -> tuple[float, dict[str, float], list[tuple[str, str]]]:
+        """(overall, info, failures) for one response; info holds each component and its extra keys.
+
+        `failures` lists (component, error) for each component that raised or returned a non-finite score.
+        """
         kwargs = {k: v for k, v in meta.items() if k not in ("response", "answer")}
         answer = meta.get("answer", "")
         info: dict[str, float] = {}
-        total, errors = 0.0, 0
+        total, failures = 0.0, []
         for name, fn in self.fns.items():
             try:
                 parts = _as_dict(fn(response, answer, **kwargs))
             except Exception as e:  # a reward bug must not end a long run: score it, count it, say it once
-                errors += 1
-                if name not in self._logged:
-                    self._logged.add(name)
-                    logger.warning("reward %r failed (scored %s; further failures counted, not logged): %s: %s",
-                                   name, self.on_error, type(e).__name__, e)
-                parts = {"overall": self.on_error}
-                if _reports_accuracy(name):
-                    parts["accuracy"] = 0.0
-            info[name] = parts["overall"]
-            total += self.weights[name] * parts["overall"]
-            for key, value in parts.items():
-                if key == "accuracy":
-                    info.setdefault("accuracy", value)  # from the first component that reports it
-                elif key != "overall":
-                    info[f"{name}/{key}"] = value
+                failures.append((name, f"{type(e).__name__}: {e}"))
+                parts = self._failed_parts(name)
+            total += self._add(info, name, parts)
         info["overall"] = total
-        return total, info, errors
+        return total, info, failures
+
+    def failed(self) -> tuple[float, dict[str, float]]:
+        """(overall, info) of a response whose scoring never finished: every component scored `on_error`."""
+        info: dict[str, float] = {}
+        total = sum(self._add(info, name, self._failed_parts(name)) for name in self.fns)
+        info["overall"] = total
+        return total, info
+
+    def _failed_parts(self, name: str) -> dict[str, float]:
+        return {"overall": self.on_error, "accuracy": 0.0} if _reports_accuracy(name) else {"overall": self.on_error}
+
+    def _add(self, info: dict[str, float], name: str, parts: dict[str, float]) -> float:
+        """Record one component's parts in `info`; return its weighted contribution to the total."""
+        info[name] = parts["overall"]
+        for key, value in parts.items():
+            if key == "accuracy":
+                info.setdefault("accuracy", value)  # from the first component that reports it
+            elif key != "overall":
+                info[f"{name}/{key}"] = value
+        return self.weights[name] * parts["overall"]
+
+    def log_failures(self, failures: list[tuple[str, str]]) -> None:
+        """Log each failing component's first error; later ones are only counted."""
+        for name, error in failures:
+            if name not in self._logged:
+                self._logged.add(name)
+                logger.warning("reward %r failed (scored %s; further failures counted, not logged): %s",
+                               name, self.on_error, error)
 
     def __call__(self, responses: list[str], prompts_meta: list[dict[str, Any]]) -> tuple[list[float], list[dict], int]:
         """Score each response against its prompt's metadata: (scores, infos, number of failed components)."""
-        if len(responses) != len(prompts_meta):
-            raise ValueError(f"{len(responses)} responses but {len(prompts_meta)} prompt metadata entries")
+        check_lengths(responses, prompts_meta)
         scores, infos, n_errors = [], [], 0
         for response, meta in zip(responses, prompts_meta):
-            total, info, errors = self.score_one(response, meta)
+            total, info, failures = self.score_one(response, meta)
+            self.log_failures(failures)
             scores.append(total)
             infos.append(info)
-            n_errors += errors
+            n_errors += len(failures)
         return scores, infos, n_errors
+
+    def close(self) -> None:
+        """Nothing to release in-process (the worker pool's twin stops its processes)."""
+
+
+def check_lengths(responses: list[str], prompts_meta: list[dict[str, Any]]) -> None:
+    if len(responses) != len(prompts_meta):
+        raise ValueError(f"{len(responses)} responses but {len(prompts_meta)} prompt metadata entries")

@@ -1,14 +1,21 @@
 """The reward role: scores episodes with the configured (weighted) reward functions."""
 from __future__ import annotations
 
+from typing import Optional
+
 from rllava.config import RewardConfig
 from rllava.data.types import Episode
 from rllava.rewards.combine import RewardFunction
 
 
 class RewardScorer:
-    def __init__(self, cfg: RewardConfig):
-        self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
+    def __init__(self, cfg: RewardConfig, plugins: Optional[list[str]] = None):
+        if cfg.workers:
+            from rllava.rewards.workers import RewardWorkers
+
+            self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins)
+        else:
+            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
         self.accuracy_key = cfg.accuracy_key
         self.n_errors = 0  # over the whole run
 
@@ -23,8 +30,15 @@ class RewardScorer:
             e.reward_info = dict(info)
         metrics = {"reward/mean": sum(scores) / len(scores), "reward/errors": float(n_errors),
                    "reward/errors_total": float(self.n_errors)}
+        if hasattr(self.fn, "n_timeouts"):  # worker processes: responses lost to the time limit or a crash
+            metrics["reward/timeouts_total"] = float(self.fn.n_timeouts)
+            metrics["reward/crashes_total"] = float(self.fn.n_crashes)
         keys = sorted({k for e in episodes for k in e.reward_info if k != "overall"})
         for k in keys:
             vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
             metrics[f"reward/{k}"] = sum(vals) / len(vals)
         return metrics
+
+    def close(self) -> None:
+        """Stop reward worker processes, if any."""
+        self.fn.close()

@@ -1,0 +1,160 @@
+"""Reward scoring in worker processes: the same scores as in-process, and a hung or crashing reward costs one response."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rllava.config import ConfigError, load_config
+from rllava.pipelines.run import run_experiment
+from rllava.rewards import REWARDS, RewardFunction
+from rllava.rewards.workers import RewardWorkers
+
+REPO = Path(__file__).resolve().parents[1]
+TAGGED_PLUGIN = REPO / "examples" / "plugins" / "tagged_count.py"
+
+
+@pytest.fixture
+def unruly(tmp_path) -> str:
+    """A reward file whose function hangs on "hang", kills its process on "die" and raises on "raise"."""
+    path = tmp_path / "unruly.py"
+    path.write_text(textwrap.dedent("""
+        import os, time
+
+        def score(response, answer, **meta):
+            if response == "hang":
+                time.sleep(600)
+            if response == "die":
+                os._exit(3)
+            if response == "raise":
+                raise RuntimeError("reward exploded")
+            return float(response.strip() == str(answer))
+    """))
+    return f"{path}:score"
+
+
+def test_workers_score_like_the_trainer_process(unruly):
+    functions = {"math": 1.0, "count": 0.5, "format": 0.1, unruly: 2.0}
+    responses = ["<think>a</think><answer>3</answer>", "7", r"\boxed{\frac{1}{2}}", "raise", "0.5", "x"] * 3
+    metas = [{"answer": "3"}, {"answer": "7"}, {"answer": "0.5"}] * 6  # repeated meta objects are sent once
+    expected = RewardFunction(functions, on_error=-1.0)(responses, metas)
+    pool = RewardWorkers(functions, on_error=-1.0, workers=2, timeout_s=30)
+    try:
+        assert pool(responses, metas) == expected
+        assert expected[2] == 3  # the "raise" component failed three times
+        assert pool(responses[:2], metas[:2]) == RewardFunction(functions, on_error=-1.0)(responses[:2], metas[:2])
+    finally:
+        pool.close()
+
+
+def test_a_hung_reward_is_killed_and_scored_on_error(unruly):
+    pool = RewardWorkers({unruly: 1.0, "count": 1.0}, on_error=-1.0, workers=2, timeout_s=1.0)
+    try:
+        procs = [w.proc for w in pool._workers]
+        t0 = time.monotonic()
+        scores, infos, n_errors = pool(["3", "hang", "4", "3"], [{"answer": "3"}] * 4)
+        elapsed = time.monotonic() - t0
+        assert scores == [2.0, -2.0, 0.0, 2.0]  # the others still scored, on the other worker and the fresh one
+        assert infos[1] == {unruly: -1.0, "count": -1.0, "accuracy": 0.0, "overall": -2.0}
+        assert n_errors == 1 and pool.n_timeouts == 1 and pool.n_crashes == 0
+        assert 1.0 <= elapsed < 30  # not the 600 s the reward sleeps
+        assert sorted(p.poll() is not None for p in procs) == [False, True]  # the hung one was killed
+        assert [p.returncode for p in procs if p.poll() is not None] == [-signal.SIGKILL]
+        assert pool(["3"], [{"answer": "3"}])[0] == [2.0]  # and replaced
+    finally:
+        pool.close()
+
+
+def test_a_crashing_reward_costs_one_response(unruly):
+    pool = RewardWorkers({unruly: 1.0}, on_error=0.25, workers=1)
+    try:
+        scores, _, n_errors = pool(["3", "die", "3"], [{"answer": "3"}] * 3)
+        assert scores == [1.0, 0.25, 1.0] and n_errors == 1 and pool.n_crashes == 1
+    finally:
+        pool.close()
+
+
+def test_plugin_rewards_reach_the_workers():
+    from rllava.config import import_plugins
+
+    import_plugins([str(TAGGED_PLUGIN)])
+    pool = RewardWorkers({"tagged_count": 1.0}, workers=1, plugins=[str(TAGGED_PLUGIN)])
+    try:
+        assert pool(["<answer>4</answer>", "4"], [{"answer": "4"}] * 2)[0] == [1.0, 0.0]
+    finally:
+        pool.close()
+
+
+def test_a_reward_only_in_the_calling_process_is_a_clear_error():
+    @REWARDS.register("only_here_for_this_test")
+    def only_here(response, answer, **meta):
+        return 1.0
+
+    with pytest.raises(ConfigError, match="only_here_for_this_test.*plugins file"):
+        RewardWorkers({"only_here_for_this_test": 1.0}, workers=1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["reward.timeout_s=5"], "needs reward.workers >= 1"),
+    (["reward.workers=-1"], "reward.workers=-1"),
+    (["reward.workers=1", "reward.timeout_s=0"], "reward.timeout_s=0"),
+])
+def test_worker_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_workers_die_with_the_trainer(unruly, tmp_path):
+    """SIGKILL the process that owns the pool while a worker is inside a reward that never returns."""
+    pids = tmp_path / "pids.json"
+    script = textwrap.dedent(f"""
+        import json
+        from rllava.rewards.workers import RewardWorkers
+        pool = RewardWorkers({{{unruly!r}: 1.0}}, workers=1)
+        open({str(pids)!r}, "w").write(json.dumps([w.proc.pid for w in pool._workers]))
+        pool(["hang"], [{{"answer": "3"}}])
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = json.loads(pids.read_text())[0]
+    time.sleep(0.5)  # the worker is now sleeping inside the reward
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent, init here, reaps it later)
+
+
+def test_training_with_reward_workers_matches_in_process(short_counting_run, unruly):
+    """The same seed gives the same run whether rewards are scored in the trainer or in two workers."""
+    rows = {}
+    for name, extra in (("inproc", []), ("workers", ["reward.workers=2", "reward.timeout_s=60"])):
+        over = short_counting_run(f"trainer.experiment_name={name}", f"reward.functions={{count: 1.0, {unruly}: 0.5}}",
+                                  *extra)
+        result = run_experiment(load_config(None, over))
+        rows[name] = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    rows = {k: [r for r in v if "reward/mean" in r] for k, v in rows.items()}
+    assert len(rows["inproc"]) == len(rows["workers"]) == 2
+    for a, b in zip(rows["inproc"], rows["workers"]):
+        for key in ("reward/mean", "reward/count", "actor/loss", "actor/grad_norm"):
+            assert a[key] == b[key], key
+    assert rows["workers"][-1]["reward/timeouts_total"] == 0.0
+    assert "reward/timeouts_total" not in rows["inproc"][-1]
