@@ -389,7 +389,8 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "temperature", 0.0, True), ("rollout", "top_p", 0.0, False), ("rollout", "top_k", 0, True),
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
-          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True)]
+          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True),
+          ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True)]
 
 
 def check_ranges(cfg: Config) -> None:
@@ -401,6 +402,19 @@ def check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key}={value!r}: must be {bound}")
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
+    alg = cfg.algorithm
+    if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:
+        raise ConfigError(f"algorithm.clip_ratio_c={alg.clip_ratio_c!r}: must be > 1 (dual clip), or null to disable it")
+    if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"algorithm.overlong_buffer_len={alg.overlong_buffer_len!r}: must be in "
+                          f"(0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]")
+    if not cfg.reward.functions:
+        raise ConfigError("reward.functions is empty: name at least one reward function")
+    from rllava.envs.episode_reward import DEFAULT_WEIGHTS  # light; envs/ sits below config
+
+    unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
+    if unknown:
+        raise ConfigError(f"env.reward_weights: unknown key(s) {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
     if cfg.reward.workers < 0:
         raise ConfigError(f"reward.workers={cfg.reward.workers!r}: must be >= 0")
     if cfg.reward.timeout_s is not None:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from rllava.pipelines.checkpoint import (
@@ -49,3 +50,24 @@ def test_logger_truncates_after_resume_step(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["reward/mean"] == 9.0
     assert log.plot().exists()
     log.close()
+
+
+def test_resume_with_settings_that_change_what_is_trained_is_refused(short_counting_run, tiny_model_factory, monkeypatch):
+    """trainer.resume=auto on a run folder written with other settings: a clear error, not a failure deep in loading."""
+    import rllava.pipelines.run as run_module
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.run import run_experiment
+
+    run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r")))
+    loads = []
+    monkeypatch.setattr(run_module, "build_context", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match=r"model.lora_rank: 0 in the checkpoint, 4 now.*trainer.resume=none"):
+        run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "model.lora_rank=4")))
+    assert loads == []
+    monkeypatch.undo()
+    other = tiny_model_factory("qwen2_vl", "small")  # the same family, other shapes: caught when the weights load
+    with pytest.raises(ConfigError, match="was written for another model: size mismatch.*trainer.resume=none"):
+        run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", f"model.path={other}")))
+    fresh = run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "model.lora_rank=4",
+                                                                "trainer.resume=none")))
+    assert fresh["steps"] == 2

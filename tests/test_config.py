@@ -89,3 +89,18 @@ def test_out_of_range_numbers_name_the_key(override, message):
     with pytest.raises(ConfigError, match=r"<overrides>: " + message):
         load_config(None, [override])
     load_config(None, ["rollout.temperature=0", "actor.lr=0", "actor.mini_batch_size=0"])  # the edges that are allowed
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm.clip_ratio_c=1.0"], r"algorithm.clip_ratio_c=1.0: must be > 1"),
+    (["algorithm.clip_ratio_low=-0.1"], r"algorithm.clip_ratio_low=-0.1: must be >= 0.0"),
+    (["algorithm.reward_shaping=[overlong_penalty]", "rollout.max_new_tokens=8", "algorithm.overlong_buffer_len=16"],
+     r"algorithm.overlong_buffer_len=16: must be in \(0, rollout.max_new_tokens=8\]"),
+    (["reward.functions={}"], "reward.functions is empty"),
+    (["env.max_turns=0"], "env.max_turns=0: must be >= 1"),
+    (["env.reward_weights={answr: 1.0}"], r"env.reward_weights: unknown key\(s\) \['answr'\]"),
+])
+def test_settings_that_would_fail_mid_run_fail_at_load(overrides, message):
+    """Each of these used to surface as a ValueError deep in a training step, after the model had loaded."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -135,7 +135,7 @@ def shard_prompts(prompts: list[T], rank: int, world: int) -> list[T]:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"shard_prompts: rank {rank} is not in a world of size {world}")
     if len(prompts) % world:
-        raise ValueError(f"the prompt batch size ({len(prompts)}, data.batch_size) must be divisible by the "
+        raise ConfigError(f"the prompt batch size ({len(prompts)}, data.batch_size) must be divisible by the "
                          f"number of ranks ({world}) so every rank rolls out the same number of groups")
     k = len(prompts) // world
     return list(prompts[rank * k:(rank + 1) * k])

@@ -39,6 +39,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from rllava.config import ConfigError
 from rllava.engines import distributed as du
 from rllava.engines.local import lr_lambda
 from rllava.engines.optimizers import OPTIMIZERS
@@ -72,10 +73,10 @@ class FSDP2TrainEngine:
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
                  cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
         if OPTIMIZERS.entry(optimizer).meta.get("sharded") is False:
-            raise ValueError(f"optimizer {optimizer!r} cannot step FSDP2's sharded parameters (DTensors); use it "
+            raise ConfigError(f"optimizer {optimizer!r} cannot step FSDP2's sharded parameters (DTensors); use it "
                              "with actor.strategy=local")
         if optimizer_offload:
-            raise ValueError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
+            raise ConfigError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
         du.require_process_group("fsdp2")
         device = torch.device(device)

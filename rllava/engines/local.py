@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rllava.config import ConfigError
 from rllava.engines.offload import CPUMasterWeights
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
@@ -56,7 +57,7 @@ class LocalTrainEngine:
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
                  cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
         if cpu_offload:
-            raise ValueError("actor.param_offload needs actor.strategy=fsdp2 (the local engine keeps parameters on "
+            raise ConfigError("actor.param_offload needs actor.strategy=fsdp2 (the local engine keeps parameters on "
                              "its device; actor.optimizer_offload keeps everything else off it)")
         self.device = torch.device(device)
         self.model = model
@@ -139,9 +140,14 @@ class LocalTrainEngine:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no local engine state here (written by actor.strategy=local?)")
         state = torch.load(path, weights_only=False, map_location="cpu")
-        unexpected = self.model.load_state_dict(state["model"], strict=False).unexpected_keys
+        try:
+            unexpected = self.model.load_state_dict(state["model"], strict=False).unexpected_keys
+        except RuntimeError as e:  # shape mismatches
+            detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+            raise ConfigError(f"{path} was written for another model: {detail}") from e
         if unexpected:
-            raise ValueError(f"{path}: parameters this model does not have, e.g. {unexpected[:3]}")
+            raise ConfigError(f"{path} was written for another model: it has parameters this model does not, "
+                              f"e.g. {unexpected[:3]}")
         if self.offload:
             self.offload.load_masters([state["model"][n] for n in self.names])
         self.load_state_dict(state)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rllava.config import MissingPackageError
+from rllava.config import ConfigError, MissingPackageError
 from rllava.data.types import Episode, Prompt
 from rllava.engines.hf_rollout import Sampling
 from rllava.engines.registry import ROLLOUT_ENGINES
@@ -86,7 +86,7 @@ class VLLMRolloutEngine:
                  model_path: str | None = None, processor: Any = None, rollout_cfg: Any = None,
                  sleep_level: int | None = None, **llm_kwargs: Any):
         if not model_path or not Path(model_path).is_dir():
-            raise ValueError(f"rollout.engine=vllm needs model.path to be an HF model folder, got {model_path!r}")
+            raise ConfigError(f"rollout.engine=vllm needs model.path to be an HF model folder, got {model_path!r}")
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
@@ -116,7 +116,7 @@ class VLLMRolloutEngine:
         if world > 1 and "distributed_executor_backend" not in kwargs:
             # Each torchrun rank hosts an engine; tensor-parallel groups (if any) form from the existing ranks.
             if kwargs.get("tensor_parallel_size", 1) != 1:
-                raise ValueError("rollout.engine=vllm under torchrun supports tensor_parallel_size=1 only: "
+                raise ConfigError("rollout.engine=vllm under torchrun supports tensor_parallel_size=1 only: "
                                  "each rank generates its own prompts")
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)
@@ -214,7 +214,7 @@ class VLLMRolloutEngine:
         eos = set(self.eos_ids)
         for ep, out in zip(episodes, outputs):
             if list(out.prompt_token_ids) != list(ep.prompt.input_ids):
-                raise ValueError(
+                raise ConfigError(
                     f"prompt {ep.prompt.index}: vLLM built {len(out.prompt_token_ids)} prompt tokens where rllava's "
                     f"processor built {len(ep.prompt.input_ids)}; the trainer would score a different prompt than "
                     "the one sampled (check the image resize settings and the processor config)")

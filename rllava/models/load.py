@@ -90,7 +90,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
         enable_checkpointing(model)
     if cfg.freeze_vision_tower:
         if not is_vlm(model):
-            raise ValueError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")
+            raise ConfigError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")
         for p in vision_tower_params(model):
             p.requires_grad_(False)
     if cfg.lora_rank > 0:

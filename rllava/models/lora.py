@@ -9,7 +9,7 @@ import re
 
 from torch import nn
 
-from rllava.config import ModelConfig
+from rllava.config import ConfigError, ModelConfig
 from rllava.models.introspect import decoder_module_name
 
 
@@ -27,7 +27,7 @@ def language_lora_targets(model: nn.Module, targets: str = "all-linear") -> str:
         if inside and isinstance(module, nn.Linear) and (wanted is None or leaf in wanted):
             leaves.add(leaf)
     if not leaves:
-        raise ValueError(f"model.lora_target_modules={targets!r} matches no linear layer in the language model "
+        raise ConfigError(f"model.lora_target_modules={targets!r} matches no linear layer in the language model "
                          f"({prefix or type(model).__name__})")
     scope = re.escape(prefix) + r"\.(.*\.)?" if prefix else r"(.*\.)?"
     return scope + "(" + "|".join(sorted(map(re.escape, leaves))) + ")"

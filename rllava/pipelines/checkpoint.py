@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllava.config import MissingFileError
+from rllava.config import Config, ConfigError, MissingFileError
 from rllava.engines import distributed as du
 from rllava.models.weights import save_hf_folder
 
@@ -102,6 +102,22 @@ def prune_checkpoints(run_dir: Path, keep_last: int, keep: set[int] = frozenset(
 
 def load_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
+
+
+FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"
+# What fixes the trained parameter set and the optimizer state's layout: a resume needs them unchanged.
+RESUME_KEYS = [("model", "lora_rank"), ("model", "lora_target_modules"), ("model", "freeze_vision_tower"),
+               ("actor", "strategy"), ("actor", "optimizer"), ("actor", "optimizer_offload")]
+
+
+def check_resumable(ckpt: Path, cfg: Config) -> None:
+    """Refuse, before any model loads, a checkpoint written with settings that change what is trained."""
+    saved = load_state(ckpt).get("config") or {}
+    changed = [f"{sec}.{key}: {saved[sec][key]!r} in the checkpoint, {getattr(getattr(cfg, sec), key)!r} now"
+               for sec, key in RESUME_KEYS
+               if key in saved.get(sec, {}) and saved[sec][key] != getattr(getattr(cfg, sec), key)]
+    if changed:
+        raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(changed) + FRESH_START)
 
 
 def find_resume_checkpoint(mode: str, run_dir: Path) -> Path | None:

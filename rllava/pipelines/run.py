@@ -12,7 +12,7 @@ import torch
 
 from rllava.config import Config, ConfigError, MissingPackageError, import_plugins, to_yaml
 from rllava.engines import distributed as du
-from rllava.pipelines.checkpoint import find_resume_checkpoint
+from rllava.pipelines.checkpoint import check_resumable, find_resume_checkpoint
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.trainer import RunContext, Trainer
 
@@ -149,6 +149,8 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     seed_everything(cfg.trainer.seed)  # the same on every rank while models are built (random inits must agree)
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)
     ckpt = du.broadcast_object(find_resume_checkpoint(cfg.trainer.resume, run_dir) if du.is_main() else None)
+    if ckpt is not None:
+        check_resumable(ckpt, cfg)
     ctx = build_context(cfg, run_dir, ckpt)
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
         pipeline.setup(ctx)

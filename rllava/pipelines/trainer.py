@@ -14,7 +14,14 @@ import torch
 
 from rllava.config import Config, ConfigError, to_dict
 from rllava.engines import distributed as du
-from rllava.pipelines.checkpoint import checkpoint_folder, load_state, prune_checkpoints, rng_state, set_rng_state
+from rllava.pipelines.checkpoint import (
+    FRESH_START,
+    checkpoint_folder,
+    load_state,
+    prune_checkpoints,
+    rng_state,
+    set_rng_state,
+)
 from rllava.pipelines.evaluate import evaluate
 from rllava.pipelines.logger import RunLogger, make_logger
 
@@ -77,12 +84,15 @@ class Trainer:
         """Resume from a checkpoint folder written by `save`."""
         state = load_state(ckpt)
         if state.get("world_size", 1) != du.world_size():
-            raise ValueError(f"{ckpt} was written by {state.get('world_size', 1)} ranks, this run has "
+            raise ConfigError(f"{ckpt} was written by {state.get('world_size', 1)} ranks, this run has "
                              f"{du.world_size()}: resuming needs the same number")
         self.step = state["step"]
         self.best = state["best"]
         self.ctx.loader.load_state_dict(state["loader"])
-        self.ctx.engine.load(ckpt / "engine")
+        try:
+            self.ctx.engine.load(ckpt / "engine")
+        except ConfigError as e:  # written for another model
+            raise ConfigError(f"{e}{FRESH_START}") from e
         self.pipeline.load_state_dict(state["pipeline"])
         if self.ctx.critic:
             self.ctx.critic.load(ckpt / "critic")

@@ -69,7 +69,7 @@ class RewardFunction:
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0):
         if not functions:
-            raise ValueError("reward.functions is empty: name at least one reward function")
+            raise ConfigError("reward.functions is empty: name at least one reward function")
         self.weights = dict(functions)
         self.fns = {name: resolve_reward(name) for name in functions}
         self.on_error = float(on_error)

@@ -16,7 +16,7 @@ from rllava.algorithms import (
     sft_loss,
     sft_part,
 )
-from rllava.config import Config
+from rllava.config import Config, ConfigError
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
 from rllava.models.introspect import unwrap
@@ -110,7 +110,7 @@ class Actor:
         if not size:
             return max(1, n_local)
         if size % world:
-            raise ValueError(f"actor.mini_batch_size={size} must be divisible by the number of ranks ({world})")
+            raise ConfigError(f"actor.mini_batch_size={size} must be divisible by the number of ranks ({world})")
         return size // world
 
     def needs_old_logprobs(self, batch_size: int) -> bool:
