@@ -107,6 +107,7 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
+    mask_truncated: bool = False  # DAPO overlong filtering: rollouts cut at the length limit train no token (their rewards still count in group statistics)
     demonstrations: Optional[str] = None  # the row's demonstration (data.response_template; agentic: data.demo_key turns) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
     luffy_gamma: float = 0.1  # LUFFY: policy shaping f(p) = p / (p + gamma) on demonstration tokens

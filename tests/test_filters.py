@@ -45,3 +45,51 @@ def test_overlong_penalty_rejects_bad_buffer():
         REWARD_SHAPERS["overlong_penalty"](torch.ones(1), torch.tensor([3]), replace(CFG, overlong_buffer_len=0), 20)
     with pytest.raises(ValueError, match="overlong_buffer_len"):
         REWARD_SHAPERS["overlong_penalty"](torch.ones(1), torch.tensor([3]), CFG, max_new_tokens=8)  # default 16 > 8
+
+
+def test_mask_truncated_drops_cut_rollouts_from_the_loss_not_from_the_group():
+    """GRPO with DAPO's overlong filtering: the cut sample trains nothing, yet its reward stays in the baseline."""
+    from rllava.config import Config
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.hooks import MaskTruncated, hooks_for
+    from rllava.pipelines.rlvr import rl_advantages
+
+    p = Prompt(input_ids=[7, 8])
+    rewards, finished = [1.0, 0.0, 1.0, 0.0], [True, False, True, True]
+    eps = [Episode(p, [1, 2, 3], [1, 1, 1], reward=r, group_id=0, finished=f) for r, f in zip(rewards, finished)]
+    hint = Episode(p, [1, 2, 3], [1, 1, 1], reward=0.0, group_id=1, finished=False, hint_len=1)  # UFT
+    metrics = {}
+    out = MaskTruncated().after_scoring(None, eps + [hint], metrics)
+    assert [e.response_mask for e in out] == [[1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0]]
+    assert metrics["response/masked_truncated"] == 2 / 5
+    batch = Batch.from_episodes(out[:4], pad_id=0)
+    adv, _ = rl_advantages(batch, CFG)
+    std = torch.tensor(rewards).std().item()  # the group's statistics include the cut sample's reward 0
+    expected = [(r - 0.5) / (std + CFG.grpo_epsilon) for r in rewards]
+    assert torch.allclose(adv[:, 0], torch.tensor([expected[0], 0.0, expected[2], expected[3]]))
+    assert adv[1].abs().sum() == 0
+    cfg = Config()
+    assert not any(isinstance(h, MaskTruncated) for h in hooks_for(cfg))
+    cfg.algorithm.mask_truncated, cfg.algorithm.group_filter = True, "dapo_nonuniform"
+    assert isinstance(hooks_for(cfg)[-1], MaskTruncated)  # after dynamic sampling's extra rounds
+
+
+def test_mask_truncated_end_to_end(short_counting_run):
+    """Every response forced to the length limit: with the filter no token trains, without it they do."""
+    import json
+    from pathlib import Path
+
+    from rllava.config import load_config
+    from rllava.pipelines.run import run_experiment
+
+    norms = {}
+    for flag in (False, True):
+        over = short_counting_run(f"trainer.experiment_name=mask{flag}", f"algorithm.mask_truncated={str(flag).lower()}",
+                                  "rollout.generate_kwargs={min_new_tokens: 6}")  # = max_new_tokens: no EOS
+        run = Path(run_experiment(load_config(None, over))["run_dir"])
+        rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if "actor/grad_norm" in ln]
+        assert [r["response/clip_ratio"] for r in rows] == [1.0, 1.0]
+        norms[flag] = [r["actor/grad_norm"] for r in rows]
+        if flag:
+            assert [r["response/masked_truncated"] for r in rows] == [1.0, 1.0]
+    assert all(n > 0 for n in norms[False]) and norms[True] == [0.0, 0.0]

@@ -170,6 +170,23 @@ DEMONSTRATION_HOOKS = {"mix": AddDemonstrations, "switch": SwitchToDemonstration
                        "hint": HintFromDemonstrations}
 
 
+class MaskTruncated:
+    """DAPO's overlong filtering: a rollout cut at the length limit trains no token.
+
+    Its reward still counts in its group's statistics (the baseline the other samples are compared
+    with); only its own loss is dropped, so a truncated answer is neither rewarded nor punished for
+    text it had no room to finish. A UFT hint prefix stays trained (it is a demonstration).
+    """
+
+    def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        rollouts = [e for e in episodes if not e.is_expert]
+        cut = [e for e in rollouts if not e.finished]
+        for e in cut:
+            e.response_mask = e.response_mask[:e.hint_len] + [0] * (len(e.response_mask) - e.hint_len)
+        metrics["response/masked_truncated"] = len(cut) / max(1, len(rollouts))
+        return episodes
+
+
 def hooks_for(cfg: Config) -> list:
     hooks = []
     if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
@@ -197,6 +214,8 @@ def hooks_for(cfg: Config) -> list:
                               "algorithm.sft_coef > 0 (HPT uses 1)")
         check_sft_term(cfg.algorithm)
         hooks.append(DEMONSTRATION_HOOKS[mode]())
+    if cfg.algorithm.mask_truncated:  # last: it also sees the extra rounds of dynamic sampling
+        hooks.append(MaskTruncated())
     return hooks
 
 
