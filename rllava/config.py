@@ -107,6 +107,7 @@ class AlgorithmConfig:
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
+    top_entropy_frac: float = 1.0  # share of RL tokens, highest entropy under the sampling policy, that carry the policy gradient (0.2: "Beyond the 80/20 rule"); 1 = all
     mask_truncated: bool = False  # DAPO overlong filtering: rollouts cut at the length limit train no token (their rewards still count in group statistics)
     demonstrations: Optional[str] = None  # the row's demonstration (data.response_template; agentic: data.demo_key turns) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
@@ -404,6 +405,8 @@ def check_ranges(cfg: Config) -> None:
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
     alg = cfg.algorithm
+    if not 0 < alg.top_entropy_frac <= 1:
+        raise ConfigError(f"algorithm.top_entropy_frac={alg.top_entropy_frac!r}: must be in (0, 1]")
     if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:
         raise ConfigError(f"algorithm.clip_ratio_c={alg.clip_ratio_c!r}: must be > 1 (dual clip), or null to disable it")
     if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:

@@ -153,6 +153,15 @@ def pad_to_common_length(items: list[T]) -> list[tuple[T, bool]]:
     return [(x, True) for x in items] + [(items[-1], False)] * (target - len(items))
 
 
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D tensor (sizes may differ), concatenated in rank order, on every rank (CPU)."""
+    if not is_initialized():
+        return t
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, t.detach().cpu())
+    return torch.cat(out)
+
+
 def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
     """Every rank's `obj` as a list (in rank order) on rank `dst`, None elsewhere; `[obj]` in one process."""
     if not is_initialized():

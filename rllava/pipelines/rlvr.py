@@ -13,9 +13,11 @@ from rllava.algorithms import (
     REWARD_SHAPERS,
     apply_kl_penalty,
     demonstration_tokens,
+    entropy_threshold,
     make_kl_controller,
     rl_part,
     sft_coef_at,
+    top_entropy_mask,
 )
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
@@ -50,6 +52,27 @@ def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None
             returns = torch.zeros_like(adv)
             returns[target, :width] = sub_returns.to(adv.dtype)
     return adv, returns
+
+
+def rl_tokens(batch: Batch, algo) -> torch.Tensor:
+    """[B, T] mask of the tokens RL trains: every response token but SFT-only demonstration tokens."""
+    demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
+    rows, own_mask = rl_part(batch.response_mask, demo, algo.demonstrations)
+    if rows is None:
+        return own_mask
+    out = torch.zeros_like(batch.response_mask)
+    out[rows, :own_mask.shape[1]] = own_mask
+    return out
+
+
+def forking_tokens(batch: Batch, entropy: torch.Tensor, algo, metrics: dict[str, float]) -> torch.Tensor:
+    """[B, T] 0/1: the top `algorithm.top_entropy_frac` of RL tokens by entropy, over the whole step's batch
+    (every rank's tokens), so the choice does not depend on mini- or micro-batching."""
+    mask = rl_tokens(batch, algo)
+    threshold = entropy_threshold(du.all_gather_cat(entropy[mask != 0]), algo.top_entropy_frac)
+    keep = top_entropy_mask(entropy, mask, threshold)
+    metrics.update({"adv/entropy_threshold": threshold, "adv/kept_token_frac": float(keep.sum() / mask.sum().clamp(min=1))})
+    return keep
 
 
 @contextlib.contextmanager
@@ -104,14 +127,20 @@ class RLVRPipeline:
         for name in algo.reward_shaping:
             lengths = batch.response_mask.sum(1)
             batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
-        if ctx.actor.needs_old_logprobs(len(batch)):
+        needs_old, select_tokens = ctx.actor.needs_old_logprobs(len(batch)), algo.top_entropy_frac < 1
+        before = entropy = None  # the policy's log-probs (and entropy) before the update, when a step needs them
+        if needs_old or select_tokens:  # one pass serves both
             with timed(metrics, "old_logprobs"):
-                batch.old_logp = ctx.actor.logprobs(batch)
+                if select_tokens:
+                    before, entropy = ctx.actor.logprobs(batch, with_entropy=True)
+                else:
+                    before = ctx.actor.logprobs(batch)
+            batch.old_logp = before if needs_old else None
         if self.kl_ctrl.value > 0 and ctx.reference is not None:
             with timed(metrics, "reference"):
                 batch.ref_logp = ctx.reference.logprobs(batch)
             if algo.kl_in == "reward":
-                old = batch.old_logp if batch.old_logp is not None else ctx.actor.logprobs(batch)
+                old = before if before is not None else ctx.actor.logprobs(batch)
                 batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
                                                            self.kl_ctrl.value, algo.kl_estimator)
                 # Every rank's controller sees the global batch, so the coefficient stays the same on all.
@@ -121,6 +150,8 @@ class RLVRPipeline:
             with timed(metrics, "values"):
                 batch.values = ctx.critic.values(batch)
         batch.advantages, batch.returns = rl_advantages(batch, algo)
+        if select_tokens:  # only forking tokens carry the policy gradient; KL and entropy terms keep every token
+            batch.advantages = batch.advantages * forking_tokens(batch, entropy, algo, metrics)
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
         with timed(metrics, "update"):
             sft_coef = sft_coef_at(algo, trainer.step)
