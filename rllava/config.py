@@ -186,6 +186,10 @@ class RewardConfig:
     functions: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name or file.py:fn -> weight
     on_error: float = 0.0  # score given when a reward function raises or returns NaN
     accuracy_key: str = "accuracy"  # logged as accuracy when a reward returns it
+    model: Optional[str] = None  # a reward model folder (AutoModelForSequenceClassification, one label): its score of (prompt, response), times model_weight, is added
+    model_weight: float = 1.0  # weight of the reward model's score in the reward
+    model_batch_size: int = 16  # responses per reward-model forward
+    model_max_length: int = 2048  # reward-model input tokens at most (cut from the left: the response's end stays)
     workers: int = 0  # 0: score in the trainer's process; N: in N worker processes (parallel; a hung reward can be stopped)
     timeout_s: Optional[float] = None  # wall time per response in a worker; over it: killed, scored on_error, counted (needs workers >= 1)
 
@@ -412,8 +416,8 @@ def check_ranges(cfg: Config) -> None:
     if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"algorithm.overlong_buffer_len={alg.overlong_buffer_len!r}: must be in "
                           f"(0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]")
-    if not cfg.reward.functions:
-        raise ConfigError("reward.functions is empty: name at least one reward function")
+    if not cfg.reward.functions and not cfg.reward.model:
+        raise ConfigError("reward.functions is empty and there is no reward.model: name at least one reward function")
     from rllava.envs.episode_reward import DEFAULT_WEIGHTS  # light; envs/ sits below config
 
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))

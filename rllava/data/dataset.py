@@ -57,6 +57,7 @@ class _Item:
     images: list[Any] = field(default_factory=list)
     videos: list[Any] = field(default_factory=list)
     length: int = 0  # estimated prompt tokens
+    query: str = ""  # the rendered user message, before the chat template
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -160,7 +161,7 @@ class RLDataset(torch.utils.data.Dataset):
             chat = apply_chat_template(self.processor, messages, self.chat_template)
         except TemplateError as e:
             raise DataError(f"{ref.where(cfg.prompt_key)}: {e}") from None
-        return _Item(row, ref, chat, images, videos)
+        return _Item(row, ref, chat, images, videos, query=text)
 
     def _set_lengths(self, items: list[_Item]) -> None:
         """Estimated token length of every item (see the module docstring)."""
@@ -288,4 +289,4 @@ class RLDataset(torch.utils.data.Dataset):
             logger.warning("%s: prompt has %d tokens, over max_prompt_length=%d (estimated %d at load time)",
                            it.ref.where(), n, self.cfg.max_prompt_length, it.length)
         return Prompt(input_ids=input_ids, mm=mm, seq=seq, text=it.text, images=images,
-                      meta=self._meta(it, i), index=i)
+                      meta=self._meta(it, i), index=i, query=it.query)

@@ -21,10 +21,11 @@ class Prompt:
     input_ids: list[int]
     mm: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw, ... (batch dim first)
     seq: dict[str, list[int]] = field(default_factory=dict)  # per-token extras aligned with input_ids (mm_token_type_ids, token_type_ids)
-    text: str = ""
+    text: str = ""  # the chat text the policy reads
     images: list[Any] = field(default_factory=list)  # PIL images (for engines that take raw images, e.g. vLLM)
     meta: dict[str, Any] = field(default_factory=dict)  # answer / ground truth and other row fields
     index: int = -1  # row index in the dataset
+    query: str = ""  # the rendered user message (data.template), before the chat template: what a reward model reads
 
 
 @dataclass

@@ -107,7 +107,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor)),
                       get_tokenizer(processor), cfg.rollout)
-    reward = RewardScorer(cfg.reward, cfg.plugins)
+    reward = RewardScorer(cfg.reward, cfg.plugins, dev, cfg.model.dtype)
     if cfg.env.name:
         from rllava.pipelines.agentic import EpisodeRewardScorer, multiturn_rollout
 

@@ -106,7 +106,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
-                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward, cfg.plugins),
+                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward, cfg.plugins, device, cfg.model.dtype),
                      loader=loader, val_prompts=val_prompts, extra={"eos_ids": eos_ids})
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
     if cfg.algorithm.kl_coef > 0 and not supervised:

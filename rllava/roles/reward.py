@@ -1,7 +1,10 @@
-"""The reward role: scores episodes with the configured (weighted) reward functions."""
+"""The reward role: scores episodes with the configured (weighted) reward functions and reward model."""
 from __future__ import annotations
 
+import math
 from typing import Optional
+
+import torch
 
 from rllava.config import RewardConfig
 from rllava.data.types import Episode
@@ -9,13 +12,22 @@ from rllava.rewards.combine import RewardFunction
 
 
 class RewardScorer:
-    def __init__(self, cfg: RewardConfig, plugins: Optional[list[str]] = None):
-        if cfg.workers:
+    def __init__(self, cfg: RewardConfig, plugins: Optional[list[str]] = None, device: torch.device | str = "cpu",
+                 dtype: str = "float32"):
+        self.fn = None
+        if cfg.functions and cfg.workers:
             from rllava.rewards.workers import RewardWorkers
 
             self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins)
-        else:
+        elif cfg.functions:
             self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
+        self.model = None
+        if cfg.model:
+            from rllava.roles.reward_model import RewardModel
+
+            self.model = RewardModel(cfg, device, dtype)
+        self.model_weight = cfg.model_weight
+        self.on_error = cfg.on_error
         self.accuracy_key = cfg.accuracy_key
         self.n_errors = 0  # over the whole run
 
@@ -23,7 +35,18 @@ class RewardScorer:
         """Fill episode.reward / reward_info; return the batch's reward metrics."""
         if not episodes:
             return {}
-        scores, infos, n_errors = self.fn([e.response_text for e in episodes], [e.prompt.meta for e in episodes])
+        responses = [e.response_text for e in episodes]
+        if self.fn is not None:
+            scores, infos, n_errors = self.fn(responses, [e.prompt.meta for e in episodes])
+        else:
+            scores, infos, n_errors = [0.0] * len(episodes), [{} for _ in episodes], 0
+        if self.model is not None:
+            for i, value in enumerate(self.model.score([e.prompt.query for e in episodes], responses)):
+                if math.isnan(value):
+                    value, n_errors = self.on_error, n_errors + 1
+                scores[i] += self.model_weight * value
+                infos[i]["reward_model"] = value
+                infos[i]["overall"] = scores[i]
         self.n_errors += n_errors
         for e, s, info in zip(episodes, scores, infos):
             e.reward = float(s)
@@ -41,4 +64,5 @@ class RewardScorer:
 
     def close(self) -> None:
         """Stop reward worker processes, if any."""
-        self.fn.close()
+        if self.fn is not None:
+            self.fn.close()
