@@ -62,12 +62,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace, pipeline: str | None = None) -> int:
     from rllava.pipelines.run import run_experiment
+    from rllava.pipelines.trainer import StoppedBySignal
 
     overrides = list(args.overrides)
     if pipeline:
         overrides.append(f"trainer.pipeline={pipeline}")
     cfg = load_config(args.config, overrides)
-    result = run_experiment(cfg)
+    try:
+        result = run_experiment(cfg)
+    except StoppedBySignal as e:  # preempted: saved, not finished (a non-zero status lets a scheduler requeue)
+        print(f"rllava: {e}", file=sys.stderr)
+        return 128 + e.signum
     from rllava.engines.distributed import is_main
 
     if is_main():  # under torchrun every rank returns; one summary line is enough

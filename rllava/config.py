@@ -223,6 +223,7 @@ class TrainerConfig:
     val_freq: int = 0  # steps between validations; 0 = only at the end
     val_before_train: bool = True  # validate once at step 0
     save_freq: int = 0  # steps between checkpoints; 0 = only at the end
+    save_every_min: Optional[float] = None  # also checkpoint when this many minutes have passed since the last one
     keep_last: int = 2  # checkpoints kept (older ones are deleted)
     keep_best: bool = True  # also keep the checkpoint with the best validation score (trainer.best_metric)
     best_metric: str = "val/accuracy"  # the validation metric that picks the best checkpoint (higher is better), e.g. val/pass@4 or val/<source>/accuracy; val/reward where a run has no accuracy

@@ -101,6 +101,54 @@ def test_two_rank_resume_equals_straight_run(rl_runs):
     assert without_times(rows[0]) == without_times(read_metrics(straight)[-1])
 
 
+# SIGNAL_REWARD's reward, and on rank 1 only a SIGTERM to its own process at its 8th call (in step 2), once.
+PREEMPT_REWARD = '''
+import os, signal
+from pathlib import Path
+CALLS = [0]
+DONE = Path(__file__).with_suffix(".signalled")
+
+def reward(response, answer, **row):
+    CALLS[0] += 1
+    if os.environ.get("RANK") == "1" and CALLS[0] == 8 and not DONE.exists():
+        DONE.touch()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return len(set(response)) / 10.0
+'''
+
+
+def test_two_rank_preemption_saves_on_every_rank_and_resumes_exactly(rl_runs, tmp_path):
+    """A stop signal that reaches one rank only: both ranks finish the step, save it together, and stop;
+    the rerun (trainer.resume=auto) ends with the straight run's weights."""
+    straight, _ = rl_runs
+    plugin = tmp_path / "preempt_reward.py"
+    plugin.write_text(PREEMPT_REWARD)
+    over = yaml_overrides(straight / "config.yaml", tmp_path, f"{plugin}:reward")
+    proc = start_torchrun(["-m", "rllava", "train", *over], tmp_path / "stopped.log")
+    proc.wait(timeout=120)
+    log = (tmp_path / "stopped.log").read_text(errors="replace")
+    assert proc.returncode != 0 and "stopped by SIGTERM after step" in log, log[-3000:]
+    saved = sorted(p.name for p in (tmp_path / "preempted" / "checkpoints").iterdir())
+    assert saved and saved[-1] != "step_4", saved
+    assert sorted(p.name for p in (tmp_path / "preempted" / "checkpoints" / saved[-1] / "engine").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]  # both ranks wrote their shard
+    torchrun_train(over, tmp_path / "resumed.log")
+    a = load_file(str(straight / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "preempted" / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def yaml_overrides(config: Path, out: Path, reward: str) -> list[str]:
+    """The straight run's resolved config as overrides, in a new run folder and with another reward file."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"].update(output_dir=str(out), experiment_name="preempted")
+    cfg["reward"]["functions"] = {reward: 1.0}
+    return [f"{sec}.{key}={json.dumps(value)}" for sec, body in cfg.items() if isinstance(body, dict)
+            for key, value in body.items()] + [f"plugins={json.dumps(cfg.get('plugins', []))}"]
+
+
 def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path):
     """Same global batch: the FSDP2 ranks' loss, gradient norm and (greedy) validation equal one process's."""
     over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "trainer.pipeline=sft",

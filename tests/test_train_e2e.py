@@ -115,6 +115,58 @@ def test_resume_after_sigkill_is_exact(tiny_model_factory, counting_data, tmp_pa
     assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "killed"))
 
 
+STOP_REWARD = '''
+import os
+import signal
+from pathlib import Path
+
+def reward(response, answer, **row):
+    """Counts its calls; at call STOP_AT sends its own process SIGTERM, as a cluster does before preempting a job."""
+    counter = Path(os.environ["COUNTER"])
+    n = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(n))
+    if n == int(os.environ.get("STOP_AT", "0")):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return float(response.strip() == answer)
+'''
+
+
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(tiny_model_factory, counting_data, tmp_path):
+    """Preemption: SIGTERM mid-step finishes that step, checkpoints it and exits 143; the rerun ends like a straight run."""
+    plugin = tmp_path / "stop_reward.py"
+    plugin.write_text(STOP_REWARD)
+    over = base_overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path)
+    over = [o for o in over if not o.startswith(("reward.", "data.val_files", "trainer.total_steps"))]
+    over += [f"reward.functions={{'{plugin}:reward': 1.0}}", "trainer.total_steps=4", "rollout.temperature=1.0"]
+
+    def train(name: str, stop_at: int = 0) -> subprocess.CompletedProcess:
+        env = {**os.environ, "COUNTER": str(tmp_path / f"{name}.count"), "STOP_AT": str(stop_at)}
+        return subprocess.run([sys.executable, "-m", "rllava", "train", *over, f"trainer.experiment_name={name}"],
+                              env=env, capture_output=True, text=True, cwd=tmp_path)
+
+    assert train("straight").returncode == 0
+    stopped = train("stopped", stop_at=1 * 8 + 3)  # during step 2's scoring (8 responses a step)
+    assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM after step 2" in stopped.stderr
+    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()) == ["step_2"]
+    assert [r["step"] for r in read_metrics(tmp_path / "stopped")][-1] == 2  # step 2 was finished, not dropped
+    assert train("stopped").returncode == 0  # trainer.resume=auto
+    a = model_weights(tmp_path / "straight" / "checkpoints" / "step_4" / "model")
+    b = model_weights(tmp_path / "stopped" / "checkpoints" / "step_4" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "stopped"))
+
+
+def test_time_based_checkpoints(short_counting_run):
+    """trainer.save_every_min=0: every step is overdue, so every step is saved (keep_last prunes the rest)."""
+    from rllava.pipelines.checkpoint import list_checkpoints
+
+    result = run_experiment(load_config(None, short_counting_run("trainer.save_every_min=0", "trainer.save_freq=0",
+                                                                 "trainer.keep_last=5", "trainer.total_steps=3")))
+    assert [step for step, _ in list_checkpoints(Path(result["run_dir"]))] == [1, 2, 3]
+
+
 FLAKY_REWARD = '''
 def reward(response, answer, **row):
     if row.get("id", 0) % 3 == 0:

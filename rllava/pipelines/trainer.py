@@ -5,7 +5,11 @@ loop around it is shared, never copied.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +65,34 @@ METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "fi
                      **{f"reward/{k}": "sum" for k in ("errors", "errors_total", "timeouts_total", "crashes_total")}}
 
 
+# What a cluster sends before it stops a job (SLURM: SIGTERM, or SIGUSR1 with `--signal=USR1@120`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StoppedBySignal(Exception):
+    """Training stopped at a step boundary on a stop signal, after saving a checkpoint to resume from."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
+                         "(the same command continues the run: trainer.resume=auto)")
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Record stop signals instead of dying on them: the loop saves and stops at the next step boundary."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class Trainer:
     """Runs the same on every rank under torchrun: each rank trains on its share of each prompt batch."""
 
@@ -111,6 +143,24 @@ class Trainer:
 
     # ---- the loop
 
+    def train_one_step(self, logger: RunLogger, validate: bool) -> None:
+        """One training step on the next prompt batch: metrics (combined over ranks), validation when due, logging."""
+        tc = self.cfg.trainer
+        # Every rank draws the same global batch and trains on its share (whole prompt groups).
+        prompts = du.shard_prompts(self.ctx.loader.next_batch(), du.rank(), du.world_size())
+        t0 = time.perf_counter()
+        metrics = self.pipeline.train_step(self, prompts)
+        self.step += 1
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics = du.reduce_metrics(metrics, METRIC_REDUCTIONS)
+        if "response/tokens" in metrics:
+            metrics["time/tokens_per_s"] = metrics["response/tokens"] / metrics["time/step"]
+        metrics["train/epoch"] = float(self.ctx.loader.epoch)
+        if (tc.val_freq and self.step % tc.val_freq == 0) or validate:
+            metrics.update(self.validate(logger))
+        logger.log(self.step, metrics)
+        logger.advance()
+
     def validate(self, logger: RunLogger) -> dict[str, float]:
         if not self.ctx.val_prompts:
             return {}
@@ -137,24 +187,20 @@ class Trainer:
         try:
             if tc.val_before_train and self.step == 0:
                 logger.log(0, self.validate(logger))
-            while self.step < total:
-                # Every rank draws the same global batch and trains on its share (whole prompt groups).
-                prompts = du.shard_prompts(self.ctx.loader.next_batch(), du.rank(), du.world_size())
-                t0 = time.perf_counter()
-                metrics = self.pipeline.train_step(self, prompts)
-                self.step += 1
-                metrics["time/step"] = time.perf_counter() - t0
-                metrics = du.reduce_metrics(metrics, METRIC_REDUCTIONS)
-                if "response/tokens" in metrics:
-                    metrics["time/tokens_per_s"] = metrics["response/tokens"] / metrics["time/step"]
-                metrics["train/epoch"] = float(self.ctx.loader.epoch)
-                last = self.step == total
-                if (tc.val_freq and self.step % tc.val_freq == 0) or last:
-                    metrics.update(self.validate(logger))
-                logger.log(self.step, metrics)
-                logger.advance()
-                if (tc.save_freq and self.step % tc.save_freq == 0) or last:
-                    self.save()
+            last_save = time.monotonic()
+            with stop_requests() as received:
+                while self.step < total:
+                    self.train_one_step(logger, validate=self.step + 1 == total)
+                    # The ranks decide together: saving is a collective, and a signal may reach only some of them.
+                    signum = int(du.all_reduce_max(max(received, default=0)))
+                    overdue = tc.save_every_min is not None and time.monotonic() - last_save >= 60 * tc.save_every_min
+                    if (tc.save_freq and self.step % tc.save_freq == 0) or self.step == total or signum \
+                            or du.all_reduce_max(float(overdue)):
+                        self.save()
+                        last_save = time.monotonic()
+                    if signum:
+                        logger.plot()
+                        raise StoppedBySignal(signum, self.step, self.ctx.run_dir / "checkpoints" / f"step_{self.step}")
             logger.plot()
         finally:
             logger.close()
