@@ -160,6 +160,8 @@ class CriticConfig:
 @dataclass
 class ReferenceConfig:
     model_path: Optional[str] = None  # default: the actor's initial weights (or the LoRA base)
+    sync_steps: int = 0  # every this many steps the reference moves to the policy (TR-DPO, TRL's sync_ref_model; ProRL's resets); 0 = never
+    sync_alpha: float = 1.0  # at a sync: ref <- alpha * policy + (1 - alpha) * ref; 1 = a reset to the policy
 
 
 @dataclass
@@ -397,7 +399,8 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
           ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True),
-          ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True)]
+          ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
+          ("reference", "sync_steps", 0, True)]
 
 
 def check_ranges(cfg: Config) -> None:
@@ -410,6 +413,14 @@ def check_ranges(cfg: Config) -> None:
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
     alg = cfg.algorithm
+    if cfg.reference.sync_steps:
+        if not 0 < cfg.reference.sync_alpha <= 1:
+            raise ConfigError(f"reference.sync_alpha={cfg.reference.sync_alpha!r}: must be in (0, 1]")
+        if alg.kl_coef <= 0:
+            raise ConfigError("reference.sync_steps moves the KL reference, but algorithm.kl_coef=0: there is none")
+        if cfg.model.lora_rank and not cfg.reference.model_path:
+            raise ConfigError("reference.sync_steps cannot move the LoRA reference (the frozen base the adapters sit on); "
+                              "set reference.model_path to load a separate reference model")
     if not 0 < alg.top_entropy_frac <= 1:
         raise ConfigError(f"algorithm.top_entropy_frac={alg.top_entropy_frac!r}: must be in (0, 1]")
     if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:

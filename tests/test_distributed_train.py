@@ -250,3 +250,15 @@ def test_two_rank_lora_run_exports_merged_model(tiny_model_factory, counting_dat
         torch.testing.assert_close(exported[k], reference[k], atol=1e-6, rtol=1e-5)
     changed = {k for k in exported if not torch.equal(exported[k], initial[k])}
     assert changed and all("language_model" in k and "proj" in k for k in changed)  # only the adapted layers
+
+
+def test_two_rank_reference_sync(tiny_model_factory, counting_data, tmp_path):
+    """Under fsdp2 the reference (a whole copy per rank) is reset from the gathered shards: the next step's KL is 0."""
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "sync"), "data.val_files=",
+            "data.batch_size=2", "rollout.n=2", "rollout.max_new_tokens=4", "algorithm.kl_coef=0.1",
+            "algorithm.entropy_coef=0.01", "reference.sync_steps=1", "trainer.total_steps=3",
+            "trainer.val_before_train=false"]
+    torchrun_train(over, tmp_path / "sync.log")
+    kl = [r["actor/kl_loss"] for r in read_metrics(tmp_path / "sync") if "actor/kl_loss" in r]
+    grads = [r["actor/grad_norm"] for r in read_metrics(tmp_path / "sync") if "actor/grad_norm" in r]
+    assert len(kl) == 3 and all(abs(k) < 1e-7 for k in kl) and all(g > 0 for g in grads)

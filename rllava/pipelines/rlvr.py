@@ -21,6 +21,7 @@ from rllava.algorithms import (
 )
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
+from rllava.models.weights import hf_weights
 from rllava.pipelines.hooks import hooks_for
 from rllava.pipelines.registry import PIPELINES
 
@@ -161,4 +162,8 @@ class RLVRPipeline:
         if ctx.critic is not None:
             with timed(metrics, "critic_update"):
                 metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))
+        ref = self.cfg.reference
+        if ctx.reference is not None and ref.sync_steps and (trainer.step + 1) % ref.sync_steps == 0:
+            with timed(metrics, "reference_sync"):  # every rank walks the (gathered) weights in the same order
+                ctx.reference.sync(hf_weights(ctx.model), ref.sync_alpha)
         return metrics

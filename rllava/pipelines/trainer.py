@@ -65,6 +65,7 @@ METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "fi
                      **{f"reward/{k}": "sum" for k in ("errors", "errors_total", "timeouts_total", "crashes_total")}}
 
 
+REFERENCE_FILE = "reference.safetensors"  # in a checkpoint, when reference.sync_steps moves the reference
 # What a cluster sends before it stops a job (SLURM: SIGTERM, or SIGUSR1 with `--signal=USR1@120`).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -128,6 +129,8 @@ class Trainer:
         self.pipeline.load_state_dict(state["pipeline"])
         if self.ctx.critic:
             self.ctx.critic.load(ckpt / "critic")
+        if self.cfg.reference.sync_steps:
+            self.ctx.reference.load(ckpt / REFERENCE_FILE)
         set_rng_state(state["rng"][du.rank()])
 
     def save(self) -> None:
@@ -137,6 +140,8 @@ class Trainer:
             ctx.engine.save(tmp / "engine")
             if ctx.critic:
                 ctx.critic.save(tmp / "critic")
+            if self.cfg.reference.sync_steps and du.is_main():  # a moving reference is state (the same on every rank)
+                ctx.reference.save(tmp / REFERENCE_FILE)
         if du.is_main():
             keep = {self.best[1]} if self.best and self.cfg.trainer.keep_best else set()
             prune_checkpoints(ctx.run_dir, self.cfg.trainer.keep_last, keep)

@@ -5,8 +5,11 @@ Under torchrun the frozen copy is not sharded: every rank holds it whole, in the
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from rllava.config import Config
@@ -42,3 +45,29 @@ class Reference:
             return batched_logprobs(self._forward, batch, self.cfg.actor.micro_token_budget,
                                     sync_ranks=self.use_disabled_adapter,
                                     share_prompts=budget_shares_prompts(self.cfg, self.model, training=False))
+
+    def sync(self, weights: Iterable[tuple[str, torch.Tensor]], alpha: float = 1.0) -> None:
+        """ref <- alpha * policy + (1 - alpha) * ref, from the policy's (name, full tensor) stream (`hf_weights`)."""
+        if self.use_disabled_adapter:
+            raise RuntimeError("the LoRA reference is the actor's frozen base: it cannot be moved")
+        params = dict(self.model.named_parameters())
+        seen = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name not in params:
+                    raise ValueError(f"reference sync: the policy has {name!r}, the reference does not")
+                p = params[name]
+                seen.add(name)
+                if alpha == 1.0:
+                    p.copy_(tensor)
+                else:  # in fp32: a bf16 lerp would round small moves away
+                    p.copy_(p.float().lerp_(tensor.to(p.device, torch.float32), alpha))
+        if seen != set(params):
+            raise ValueError(f"reference sync: the policy lacks {sorted(set(params) - seen)[:3]}")
+
+    def save(self, path: Path) -> None:
+        save_model(self.model, str(path))
+
+    def load(self, path: Path) -> None:
+        load_model(self.model, str(path), device=str(next(self.model.parameters()).device))
+
