@@ -155,6 +155,7 @@ class CriticConfig:
     optimizer: str = "adamw"  # adamw | adamw_8bit, as actor.optimizer
     value_clip: Optional[float] = 0.5  # clip new values to old +- this (PPO value clipping); null disables
     ppo_epochs: int = 1  # passes over each rollout batch
+    pretrain_steps: int = 0  # the first this many steps train the critic alone, the actor waits (veRL's trainer.critic_warmup)
 
 
 @dataclass
@@ -400,7 +401,7 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
           ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True),
           ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
-          ("reference", "sync_steps", 0, True)]
+          ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True)]
 
 
 def check_ranges(cfg: Config) -> None:

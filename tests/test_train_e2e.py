@@ -234,3 +234,20 @@ def test_grpo_update_moves_logprobs_toward_advantage(tiny_model_factory, countin
     adv = batch.advantages[:, 0]
     assert float((adv * seq_delta).sum()) > 0
     assert float(seq_delta[adv > 0].mean()) > float(seq_delta[adv < 0].mean())
+
+
+def test_critic_pretraining_holds_the_actor(short_counting_run, tiny_model_factory):
+    """PPO with critic.pretrain_steps=2: steps 1-2 update the critic alone, step 3 the actor too."""
+    from rllava.config import ConfigError
+
+    over = short_counting_run("algorithm.adv_estimator=gae", "critic.pretrain_steps=2", "trainer.total_steps=3",
+                              "trainer.save_freq=1", "trainer.keep_last=3", "trainer.experiment_name=warm")
+    run = Path(run_experiment(load_config(None, over))["run_dir"])
+    rows = [r for r in read_metrics(run) if "critic/value_loss" in r]
+    assert [("actor/loss" in r) for r in rows] == [False, False, True]
+    initial = model_weights(tiny_model_factory("qwen2_vl"))
+    for step, moved in ((2, False), (3, True)):
+        w = model_weights(run / "checkpoints" / f"step_{step}" / "model")
+        assert any(not torch.equal(w[k], initial[k]) for k in initial) == moved, step
+    with pytest.raises(ConfigError, match="no critic"):
+        run_experiment(load_config(None, short_counting_run("critic.pretrain_steps=2")))

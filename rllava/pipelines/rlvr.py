@@ -154,11 +154,12 @@ class RLVRPipeline:
         if select_tokens:  # only forking tokens carry the policy gradient; KL and entropy terms keep every token
             batch.advantages = batch.advantages * forking_tokens(batch, entropy, algo, metrics)
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
-        with timed(metrics, "update"):
-            sft_coef = sft_coef_at(algo, trainer.step)
-            if algo.demonstrations:
-                metrics["demo/sft_coef"] = sft_coef
-            metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef))
+        if ctx.critic is None or trainer.step >= self.cfg.critic.pretrain_steps:  # else the critic learns first
+            with timed(metrics, "update"):
+                sft_coef = sft_coef_at(algo, trainer.step)
+                if algo.demonstrations:
+                    metrics["demo/sft_coef"] = sft_coef
+                metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef))
         if ctx.critic is not None:
             with timed(metrics, "critic_update"):
                 metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))

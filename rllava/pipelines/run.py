@@ -73,6 +73,10 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     a = cfg.actor
     resolve_dtype(cfg.model.dtype)  # these fail before any loading
     check_packages(cfg)
+    supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
+    if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
+        raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
+                          f"(algorithm.adv_estimator={cfg.algorithm.adv_estimator}; gae has one)")
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
     if sharded:
         du.require_process_group(a.strategy)
@@ -108,7 +112,6 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward, cfg.plugins, device, cfg.model.dtype),
                      loader=loader, val_prompts=val_prompts, extra={"eos_ids": eos_ids})
-    supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
     if cfg.algorithm.kl_coef > 0 and not supervised:
         ctx.reference = build_reference(cfg, model, device, engine)
     if not supervised and needs_critic(cfg):
