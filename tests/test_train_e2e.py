@@ -72,90 +72,76 @@ def test_sft_lowers_nll(tiny_model_factory, counting_data, tmp_path):
     assert losses[4] < 0.8 * losses[0], losses
 
 
-KILL_REWARD = '''
-import os
-from pathlib import Path
-
-def reward(response, answer, **row):
-    """Counts its calls; SIGKILLs its own process once, at call KILL_AT (a crash mid-step)."""
-    counter = Path(os.environ["COUNTER"])
-    n = int(counter.read_text()) + 1 if counter.exists() else 1
-    counter.write_text(str(n))
-    if n == int(os.environ.get("KILL_AT", "0")):
-        os.kill(os.getpid(), 9)
-    return float(response.strip() == answer)
-'''
-
-
-def test_resume_after_sigkill_is_exact(tiny_model_factory, counting_data, tmp_path):
-    plugin = tmp_path / "kill_reward.py"
-    plugin.write_text(KILL_REWARD)
-    over = base_overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path)
-    over = [o for o in over if not o.startswith(("reward.", "data.val_files", "trainer.total_steps"))]
-    over += [f"reward.functions={{'{plugin}:reward': 1.0}}", "trainer.total_steps=4", "trainer.save_freq=2",
-             "rollout.temperature=1.0", "actor.ppo_epochs=2", "actor.mini_batch_size=4"]
-
-    def train(name: str, kill_at: int = 0) -> subprocess.CompletedProcess:
-        env = {**os.environ, "COUNTER": str(tmp_path / f"{name}.count"), "KILL_AT": str(kill_at)}
-        return subprocess.run([sys.executable, "-m", "rllava", "train", *over, f"trainer.experiment_name={name}"],
-                              env=env, capture_output=True, text=True, cwd=tmp_path)
-
-    assert train("straight").returncode == 0
-    calls_per_step = 2 * 4
-    killed = train("killed", kill_at=2 * calls_per_step + 3)  # in step 3, after the step-2 checkpoint
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert ckpts == ["step_2"]
-    resumed = train("killed")  # trainer.resume=auto picks step_2 up
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = model_weights(tmp_path / "straight" / "checkpoints" / "step_4" / "model")
-    b = model_weights(tmp_path / "killed" / "checkpoints" / "step_4" / "model")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "killed"))
-
-
-STOP_REWARD = '''
+INTERRUPT_REWARD = '''
 import os
 import signal
 from pathlib import Path
 
 def reward(response, answer, **row):
-    """Counts its calls; at call STOP_AT sends its own process SIGTERM, as a cluster does before preempting a job."""
+    """Counts its calls; at call KILL_AT SIGKILLs its own process (a crash mid-step), at call STOP_AT sends it
+    SIGTERM (a cluster preempting the job)."""
     counter = Path(os.environ["COUNTER"])
     n = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(n))
+    if n == int(os.environ.get("KILL_AT", "0")):
+        os.kill(os.getpid(), 9)
     if n == int(os.environ.get("STOP_AT", "0")):
         os.kill(os.getpid(), signal.SIGTERM)
     return float(response.strip() == answer)
 '''
+CALLS_PER_STEP = 2 * 4  # the reward's calls in a step: 2 prompts x 4 samples
 
 
-def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(tiny_model_factory, counting_data, tmp_path):
-    """Preemption: SIGTERM mid-step finishes that step, checkpoints it and exits 143; the rerun ends like a straight run."""
-    plugin = tmp_path / "stop_reward.py"
-    plugin.write_text(STOP_REWARD)
-    over = base_overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path)
+@pytest.fixture(scope="module")
+def interrupted_runs(tiny_model_factory, counting_data, tmp_path_factory):
+    """`train(name, **env) -> CompletedProcess` of `rllava train` (4 steps, checkpoints at 2 and 4), and a straight run."""
+    root = tmp_path_factory.mktemp("interrupted")
+    plugin = root / "interrupt_reward.py"
+    plugin.write_text(INTERRUPT_REWARD)
+    over = base_overrides(tiny_model_factory("qwen2_vl"), counting_data, root)
     over = [o for o in over if not o.startswith(("reward.", "data.val_files", "trainer.total_steps"))]
-    over += [f"reward.functions={{'{plugin}:reward': 1.0}}", "trainer.total_steps=4", "rollout.temperature=1.0"]
+    over += [f"reward.functions={{'{plugin}:reward': 1.0}}", "trainer.total_steps=4", "trainer.save_freq=2",
+             "rollout.temperature=1.0", "actor.ppo_epochs=2", "actor.mini_batch_size=4"]
 
-    def train(name: str, stop_at: int = 0) -> subprocess.CompletedProcess:
-        env = {**os.environ, "COUNTER": str(tmp_path / f"{name}.count"), "STOP_AT": str(stop_at)}
+    def train(name: str, **env: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "COUNTER": str(root / f"{name}.count"), **{k: str(v) for k, v in env.items()}}
         return subprocess.run([sys.executable, "-m", "rllava", "train", *over, f"trainer.experiment_name={name}"],
-                              env=env, capture_output=True, text=True, cwd=tmp_path)
+                              env=env, capture_output=True, text=True, cwd=root)
 
-    assert train("straight").returncode == 0
-    stopped = train("stopped", stop_at=1 * 8 + 3)  # during step 2's scoring (8 responses a step)
-    assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
-    assert "stopped by SIGTERM after step 2" in stopped.stderr
-    assert sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir()) == ["step_2"]
-    assert [r["step"] for r in read_metrics(tmp_path / "stopped")][-1] == 2  # step 2 was finished, not dropped
-    assert train("stopped").returncode == 0  # trainer.resume=auto
-    a = model_weights(tmp_path / "straight" / "checkpoints" / "step_4" / "model")
-    b = model_weights(tmp_path / "stopped" / "checkpoints" / "step_4" / "model")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = train("straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    return train, root
+
+
+def assert_same_run(root: Path, name: str) -> None:
+    """Run `name` ended with the straight run's final weights and logged the same metrics."""
+    a = model_weights(root / "straight" / "checkpoints" / "step_4" / "model")
+    b = model_weights(root / name / "checkpoints" / "step_4" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "stopped"))
+    assert strip(read_metrics(root / "straight")) == strip(read_metrics(root / name))
+
+
+def test_resume_after_sigkill_is_exact(interrupted_runs):
+    train, root = interrupted_runs
+    killed = train("killed", KILL_AT=2 * CALLS_PER_STEP + 3)  # in step 3, after the step-2 checkpoint
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in (root / "killed" / "checkpoints").iterdir()) == ["step_2"]
+    resumed = train("killed")  # trainer.resume=auto picks step_2 up
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_run(root, "killed")
+
+
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(interrupted_runs):
+    """Preemption: SIGTERM mid-step finishes that step, checkpoints it and exits 143; the rerun ends like a straight run."""
+    train, root = interrupted_runs
+    stopped = train("stopped", STOP_AT=2 * CALLS_PER_STEP + 3)  # during step 3's scoring: not a save_freq step
+    assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM after step 3" in stopped.stderr
+    assert sorted(p.name for p in (root / "stopped" / "checkpoints").iterdir()) == ["step_2", "step_3"]
+    assert read_metrics(root / "stopped")[-1]["step"] == 3  # step 3 was finished, not dropped
+    assert train("stopped").returncode == 0  # trainer.resume=auto
+    assert_same_run(root, "stopped")
 
 
 def test_time_based_checkpoints(short_counting_run):
