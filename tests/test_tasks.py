@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -63,7 +64,7 @@ def test_folder_layout(made, name):
     assert info["reward"]["functions"] == TASKS.entry(name).meta["reward"]
 
 
-@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom"])
+@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare"])
 def test_default_reward_gives_full_marks_for_the_answer(made, name):
     """The registry's default reward accepts each ground truth written the way the prompt asks."""
     fn = RewardFunction(TASKS.entry(name).meta["reward"])
@@ -280,3 +281,50 @@ def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tin
                  f"model.path={tiny_model_factory('qwen2_vl')}", f"trainer.output_dir={tmp_path / 'runs'}", override]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(message)
+
+
+def _red_centre(img: Image.Image) -> tuple[float, float]:
+    px = [(x, y) for x in range(img.width) for y in range(img.height) if img.getpixel((x, y)) == COLORS["red"]]
+    return sum(x for x, _ in px) / len(px), sum(y for _, y in px) / len(px)
+
+
+def test_motion_is_a_video_whose_red_circle_moves_as_answered(made):
+    out = made["motion"]
+    for r in _all_rows(out):
+        assert r["prompt"].count("<video>") == 1 and "<image>" not in r["prompt"] and r["images"] == []
+        (frames,) = r["videos"]  # one video: a list of frame files
+        assert len(frames) == r["frames"] == 4
+        first, last = (_red_centre(Image.open(out / frames[k]).convert("RGB")) for k in (0, -1))
+        dx, dy = last[0] - first[0], last[1] - first[1]
+        seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert seen == r["answer"] == r["direction"] and max(abs(dx), abs(dy)) >= 9
+
+
+def test_compare_holds_two_images_and_the_answer_names_the_fuller_one(made):
+    out = made["compare"]
+    for r in _all_rows(out):
+        assert r["prompt"].count("<image>") == 2 and len(r["images"]) == 2 and "videos" not in r
+        a, b = r["counts"]
+        assert a != b and r["answer"] == ("1" if a > b else "2")
+        for path, k in zip(r["images"], (a, b)):  # each image holds its count of red circles
+            img = Image.open(out / path).convert("RGB")
+            red = sum(img.getpixel((x, y)) == COLORS["red"] for x in range(img.width) for y in range(img.height))
+            assert (red == 0) == (k == 0)
+
+
+@pytest.mark.parametrize("task, family", [("motion", "qwen2_vl"), ("motion", "smolvlm"), ("compare", "llava")])
+def test_rl_on_video_and_several_images(made, tiny_model_factory, tmp_path, task, family):
+    """Two GRPO steps on a video task and on a two-image task, from the folders make-task writes."""
+    from rllava.config import load_config
+    from rllava.pipelines.run import run_experiment
+
+    entry = TASKS.entry(task)
+    over = [f"model.path={tiny_model_factory(family)}", f"data.train_files={made[task] / 'train.parquet'}",
+            f"data.val_files={made[task] / 'val.parquet'}", f"data.template={entry.meta['template']}",
+            f"reward.functions={json.dumps(entry.meta['reward'])}", "data.batch_size=2", "rollout.n=2",
+            "rollout.max_new_tokens=4", "algorithm.entropy_coef=0.01", "trainer.total_steps=2",
+            f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"]
+    result = run_experiment(load_config(None, over))
+    rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["actor/grad_norm"] > 0 for r in rows[1:])
+

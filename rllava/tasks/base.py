@@ -2,8 +2,9 @@
 
 A generator is `fn(rng: random.Random, **options) -> Sample`. Its registry meta records the
 default prompt template and reward weights. The folder holds train/val/test.parquet (about
-80/10/10) with columns prompt (text with an `<image>` marker), answer (string), images
-(relative paths) and the task's own fields, the PNGs in images/, and task.yaml.
+80/10/10) with columns prompt (text with `<image>` / `<video>` markers), answer (string), images
+(relative paths), videos (one list of frame paths, for tasks with a video) and the task's own
+fields, the PNGs in images/ (and frames/), and task.yaml.
 """
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ TASKS = Registry("task", "offline synthetic task generators (`rllava make-task N
 
 @dataclass
 class Sample:
-    """One generated example: its image, question (with `<image>`), answer string and extra fields."""
+    """One generated example: its image(s), question (with a marker per image and video), answer and extra fields."""
 
-    image: Image.Image
+    image: Image.Image | list[Image.Image] | None  # one image, several (in marker order), or none
     prompt: str
     answer: str
     fields: dict[str, Any] = field(default_factory=dict)
+    video: list[Image.Image] = field(default_factory=list)  # the frames of one video, if the task has one
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [] if self.image is None else list(self.image) if isinstance(self.image, list) else [self.image]
 
 
 def split_sizes(n: int) -> tuple[int, int, int]:
@@ -66,9 +72,18 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
     for i in range(n):
         # One RNG per sample: sample i is the same whatever n is.
         sample: Sample = entry.fn(random.Random(f"{name}:{seed}:{i}"), **opts)
-        rel = f"images/{i:06d}.png"
-        sample.image.save(out / rel, format="PNG")
-        rows.append({"prompt": sample.prompt, "answer": sample.answer, "images": [rel], **sample.fields, "id": i})
+        images = sample.images
+        rels = [f"images/{i:06d}.png"] if len(images) == 1 else [f"images/{i:06d}_{j}.png" for j in range(len(images))]
+        for img, rel in zip(images, rels):
+            img.save(out / rel, format="PNG")
+        row = {"prompt": sample.prompt, "answer": sample.answer, "images": rels}
+        if sample.video:
+            (out / "frames").mkdir(exist_ok=True)
+            frames = [f"frames/{i:06d}_{k}.png" for k in range(len(sample.video))]
+            for frame, rel in zip(sample.video, frames):
+                frame.save(out / rel, format="PNG")
+            row["videos"] = [frames]
+        rows.append({**row, **sample.fields, "id": i})
     schema = pa.Table.from_pylist(rows).schema
     n_train, n_val, n_test = split_sizes(n)
     splits = {"train": rows[:n_train], "val": rows[n_train:n_train + n_val], "test": rows[n_train + n_val:]}
