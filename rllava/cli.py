@@ -1,4 +1,4 @@
-"""`rllava train / sft / eval / config / list / make-tiny-model / make-task`."""
+"""`rllava train / sft / check / eval / config / list / make-tiny-model / make-task`."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from rllava.pipelines.preflight import preflight, print_report
+
+    print_report(preflight(load_config(args.config, args.overrides)))
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from rllava.models.tiny import make_tiny_model
 
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("train", "RL training (trainer.pipeline picks rlvr / agentic)").set_defaults(fn=cmd_train)
     with_config("sft", "supervised fine-tuning on the same actor").set_defaults(fn=lambda a: cmd_train(a, "sft"))
+    with_config("check", "check a config, its data (every row), model, rewards and plugins without training").set_defaults(
+        fn=cmd_check)
     cfg_cmd = with_config("config", "print the resolved config (--reference: every field, as markdown)", optional=True)
     cfg_cmd.add_argument("--reference", action="store_true", help="print the config reference (docs/config.md)")
     cfg_cmd.set_defaults(fn=cmd_config)

@@ -1,0 +1,87 @@
+"""`rllava check CONFIG`: everything a run checks before it trains, without loading weights or training.
+
+A long job that fails after an hour of queueing on a bad row or a misspelt reward wastes the
+hour. The check loads the config and its plugins, the optional packages it needs, the model's
+config (parameters counted on the meta device: no weights are read) and processor, every row of
+the train and validation files (templates rendered, media references and lengths checked, the
+first prompt processed in full), the reward functions and reward model folder, and the
+pipeline's settings; it then reports the sizes a run would see.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import torch
+
+from rllava.config import Config, ConfigError, import_plugins
+
+
+def preflight(cfg: Config) -> dict[str, Any]:
+    """The run's sizes, or the first error a run would stop on (ConfigError, DataError, ...)."""
+    from transformers import AutoConfig
+
+    from rllava.data.dataset import RLDataset
+    from rllava.models.introspect import is_vlm
+    from rllava.models.load import _auto_class_for, _check_path, load_processor, resolve_dtype
+    from rllava.pipelines.registry import PIPELINES
+    from rllava.pipelines.run import check_packages, needs_critic
+    from rllava.rewards import RewardFunction
+
+    import_plugins(cfg.plugins)
+    resolve_dtype(cfg.model.dtype)
+    check_packages(cfg)
+    PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
+    if cfg.reward.functions:
+        RewardFunction(cfg.reward.functions, cfg.reward.on_error)  # every name resolves, every file imports
+    if cfg.reward.model:
+        _check_path(cfg.reward.model)
+    _check_path(cfg.model.path)
+    config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    with torch.device("meta"):
+        model = _auto_class_for(config).from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+    vlm = is_vlm(model)
+    if cfg.model.freeze_vision_tower and not vlm:
+        raise ConfigError(f"model.freeze_vision_tower is set but {cfg.model.path!r} has no vision tower")
+    processor = load_processor(cfg.model.tokenizer_path or cfg.model.path, vlm, cfg.model.trust_remote_code)
+
+    report: dict[str, Any] = {"model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
+                              "vision": vlm}
+    for split, files in (("train", cfg.data.train_files), ("val", cfg.data.val_files)):
+        if not files:
+            continue
+        ds = RLDataset(files, cfg.data, processor)  # every row: template, media references, estimated length
+        first = ds[0]  # one prompt processed in full: images decoded, the processor run
+        lengths = [it.length for it in ds.items]
+        report[split] = {"prompts": len(ds), "bad_rows": ds.n_bad, "too_long": ds.n_too_long,
+                         "prompt_tokens_median": int(statistics.median(lengths)), "prompt_tokens_max": max(lengths),
+                         "first_prompt_tokens": len(first.input_ids)}
+    steps_per_epoch = max(1, math.ceil(report["train"]["prompts"] / cfg.data.batch_size))  # as PromptLoader
+    rollouts = cfg.data.batch_size * cfg.rollout.n
+    supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
+    report["steps"] = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * steps_per_epoch)
+    report["epochs"] = report["steps"] / steps_per_epoch
+    report["per_step"] = {"prompts": cfg.data.batch_size,
+                          "sequences": cfg.data.batch_size if supervised else rollouts,
+                          "optimizer_steps": cfg.actor.ppo_epochs * math.ceil(
+                              (cfg.data.batch_size if supervised else rollouts) / (cfg.actor.mini_batch_size or 10**9))}
+    report["roles"] = [r for r, on in (("reference", cfg.algorithm.kl_coef > 0 and not supervised),
+                                      ("critic", not supervised and needs_critic(cfg)),
+                                      ("reward model", bool(cfg.reward.model))) if on]
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"model      {report['model_type']}, {report['parameters'] / 1e6:.1f} M parameters"
+          f"{' (vision)' if report['vision'] else ''}")
+    for split in ("train", "val"):
+        if split in report:
+            r = report[split]
+            print(f"{split:<10} {r['prompts']} prompts ({r['bad_rows']} bad rows skipped, {r['too_long']} too long "
+                  f"dropped); prompt tokens median {r['prompt_tokens_median']}, max {r['prompt_tokens_max']}")
+    ps = report["per_step"]
+    print(f"steps      {report['steps']} ({report['epochs']:.1f} epochs): {ps['prompts']} prompts, {ps['sequences']} "
+          f"sequences and {ps['optimizer_steps']} optimizer step(s) each")
+    print(f"roles      actor{''.join(', ' + r for r in report['roles'])}")
+    print("ok: nothing a run checks before training failed")

@@ -1,0 +1,58 @@
+"""`rllava check`: the run's sizes without loading weights, and the errors a run would stop on, in one line."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rllava.cli import main
+from rllava.config import load_config
+from rllava.pipelines.preflight import preflight
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory):
+    from rllava.tasks import make_task
+
+    return make_task("counting", tmp_path_factory.mktemp("data") / "counting", n=30, seed=0)
+
+
+def overrides(model, data, *extra):
+    return [f"model.path={model}", f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'val.parquet'}",
+            "data.template={{ prompt }} Answer with a number.", "reward.functions={count: 1.0}", "data.batch_size=4",
+            "rollout.n=8", "actor.mini_batch_size=16", "trainer.total_steps=100", "trainer.total_epochs=2", *extra]
+
+
+def test_report_matches_the_run(tiny_model_factory, counting, monkeypatch):
+    from transformers import AutoModelForImageTextToText, PreTrainedModel
+
+    model = tiny_model_factory("qwen2_vl")
+    loads = []
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(lambda *a, **k: loads.append(a)))
+    report = preflight(load_config(None, overrides(model, counting, "algorithm.kl_coef=0.1")))
+    assert loads == []  # no weights were read
+    monkeypatch.undo()
+    real = AutoModelForImageTextToText.from_pretrained(model)
+    assert report["parameters"] == real.num_parameters() and report["vision"] and report["model_type"] == "qwen2_vl"
+    assert report["train"]["prompts"] == 24 and report["val"]["prompts"] == 3 and report["train"]["bad_rows"] == 0
+    assert report["steps"] == 12  # 2 epochs of ceil(24 / 4) batches, before total_steps=100
+    assert report["per_step"] == {"prompts": 4, "sequences": 32, "optimizer_steps": 2}
+    assert report["roles"] == ["reference"]
+    assert 20 < report["train"]["prompt_tokens_median"] <= report["train"]["prompt_tokens_max"]
+
+
+def test_cli_check_prints_the_report_or_one_error_line(tiny_model_factory, counting, tmp_path, capsys):
+    model = tiny_model_factory("qwen2_vl")
+    assert main(["check", *overrides(model, counting)]) == 0
+    assert "24 prompts" in capsys.readouterr().out
+    rows = pq.read_table(counting / "train.parquet").to_pylist()
+    rows[5]["images"] = ["images/missing.png"]
+
+    pq.write_table(pa.Table.from_pylist(rows), counting / "bad.parquet")  # beside the images it refers to
+    bad = [o if not o.startswith("data.train_files") else f"data.train_files={counting / 'bad.parquet'}"
+           for o in overrides(model, counting)]
+    assert main(["check", *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rllava: error:") and "row 5" in err and "missing.png" in err
+    assert main(["check", *overrides(model, counting, "algorithm.demonstrations=switch")]) == 2  # no sft_coef
+    assert "sft_coef" in capsys.readouterr().err
