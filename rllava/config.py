@@ -212,6 +212,7 @@ class EnvConfig:
     tool_timeout_s: float = 5.0  # python tool: wall-time limit per call
     tool_memory_mb: int = 512  # python tool: address-space limit per call
     corpus_path: Optional[str] = None  # search tool: .jsonl {id, title, text} or one passage per line
+    workers: int = 8  # environments stepped at once, in threads (tool calls run in parallel); 1 for an environment that is not thread-safe
 
 
 @dataclass
@@ -399,7 +400,7 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "temperature", 0.0, True), ("rollout", "top_p", 0.0, False), ("rollout", "top_k", 0, True),
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
-          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True),
+          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
           ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
           ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True)]
 

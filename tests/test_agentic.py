@@ -103,3 +103,32 @@ def test_agentic_training_run_with_zoom_tool(tiny_model_factory, tmp_path):
     rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all("agent/tool_call_rate" in r and "agent/turns" in r for r in rows[1:])
+
+
+class BarrierEnv(Environment):
+    """Each step waits until `parties` steps are inside at once: it only returns if they run concurrently."""
+
+    def __init__(self, barrier):
+        self.barrier = barrier
+
+    def reset(self, sample_meta, images):
+        return None
+
+    def step(self, action_text):
+        self.barrier.wait()  # the barrier's own timeout
+        return StepResult(Observation(text=f"saw {action_text}"), 0.0, False, {"action": "tool"})
+
+
+def test_environments_step_in_parallel_threads():
+    import threading
+
+    from rllava.roles.multiturn import MultiTurnRollout
+
+    barrier = threading.Barrier(4, timeout=20)
+    envs = [BarrierEnv(barrier) for _ in range(8)]
+    results = MultiTurnRollout(None, None, None, 0, env_workers=4)._step(envs, [f"t{i}" for i in range(8)])
+    assert [r.observation.text for r in results] == [f"saw t{i}" for i in range(8)]  # in episode order
+    serial = [BarrierEnv(threading.Barrier(1)) for _ in range(2)]
+    assert len(MultiTurnRollout(None, None, None, 0, env_workers=1)._step(serial, ["a", "b"])) == 2
+    with pytest.raises(threading.BrokenBarrierError):  # one at a time, a 2-party barrier never fills
+        MultiTurnRollout(None, None, None, 0, env_workers=1)._step([BarrierEnv(threading.Barrier(2, timeout=0.2))], ["a"])

@@ -27,7 +27,8 @@ def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRol
         raise ConfigError(f"trainer.pipeline={cfg.trainer.pipeline} needs env.name (e.g. env.name=tools env.tools=[zoom])")
     multimodal = hasattr(processor, "image_processor")
     renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal)
-    return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens)
+    return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens,
+                            cfg.env.workers)
 
 
 def setup_agentic(ctx) -> None:

@@ -11,6 +11,7 @@ the whole episode reproduces the positions used during generation (M-RoPE includ
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rllava.data.types import Episode, Prompt, concat_mm
@@ -72,11 +73,13 @@ class ObservationRenderer:
 class MultiTurnRollout:
     """Same interface as the `Rollout` role (generate + sampling presets); drives one environment per episode."""
 
-    def __init__(self, rollout, make_env: Callable[[], Any], renderer: ObservationRenderer, max_total_tokens: int):
+    def __init__(self, rollout, make_env: Callable[[], Any], renderer: ObservationRenderer, max_total_tokens: int,
+                 env_workers: int = 1):
         self.rollout = rollout  # the single-turn Rollout role: engine + tokenizer + sampling config
         self.make_env = make_env
         self.renderer = renderer
         self.max_total_tokens = max_total_tokens
+        self.env_workers = env_workers  # environments stepped at once (threads): tool calls wait in parallel
 
     def __getattr__(self, name: str):  # train_sampling / val_sampling / greedy_sampling / cfg / tokenizer
         return getattr(self.rollout, name)
@@ -129,18 +132,26 @@ class MultiTurnRollout:
             env.close()
         return episodes
 
+    def _step(self, envs: list, texts: list[str]) -> list:
+        """`env.step(text)` for each pair; with env_workers > 1 in threads, since a step mostly waits on a tool
+        (a sandboxed subprocess, a search, an image crop). Each episode has its own environment."""
+        if self.env_workers <= 1 or len(envs) <= 1:
+            return [env.step(text) for env, text in zip(envs, texts)]
+        with ThreadPoolExecutor(min(self.env_workers, len(envs))) as pool:
+            return list(pool.map(lambda pair: pair[0].step(pair[1]), zip(envs, texts)))
+
     def _advance(self, episodes: list[Episode], envs: list, active: list[int], turns: list[Episode]) -> list[int]:
         """Record one generated turn per active episode, step its environment; the indices still active."""
         tok = self.rollout.tokenizer
+        texts = [tok.decode(turn.response_ids, skip_special_tokens=True) for turn in turns]
+        results = self._step([envs[i] for i in active], texts)
         still = []
-        for i, turn in zip(active, turns):
+        for i, turn, text, result in zip(active, turns, texts, results):
             ep, env = episodes[i], envs[i]
             self._append(ep, turn.response_ids, True, turn.rollout_logp)
-            text = tok.decode(turn.response_ids, skip_special_tokens=True)
             ep.response_text = text  # the last turn's text: what reward functions score
             ep.info["transcript"].append(text)
             ep.info["turns"] += 1
-            result = env.step(text)
             ep.info["tool_calls"] += int(result.info.get("action") == "tool")
             ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
             over_budget = len(ep.response_ids) >= self.max_total_tokens
