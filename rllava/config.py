@@ -193,6 +193,7 @@ class RewardConfig:
     model_weight: float = 1.0  # weight of the reward model's score in the reward
     model_batch_size: int = 16  # responses per reward-model forward
     model_max_length: int = 2048  # reward-model input tokens at most (cut from the left: the response's end stays)
+    model_device: Optional[str] = None  # where the reward model runs: default the trainer's device; e.g. cpu, cuda:1
     workers: int = 0  # 0: score in the trainer's process; N: in N worker processes (parallel; a hung reward can be stopped)
     timeout_s: Optional[float] = None  # wall time per response in a worker; over it: killed, scored on_error, counted (needs workers >= 1)
 

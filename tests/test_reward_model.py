@@ -65,6 +65,12 @@ def test_reward_model_adds_to_the_rule_rewards(reward_model_dir):
     assert metrics["reward/errors"] == 2 and eps[1].reward == pytest.approx(0.5 * -1.0)
 
 
+def test_reward_model_device_setting(reward_model_dir):
+    scorer = RewardScorer(RewardConfig(functions={}, model=str(reward_model_dir), model_device="meta"), device="cpu")
+    assert scorer.model.device == torch.device("meta") and next(scorer.model.model.parameters()).is_meta
+    assert RewardScorer(RewardConfig(functions={}, model=str(reward_model_dir)), device="cpu").model.device.type == "cpu"
+
+
 def test_bad_reward_model_settings(reward_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="no such model folder"):
         RewardModel(RewardConfig(model=str(tmp_path / "missing")), "cpu")

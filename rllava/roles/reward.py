@@ -25,7 +25,7 @@ class RewardScorer:
         if cfg.model:
             from rllava.roles.reward_model import RewardModel
 
-            self.model = RewardModel(cfg, device, dtype)
+            self.model = RewardModel(cfg, cfg.model_device or device, dtype)
         self.model_weight = cfg.model_weight
         self.on_error = cfg.on_error
         self.accuracy_key = cfg.accuracy_key
