@@ -142,7 +142,7 @@ class ActorConfig:
     master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype
     param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
     optimizer_offload: bool = False  # local: fp32 masters, grads and AdamW states in CPU memory; the device holds model.dtype weights
-    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes: 8-bit moments, 2 bytes a parameter instead of 8; local engine)
+    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes: 8-bit moments, 2 bytes a parameter instead of 8)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Optimizers by name (actor.optimizer): 8-bit AdamW states (bitsandbytes) against fp32 AdamW on a real
-tiny model, exact resume with and without optimizer offload, end to end, and the FSDP2 guard."""
+tiny model, exact resume with and without optimizer offload, end to end (fsdp2: tests/test_distributed_train.py)."""
 from __future__ import annotations
 
 import sys
@@ -88,7 +88,7 @@ def test_grpo_with_8bit_adamw_end_to_end(tiny_model_factory, short_counting_run)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_unknown_optimizer_or_missing_package_fail_before_loading_and_8bit_is_not_for_fsdp2(tmp_path, monkeypatch):
+def test_unknown_optimizer_or_missing_package_fail_before_loading(tmp_path, monkeypatch):
     over = ["model.path=/nonexistent/model", "actor.optimizer=adam8", f"trainer.output_dir={tmp_path}"]
     with pytest.raises(UnknownNameError, match="adamw_8bit"):
         run_experiment(load_config(None, over))
@@ -101,8 +101,4 @@ def test_unknown_optimizer_or_missing_package_fail_before_loading_and_8bit_is_no
         with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'rllava\[bnb\]'"):
             m.setitem(sys.modules, "bitsandbytes", None)
             opt.adamw_8bit([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
-    from rllava.engines.fsdp2 import FSDP2TrainEngine
-
-    with pytest.raises(ValueError, match="sharded parameters"):
-        FSDP2TrainEngine(torch.nn.Linear(2, 2), lr=1e-3, optimizer="adamw_8bit")
     assert {"adamw", "adamw_8bit"} <= set(OPTIMIZERS.names())

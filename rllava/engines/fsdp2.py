@@ -17,6 +17,11 @@ FSDP's end-of-backward callback reduce-scatters their gradients and reshards the
 Gradients: FSDP averages them over ranks; `step()` rescales to the *sum*, so every rank's loss
 must be its share of the global loss (divide by global denominators, see `distributed.all_reduce_sum`).
 All ranks must run the same number of forward/backward passes (`distributed.pad_to_common_length`).
+
+An optimizer that cannot step DTensors (registry meta `sharded=False`: bitsandbytes' 8-bit AdamW)
+steps each rank's local shards instead: plain tensors that share the shards' storage, given the
+shards' (clipped) gradients before each step. Its state is then per rank, saved beside the
+distributed checkpoint (`optimizer_rank<r>.pt`); a resume needs the same number of ranks anyway.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -72,9 +79,6 @@ class FSDP2TrainEngine:
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
                  cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
-        if OPTIMIZERS.entry(optimizer).meta.get("sharded") is False:
-            raise ConfigError(f"optimizer {optimizer!r} cannot step FSDP2's sharded parameters (DTensors); use it "
-                             "with actor.strategy=local")
         if optimizer_offload:
             raise ConfigError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
@@ -94,7 +98,12 @@ class FSDP2TrainEngine:
         self.model = model
         self._children = self._shard(model, CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS.get(optimizer)(self.params, lr=lr, betas=betas, weight_decay=weight_decay,
+        # An optimizer for plain tensors steps views of this rank's shards (same storage, so the shards move).
+        self.local_steps = OPTIMIZERS.entry(optimizer).meta.get("sharded") is False
+        with torch.no_grad():
+            self.stepped = [nn.Parameter(p.to_local(), requires_grad=False) for p in self.params] \
+                if self.local_steps else self.params
+        self.optimizer = OPTIMIZERS.get(optimizer)(self.stepped, lr=lr, betas=betas, weight_decay=weight_decay,
                                                    fused=False)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
@@ -223,16 +232,22 @@ class FSDP2TrainEngine:
                 clip = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
             if grads:
                 torch._foreach_mul_(grads, clip * self.world)
+            if self.local_steps:
+                for local, p in zip(self.stepped, self.params):
+                    local.grad = None if p.grad is None else p.grad.to_local()
             self.optimizer.step()
             self.scheduler.step()  # a skipped update does not advance the schedule either
         else:
             self.skipped_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         return {"grad_norm": grad_norm if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
                 "skipped": float(not finite)}
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.local_steps:
+            for p in self.params:
+                p.grad = None
 
     # ---- state
 
@@ -241,26 +256,38 @@ class FSDP2TrainEngine:
 
         On an optimizer that has not stepped yet, DCP first initialises its state with a zero-lr step.
         """
+        if self.local_steps:  # per-rank optimizer state: saved beside the checkpoint (`save`)
+            return {"model": get_model_state_dict(self.model), "scheduler": self.scheduler.state_dict(),
+                    "skipped_steps": self.skipped_steps}
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         return {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
                 "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # strict=False: parameters that never had a gradient legitimately have no optimizer state (see `load`).
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
+        if self.local_steps:
+            set_model_state_dict(self.model, state["model"])
+        else:  # strict=False: parameters that never had a gradient legitimately have no optimizer state (see `load`)
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def save(self, folder: str | Path) -> None:
         """Write this engine's full training state as a distributed checkpoint (every rank writes its shards)."""
         dcp.save(self.state_dict(), checkpoint_id=str(folder))
+        if self.local_steps:
+            torch.save(self.optimizer.state_dict(), Path(folder) / f"optimizer_rank{du.rank()}.pt")
 
     def load(self, folder: str | Path) -> None:
         """Restore what `save` wrote into this engine (built on the same model and optimizer settings)."""
         if not Path(folder, ".metadata").exists():
             raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
         state = self.state_dict()
+        if self.local_steps:
+            dcp.load(state, checkpoint_id=str(folder))
+            self.load_state_dict(state)
+            self.optimizer.load_state_dict(torch.load(Path(folder) / f"optimizer_rank{du.rank()}.pt", weights_only=False))
+            return
         # A parameter that had no gradient before the save (an unused head, a vision tower on text-only
         # data) has no optimizer state there; it must have none after loading either, as in the run saved.
         saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata

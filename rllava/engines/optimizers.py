@@ -29,7 +29,7 @@ def adamw(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay: flo
 
 
 @OPTIMIZERS.register("adamw_8bit", description="bitsandbytes AdamW8bit: block-wise 8-bit moments (2 bytes a parameter)",
-                     sharded=False, package="bitsandbytes", extra="bnb")
+                     sharded=False, package="bitsandbytes", extra="bnb")  # sharded=False: fsdp2 gives it local shards
 def adamw_8bit(params: list[torch.Tensor], lr: float, betas: tuple, weight_decay: float,
                fused: bool = True) -> torch.optim.Optimizer:
     """Fast on CUDA. On the CPU (and so under actor.optimizer_offload) bitsandbytes runs it in plain torch:
