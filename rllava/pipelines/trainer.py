@@ -190,10 +190,10 @@ class Trainer:
         logger = make_logger(du.is_main(), self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar,
                              wandb_config=to_dict(self.cfg))
         try:
-            if tc.val_before_train and self.step == 0:
-                logger.log(0, self.validate(logger))
-            last_save = time.monotonic()
-            with stop_requests() as received:
+            with stop_requests() as received:  # from here on a stop signal ends the run at a step boundary, saved
+                if tc.val_before_train and self.step == 0:
+                    logger.log(0, self.validate(logger))
+                last_save = time.monotonic()
                 while self.step < total:
                     self.train_one_step(logger, validate=self.step + 1 == total)
                     # The ranks decide together: saving is a collective, and a signal may reach only some of them.
