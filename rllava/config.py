@@ -45,6 +45,7 @@ class DataConfig:
     response_template: str = "{{ answer }}"  # SFT target and RL demonstration, rendered from the row (jinja)
     demo_key: str = "demo_turns"  # agentic SFT and agentic RL with algorithm.demonstrations: the row's demonstration, a list of assistant turn texts
     chat_template: Optional[str] = None  # override the processor's chat template (string or file)
+    drop_solved: Optional[float] = None  # a prompt whose rollouts reach this mean accuracy in a step is left out from then on (Skywork-OR1, Polaris); null keeps all
     max_prompt_length: int = 1024  # prompts longer than this (in tokens, images included) are dropped with a warning
     min_pixels: int = 3136  # images smaller than this are upscaled (aspect kept) before the processor
     max_pixels: int = 200704  # images larger than this are downscaled (aspect kept) before the processor
@@ -416,6 +417,8 @@ def check_ranges(cfg: Config) -> None:
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
     alg = cfg.algorithm
+    if cfg.data.drop_solved is not None and not 0 < cfg.data.drop_solved <= 1:
+        raise ConfigError(f"data.drop_solved={cfg.data.drop_solved!r}: must be in (0, 1]")
     if cfg.reference.sync_steps:
         if not 0 < cfg.reference.sync_alpha <= 1:
             raise ConfigError(f"reference.sync_alpha={cfg.reference.sync_alpha!r}: must be in (0, 1]")

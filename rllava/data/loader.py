@@ -2,7 +2,8 @@
 
 The order of epoch e is a permutation drawn from `seed + e` alone, so (epoch, position) is the
 whole state: `load_state_dict` continues with the very next prompt. Batches run on across epoch
-boundaries (no prompt is dropped, every batch is full).
+boundaries (no prompt is dropped, every batch is full). Prompts can be retired (`retire`, e.g.
+once solved): they are passed over from then on, and the set is part of the state.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class PromptLoader:
         self.epoch = 0
         self.position = 0  # prompts of the current epoch already handed out (or skipped)
         self.skipped: set[int] = set()  # indices that failed to load (with skip_bad_rows)
+        self.retired: set[int] = set()  # indices taken out of later batches (`retire`)
         self._order = self._order_for(0)
 
     @property
@@ -59,9 +61,17 @@ class PromptLoader:
         self.position += 1
         return idx
 
+    def retire(self, indices: list[int]) -> int:
+        """Pass over these prompts from now on; at least one batch's worth always stays. Returns how many were new."""
+        new = [i for i in sorted(set(indices)) if i not in self.retired and i not in self.skipped]
+        room = len(self.dataset) - len(self.skipped | self.retired) - self.batch_size
+        new = new[:max(0, room)]
+        self.retired.update(new)
+        return len(new)
+
     def _load(self, idx: int) -> Any | None:
-        """The prompt, or None when it fails to load and the dataset skips bad rows."""
-        if idx in self.skipped:
+        """The prompt, or None when it was retired, or fails to load and the dataset skips bad rows."""
+        if idx in self.skipped or idx in self.retired:
             return None
         try:
             return self.dataset[idx]
@@ -82,6 +92,8 @@ class PromptLoader:
                 batch.append(prompt)
             elif len(self.skipped) >= len(self.dataset):
                 raise DataError("every prompt in the dataset failed to load")
+            elif len(self.skipped | self.retired) >= len(self.dataset):
+                raise DataError("every prompt in the dataset was retired or failed to load")
         return batch
 
     def __iter__(self) -> Iterator[list[Any]]:
@@ -90,7 +102,7 @@ class PromptLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
-                "size": len(self.dataset), "skipped": sorted(self.skipped)}
+                "size": len(self.dataset), "skipped": sorted(self.skipped), "retired": sorted(self.retired)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("size", len(self.dataset)) != len(self.dataset):
@@ -101,4 +113,5 @@ class PromptLoader:
         self.epoch = state["epoch"]
         self.position = state["position"]
         self.skipped = set(state.get("skipped", []))
+        self.retired = set(state.get("retired", []))
         self._order = self._order_for(self.epoch)

@@ -170,6 +170,27 @@ DEMONSTRATION_HOOKS = {"mix": AddDemonstrations, "switch": SwitchToDemonstration
                        "hint": HintFromDemonstrations}
 
 
+class RetireSolved:
+    """Skywork-OR1 / Polaris: a prompt whose rollouts reach `data.drop_solved` mean accuracy leaves the data.
+
+    Its next groups would be all correct, carry no advantage, and be generated for nothing. The
+    decision is taken on every rank's groups together, so the ranks' loaders stay in step. It runs
+    before dynamic sampling, which drops such groups.
+    """
+
+    def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        key = trainer.ctx.reward.accuracy_key
+        scores: dict[int, list[float]] = {}
+        for e in episodes:
+            if not e.is_expert:
+                scores.setdefault(e.prompt.index, []).append(e.reward_info.get(key, e.reward))
+        solved = [i for i, v in scores.items() if sum(v) / len(v) >= trainer.cfg.data.drop_solved]
+        everywhere = du.all_gather_cat(torch.tensor(solved, dtype=torch.long)).tolist()
+        trainer.ctx.loader.retire(everywhere)
+        metrics["data/retired"] = float(len(trainer.ctx.loader.retired))
+        return episodes
+
+
 class MaskTruncated:
     """DAPO's overlong filtering: a rollout cut at the length limit trains no token.
 
@@ -191,6 +212,8 @@ def hooks_for(cfg: Config) -> list:
     hooks = []
     if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
         hooks.append(GreedyBaseline())
+    if cfg.data.drop_solved is not None:  # before the filter, which drops solved groups
+        hooks.append(RetireSolved())
     if cfg.algorithm.group_filter:
         hooks.append(DynamicSampling())
     mode = cfg.algorithm.demonstrations
@@ -206,7 +229,8 @@ def hooks_for(cfg: Config) -> list:
                               "algorithm.tis_cap cannot be used with them")
         if mode == "hint" and cfg.algorithm.hint_steps <= 0:
             raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
-        if mode == "hint" and hooks:  # ReMax's greedy rollouts and DAPO's extra rounds would sample without hints
+        if mode == "hint" and any(isinstance(h, (GreedyBaseline, DynamicSampling)) for h in hooks):
+            # ReMax's greedy rollouts and DAPO's extra rounds would sample without hints
             raise ConfigError("algorithm.demonstrations=hint cannot be combined with a greedy baseline (remax) or "
                               "a group filter yet")
         if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
