@@ -237,3 +237,14 @@ def test_critic_pretraining_holds_the_actor(short_counting_run, tiny_model_facto
         assert any(not torch.equal(w[k], initial[k]) for k in initial) == moved, step
     with pytest.raises(ConfigError, match="no critic"):
         run_experiment(load_config(None, short_counting_run("critic.pretrain_steps=2")))
+
+
+def test_remax_with_dynamic_sampling_baselines_every_round(short_counting_run):
+    """ReMax + DAPO's filter: the extra sampling rounds get their greedy baselines too (they used to crash)."""
+    over = short_counting_run("trainer.experiment_name=remax_dapo", "algorithm.adv_estimator=remax",
+                              "algorithm.group_filter=dapo_nonuniform", "algorithm.max_filter_tries=2",
+                              "rollout.n=2", "trainer.total_steps=2")
+    run = Path(run_experiment(load_config(None, over))["run_dir"])
+    rows = [r for r in read_metrics(run) if "filter/rollout_rounds" in r]
+    assert len(rows) == 2 and max(r["filter/rollout_rounds"] for r in rows) > 1  # extra rounds did run
+    assert all("reward/greedy_baseline" in r for r in rows)

@@ -48,8 +48,24 @@ class DynamicSampling:
 
     Under torchrun each rank filters its own groups and fills its own share of the batch, but all ranks
     sample extra rounds in lock-step (until none is short): generation is a collective with a sharded
-    model, and the prompt loaders must stay in step.
+    model, and the prompt loaders must stay in step. An extra round goes through the hooks that come
+    before this one (ReMax's greedy baseline, retiring solved prompts), as the first round did.
     """
+
+    def __init__(self, before: list | None = None):
+        self.before = list(before or [])
+
+    def _extra_round(self, trainer, prompts: list[Prompt], offset: int) -> list[Episode]:
+        ctx, scratch = trainer.ctx, {}  # the first round's metrics stand for the step
+        episodes = ctx.rollout.generate(prompts, ctx.rollout.train_sampling(), group_offset=offset)
+        for hook in self.before:
+            if hasattr(hook, "after_rollout"):
+                episodes = hook.after_rollout(trainer, episodes, scratch)
+        ctx.reward.score(episodes)
+        for hook in self.before:
+            if hasattr(hook, "after_scoring"):
+                episodes = hook.after_scoring(trainer, episodes, scratch)
+        return episodes
 
     def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
         ctx, algo = trainer.ctx, trainer.cfg.algorithm
@@ -71,8 +87,7 @@ class DynamicSampling:
                 break
             offset += 10_000  # fresh group ids for the extra prompts
             extra = du.shard_prompts(ctx.loader.next_batch(), du.rank(), du.world_size())
-            episodes = ctx.rollout.generate(extra, ctx.rollout.train_sampling(), group_offset=offset)
-            ctx.reward.score(episodes)
+            episodes = self._extra_round(trainer, extra, offset)
         metrics["filter/kept_groups"] = float(len(kept))
         metrics["filter/kept_fraction"] = len(kept) / max(1, seen)
         metrics["filter/rollout_rounds"] = float(tries)
@@ -215,7 +230,7 @@ def hooks_for(cfg: Config) -> list:
     if cfg.data.drop_solved is not None:  # before the filter, which drops solved groups
         hooks.append(RetireSolved())
     if cfg.algorithm.group_filter:
-        hooks.append(DynamicSampling())
+        hooks.append(DynamicSampling(before=hooks))
     mode = cfg.algorithm.demonstrations
     if mode:  # after filtering: groups are judged by their rollouts alone
         if mode not in DEMONSTRATION_HOOKS:
