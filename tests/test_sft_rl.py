@@ -278,6 +278,27 @@ def test_hpt_switches_failing_groups_to_their_demonstration(tiny_model_factory, 
     assert nll[-1] < nll[0], nll
 
 
+def test_hpt_with_a_critic_when_every_group_switched(tiny_model_factory, counting_data, tmp_path):
+    """PPO (GAE) + HPT with every group switched: no rollout is left for the critic, so it waits (this crashed)."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=switch",
+                     "algorithm.sft_coef=1.0", "algorithm.hpt_threshold=0.0", "algorithm.adv_estimator=gae")
+    rows, _ = train_and_capture(over, tmp_path / "luffy")
+    assert all(r["demo/switched_fraction"] == 1.0 and "critic/value_loss" not in r and r["actor/demo_nll"] > 0
+               for r in rows)
+
+
+def test_remax_baseline_reaches_luffy_demonstrations(tiny_model_factory, counting_data, tmp_path):
+    """ReMax + LUFFY: a group's demonstration takes the group's greedy baseline (it had none and crashed)."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=mix",
+                     "algorithm.policy_loss=luffy", "algorithm.adv_estimator=remax")
+    _, seen = train_and_capture(over, tmp_path / "luffy")
+    for batch in seen:
+        assert batch.baseline_rewards is not None and batch.is_expert.any()
+        for g in batch.group_ids.unique():
+            rows = batch.group_ids == g
+            assert len(set(batch.baseline_rewards[rows].tolist())) == 1  # the demonstration shares its group's
+
+
 def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, counting_data, tmp_path):
     over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=switch",
                      "algorithm.sft_coef=1.0", "algorithm.hpt_threshold=-1.0")

@@ -105,7 +105,8 @@ def demonstration_episodes(trainer, groups: list[list[Episode]]) -> list[Episode
     demos = play(prompts) if play else sft_episodes(prompts, ctx.tokenizer, trainer.cfg.data.response_template,
                                                     ctx.extra["eos_ids"][0])
     for g, d in zip(groups, demos):
-        d.group_id, d.is_expert = g[0].group_id, True
+        # In the group's id, with its baseline (ReMax's greedy reward): a group's samples share both.
+        d.group_id, d.is_expert, d.baseline_reward = g[0].group_id, True, g[0].baseline_reward
     ctx.reward.score(demos)
     return demos
 

@@ -160,7 +160,7 @@ class RLVRPipeline:
                 if algo.demonstrations:
                     metrics["demo/sft_coef"] = sft_coef
                 metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef))
-        if ctx.critic is not None:
+        if ctx.critic is not None and batch.returns is not None:  # None: no rollout left to learn values from
             with timed(metrics, "critic_update"):
                 metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))
         ref = self.cfg.reference
