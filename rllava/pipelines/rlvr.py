@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 
@@ -72,7 +73,9 @@ def forking_tokens(batch: Batch, entropy: torch.Tensor, algo, metrics: dict[str,
     mask = rl_tokens(batch, algo)
     threshold = entropy_threshold(du.all_gather_cat(entropy[mask != 0]), algo.top_entropy_frac)
     keep = top_entropy_mask(entropy, mask, threshold)
-    metrics.update({"adv/entropy_threshold": threshold, "adv/kept_token_frac": float(keep.sum() / mask.sum().clamp(min=1))})
+    metrics["adv/kept_token_frac"] = float(keep.sum() / mask.sum().clamp(min=1))
+    if math.isfinite(threshold):  # inf: no RL token this step (all masked or demonstrations)
+        metrics["adv/entropy_threshold"] = threshold
     return keep
 
 
