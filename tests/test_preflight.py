@@ -39,6 +39,7 @@ def test_report_matches_the_run(tiny_model_factory, counting, monkeypatch):
     assert report["per_step"] == {"prompts": 4, "sequences": 32, "optimizer_steps": 2}
     assert report["roles"] == ["reference"]
     assert 20 < report["train"]["prompt_tokens_median"] <= report["train"]["prompt_tokens_max"]
+    assert report["reward_of_answers"] == 1.0  # the count reward gives the rows' own answers full marks
 
 
 def test_cli_check_prints_the_report_or_one_error_line(tiny_model_factory, counting, tmp_path, capsys):
@@ -56,3 +57,13 @@ def test_cli_check_prints_the_report_or_one_error_line(tiny_model_factory, count
     assert err.startswith("rllava: error:") and "row 5" in err and "missing.png" in err
     assert main(["check", *overrides(model, counting, "algorithm.demonstrations=switch")]) == 2  # no sft_coef
     assert "sft_coef" in capsys.readouterr().err
+
+
+def test_a_reward_that_always_raises_is_caught(tiny_model_factory, counting, tmp_path, capsys):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("def reward(response, answer, extra_arg, **row):\n    return 1.0\n")  # a signature mistake
+    over = overrides(tiny_model_factory("qwen2_vl"), counting) + [f"reward.functions={{'{plugin}:reward': 1.0}}"]
+    assert main(["check", *over]) == 2
+    err = capsys.readouterr().err
+    assert "raised on each of 4 train rows" in err and "extra_arg" in err
+

@@ -4,8 +4,10 @@ A long job that fails after an hour of queueing on a bad row or a misspelt rewar
 hour. The check loads the config and its plugins, the optional packages it needs, the model's
 config (parameters counted on the meta device: no weights are read) and processor, every row of
 the train and validation files (templates rendered, media references and lengths checked, the
-first prompt processed in full), the reward functions and reward model folder, and the
-pipeline's settings; it then reports the sizes a run would see.
+first prompt processed in full), the reward functions (each scores a few rows' own answers: one
+that raises on every one of them is an error, since a run would only count it and train on
+`on_error` scores), the reward model folder, and the pipeline's settings; it then reports the
+sizes a run would see.
 """
 from __future__ import annotations
 
@@ -33,8 +35,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
     resolve_dtype(cfg.model.dtype)
     check_packages(cfg)
     PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
-    if cfg.reward.functions:
-        RewardFunction(cfg.reward.functions, cfg.reward.on_error)  # every name resolves, every file imports
+    rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error) if cfg.reward.functions else None
     if cfg.reward.model:
         _check_path(cfg.reward.model)
     _check_path(cfg.model.path)
@@ -53,6 +54,8 @@ def preflight(cfg: Config) -> dict[str, Any]:
             continue
         ds = RLDataset(files, cfg.data, processor)  # every row: template, media references, estimated length
         first = ds[0]  # one prompt processed in full: images decoded, the processor run
+        if split == "train" and rewards is not None:
+            report["reward_of_answers"] = check_rewards(rewards, [ds[i].meta for i in range(min(4, len(ds)))])
         lengths = [it.length for it in ds.items]
         report[split] = {"prompts": len(ds), "bad_rows": ds.n_bad, "too_long": ds.n_too_long,
                          "prompt_tokens_median": int(statistics.median(lengths)), "prompt_tokens_max": max(lengths),
@@ -72,6 +75,25 @@ def preflight(cfg: Config) -> dict[str, Any]:
     return report
 
 
+def check_rewards(rewards, metas: list[dict[str, Any]]) -> float:
+    """Score each row's own answer, written as the prompt asks (`<answer>...</answer>`); the mean score.
+
+    A component that raises on every row is a ConfigError: in a run it would fail on every response."""
+    failures: dict[str, str] = {}
+    total, counts = 0.0, {}
+    for meta in metas:
+        score, _, failed = rewards.score_one(f"<answer>{meta.get('answer', '')}</answer>", meta)
+        total += score
+        for name, error in failed:
+            counts[name] = counts.get(name, 0) + 1
+            failures.setdefault(name, error)
+    broken = [n for n, c in counts.items() if c == len(metas)]
+    if broken:
+        raise ConfigError(f"reward {broken[0]!r} raised on each of {len(metas)} train rows given their own answer: "
+                          f"{failures[broken[0]]}")
+    return total / max(1, len(metas))
+
+
 def print_report(report: dict[str, Any]) -> None:
     print(f"model      {report['model_type']}, {report['parameters'] / 1e6:.1f} M parameters"
           f"{' (vision)' if report['vision'] else ''}")
@@ -84,4 +106,6 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"steps      {report['steps']} ({report['epochs']:.1f} epochs): {ps['prompts']} prompts, {ps['sequences']} "
           f"sequences and {ps['optimizer_steps']} optimizer step(s) each")
     print(f"roles      actor{''.join(', ' + r for r in report['roles'])}")
+    if "reward_of_answers" in report:
+        print(f"rewards    the rows' own answers score {report['reward_of_answers']:.3f} on average")
     print("ok: nothing a run checks before training failed")
