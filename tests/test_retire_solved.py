@@ -15,7 +15,7 @@ def indices(batches: list[list[int]]) -> list[int]:
     return [i for b in batches for i in b]
 
 
-def test_retired_prompts_are_passed_over_and_resume_exactly():
+def test_retired_prompts_are_passed_over_and_resume_exactly(caplog):
     loader = PromptLoader(list(range(10)), batch_size=3, seed=1)
     first = loader.next_batch()
     assert loader.retire([0, 1, 2, 3]) == 4
@@ -26,6 +26,7 @@ def test_retired_prompts_are_passed_over_and_resume_exactly():
     resumed.load_state_dict(state)
     assert indices([resumed.next_batch() for _ in range(6)]) == later
     assert loader.retire(list(range(10))) == 3  # at least one batch's worth always stays
+    assert "the last 3 stay in play" in caplog.text
     assert len(set(indices([loader.next_batch() for _ in range(4)]))) == 3 and len(first) == 3
     with pytest.raises(ConfigError, match="drop_solved=0"):
         load_config(None, ["data.drop_solved=0"])

@@ -35,6 +35,7 @@ class PromptLoader:
         self.position = 0  # prompts of the current epoch already handed out (or skipped)
         self.skipped: set[int] = set()  # indices that failed to load (with skip_bad_rows)
         self.retired: set[int] = set()  # indices taken out of later batches (`retire`)
+        self._warned_floor = False
         self._order = self._order_for(0)
 
     @property
@@ -65,6 +66,11 @@ class PromptLoader:
         """Pass over these prompts from now on; at least one batch's worth always stays. Returns how many were new."""
         new = [i for i in sorted(set(indices)) if i not in self.retired and i not in self.skipped]
         room = len(self.dataset) - len(self.skipped | self.retired) - self.batch_size
+        if len(new) > room and not self._warned_floor:
+            self._warned_floor = True
+            logger.warning("%d of %d prompts are retired; the last %d stay in play so that a batch can be drawn "
+                           "(solved ones among them keep coming back)", len(self.retired) + max(0, room),
+                           len(self.dataset), self.batch_size)
         new = new[:max(0, room)]
         self.retired.update(new)
         return len(new)
