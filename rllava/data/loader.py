@@ -96,10 +96,8 @@ class PromptLoader:
             prompt = self._load(self._next_index())
             if prompt is not None:
                 batch.append(prompt)
-            elif len(self.skipped) >= len(self.dataset):
-                raise DataError("every prompt in the dataset failed to load")
             elif len(self.skipped | self.retired) >= len(self.dataset):
-                raise DataError("every prompt in the dataset was retired or failed to load")
+                raise DataError("every prompt in the dataset failed to load" + (" or was retired" if self.retired else ""))
         return batch
 
     def __iter__(self) -> Iterator[list[Any]]:

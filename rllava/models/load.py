@@ -48,7 +48,8 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def _check_path(path: str) -> None:
+def check_model_path(path: str) -> None:
+    """`model.path` is an HF model folder or looks like a hub id: else a one-line error."""
     if not path:
         raise ConfigError("model.path is empty: give a local HF model folder or a hub name")
     p = Path(path)
@@ -57,6 +58,12 @@ def _check_path(path: str) -> None:
         raise MissingFileError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
         raise MissingFileError(f"model.path {path!r} has no config.json: not an HF model folder")
+
+
+def check_vision_tower(cfg: ModelConfig, model: nn.Module) -> None:
+    """`model.freeze_vision_tower` needs a model that has one."""
+    if cfg.freeze_vision_tower and not is_vlm(model):
+        raise ConfigError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -76,7 +83,7 @@ def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> nn.Module:
     """The model alone, with dtype, attention, checkpointing, frozen vision tower and LoRA applied."""
-    _check_path(cfg.path)
+    check_model_path(cfg.path)
     try:
         config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:  # unknown hub id, offline, unknown model_type without trust_remote_code
@@ -88,9 +95,8 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
     model.to(device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
+    check_vision_tower(cfg, model)
     if cfg.freeze_vision_tower:
-        if not is_vlm(model):
-            raise ConfigError(f"model.freeze_vision_tower is set but {cfg.path!r} has no vision tower")
         for p in vision_tower_params(model):
             p.requires_grad_(False)
     if cfg.lora_rank > 0:

@@ -26,25 +26,25 @@ def preflight(cfg: Config) -> dict[str, Any]:
 
     from rllava.data.dataset import RLDataset
     from rllava.models.introspect import is_vlm
-    from rllava.models.load import _auto_class_for, _check_path, load_processor, resolve_dtype
+    from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor
     from rllava.pipelines.registry import PIPELINES
-    from rllava.pipelines.run import check_packages, needs_critic
+    from rllava.pipelines.run import check_settings, needs_critic
     from rllava.rewards import RewardFunction
 
     import_plugins(cfg.plugins)
-    resolve_dtype(cfg.model.dtype)
-    check_packages(cfg)
+    check_settings(cfg)
     PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
     rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error) if cfg.reward.functions else None
     if cfg.reward.model:
-        _check_path(cfg.reward.model)
-    _check_path(cfg.model.path)
+        from rllava.roles.reward_model import check_reward_model_path
+
+        check_reward_model_path(cfg.reward.model)
+    check_model_path(cfg.model.path)
     config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = _auto_class_for(config).from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     vlm = is_vlm(model)
-    if cfg.model.freeze_vision_tower and not vlm:
-        raise ConfigError(f"model.freeze_vision_tower is set but {cfg.model.path!r} has no vision tower")
+    check_vision_tower(cfg.model, model)
     processor = load_processor(cfg.model.tokenizer_path or cfg.model.path, vlm, cfg.model.trust_remote_code)
 
     report: dict[str, Any] = {"model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),

@@ -32,6 +32,18 @@ def installed(package: str) -> bool:
     return spec is not None and spec.origin not in (None, "namespace")
 
 
+def check_settings(cfg: Config) -> None:
+    """What a run checks before loading anything (`rllava check` runs it too)."""
+    from rllava.models.load import resolve_dtype
+
+    resolve_dtype(cfg.model.dtype)
+    check_packages(cfg)
+    supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
+    if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
+        raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
+                          f"(algorithm.adv_estimator={cfg.algorithm.adv_estimator}; gae has one)")
+
+
 def check_packages(cfg: Config) -> None:
     """The optional packages the config needs (registry meta `package`, `extra`), checked before any loading."""
     from rllava.engines import OPTIMIZERS, ROLLOUT_ENGINES
@@ -62,7 +74,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     from rllava.data.dataset import PromptLoader, RLDataset
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.models.introspect import placeholder_token_ids
-    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id, resolve_dtype
+    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.roles.actor import Actor
     from rllava.roles.reward import RewardScorer
     from rllava.roles.rollout import Rollout
@@ -71,12 +83,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed set it)
     a = cfg.actor
-    resolve_dtype(cfg.model.dtype)  # these fail before any loading
-    check_packages(cfg)
+    check_settings(cfg)  # these fail before any loading
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))  # no reference or critic
-    if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
-        raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
-                          f"(algorithm.adv_estimator={cfg.algorithm.adv_estimator}; gae has one)")
     sharded = bool(TRAIN_ENGINES.entry(a.strategy).meta.get("distributed"))
     if sharded:
         du.require_process_group(a.strategy)
@@ -110,7 +118,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      device=device, engine=engine, actor=Actor(engine, cfg),
-                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout), reward=RewardScorer(cfg.reward, cfg.plugins, device, cfg.model.dtype),
+                     rollout=Rollout(rollout_engine, tokenizer, cfg.rollout),
+                     reward=RewardScorer(cfg.reward, cfg.plugins, device, cfg.model.dtype),
                      loader=loader, val_prompts=val_prompts, extra={"eos_ids": eos_ids})
     if cfg.algorithm.kl_coef > 0 and not supervised:
         ctx.reference = build_reference(cfg, model, device, engine)

@@ -198,9 +198,9 @@ class Trainer:
                     self.train_one_step(logger, validate=self.step + 1 == total)
                     # The ranks decide together: saving is a collective, and a signal may reach only some of them.
                     signum = int(du.all_reduce_max(max(received, default=0)))
-                    overdue = tc.save_every_min is not None and time.monotonic() - last_save >= 60 * tc.save_every_min
-                    if (tc.save_freq and self.step % tc.save_freq == 0) or self.step == total or signum \
-                            or du.all_reduce_max(float(overdue)):
+                    overdue = tc.save_every_min is not None and du.all_reduce_max(
+                        float(time.monotonic() - last_save >= 60 * tc.save_every_min)) > 0
+                    if (tc.save_freq and self.step % tc.save_freq == 0) or self.step == total or signum or overdue:
                         self.save()
                         last_save = time.monotonic()
                     if signum:

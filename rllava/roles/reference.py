@@ -70,4 +70,3 @@ class Reference:
 
     def load(self, path: Path) -> None:
         load_model(self.model, str(path), device=str(next(self.model.parameters()).device))
-

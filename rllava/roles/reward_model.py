@@ -10,6 +10,7 @@ the left, so the response's end, which the classifier reads, is always kept.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -19,14 +20,17 @@ from rllava.models.load import resolve_dtype
 MEDIA_MARKERS = ("<image>", "<video>")
 
 
+def check_reward_model_path(path: str) -> None:
+    """`reward.model` must be a local model folder (read before the reward model loads, and by `rllava check`)."""
+    if not Path(path).is_dir():
+        raise MissingFileError(f"reward.model={path!r}: no such model folder")
+
+
 class RewardModel:
     def __init__(self, cfg: RewardConfig, device: torch.device | str, dtype: str = "float32"):
-        from pathlib import Path
-
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if not Path(cfg.model).is_dir():
-            raise MissingFileError(f"reward.model={cfg.model!r}: no such model folder")
+        check_reward_model_path(cfg.model)
         self.device = torch.device(device)
         self.batch_size = cfg.model_batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
