@@ -186,3 +186,99 @@ def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data
         assert all(r["demo/switched_fraction"] == 1.0 for r in rows)
     elif mode == "mix":
         assert all(r["reward/demo_mean"] > 1.0 - 1e-6 for r in rows)
+
+
+def test_hint_turns_cut_a_demonstration_at_its_turns():
+    from rllava.pipelines.agentic import hint_turns
+
+    turns = [[1, 2, 9], [3, 4, 9]]  # two turns, each ended by EOS 9
+    assert hint_turns(turns, 0) == []
+    assert hint_turns(turns, 2) == [([1, 2], False)]
+    assert hint_turns(turns, 3) == [([1, 2, 9], True)]
+    assert hint_turns(turns, 5) == [([1, 2, 9], True), ([3, 4], False)]  # the most a hint holds (L = 6 - 1)
+
+
+def test_hinted_episode_replays_the_demonstration_then_the_policy_continues(demo_setup):
+    """A UFT hint of the whole zoom turn and 2 tokens of the answer: the episode is the demonstration's
+    episode up to there (the real tool ran, its crop is in the observation), then the policy's own tokens,
+    whose recorded log-probs one forward over the episode reproduces; the environment read the whole turn."""
+    from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
+    from rllava.models.logprobs import response_logprobs
+    from rllava.pipelines.agentic import demo_turn_ids, hint_turns, multiturn_rollout
+    from rllava.roles.multiturn import HINT_KEY
+    from rllava.roles.rollout import Rollout
+
+    cfg, model, processor, tok, eos, demo_rollout, prompts, pad = demo_setup
+    engine = HFRolloutEngine(model, pad_id=pad, eos_ids=[eos], suppress_ids=[processor.image_token_id])
+    policy = multiturn_rollout(cfg, processor, Rollout(engine, tok, cfg.rollout))
+    demos = demo_rollout.generate(prompts, Sampling(n=1, temperature=0.0))
+    hinted = []
+    for p in prompts:
+        call, answer = demo_turn_ids(tok, p.meta, "demo_turns", eos)
+        hinted.append(dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns([call, answer], len(call) + 2)}))
+    torch.manual_seed(0)
+    episodes = policy.generate(hinted, Sampling(n=2, temperature=1.0, max_new_tokens=5))
+    assert len(episodes) == 6
+    for ep in episodes:
+        demo = demos[ep.group_id]
+        call, answer = demo_turn_ids(tok, ep.prompt.meta, "demo_turns", eos)
+        n_obs = len(demo.response_ids) - len(call) - len(answer)
+        assert ep.hint_len == len(call) + n_obs + 2
+        assert ep.response_ids[:ep.hint_len] == demo.response_ids[:ep.hint_len]
+        assert ep.response_mask[:ep.hint_len] == demo.response_mask[:ep.hint_len]
+        assert ep.info["tool_calls"] == 1 and len(ep.extra_mm) == 1
+        assert torch.equal(ep.extra_mm[0]["pixel_values"], demo.extra_mm[0]["pixel_values"])
+        assert len(ep.response_ids) > ep.hint_len  # the policy wrote the rest of the answer turn
+        assert ep.info["transcript"][-1].startswith(tok.decode(answer[:2], skip_special_tokens=True))
+    batch = Batch.from_episodes(episodes, pad)
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
+    recorded = torch.tensor([ep.rollout_logp + [0.0] * (batch.response_width - len(ep.rollout_logp)) for ep in episodes])
+    own = batch.response_mask.bool() & (torch.arange(batch.response_width)[None, :] >= batch.hint_len[:, None])
+    assert own.any() and torch.allclose(logp[own], recorded[own], atol=1e-4)
+
+
+def test_agentic_uft_trains_hints_by_sft_and_the_rest_by_rl(tiny_model_factory, zoom_data, tmp_path):
+    """demonstrations=hint in the agentic pipeline: the whole hint for 2 steps (the demonstration up to its
+    last EOS, the policy ends it), then none. Hinted tokens get no advantage; the SFT term trains them."""
+    from transformers import AutoTokenizer
+
+    from rllava.pipelines.agentic import demo_turns
+    from rllava.pipelines.run import run_experiment
+
+    seen: list[Batch] = []
+    original = Batch.from_episodes
+
+    def spy(episodes, pad_id):
+        batch = original(episodes, pad_id)
+        if any(e.response_ids for e in episodes):
+            seen.append(batch)
+        return batch
+
+    cfg = load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={zoom_data / 'train.parquet'}",
+        "data.val_files=", "data.batch_size=2", "data.max_pixels=12544", "rollout.n=2", "rollout.max_new_tokens=4",
+        "actor.lr=2e-3", "trainer.pipeline=agentic", "env.name=tools", "env.tools=[zoom]", "env.max_turns=2",
+        "reward.functions={exact_match: 1.0}", "algorithm.demonstrations=hint", "algorithm.sft_coef=1.0",
+        "algorithm.hint_steps=2", "algorithm.hint_ratio_high=1.0", "algorithm.hint_ratio_low=1.0",
+        "trainer.total_steps=3", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
+        "trainer.loggers=[jsonl]", "trainer.val_before_train=false"])
+    Batch.from_episodes = spy
+    try:
+        run_experiment(cfg)
+    finally:
+        Batch.from_episodes = original
+    rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["demo/hint_ratio"] for r in rows] == [1.0, 1.0, 0.0] and len(seen) == 3
+    tok = AutoTokenizer.from_pretrained(tiny_model_factory("qwen2_vl"))
+    for batch in seen[:2]:
+        for i, ep in enumerate(batch.episodes):  # zoom call + EOS | observation | the answer, then the policy's tokens
+            call, answer = (tok(t, add_special_tokens=False)["input_ids"] for t in demo_turns(ep.prompt.meta, "demo_turns"))
+            h = int(batch.hint_len[i])
+            assert ep.info["tool_calls"] == 1 and ep.response_ids[:len(call)] == call
+            assert ep.response_ids[h - len(answer):h] == answer and len(ep.response_ids) > h
+            assert ep.response_mask[len(call) + 1:h - len(answer)] == [0] * (h - len(answer) - len(call) - 1)
+        hint_tokens = torch.arange(batch.response_width)[None, :] < batch.hint_len[:, None]
+        assert not batch.advantages[hint_tokens].any()
+    assert seen[2].hint_len is None
+    assert all(r["actor/demo_nll"] > 0 for r in rows[:2]) and "actor/demo_nll" not in rows[2]

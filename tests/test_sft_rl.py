@@ -308,7 +308,7 @@ def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, countin
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["trainer.pipeline=agentic", "algorithm.demonstrations=hint", "algorithm.hint_steps=2"], "single-turn only"),
+    (["trainer.pipeline=sft", "algorithm.demonstrations=hint", "algorithm.hint_steps=2"], "is supervised"),
     (["algorithm.tis_cap=2.0"], "tis_cap"),
     (["algorithm.demonstrations=both"], "not one of"),
     (["algorithm.demonstrations=switch"], "sft_coef"),

@@ -3,10 +3,12 @@
 The step is the RLVR step; only the rollout differs (a `MultiTurnRollout` drives one
 environment per episode) and the episode reward adds the environment's per-turn rewards.
 Observation tokens are in the sequence but masked out of the loss. With `algorithm.demonstrations`
-(mix, switch, sft) a group's demonstration is the row's tool-use turns played through the environment.
+a group's demonstration is the row's tool-use turns played through the environment (mix, switch, sft),
+or its first tokens start the group's episodes (hint).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -15,9 +17,10 @@ from rllava.data.rows import DataError
 from rllava.data.types import Episode, Prompt
 from rllava.engines.hf_rollout import Sampling
 from rllava.envs import episode_reward, make_environment
+from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hint_lengths
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
-from rllava.roles.multiturn import TURN_KEY, MultiTurnRollout, ObservationRenderer
+from rllava.roles.multiturn import HINT_KEY, TURN_KEY, MultiTurnRollout, ObservationRenderer
 from rllava.roles.rollout import Rollout
 
 
@@ -51,6 +54,39 @@ def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
     return list(turns)
 
 
+def demo_turn_ids(tokenizer, meta: dict[str, Any], key: str, eos_id: int) -> list[list[int]]:
+    """The row's demonstration as token ids, each turn ended by EOS as a policy turn is."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id] for t in demo_turns(meta, key)]
+
+
+def hint_turns(turns: list[list[int]], n: int) -> list[tuple[list[int], bool]]:
+    """The first `n` tokens of a demonstration, cut at its turns: (ids, whole turn?) each. Only the last
+    piece can be part of a turn, which the policy then continues."""
+    out = []
+    for ids in turns:
+        if n <= 0:
+            break
+        out.append((ids[:n], n >= len(ids)))
+        n -= len(ids)
+    return out
+
+
+class HintTurns:
+    """UFT (Liu et al. 2025) in multi-turn episodes: a group's episodes start from a hint, the first
+    l ~ Binomial(L, p) tokens of the row's demonstration turns (L counts each turn's tokens and the EOS
+    that ends it, but not the last EOS: the policy still ends the episode itself), p annealed as in
+    single-turn UFT. Whole hinted turns are played as written, through the environment (tools run,
+    observations follow); a hint that ends inside a turn is the start of that turn, which the policy
+    continues and the environment then reads whole. The SFT term trains the hinted tokens, RL the rest."""
+
+    def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
+        cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
+        demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, trainer.ctx.extra["eos_ids"][0]) for p in prompts]
+        lengths = hint_lengths(trainer, [sum(map(len, d)) - 1 for d in demos], metrics)
+        return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n)}) if n else p
+                for p, d, n in zip(prompts, demos, lengths)]
+
+
 class DemoEngine:
     """A rollout engine that plays the row's demonstration: turn k is `meta[demo_key][k]`'s tokens, then EOS.
 
@@ -75,8 +111,8 @@ class DemoEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         episodes = []
         for i, p in enumerate(prompts):
-            turns, k = demo_turns(p.meta, self.demo_key), p.meta.get(TURN_KEY, 0)
-            ids = self.tokenizer(turns[k], add_special_tokens=False)["input_ids"] + [self.eos_id] if k < len(turns) else []
+            turns, k = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_id), p.meta.get(TURN_KEY, 0)
+            ids = turns[k] if k < len(turns) else []
             for _ in range(sampling.n):
                 episodes.append(Episode(prompt=p, response_ids=list(ids), response_mask=[1] * len(ids),
                                         rollout_logp=[0.0] * len(ids), finished=bool(ids), group_id=group_offset + i))
@@ -90,7 +126,7 @@ def demonstration_rollout(ctx) -> MultiTurnRollout:
 
 
 @PIPELINES.register("agentic", description="multi-turn episodes with tools (env.name, env.tools); all policy turns trained",
-                    demonstrations=("mix", "switch", "sft"))
+                    demonstrations={**DEMONSTRATION_HOOKS, "hint": HintTurns})
 class AgenticPipeline(RLVRPipeline):
     """With `algorithm.demonstrations`, a group's demonstration is the row's `data.demo_key` turns played
     through the environment (tools run, observations are masked out of every loss), as in `agentic_sft`."""

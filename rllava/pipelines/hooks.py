@@ -136,25 +136,33 @@ class SwitchToDemonstrations:
         return [e for g, f in zip(groups, failing) for e in ([next(demos)] if f else g)]
 
 
+def hint_lengths(trainer, totals: list[int], metrics: dict) -> list[int]:
+    """UFT's hint length for each demonstration of `totals[i]` tokens: Binomial(L, p), p annealed by
+    `hint_ratio_at`. Seeded by (trainer.seed, step, rank), so a resumed run draws the same hints."""
+    ratio = hint_ratio_at(trainer.cfg.algorithm, trainer.step)
+    rng = random.Random(f"{trainer.cfg.trainer.seed}/{trainer.step}/{du.rank()}")
+    lengths = [sum(rng.random() < ratio for _ in range(total)) for total in totals]
+    metrics["demo/hint_ratio"] = ratio
+    metrics["demo/hint_tokens_mean"] = sum(lengths) / max(1, len(lengths))
+    return lengths
+
+
 class HintFromDemonstrations:
     """UFT (Liu et al. 2025, arXiv 2505.16984): each prompt's rollouts start from a hint, the first l tokens
     of its demonstration, with l ~ Binomial(L, p) for a demonstration of L tokens (before EOS) and p
     annealed by `hint_ratio_at`. The hint then becomes the start of every response of the group: the
     reward judges the whole solution, the SFT term trains the hint tokens and RL the generated rest.
-    The draws are seeded by (trainer.seed, step, rank), so a resumed run draws the same hints."""
+    (The agentic pipeline's multi-turn version is `rllava.pipelines.agentic.HintTurns`.)"""
 
     ORIGINAL = "_unhinted_prompt"  # Prompt.meta key: the prompt without its hint
 
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         ctx, cfg = trainer.ctx, trainer.cfg
-        ratio = hint_ratio_at(cfg.algorithm, trainer.step)
         demos = sft_episodes(prompts, ctx.tokenizer, cfg.data.response_template, ctx.extra["eos_ids"][0])
-        rng = random.Random(f"{cfg.trainer.seed}/{trainer.step}/{du.rank()}")
-        out, lengths = [], []
-        for prompt, demo in zip(prompts, demos):
-            solution = demo.response_ids[:-1]  # without EOS: the rollout must still end the answer itself
-            hint = solution[:sum(rng.random() < ratio for _ in solution)]
-            lengths.append(len(hint))
+        solutions = [d.response_ids[:-1] for d in demos]  # without EOS: the rollout must still end the answer itself
+        out = []
+        for prompt, solution, n in zip(prompts, solutions, hint_lengths(trainer, [len(s) for s in solutions], metrics)):
+            hint = solution[:n]
             if not hint:
                 out.append(prompt)
                 continue
@@ -163,8 +171,6 @@ class HintFromDemonstrations:
             out.append(dataclasses.replace(prompt, input_ids=prompt.input_ids + hint, seq=seq,
                                            text=prompt.text + ctx.tokenizer.decode(hint) if prompt.text else "",
                                            meta={**prompt.meta, self.ORIGINAL: (prompt, hint)}))
-        metrics["demo/hint_ratio"] = ratio
-        metrics["demo/hint_tokens_mean"] = sum(lengths) / max(1, len(lengths))
         return out
 
     def after_rollout(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
@@ -236,10 +242,10 @@ def hooks_for(cfg: Config) -> list:
     if mode:  # after filtering: groups are judged by their rollouts alone
         if mode not in DEMONSTRATION_HOOKS:
             raise ConfigError(f"algorithm.demonstrations: {mode!r} is not one of {sorted(DEMONSTRATION_HOOKS)}")
-        supported = PIPELINES.entry(cfg.trainer.pipeline).meta.get("demonstrations", ())
+        supported = PIPELINES.entry(cfg.trainer.pipeline).meta.get("demonstrations", {})  # mode -> hook class
         if mode not in supported:
             raise ConfigError(f"algorithm.demonstrations={mode} does not work with trainer.pipeline="
-                              f"{cfg.trainer.pipeline} (it takes {list(supported)}; hint is single-turn only)")
+                              f"{cfg.trainer.pipeline} (it takes {list(supported)})")
         if cfg.algorithm.tis_cap is not None:
             raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                               "algorithm.tis_cap cannot be used with them")
@@ -253,7 +259,7 @@ def hooks_for(cfg: Config) -> list:
             raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
                               "algorithm.sft_coef > 0 (HPT uses 1)")
         check_sft_term(cfg.algorithm)
-        hooks.append(DEMONSTRATION_HOOKS[mode]())
+        hooks.append(supported[mode]())
     if cfg.algorithm.mask_truncated:  # last: it also sees the extra rounds of dynamic sampling
         hooks.append(MaskTruncated())
     return hooks

@@ -23,7 +23,7 @@ from rllava.algorithms import (
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
-from rllava.pipelines.hooks import hooks_for
+from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hooks_for
 from rllava.pipelines.registry import PIPELINES
 
 
@@ -90,7 +90,7 @@ def timed(metrics: dict[str, float], key: str) -> Iterator[None]:
 
 
 @PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)",
-                    demonstrations=("mix", "switch", "sft", "hint"))
+                    demonstrations=DEMONSTRATION_HOOKS)
 class RLVRPipeline:
     def __init__(self, cfg):
         self.cfg = cfg

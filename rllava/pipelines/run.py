@@ -42,6 +42,9 @@ def check_settings(cfg: Config) -> None:
     if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
         raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
                           f"(algorithm.adv_estimator={cfg.algorithm.adv_estimator}; gae has one)")
+    if cfg.algorithm.demonstrations and supervised:
+        raise ConfigError(f"algorithm.demonstrations={cfg.algorithm.demonstrations} brings demonstrations into RL; "
+                          f"trainer.pipeline={cfg.trainer.pipeline} is supervised and trains on them alone")
 
 
 def check_packages(cfg: Config) -> None:

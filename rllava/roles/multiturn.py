@@ -10,6 +10,7 @@ the whole episode reproduces the positions used during generation (M-RoPE includ
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +24,9 @@ from rllava.models.introspect import get_tokenizer
 # The context prompt's meta says which policy turn comes next (0 first), for engines that play scripted
 # turns (demonstrations); row fields are kept alongside.
 TURN_KEY = "turn_index"
+# A prompt's meta may hold a UFT hint: the demonstration's first turns as [(token ids, whole turn?)]. The
+# episode plays them instead of the policy; a partial last one is a start the policy continues.
+HINT_KEY = "hint_turns"
 
 _PROBE = [{"role": "user", "content": [{"type": "text", "text": "probe"}]},
           {"role": "assistant", "content": [{"type": "text", "text": "probe"}]}]
@@ -123,14 +127,40 @@ class MultiTurnRollout:
             # all ranks are done (a sharded model's generate is a collective). An idle rank generates for
             # a copy of its first episode and drops the result.
             while du.all_reduce_max(len(active)) > 0:
-                contexts = [self._context(episodes[i]) for i in active] or [self._context(episodes[0])]
-                turns = engine.generate(contexts, turn_sampling)
-                active = self._advance(episodes, envs, active, turns[: len(active)])
+                turns = self._turns([episodes[i] for i in active], episodes[0], turn_sampling)
+                active = self._advance(episodes, envs, active, turns)
         finally:
             engine.sleep()
         for env in envs:
             env.close()
         return episodes
+
+    def _turns(self, episodes: list[Episode], spare: Episode, sampling: Sampling) -> list[Episode]:
+        """The next turn of each episode: the policy's, or its hint's (whole hinted turns are played as
+        written; a partial one is continued by the policy). One engine call however many need the policy,
+        with `spare`'s context when none does, since a sharded model's generate is a collective."""
+        hints = []
+        for ep in episodes:
+            plan, k = ep.prompt.meta.get(HINT_KEY) or [], ep.info["turns"]
+            hints.append(plan[k] if k < len(plan) else ([], False))
+        contexts, asks = [], []
+        for j, (ep, (ids, whole)) in enumerate(zip(episodes, hints)):
+            if not whole:
+                ctx = self._context(ep)
+                contexts.append(dataclasses.replace(ctx, input_ids=ctx.input_ids + ids,
+                                                    seq={k: v + [0] * len(ids) for k, v in ctx.seq.items()}))
+                asks.append(j)
+        generated = self.rollout.engine.generate(contexts or [self._context(spare)], sampling)
+        turns = [Episode(prompt=ep.prompt, response_ids=list(ids), response_mask=[1] * len(ids),
+                         rollout_logp=[0.0] * len(ids), finished=True, hint_len=len(ids))
+                 for ep, (ids, _) in zip(episodes, hints)]
+        for j, turn in zip(asks, generated):
+            prefix = hints[j][0]
+            turn.response_ids = prefix + turn.response_ids
+            turn.rollout_logp = [0.0] * len(prefix) + (turn.rollout_logp or [])
+            turn.hint_len = len(prefix)
+            turns[j] = turn
+        return turns
 
     def _step(self, envs: list, texts: list[str]) -> list:
         """`env.step(text)` for each pair; with env_workers > 1 in threads, since a step mostly waits on a tool
@@ -148,6 +178,8 @@ class MultiTurnRollout:
         still = []
         for i, turn, text, result in zip(active, turns, texts, results):
             ep, env = episodes[i], envs[i]
+            if turn.hint_len:  # hints open an episode, so its hinted tokens (and observations) are a prefix
+                ep.hint_len = len(ep.response_ids) + turn.hint_len
             self._append(ep, turn.response_ids, True, turn.rollout_logp)
             ep.response_text = text  # the last turn's text: what reward functions score
             ep.info["transcript"].append(text)
