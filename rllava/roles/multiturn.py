@@ -6,7 +6,8 @@ Episodes are built at the token level so training sees exactly what was generate
 rendered with the processor's chat template (the suffix that a new message adds) and their
 images are processed once and kept in `Episode.extra_mm`, with their per-token extras
 (e.g. Qwen's `mm_token_type_ids`) in `Episode.response_seq`, so a single forward pass over
-the whole episode reproduces the positions used during generation (M-RoPE included).
+the whole episode reproduces the positions used during generation (M-RoPE included). A prompt may carry
+a UFT hint (`HINT_KEY`): the demonstration turns an episode starts from instead of the policy's.
 """
 from __future__ import annotations
 
@@ -136,26 +137,25 @@ class MultiTurnRollout:
         return episodes
 
     def _turns(self, episodes: list[Episode], spare: Episode, sampling: Sampling) -> list[Episode]:
-        """The next turn of each episode: the policy's, or its hint's (whole hinted turns are played as
+        """The next turn of each episode: the policy's, or its hint's (a whole hinted turn is played as
         written; a partial one is continued by the policy). One engine call however many need the policy,
         with `spare`'s context when none does, since a sharded model's generate is a collective."""
-        hints = []
+        turns: list[Episode | None] = []
+        contexts, asks = [], []  # what the policy continues, and for which episode (with which hint prefix)
         for ep in episodes:
             plan, k = ep.prompt.meta.get(HINT_KEY) or [], ep.info["turns"]
-            hints.append(plan[k] if k < len(plan) else ([], False))
-        contexts, asks = [], []
-        for j, (ep, (ids, whole)) in enumerate(zip(episodes, hints)):
-            if not whole:
-                ctx = self._context(ep)
-                contexts.append(dataclasses.replace(ctx, input_ids=ctx.input_ids + ids,
-                                                    seq={k: v + [0] * len(ids) for k, v in ctx.seq.items()}))
-                asks.append(j)
+            ids, whole = plan[k] if k < len(plan) else ([], False)
+            if whole:
+                turns.append(Episode(prompt=ep.prompt, response_ids=list(ids), response_mask=[1] * len(ids),
+                                     rollout_logp=[0.0] * len(ids), finished=True, hint_len=len(ids)))
+                continue
+            ctx = self._context(ep)
+            contexts.append(dataclasses.replace(ctx, input_ids=ctx.input_ids + ids,
+                                                seq={key: v + [0] * len(ids) for key, v in ctx.seq.items()}))
+            asks.append((len(turns), ids))
+            turns.append(None)
         generated = self.rollout.engine.generate(contexts or [self._context(spare)], sampling)
-        turns = [Episode(prompt=ep.prompt, response_ids=list(ids), response_mask=[1] * len(ids),
-                         rollout_logp=[0.0] * len(ids), finished=True, hint_len=len(ids))
-                 for ep, (ids, _) in zip(episodes, hints)]
-        for j, turn in zip(asks, generated):
-            prefix = hints[j][0]
+        for (j, prefix), turn in zip(asks, generated):
             turn.response_ids = prefix + turn.response_ids
             turn.rollout_logp = [0.0] * len(prefix) + (turn.rollout_logp or [])
             turn.hint_len = len(prefix)
