@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import sys
 import types
 import typing
@@ -185,16 +186,23 @@ class RolloutConfig:
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments, e.g. max_model_len
 
 
+DEFAULT_JUDGE_TEMPLATE = ("Question: {{ prompt }}\nReference answer: {{ answer }}\nResponse: {{ response }}\n"
+                          "Does the response reach the reference answer? Reply with yes or no.")
+
+
 @dataclass
 class RewardConfig:
     functions: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name or file.py:fn -> weight
     on_error: float = 0.0  # score given when a reward function raises or returns NaN
     accuracy_key: str = "accuracy"  # logged as accuracy when a reward returns it
-    model: Optional[str] = None  # a reward model folder (AutoModelForSequenceClassification, one label): its score of (prompt, response), times model_weight, is added
+    model: Optional[str] = None  # a reward model folder: a sequence classifier (one label) or an LM judge (model_type); its score of (prompt, response), times model_weight, is added
     model_weight: float = 1.0  # weight of the reward model's score in the reward
     model_batch_size: int = 16  # responses per reward-model forward
     model_max_length: int = 2048  # reward-model input tokens at most (cut from the left: the response's end stays)
     model_device: Optional[str] = None  # where the reward model runs: default the trainer's device; e.g. cpu, cuda:1
+    model_type: Optional[str] = None  # classifier (one-label sequence classifier) | judge (an LM asked judge_template); null: from the folder's architecture
+    judge_template: str = DEFAULT_JUDGE_TEMPLATE  # judge's user message (jinja or a .jinja file): prompt, response and the row's fields
+    judge_labels: dict[str, float] = field(default_factory=lambda: {"yes": 1.0, "no": 0.0})  # judge's one-token verdicts -> score; the reward is their expected score under its next-token probabilities
     workers: int = 0  # 0: score in the trainer's process; N: in N worker processes (parallel; a hung reward can be stopped)
     timeout_s: Optional[float] = None  # wall time per response in a worker; over it: killed, scored on_error, counted (needs workers >= 1)
 
@@ -441,6 +449,11 @@ def check_ranges(cfg: Config) -> None:
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ConfigError(f"env.reward_weights: unknown key(s) {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
+    if cfg.reward.model_type not in (None, "classifier", "judge"):
+        raise ConfigError(f"reward.model_type={cfg.reward.model_type!r}: must be classifier, judge or null (from the folder)")
+    labels = cfg.reward.judge_labels
+    if not labels or len(labels) < 2 or not all(math.isfinite(v) for v in labels.values()):
+        raise ConfigError(f"reward.judge_labels={labels!r}: give two or more verdicts with finite scores, e.g. {{yes: 1, no: 0}}")
     if cfg.reward.workers < 0:
         raise ConfigError(f"reward.workers={cfg.reward.workers!r}: must be >= 0")
     if cfg.reward.timeout_s is not None:

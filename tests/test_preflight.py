@@ -67,3 +67,17 @@ def test_a_reward_that_always_raises_is_caught(tiny_model_factory, counting, tmp
     err = capsys.readouterr().err
     assert "raised on each of 4 train rows" in err and "extra_arg" in err
 
+
+
+def test_a_judge_is_checked_without_its_weights(tiny_model_factory, counting, capsys):
+    """reward.model as an LM judge: its verdicts must be one token each, and every row must have the fields its
+    template reads; both are found by `rllava check`."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting, f"reward.model={tiny_model_factory('qwen2')}")
+    assert main(["check", *over]) == 2  # the default verdicts, yes/no, are two tokens each for the offline tokenizer
+    assert "'yes' is 2 tokens" in capsys.readouterr().err
+    digits = [*over, "reward.judge_labels={'1': 1.0, '0': 0.0}"]
+    assert main(["check", *digits]) == 0
+    assert "reward model" in capsys.readouterr().out
+    assert main(["check", *digits, "reward.judge_template='{{ prompt }} {{ response }} {{ rubric }}'"]) == 2
+    err = capsys.readouterr().err
+    assert "train.parquet, row 0" in err and "rubric" in err

@@ -232,6 +232,10 @@ class RLDataset(torch.utils.data.Dataset):
         """'file, row N' of prompt i, for messages."""
         return self.items[i].ref.where()
 
+    def meta(self, i: int) -> dict[str, Any]:
+        """Prompt i's `Prompt.meta`, without loading its media."""
+        return self._meta(self.items[i], i)
+
     def _meta(self, it: _Item, index: int) -> dict[str, Any]:
         """The row's fields for rewards and environments; relative media paths made absolute."""
         cfg = self.cfg

@@ -118,3 +118,13 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
     logp = torch.cat(logps).view(B, T)
     entropy = torch.cat(ents).view(B, T) if with_entropy else None
     return logp, entropy
+
+
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], token_ids: list[int]) -> torch.Tensor:
+    """[B, K] fp32 log-probs of `token_ids` as the next token after each left-padded row: the LM head runs on
+    the last position only."""
+    hf = unwrap(model)
+    last = last_hidden_states(model, model_inputs)[:, -1]
+    logits = _logit_transform(hf)(hf.get_output_embeddings()(last).float())
+    return torch.log_softmax(logits, -1)[:, token_ids]

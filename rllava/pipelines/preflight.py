@@ -25,6 +25,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
     from transformers import AutoConfig
 
     from rllava.data.dataset import RLDataset
+    from rllava.data.rows import DataError
     from rllava.models.introspect import is_vlm
     from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor
     from rllava.pipelines.registry import PIPELINES
@@ -35,10 +36,16 @@ def preflight(cfg: Config) -> dict[str, Any]:
     check_settings(cfg)
     PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
     rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error) if cfg.reward.functions else None
+    judge = None
     if cfg.reward.model:
-        from rllava.roles.reward_model import check_reward_model_path
+        from rllava.roles.reward_model import reward_model_type
 
-        check_reward_model_path(cfg.reward.model)
+        if reward_model_type(cfg.reward) == "judge":  # its labels and template, without its weights
+            from rllava.roles.judge import JudgeTemplate, label_token_ids
+
+            label_token_ids(load_processor(cfg.reward.model, False), cfg.reward.judge_labels,
+                            f"reward.model={cfg.reward.model!r}")
+            judge = JudgeTemplate(cfg.reward.judge_template)
     check_model_path(cfg.model.path)
     config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
@@ -56,6 +63,12 @@ def preflight(cfg: Config) -> dict[str, Any]:
         first = ds[0]  # one prompt processed in full: images decoded, the processor run
         if split == "train" and rewards is not None:
             report["reward_of_answers"] = check_rewards(rewards, [ds[i].meta for i in range(min(4, len(ds)))])
+        if judge is not None:  # every row has the fields the judge's template reads
+            for i in range(len(ds)):
+                try:
+                    judge.render(ds.items[i].query, "", ds.meta(i))
+                except DataError as e:
+                    raise DataError(f"{ds.where(i)}: {e}") from None
         lengths = [it.length for it in ds.items]
         report[split] = {"prompts": len(ds), "bad_rows": ds.n_bad, "too_long": ds.n_too_long,
                          "prompt_tokens_median": int(statistics.median(lengths)), "prompt_tokens_max": max(lengths),

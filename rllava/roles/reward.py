@@ -23,9 +23,9 @@ class RewardScorer:
             self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
         self.model = None
         if cfg.model:
-            from rllava.roles.reward_model import RewardModel
+            from rllava.roles.reward_model import load_reward_model
 
-            self.model = RewardModel(cfg, cfg.model_device or device, dtype)
+            self.model = load_reward_model(cfg, cfg.model_device or device, dtype)
         self.model_weight = cfg.model_weight
         self.on_error = cfg.on_error
         self.accuracy_key = cfg.accuracy_key
@@ -41,7 +41,8 @@ class RewardScorer:
         else:
             scores, infos, n_errors = [0.0] * len(episodes), [{} for _ in episodes], 0
         if self.model is not None:
-            for i, value in enumerate(self.model.score([e.prompt.query for e in episodes], responses)):
+            values = self.model.score([e.prompt.query for e in episodes], responses, [e.prompt.meta for e in episodes])
+            for i, value in enumerate(values):
                 if math.isnan(value):
                     value, n_errors = self.on_error, n_errors + 1
                 scores[i] += self.model_weight * value
@@ -53,6 +54,7 @@ class RewardScorer:
             e.reward_info = dict(info)
         metrics = {"reward/mean": sum(scores) / len(scores), "reward/errors": float(n_errors),
                    "reward/errors_total": float(self.n_errors)}
+        metrics.update(getattr(self.model, "metrics", {}))  # a judge: how much probability its verdicts held
         if hasattr(self.fn, "n_timeouts"):  # worker processes: responses lost to the time limit or a crash
             metrics["reward/timeouts_total"] = float(self.fn.n_timeouts)
             metrics["reward/crashes_total"] = float(self.fn.n_crashes)

@@ -1,5 +1,8 @@
 """A learned reward model: an HF sequence classifier with one output scores (prompt, response).
 
+(`reward.model` can also be an LM asked for a verdict: `rllava.roles.judge`; `load_reward_model`
+picks the kind.)
+
 `reward.model` names its folder (`AutoModelForSequenceClassification`, one label, as TRL's and
 OpenRLHF's reward models are saved). Each response is written as the reward model's own chat:
 the prompt's rendered user message (`data.template`, image and video markers removed: the
@@ -9,8 +12,10 @@ the left, so the response's end, which the classifier reads, is always kept.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +29,34 @@ def check_reward_model_path(path: str) -> None:
     """`reward.model` must be a local model folder (read before the reward model loads, and by `rllava check`)."""
     if not Path(path).is_dir():
         raise MissingFileError(f"reward.model={path!r}: no such model folder")
+
+
+def reward_model_type(cfg: RewardConfig) -> str:
+    """`reward.model_type`, or the kind its folder's architecture says: a sequence classifier or an LM judge."""
+    check_reward_model_path(cfg.model)
+    try:
+        archs = json.loads((Path(cfg.model) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        archs = []
+    classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    if cfg.model_type == "classifier" and archs and not classifier:
+        raise ConfigError(f"reward.model={cfg.model!r} is a {archs[0]}, not a sequence classifier: its score head "
+                          "would be random. Set reward.model_type=judge to ask it for a verdict instead")
+    if cfg.model_type:
+        return cfg.model_type
+    if classifier:
+        return "classifier"
+    if any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs):
+        return "judge"
+    raise ConfigError(f"reward.model={cfg.model!r}: cannot tell its kind from config.json (architectures {archs}); "
+                      "set reward.model_type=classifier or judge")
+
+
+def load_reward_model(cfg: RewardConfig, device: torch.device | str, dtype: str = "float32") -> Any:
+    """The reward model `cfg.model` names, as a classifier or a judge; both have `score(queries, responses, metas)`."""
+    from rllava.roles.judge import JudgeModel
+
+    return {"classifier": RewardModel, "judge": JudgeModel}[reward_model_type(cfg)](cfg, device, dtype)
 
 
 class RewardModel:
@@ -58,8 +91,9 @@ class RewardModel:
         return f"{query}\n{response}"
 
     @torch.no_grad()
-    def score(self, queries: list[str], responses: list[str]) -> list[float]:
-        """One score per (prompt, response); a non-finite score comes back as NaN for the caller to count."""
+    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]] | None = None) -> list[float]:
+        """One score per (prompt, response); a non-finite score comes back as NaN for the caller to count.
+        (`metas`, the rows' fields, are for judges; a classifier reads the text alone.)"""
         texts = [self.text(q, r) for q, r in zip(queries, responses)]
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):

@@ -1,0 +1,110 @@
+"""A judge: a language model asked about each response, whose one-token verdict is the reward.
+
+`reward.model` names its folder (a causal or image-text LM: `reward.model_type=judge`, or derived
+from the folder's architecture). Each response becomes the judge's user message: `reward.judge_template`
+rendered with `prompt` (the policy's rendered user message, image and video markers removed: the judge
+reads text), `response` and the row's fields (`answer`, ...), under the judge's chat template with
+its generation prompt (plain text where it has none). The judge is not sampled: one forward reads
+its next-token probabilities of the verdicts in `reward.judge_labels`, each one token, and the reward
+is their expected score with the probabilities renormalised over the verdicts. How much probability
+the verdicts held is logged (`reward/judge_label_mass`); a judge that does not answer in that form
+shows a low mass. Inputs longer than `reward.model_max_length` lose tokens from the left, so the
+template's closing question and the generation prompt are always read.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jinja2
+import torch
+
+from rllava.config import ConfigError, ModelConfig, RewardConfig
+from rllava.data.rows import DataError
+from rllava.data.template import TemplateError, apply_chat_template, build_messages, read_text_or_file
+from rllava.roles.reward_model import MEDIA_MARKERS, check_reward_model_path
+
+
+class JudgeTemplate:
+    """`reward.judge_template`: jinja over the row's fields, `prompt` and `response`."""
+
+    def __init__(self, spec: str):
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        try:
+            self._tmpl = env.from_string(read_text_or_file(spec, "reward.judge_template"))
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"reward.judge_template: jinja syntax error on line {e.lineno}: {e.message}") from None
+
+    def render(self, query: str, response: str, meta: dict[str, Any]) -> str:
+        for marker in MEDIA_MARKERS:
+            query = query.replace(marker, "")
+        try:
+            return self._tmpl.render({**meta, "prompt": query.strip(), "response": response})
+        except jinja2.UndefinedError as e:
+            raise DataError(f"reward.judge_template: dataset row {meta.get('index', '?')} has no such field "
+                            f"({e.message})") from None
+
+
+def label_token_ids(tokenizer: Any, labels: dict[str, float], where: str) -> list[int]:
+    """The token id of each verdict, as the judge would write it at the start of its turn."""
+    ids = []
+    for label in labels:
+        tokens = tokenizer(label, add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise ConfigError(f"reward.judge_labels: {label!r} is {len(tokens)} tokens for {where}'s tokenizer; "
+                              "each verdict must be one token")
+        ids.append(tokens[0])
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"reward.judge_labels: {list(labels)} share a token for {where}'s tokenizer")
+    return ids
+
+
+class JudgeModel:
+    def __init__(self, cfg: RewardConfig, device: torch.device | str, dtype: str = "float32"):
+        from rllava.models.introspect import get_tokenizer, is_vlm
+        from rllava.models.load import load_model, load_processor
+
+        check_reward_model_path(cfg.model)
+        self.device = torch.device(device)
+        self.batch_size = cfg.model_batch_size
+        self.max_length = cfg.model_max_length
+        self.model = load_model(ModelConfig(path=cfg.model, dtype=dtype), self.device).requires_grad_(False).eval()
+        self.multimodal = is_vlm(self.model)
+        self.processor = load_processor(cfg.model, self.multimodal)
+        self.tokenizer = get_tokenizer(self.processor)
+        self.tokenizer.padding_side = "left"  # the verdict is read after each row's last token
+        self.tokenizer.truncation_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.template = JudgeTemplate(cfg.judge_template)
+        self.label_ids = label_token_ids(self.tokenizer, cfg.judge_labels, f"reward.model={cfg.model!r}")
+        self.label_scores = torch.tensor(list(cfg.judge_labels.values()), dtype=torch.float32)
+        self.has_chat_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
+        self.metrics: dict[str, float] = {}
+
+    def text(self, query: str, response: str, meta: dict[str, Any]) -> str:
+        """The judge's input for one response, up to where its verdict starts."""
+        message = self.template.render(query, response, meta)
+        if not self.has_chat_template:
+            return message + "\n"
+        return apply_chat_template(self.processor, build_messages(message, multimodal=self.multimodal))
+
+    @torch.no_grad()
+    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]]) -> list[float]:
+        """One expected verdict score per response; a non-finite one comes back as NaN for the caller to count."""
+        from rllava.models.logprobs import next_token_logprobs
+
+        texts = [self.text(q, r, m) for q, r, m in zip(queries, responses, metas)]
+        out: list[float] = []
+        mass = 0.0
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length,
+                                 add_special_tokens=not self.has_chat_template).to(self.device)
+            logp = next_token_logprobs(self.model, {"input_ids": enc["input_ids"],
+                                                    "attention_mask": enc["attention_mask"]}, self.label_ids).cpu()
+            mass += float(logp.exp().sum())
+            scores = torch.softmax(logp, -1) @ self.label_scores
+            out += [v if math.isfinite(v) else math.nan for v in scores.tolist()]
+        self.metrics = {"reward/judge_label_mass": mass / max(1, len(texts))}
+        return out
