@@ -139,11 +139,9 @@ def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_mode
     assert Path(result["final_model"]).is_dir()
 
 
-@pytest.mark.parametrize("mode", ["mix", "switch", "sft"])
-def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data, tmp_path, mode):
-    """Each group's demonstration zooms, sees the real crop and answers; it joins its group (LUFFY), replaces
-    a failing one (HPT) or is trained by the SFT term beside it (CHORD). Only its own turns are trained:
-    observation tokens stay masked."""
+def agentic_run(tiny_model_factory, zoom_data, tmp_path, keep, *extra: str) -> tuple[list[dict], list[Batch]]:
+    """A 3-step agentic GRPO run with the zoom tool on the easy rows; its metrics rows and the batches
+    built from episodes that `keep` accepts."""
     from rllava.pipelines.run import run_experiment
 
     seen: list[Batch] = []
@@ -151,24 +149,34 @@ def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data
 
     def spy(episodes, pad_id):
         batch = original(episodes, pad_id)
-        if any(e.is_expert for e in episodes):
+        if keep(episodes):
             seen.append(batch)
         return batch
 
-    extra = ["algorithm.policy_loss=luffy"] if mode == "mix" else ["algorithm.hpt_threshold=0.5"]
     cfg = load_config(None, [
         f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={zoom_data / 'train.parquet'}",
         "data.val_files=", "data.batch_size=2", "data.max_pixels=12544", "rollout.n=2", "rollout.max_new_tokens=8",
         "actor.lr=2e-3", "trainer.pipeline=agentic", "env.name=tools", "env.tools=[zoom]", "env.max_turns=2",
-        "reward.functions={exact_match: 1.0}", f"algorithm.demonstrations={mode}", "algorithm.sft_coef=1.0",
-        *extra, "trainer.total_steps=3", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
-        "trainer.loggers=[jsonl]", "trainer.val_before_train=false"])
+        "reward.functions={exact_match: 1.0}", "algorithm.sft_coef=1.0", "trainer.total_steps=3",
+        f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]",
+        "trainer.val_before_train=false", *extra])
     Batch.from_episodes = spy
     try:
         run_experiment(cfg)
     finally:
         Batch.from_episodes = original
     rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    return rows, seen
+
+
+@pytest.mark.parametrize("mode", ["mix", "switch", "sft"])
+def test_agentic_rl_with_multi_turn_demonstrations(tiny_model_factory, zoom_data, tmp_path, mode):
+    """Each group's demonstration zooms, sees the real crop and answers; it joins its group (LUFFY), replaces
+    a failing one (HPT) or is trained by the SFT term beside it (CHORD). Only its own turns are trained:
+    observation tokens stay masked."""
+    extra = ["algorithm.policy_loss=luffy"] if mode == "mix" else ["algorithm.hpt_threshold=0.5"]
+    rows, seen = agentic_run(tiny_model_factory, zoom_data, tmp_path, lambda eps: any(e.is_expert for e in eps),
+                             f"algorithm.demonstrations={mode}", *extra)
     assert len(rows) == 3 and len(seen) == 3
     for batch in seen:
         for i in batch.is_expert.nonzero().flatten().tolist():
@@ -244,31 +252,10 @@ def test_agentic_uft_trains_hints_by_sft_and_the_rest_by_rl(tiny_model_factory, 
     from transformers import AutoTokenizer
 
     from rllava.pipelines.agentic import demo_turns
-    from rllava.pipelines.run import run_experiment
 
-    seen: list[Batch] = []
-    original = Batch.from_episodes
-
-    def spy(episodes, pad_id):
-        batch = original(episodes, pad_id)
-        if any(e.response_ids for e in episodes):
-            seen.append(batch)
-        return batch
-
-    cfg = load_config(None, [
-        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={zoom_data / 'train.parquet'}",
-        "data.val_files=", "data.batch_size=2", "data.max_pixels=12544", "rollout.n=2", "rollout.max_new_tokens=4",
-        "actor.lr=2e-3", "trainer.pipeline=agentic", "env.name=tools", "env.tools=[zoom]", "env.max_turns=2",
-        "reward.functions={exact_match: 1.0}", "algorithm.demonstrations=hint", "algorithm.sft_coef=1.0",
-        "algorithm.hint_steps=2", "algorithm.hint_ratio_high=1.0", "algorithm.hint_ratio_low=1.0",
-        "trainer.total_steps=3", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
-        "trainer.loggers=[jsonl]", "trainer.val_before_train=false"])
-    Batch.from_episodes = spy
-    try:
-        run_experiment(cfg)
-    finally:
-        Batch.from_episodes = original
-    rows = [json.loads(ln) for ln in (Path(tmp_path) / "default" / "metrics.jsonl").read_text().splitlines()]
+    rows, seen = agentic_run(tiny_model_factory, zoom_data, tmp_path, lambda eps: any(e.response_ids for e in eps),
+                             "algorithm.demonstrations=hint", "algorithm.hint_steps=2", "algorithm.hint_ratio_high=1.0",
+                             "algorithm.hint_ratio_low=1.0", "rollout.max_new_tokens=4")
     assert [r["demo/hint_ratio"] for r in rows] == [1.0, 1.0, 0.0] and len(seen) == 3
     tok = AutoTokenizer.from_pretrained(tiny_model_factory("qwen2_vl"))
     for batch in seen[:2]:
