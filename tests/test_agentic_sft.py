@@ -265,6 +265,7 @@ def test_agentic_uft_trains_hints_by_sft_and_the_rest_by_rl(tiny_model_factory, 
             assert ep.info["tool_calls"] == 1 and ep.response_ids[:len(call)] == call
             assert ep.response_ids[h - len(answer):h] == answer and len(ep.response_ids) > h
             assert ep.response_mask[len(call) + 1:h - len(answer)] == [0] * (h - len(answer) - len(call) - 1)
+            assert not any(k in ep.prompt.meta for k in ("hint_turns", "_prompt_without_hint"))  # the row's own prompt
         hint_tokens = torch.arange(batch.response_width)[None, :] < batch.hint_len[:, None]
         assert not batch.advantages[hint_tokens].any()
     assert seen[2].hint_len is None

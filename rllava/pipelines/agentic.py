@@ -79,12 +79,19 @@ class HintTurns:
     observations follow); a hint that ends inside a turn is the start of that turn, which the policy
     continues and the environment then reads whole. The SFT term trains the hinted tokens, RL the rest."""
 
+    UNHINTED = "_prompt_without_hint"  # Prompt.meta key: the row's own prompt, put back after the rollout
+
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
         demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, trainer.ctx.extra["eos_ids"][0]) for p in prompts]
         lengths = hint_lengths(trainer, [sum(map(len, d)) - 1 for d in demos], metrics)
-        return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n)}) if n else p
+        return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n), self.UNHINTED: p}) if n else p
                 for p, d, n in zip(prompts, demos, lengths)]
+
+    def after_rollout(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
+        for e in episodes:  # rewards and logs see the row as it is; a group still shares one Prompt
+            e.prompt = e.prompt.meta.get(self.UNHINTED, e.prompt)
+        return episodes
 
 
 class DemoEngine:
