@@ -64,7 +64,8 @@ def test_folder_layout(made, name):
     assert info["reward"]["functions"] == TASKS.entry(name).meta["reward"]
 
 
-@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare"])
+@pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare",
+                                  "arithmetic"])
 def test_default_reward_gives_full_marks_for_the_answer(made, name):
     """The registry's default reward accepts each ground truth written the way the prompt asks."""
     fn = RewardFunction(TASKS.entry(name).meta["reward"])
@@ -328,3 +329,16 @@ def test_rl_on_video_and_several_images(made, tiny_model_factory, tmp_path, task
     rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["actor/grad_norm"] > 0 for r in rows[1:])
 
+
+
+def test_arithmetic_is_text_only_and_follows_precedence(made, tmp_path):
+    rows = _all_rows(made["arithmetic"])
+    assert all(r["images"] == [] and "<image>" not in r["prompt"] for r in rows)
+    assert {r["prompt"] for r in rows} == {f"What is {r['expression']}?" for r in rows}
+    out = make_task("arithmetic", tmp_path / "a", n=200, seed=1, terms=3, max_value=12, ops="+-*")
+    rows = _all_rows(out)
+    for r in rows:  # Python's own precedence is the reference: the expressions are digits and + - * only
+        assert set(r["expression"]) <= set("0123456789 +-*") and r["answer"] == str(eval(r["expression"]))
+    assert any(int(r["answer"]) < 0 for r in rows) and any("*" in r["expression"] for r in rows)
+    with pytest.raises(ValueError, match="ops from"):
+        make_task("arithmetic", tmp_path / "b", n=2, ops="/")
