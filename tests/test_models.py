@@ -35,6 +35,7 @@ EXPECTED_KEYS = {
     "idefics3": {"pixel_values", "pixel_attention_mask"},
     "smolvlm": {"pixel_values", "pixel_attention_mask"},
     "gemma3": {"pixel_values", "token_type_ids"},
+    "internvl": {"pixel_values"},
     "tinyllava": {"pixel_values"},
     "qwen2": set(),
     "qwen3": set(),
@@ -249,7 +250,7 @@ def test_final_logit_softcapping_is_applied():
 # ------------------------------------------------------------------ several images, video
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "tinyllava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl", "tinyllava"])
 def test_several_images_in_one_sample(tiny_model_factory, family):
     model, processor = load_plain(tiny_model_factory(family))
     resp = torch.tensor([RESPONSES[0]])

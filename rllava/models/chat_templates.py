@@ -31,6 +31,7 @@ STYLES: dict[str, TurnStyle] = {
     "qwen_vl": _chatml("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"),
     "chatml_text": _chatml(""),
     "chatml_image": _chatml("<image>\n"),
+    "internvl": _chatml("<IMG_CONTEXT>\n", "<video>\n"),  # the processor expands each to <img> + tokens + </img>
     "llava": TurnStyle(
         roles={"system": ("", " "), "user": ("USER: ", " "), "assistant": ("ASSISTANT: ", "</s> ")},
         image="<image>\n", generation_prompt="ASSISTANT:"),

@@ -262,6 +262,35 @@ def _gemma3_init(model: torch.nn.Module) -> None:
                 p.normal_(0.0, 0.02)
 
 
+# ------------------------------------------------------------------ InternVL (the -hf checkpoints: InternVL3 and later)
+
+INTERNVL_TILE, INTERNVL_PATCH = 56, 14  # a 56 px tile: 4x4 patches, pixel-shuffled (ratio 0.5) to 2x2 = 4 tokens
+INTERNVL_SEQ = (INTERNVL_TILE // INTERNVL_PATCH) ** 2 // 4
+INTERNVL_SPECIAL = {**{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "start_image_token": "<img>",
+                    "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+
+
+def _internvl_config(tok, s: Size, vocab: int) -> PretrainedConfig:
+    from transformers import InternVLConfig
+
+    return InternVLConfig(
+        text_config=text_kwargs(tok, s, vocab, model_type="qwen2"),
+        vision_config=dict(model_type="internvl_vision", hidden_size=s.v_hidden, intermediate_size=s.v_intermediate,
+                           num_hidden_layers=s.v_layers, num_attention_heads=s.v_heads,
+                           image_size=[INTERNVL_TILE] * 2, patch_size=[INTERNVL_PATCH] * 2),
+        image_token_id=tok.context_image_token_id, image_seq_length=INTERNVL_SEQ, downsample_ratio=0.5)
+
+
+def _internvl_processor(tok, template: str, s: Size):
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+    tile = {"height": INTERNVL_TILE, "width": INTERNVL_TILE}
+    # As the real processor: an image is cut into up to 4 tiles by its aspect ratio, plus a thumbnail.
+    image = GotOcr2ImageProcessor(size=tile, crop_to_patches=True, min_patches=1, max_patches=4)
+    return InternVLProcessor(image_processor=image, tokenizer=tok, video_processor=InternVLVideoProcessor(size=tile),
+                             image_seq_length=INTERNVL_SEQ, chat_template=template)
+
+
 # ------------------------------------------------------------------ TinyLLaVA (rllava's own composition)
 
 TINYLLAVA_IMAGE, TINYLLAVA_PATCH = 56, 14  # SigLIP, no CLS: 4x4 = 16 image tokens
@@ -332,6 +361,8 @@ FAMILIES: dict[str, FamilySpec] = {
     "gemma3": FamilySpec("Gemma3: SigLIP + pooled soft tokens + Gemma3 LM with sliding-window layers", "gemma3",
                          GEMMA_SPECIAL, _gemma3_config, _gemma3_processor, ("<end_of_turn>", "<eos>"),
                          ("<start_of_turn>", "<end_of_turn>"), init=_gemma3_init),
+    "internvl": FamilySpec("InternVL: InternViT tiles + pixel-shuffle MLP projector + Qwen2 LM", "internvl",
+                           INTERNVL_SPECIAL, _internvl_config, _internvl_processor, QWEN_STOP, QWEN_EXTRA),
     "tinyllava": FamilySpec("TinyLLaVA-style: SigLIP + 2-layer GELU MLP connector + Qwen2 LM (rllava composition)",
                             "chatml_image", {**TEXT_SPECIAL, "image_token": "<image>"}, _tinyllava_config,
                             _tinyllava_processor, QWEN_STOP, QWEN_EXTRA),
