@@ -202,6 +202,7 @@ class RewardConfig:
     model_device: Optional[str] = None  # where the reward model runs: default the trainer's device; e.g. cpu, cuda:1
     model_type: Optional[str] = None  # classifier (one-label sequence classifier) | judge (an LM asked judge_template); null: from the folder's architecture
     judge_template: str = DEFAULT_JUDGE_TEMPLATE  # judge's user message (jinja or a .jinja file): prompt, response and the row's fields
+    judge_images: bool = True  # a vision-language judge sees the prompt's images too
     judge_labels: dict[str, float] = field(default_factory=lambda: {"yes": 1.0, "no": 0.0})  # judge's one-token verdicts -> score; the reward is their expected score under its next-token probabilities
     workers: int = 0  # 0: score in the trainer's process; N: in N worker processes (parallel; a hung reward can be stopped)
     timeout_s: Optional[float] = None  # wall time per response in a worker; over it: killed, scored on_error, counted (needs workers >= 1)

@@ -59,6 +59,32 @@ def test_a_vision_language_judge_reads_text(tiny_model_factory):
     assert batched == pytest.approx(single, abs=1e-5) and len(set(batched)) == 3
 
 
+def test_a_vision_language_judge_sees_the_prompt_images(tiny_model_factory):
+    """Images of different sizes in one left-padded batch score as they do alone and as the HF forward of the
+    processor's own output does; another image changes the score; judge_images=false reads the text only."""
+    from PIL import Image
+
+    path = tiny_model_factory("qwen2_vl")
+    judge = JudgeModel(judge_cfg(path, model_batch_size=3), "cpu")
+    pics = [[Image.new("RGB", (64, 64), (255, 0, 0))], [Image.new("RGB", (112, 56), (0, 0, 255))], []]
+    queries, responses = ["<image>How many?", "<image>Which colour?", "Name it."], ["3", "blue <image>", "a cat"]
+    metas = [{"answer": a} for a in ("3", "blue", "cat")]
+    batched = judge.score(queries, responses, metas, pics)
+    single = [judge.score([q], [r], [m], [x])[0] for q, r, m, x in zip(queries, responses, metas, pics)]
+    assert batched == pytest.approx(single, abs=1e-5)
+    text = judge.text(queries[1], responses[1], metas[1], 1)
+    assert text.count("<|image_pad|>") == 1 and "<image>" not in text  # the prompt's and the response's markers are gone
+    enc = judge.processor(text=[text], images=pics[1], return_tensors="pt")
+    p = torch.softmax(judge.model(**enc).logits[0, -1].double(), -1)[[16, 15]]
+    assert single[1] == pytest.approx(float(p[0] / p.sum()), abs=1e-5)
+    other = judge.score(queries[:1], responses[:1], metas[:1], [[Image.new("RGB", (64, 64), (0, 255, 0))]])[0]
+    assert abs(other - single[0]) > 1e-6
+    blind = JudgeModel(judge_cfg(path, judge_images=False), "cpu")
+    assert blind.score(queries[:1], responses[:1], metas[:1], pics[:1]) == pytest.approx(
+        blind.score(queries[:1], responses[:1], metas[:1]), abs=0)
+    assert "<|image_pad|>" not in blind.text(queries[0], responses[0], metas[0])
+
+
 def test_judge_settings_and_rows_fail_clearly(tiny_model_factory, tmp_path):
     lm, vlm = tiny_model_factory("qwen2"), tiny_model_factory("qwen2_vl")
     with pytest.raises(ConfigError, match=r"'yes' is 2 tokens .* each verdict must be one token"):

@@ -2,9 +2,10 @@
 
 `reward.model` names its folder (a causal or image-text LM: `reward.model_type=judge`, or derived
 from the folder's architecture). Each response becomes the judge's user message: `reward.judge_template`
-rendered with `prompt` (the policy's rendered user message, image and video markers removed: the judge
-reads text), `response` and the row's fields (`answer`, ...), under the judge's chat template with
-its generation prompt (plain text where it has none). The judge is not sampled: one forward reads
+rendered with `prompt` (the policy's rendered user message, image and video markers removed),
+`response` and the row's fields (`answer`, ...), under the judge's chat template with its
+generation prompt (plain text where it has none). A vision-language judge also sees the prompt's
+images, ahead of that text, through its own processor (`reward.judge_images=false` keeps it to text). The judge is not sampled: one forward reads
 its next-token probabilities of the verdicts in `reward.judge_labels`, each one token, and the reward
 is their expected score with the probabilities renormalised over the verdicts. How much probability
 the verdicts held is logged (`reward/judge_label_mass`); a judge that does not answer in that form
@@ -36,13 +37,15 @@ class JudgeTemplate:
             raise TemplateError(f"reward.judge_template: jinja syntax error on line {e.lineno}: {e.message}") from None
 
     def render(self, query: str, response: str, meta: dict[str, Any]) -> str:
-        for marker in MEDIA_MARKERS:
-            query = query.replace(marker, "")
+        """The judge's message, with no image or video markers left (a judge that sees images gets them first)."""
         try:
-            return self._tmpl.render({**meta, "prompt": query.strip(), "response": response})
+            text = self._tmpl.render({**meta, "prompt": query.strip(), "response": response})
         except jinja2.UndefinedError as e:
             raise DataError(f"reward.judge_template: dataset row {meta.get('index', '?')} has no such field "
                             f"({e.message})") from None
+        for marker in MEDIA_MARKERS:  # the prompt's, and any a response writes
+            text = text.replace(marker, "")
+        return text
 
 
 def label_token_ids(tokenizer: Any, labels: dict[str, float], where: str) -> list[int]:
@@ -80,29 +83,39 @@ class JudgeModel:
         self.label_ids = label_token_ids(self.tokenizer, cfg.judge_labels, f"reward.model={cfg.model!r}")
         self.label_scores = torch.tensor(list(cfg.judge_labels.values()), dtype=torch.float32)
         self.has_chat_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
+        self.sees_images = self.multimodal and cfg.judge_images
         self.metrics: dict[str, float] = {}
 
-    def text(self, query: str, response: str, meta: dict[str, Any]) -> str:
-        """The judge's input for one response, up to where its verdict starts."""
+    def text(self, query: str, response: str, meta: dict[str, Any], n_images: int = 0) -> str:
+        """The judge's input for one response (and its `n_images` images), up to where its verdict starts."""
         message = self.template.render(query, response, meta)
         if not self.has_chat_template:
             return message + "\n"
-        return apply_chat_template(self.processor, build_messages(message, multimodal=self.multimodal))
+        messages = build_messages(message, n_images, multimodal=self.multimodal)  # unmarked images go first
+        return apply_chat_template(self.processor, messages)
+
+    def _encode(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:
+        """Left-padded judge inputs for a batch: the tokenizer's, or the processor's where images come along."""
+        kw = dict(return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template)
+        if not any(images):  # text alone can be cut from the left; image tokens must stay whole
+            return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length, **kw))
+        return dict(self.processor(text=texts, images=[list(x) for x in images], padding_side="left", **kw))
 
     @torch.no_grad()
-    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]]) -> list[float]:
-        """One expected verdict score per response; a non-finite one comes back as NaN for the caller to count."""
+    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]],
+              images: list[list[Any]] | None = None) -> list[float]:
+        """One expected verdict score per response (`images`: each prompt's, for a judge that sees them); a
+        non-finite one comes back as NaN for the caller to count."""
         from rllava.models.logprobs import next_token_logprobs
 
-        texts = [self.text(q, r, m) for q, r, m in zip(queries, responses, metas)]
+        images = [list(x) for x in images] if images is not None and self.sees_images else [[] for _ in queries]
+        texts = [self.text(q, r, m, len(x)) for q, r, m, x in zip(queries, responses, metas, images)]
         out: list[float] = []
         mass = 0.0
         for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length,
-                                 add_special_tokens=not self.has_chat_template).to(self.device)
-            logp = next_token_logprobs(self.model, {"input_ids": enc["input_ids"],
-                                                    "attention_mask": enc["attention_mask"]}, self.label_ids).cpu()
+            enc = self._encode(texts[start:start + self.batch_size], images[start:start + self.batch_size])
+            inputs = {k: v.to(self.device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
+            logp = next_token_logprobs(self.model, inputs, self.label_ids).cpu()
             mass += float(logp.exp().sum())
             scores = torch.softmax(logp, -1) @ self.label_scores
             out += [v if math.isfinite(v) else math.nan for v in scores.tolist()]

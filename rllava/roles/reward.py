@@ -41,7 +41,8 @@ class RewardScorer:
         else:
             scores, infos, n_errors = [0.0] * len(episodes), [{} for _ in episodes], 0
         if self.model is not None:
-            values = self.model.score([e.prompt.query for e in episodes], responses, [e.prompt.meta for e in episodes])
+            values = self.model.score([e.prompt.query for e in episodes], responses, [e.prompt.meta for e in episodes],
+                                      [e.prompt.images for e in episodes])
             for i, value in enumerate(values):
                 if math.isnan(value):
                     value, n_errors = self.on_error, n_errors + 1

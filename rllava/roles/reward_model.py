@@ -91,9 +91,10 @@ class RewardModel:
         return f"{query}\n{response}"
 
     @torch.no_grad()
-    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]] | None = None) -> list[float]:
+    def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]] | None = None,
+              images: list[list[Any]] | None = None) -> list[float]:
         """One score per (prompt, response); a non-finite score comes back as NaN for the caller to count.
-        (`metas`, the rows' fields, are for judges; a classifier reads the text alone.)"""
+        (`metas` and `images`, the rows' fields and images, are for judges; a classifier reads the text alone.)"""
         texts = [self.text(q, r) for q, r in zip(queries, responses)]
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
