@@ -12,7 +12,8 @@ Conventions:
 - A group is the set of samples with the same `batch.group_ids`. Groups whose rewards are all
   equal (single-sample groups included) get advantage exactly 0 from every group-baseline
   estimator: without a spread there is no baseline to learn against.
-- Group std is unbiased (n - 1), like `torch.std`; whitening is over all trained tokens.
+- Group std is unbiased (n - 1), like `torch.std`; whitening is over all trained tokens of the step's
+  batch, and GPG's alpha counts its samples, over every rank under torchrun (`batch_sum`).
 Higher advantage = the action should become more likely (losses are minimised as -A * ...).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rllava.algorithms.aggregation import masked_whiten
+from rllava.algorithms.aggregation import batch_sum, masked_whiten
 from rllava.algorithms.groups import group_count, group_max, group_mean, group_min, group_std, group_sum, uniform_groups
 from rllava.registry import Registry
 
@@ -41,7 +42,7 @@ def _outcome(adv: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = r_t + gamma * G_{next trained token}, computed over trained tokens only."""
-    running = torch.zeros_like(rewards[:, 0])
+    running = rewards.new_zeros(rewards.shape[0])
     out = torch.zeros_like(rewards)
     for t in reversed(range(rewards.shape[1])):
         on = mask[:, t] > 0
@@ -54,7 +55,7 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
 def gae(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation with a critic (gamma, lam); optional whitening."""
     r, v, mask = batch.token_rewards, batch.values, batch.response_mask
-    next_v, last = torch.zeros_like(r[:, 0]), torch.zeros_like(r[:, 0])
+    next_v, last = r.new_zeros(r.shape[0]), r.new_zeros(r.shape[0])
     adv = torch.zeros_like(r)
     for t in reversed(range(r.shape[1])):
         on = mask[:, t] > 0
@@ -142,8 +143,8 @@ def opo(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def gpg(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """GPG: alpha * (r - group mean), alpha = B / #samples in groups whose rewards are not all equal."""
     r, g = _scores(batch), batch.group_ids
-    valid = (~uniform_groups(r, g)).sum().clamp(min=1)
-    return _outcome((r - group_mean(r, g)) * (len(r) / valid), batch)
+    counts = batch_sum(torch.stack([r.new_tensor(float(len(r))), (~uniform_groups(r, g)).sum().to(r.dtype)]))
+    return _outcome((r - group_mean(r, g)) * (counts[0] / counts[1].clamp(min=1)).to(r.dtype), batch)
 
 
 def check_batch(name: str, batch: Any) -> None:

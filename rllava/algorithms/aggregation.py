@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from rllava.registry import Registry
 
@@ -70,9 +71,25 @@ def row_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _masked(x, mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
 
 
+def batch_sum(x: torch.Tensor) -> torch.Tensor:
+    """`x` summed over every rank's share of the step's batch under torchrun; `x` itself in one process.
+
+    Batch-level statistics (whitening, GPG's alpha) are the whole step's, as in one process: prompts
+    are sharded across ranks, so a rank holds only part of the batch. A collective: every rank calls it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    from rllava.engines.distributed import comm_device  # imported here: only a torchrun launch needs it
+
+    total = x.detach().to(device=comm_device(), dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.to(device=x.device, dtype=x.dtype)
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over masked positions (unbiased variance); masked positions become 0."""
-    n = mask.sum()
-    mean = masked_mean(x, mask)
-    var = _masked((x - mean) ** 2, mask).sum() / (n - 1).clamp(min=1)
+    """(x - mean) / std over the masked positions of the whole step's batch (every rank's; unbiased
+    variance); masked positions become 0."""
+    n = batch_sum(mask.sum())
+    mean = batch_sum(_masked(x, mask).sum()) / n.clamp(min=1)
+    var = batch_sum(_masked((x - mean) ** 2, mask).sum()) / (n - 1).clamp(min=1)
     return _masked((x - mean) * torch.rsqrt(var + eps), mask)

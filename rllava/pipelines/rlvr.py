@@ -43,16 +43,16 @@ def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None
         return ADVANTAGES.get(algo.adv_estimator)(batch, algo)
     adv = torch.zeros_like(batch.response_mask, dtype=torch.float32)
     returns = None
-    if own_mask.shape[0]:
-        sub = batch if rows is None else batch.select(rows)
-        width = sub.response_width  # select() trims response columns past the kept rows' longest
-        sub = dataclasses.replace(sub, response_mask=own_mask[:, :width])
-        sub_adv, sub_returns = ADVANTAGES.get(algo.adv_estimator)(sub, algo)
-        target = slice(None) if rows is None else rows
-        adv[target, :width] = sub_adv.to(adv.dtype)
-        if sub_returns is not None:
-            returns = torch.zeros_like(adv)
-            returns[target, :width] = sub_returns.to(adv.dtype)
+    # Also with no RL row left: an estimator with batch-level statistics is a collective under torchrun.
+    sub = batch if rows is None else batch.select(rows)
+    width = sub.response_width  # select() trims response columns past the kept rows' longest
+    sub = dataclasses.replace(sub, response_mask=own_mask[:, :width])
+    sub_adv, sub_returns = ADVANTAGES.get(algo.adv_estimator)(sub, algo)
+    target = slice(None) if rows is None else rows
+    adv[target, :width] = sub_adv.to(adv.dtype)
+    if sub_returns is not None and own_mask.shape[0]:
+        returns = torch.zeros_like(adv)
+        returns[target, :width] = sub_returns.to(adv.dtype)
     return adv, returns
 
 
