@@ -36,6 +36,14 @@ def expand(per_seq, lengths, width):
 REWARDS, GROUPS, LENGTHS = [1.0, 0.0, 0.0, 1.0, 1.0, 0.5], [0, 0, 0, 1, 1, 2], [3, 1, 2, 2, 4, 3]
 
 
+def test_grpo_batch_std_divides_the_group_baseline_by_the_batch_std():
+    """LitePPO: group means [1/3, 1, 0.5]; the six rewards' unbiased std is sqrt(1.208333 / 5) = 0.491596."""
+    adv, ret = ADVANTAGES["grpo_batch_std"](make_batch(REWARDS, GROUPS, LENGTHS), CFG)
+    per_seq = [(2 / 3) / 0.491596, (-1 / 3) / 0.491596, (-1 / 3) / 0.491596, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(adv, expand(per_seq, LENGTHS, 4), atol=1e-5, rtol=1e-5)
+    assert torch.equal(adv, ret)
+
+
 def test_grpo_normalises_by_group_std_and_zeroes_uniform_and_single_groups():
     adv, ret = ADVANTAGES["grpo"](make_batch(REWARDS, GROUPS, LENGTHS), CFG)
     # mean 1/3, unbiased std sqrt(1/3): (2/3)/0.57735 = 1.1547, (-1/3)/0.57735 = -0.57735

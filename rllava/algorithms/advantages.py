@@ -85,6 +85,16 @@ def dr_grpo(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return _grpo(batch, cfg, False)
 
 
+@ADVANTAGES.register("grpo_batch_std")
+def grpo_batch_std(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """LitePPO (Liu et al. 2025, arXiv 2508.08221): r - group mean, over the std of the whole batch's rewards."""
+    r, g = _scores(batch), batch.group_ids
+    n = batch_sum(r.new_tensor(float(len(r))))
+    mean = batch_sum(r.sum()) / n.clamp(min=1)
+    std = (batch_sum(((r - mean) ** 2).sum()) / (n - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
+    return _outcome((r - group_mean(r, g)) / (std + cfg.grpo_epsilon), batch)
+
+
 @ADVANTAGES.register("grpo_passk")
 def grpo_passk(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass@k: only each group's best sample learns, with advantage max - second max (/ std if norm)."""
