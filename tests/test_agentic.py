@@ -31,7 +31,8 @@ class ImageEchoEnv(Environment):
 
 # Image-token layouts differ: M-RoPE grids (Qwen), tiles plus a global view (Idefics3/SmolVLM, 200x150 px
 # observations give 4 + 1 tiles), fixed soft tokens (Gemma3), a plain projector (LLaVA, TinyLLaVA).
-MULTI_TURN_FAMILIES = ["qwen2_vl", "qwen3_vl", "smolvlm", "gemma3", "llava", "internvl", "tinyllava"]
+MULTI_TURN_FAMILIES = ["qwen2_vl", "qwen3_vl", "smolvlm", "gemma3", "llava", "internvl", "llava_onevision",
+                       "tinyllava"]
 
 
 @pytest.fixture(scope="module", params=MULTI_TURN_FAMILIES)

@@ -12,7 +12,7 @@ EXPECTED = {
     "reward": ["math", "format", "count", "iou", "detection", "answer_tag", "exact_match"],
     "task": ["counting", "geometry", "grounding", "detection", "zoom"],
     "model_family": ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "qwen2", "qwen3",
-                     "internvl", "tinyllava"],
+                     "internvl", "llava_onevision", "tinyllava"],
     "train_engine": ["local", "fsdp2"],
     "rollout_engine": ["hf", "vllm"],
     "pipeline": ["rlvr", "sft", "agentic", "agentic_sft"],

@@ -206,7 +206,7 @@ def test_prompts_feed_the_model_through_batch(counting, qwen_vl):
     assert logits.shape[:2] == batch.input_ids.shape and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl", "llava_onevision"])
 def test_length_estimate_is_exact(tmp_path, tiny_model_factory, family):
     for i, size in enumerate([(64, 64), (200, 90), (30, 300)]):
         _png(tmp_path / f"{i}.png", size)

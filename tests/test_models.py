@@ -36,6 +36,7 @@ EXPECTED_KEYS = {
     "smolvlm": {"pixel_values", "pixel_attention_mask"},
     "gemma3": {"pixel_values", "token_type_ids"},
     "internvl": {"pixel_values"},
+    "llava_onevision": {"pixel_values", "image_sizes", "batch_num_images"},
     "tinyllava": {"pixel_values"},
     "qwen2": set(),
     "qwen3": set(),
@@ -250,7 +251,7 @@ def test_final_logit_softcapping_is_applied():
 # ------------------------------------------------------------------ several images, video
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl", "tinyllava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl", "llava_onevision", "tinyllava"])
 def test_several_images_in_one_sample(tiny_model_factory, family):
     model, processor = load_plain(tiny_model_factory(family))
     resp = torch.tensor([RESPONSES[0]])

@@ -66,7 +66,7 @@ def test_chat_templates_render_each_style():
 def test_registry_lists_every_family_and_rejects_typos(tmp_path):
     assert MODEL_FAMILIES.names() == sorted(FAMILIES)
     assert {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "qwen2", "qwen3",
-            "internvl", "tinyllava"} == set(FAMILIES)
+            "internvl", "llava_onevision", "tinyllava"} == set(FAMILIES)
     assert all(e.description for e in MODEL_FAMILIES)
     with pytest.raises(UnknownNameError, match="qwen2_vl"):
         make_tiny_model("qwen2-vl", tmp_path / "x")

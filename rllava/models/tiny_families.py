@@ -291,6 +291,37 @@ def _internvl_processor(tok, template: str, s: Size):
                              image_seq_length=INTERNVL_SEQ, chat_template=template)
 
 
+# ------------------------------------------------------------------ LLaVA-OneVision
+
+ONEVISION_CROP, ONEVISION_PATCH = 28, 14  # a 28 px crop: 2x2 patches = 4 tokens
+ONEVISION_PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]  # the anyres grids a single image is cut to
+ONEVISION_SPECIAL = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "image_token": "<image>",
+                     "video_token": "<video>"}
+
+
+def _onevision_config(tok, s: Size, vocab: int) -> PretrainedConfig:
+    from transformers import LlavaOnevisionConfig
+
+    return LlavaOnevisionConfig(
+        text_config=text_kwargs(tok, s, vocab, model_type="qwen2"),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=s.v_hidden, intermediate_size=s.v_intermediate,
+                           num_hidden_layers=s.v_layers, num_attention_heads=s.v_heads, image_size=ONEVISION_CROP,
+                           patch_size=ONEVISION_PATCH, vision_use_head=False),
+        image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+        image_grid_pinpoints=ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_9")
+
+
+def _onevision_processor(tok, template: str, s: Size):
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    crop = {"height": ONEVISION_CROP, "width": ONEVISION_CROP}
+    image = LlavaOnevisionImageProcessor(size=crop, image_grid_pinpoints=ONEVISION_PINPOINTS)
+    return LlavaOnevisionProcessor(image_processor=image, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(size=crop),
+                                   num_image_tokens=(ONEVISION_CROP // ONEVISION_PATCH) ** 2,
+                                   vision_feature_select_strategy="full", chat_template=template,
+                                   vision_aspect_ratio="anyres_max_9")
+
+
 # ------------------------------------------------------------------ TinyLLaVA (rllava's own composition)
 
 TINYLLAVA_IMAGE, TINYLLAVA_PATCH = 56, 14  # SigLIP, no CLS: 4x4 = 16 image tokens
@@ -363,6 +394,8 @@ FAMILIES: dict[str, FamilySpec] = {
                          ("<start_of_turn>", "<end_of_turn>"), init=_gemma3_init),
     "internvl": FamilySpec("InternVL: InternViT tiles + pixel-shuffle MLP projector + Qwen2 LM", "internvl",
                            INTERNVL_SPECIAL, _internvl_config, _internvl_processor, QWEN_STOP, QWEN_EXTRA),
+    "llava_onevision": FamilySpec("LLaVA-OneVision: SigLIP with anyres crops + MLP projector + Qwen2 LM", "chatml_image",
+                                  ONEVISION_SPECIAL, _onevision_config, _onevision_processor, QWEN_STOP, QWEN_EXTRA),
     "tinyllava": FamilySpec("TinyLLaVA-style: SigLIP + 2-layer GELU MLP connector + Qwen2 LM (rllava composition)",
                             "chatml_image", {**TEXT_SPECIAL, "image_token": "<image>"}, _tinyllava_config,
                             _tinyllava_processor, QWEN_STOP, QWEN_EXTRA),
