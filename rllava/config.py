@@ -193,6 +193,7 @@ DEFAULT_JUDGE_TEMPLATE = ("Question: {{ prompt }}\nReference answer: {{ answer }
 @dataclass
 class RewardConfig:
     functions: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name or file.py:fn -> weight
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per function, over the row's fields: {detection: {iou_threshold: 0.75}, iou: {box_frame: input}}
     on_error: float = 0.0  # score given when a reward function raises or returns NaN
     accuracy_key: str = "accuracy"  # logged as accuracy when a reward returns it
     model: Optional[str] = None  # a reward model folder: a sequence classifier (one label) or an LM judge (model_type); its score of (prompt, response), times model_weight, is added
@@ -450,6 +451,9 @@ def check_ranges(cfg: Config) -> None:
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ConfigError(f"env.reward_weights: unknown key(s) {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
+    unknown = sorted(set(cfg.reward.kwargs) - set(cfg.reward.functions))
+    if unknown:
+        raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(cfg.reward.functions)}")
     if cfg.reward.model_type not in (None, "classifier", "judge"):
         raise ConfigError(f"reward.model_type={cfg.reward.model_type!r}: must be classifier, judge or null (from the folder)")
     labels = cfg.reward.judge_labels

@@ -391,3 +391,23 @@ def test_rows_with_bytes_images_load_via_pil(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (3, 2), (1, 2, 3)).save(buf, format="PNG")
     assert load_image({"bytes": buf.getvalue()}).getpixel((2, 1)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("family, seen", [("qwen2_vl", [504, 392]), ("llava", [517, 387])])
+def test_rows_record_image_sizes_for_box_frames(tmp_path, tiny_model_factory, family, seen):
+    """A 640x480 image over max_pixels: rllava resizes it to 517x387, and Qwen-VL's processor then to whole
+    28 px patches, 504x392 (read from its patch grid). A box written in that frame scores as the ground truth."""
+    from rllava.rewards import RewardFunction
+
+    _png(tmp_path / "a.png", (640, 480))
+    f = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "<image>Where?", "answer": "[160, 120, 320, 240]", "images": ["a.png"]}])
+    processor = AutoProcessor.from_pretrained(tiny_model_factory(family))
+    prompt = RLDataset(str(f), DataConfig(max_pixels=200704), processor)[0]
+    assert prompt.meta["image_sizes"] == [[640, 480]] and prompt.meta["input_image_sizes"] == [seen]
+    if "image_grid_thw" in prompt.mm:
+        assert (prompt.mm["image_grid_thw"][0, 1:] * 14).tolist() == seen[::-1]  # (height, width) in patches
+    sx, sy = seen[0] / 640, seen[1] / 480
+    written = f"<answer>[{160 * sx}, {120 * sy}, {320 * sx}, {240 * sy}]</answer>"
+    fn = RewardFunction({"iou": 1.0}, kwargs={"iou": {"box_frame": "input"}})
+    assert fn.score_one(written, prompt.meta)[0] == pytest.approx(1.0)
+    assert RewardFunction({"iou": 1.0}).score_one(written, prompt.meta)[0] < 0.8  # read as the image's pixels

@@ -92,6 +92,18 @@ def test_plugin_rewards_reach_the_workers():
         pool.close()
 
 
+def test_reward_kwargs_reach_the_workers():
+    response, row = "<answer>[0, 0, 10, 10]</answer>", {"answer": "[[0, 0, 10, 12]]"}
+    kwargs = {"detection": {"iou_threshold": 0.9}}
+    pool = RewardWorkers({"detection": 1.0}, workers=1, kwargs=kwargs)
+    try:
+        scores, infos, _ = pool([response], [row])
+    finally:
+        pool.close()
+    assert infos[0]["detection/f1"] == 0.0 == RewardFunction({"detection": 1.0}, kwargs=kwargs).score_one(response, row)[1]["detection/f1"]
+    assert RewardFunction({"detection": 1.0}).score_one(response, row)[1]["detection/f1"] == 1.0
+
+
 def test_a_reward_only_in_the_calling_process_is_a_clear_error():
     @REWARDS.register("only_here_for_this_test")
     def only_here(response, answer, **meta):

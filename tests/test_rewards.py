@@ -157,6 +157,50 @@ def test_detection_reward_hand_values():
                                                  "recall": 0.0, "mean_iou": 0.0}
 
 
+# A 640x480 image that the model saw at 448x336 (Qwen2.5-VL writes boxes in that frame).
+SIZES = {"image_sizes": [[640, 480]], "input_image_sizes": [[448, 336]]}
+
+
+@pytest.mark.parametrize("frame, written", [
+    ("pixels", "[160, 120, 320, 240]"),
+    ("input", "[112, 84, 224, 168]"),  # x 640/448 = 10/7, y 480/336 = 10/7
+    ("norm1000", "(250, 250, 500, 500)"),
+    ("norm1", "[0.25, 0.25, 0.5, 0.5]"),
+])
+def test_box_frames_map_predictions_to_the_image_pixels(frame, written):
+    gold = "[160, 120, 320, 240]"
+    assert iou_reward(f"<answer>{written}</answer>", gold, box_frame=frame, **SIZES)["overall"] == pytest.approx(1.0)
+    two = f"[{gold}, [0, 0, 64, 48]]"
+    other = {"pixels": "[0,0,64,48]", "input": "[0,0,44.8,33.6]", "norm1000": "[0,0,100,100]", "norm1": "[0,0,0.1,0.1]"}
+    out = detection_reward(f"<answer>{written} {other[frame]}</answer>", two, box_frame=frame, **SIZES)
+    assert out["f1"] == 1.0 and out["overall"] == pytest.approx(1.0)
+    if frame != "pixels":  # read as pixels instead, the same text misses
+        assert iou_reward(f"<answer>{written}</answer>", gold, **SIZES)["overall"] < 0.5
+
+
+def test_box_frames_need_the_sizes_and_a_known_name():
+    with pytest.raises(ValueError, match="box_frame=input needs the row's image sizes"):
+        iou_reward("[1, 2, 3, 4]", "[1, 2, 3, 4]", box_frame="input", image_sizes=[[10, 10]])
+    with pytest.raises(ValueError, match="not one of"):
+        iou_reward("[1, 2, 3, 4]", "[1, 2, 3, 4]", box_frame="normalized", **SIZES)
+    assert iou_reward("no box", "[1, 2, 3, 4]", box_frame="input")["overall"] == 0.0  # nothing to map
+
+
+def test_reward_kwargs_reach_each_function_over_the_row_fields():
+    response, answer = "<answer>[0, 0, 10, 10] [50, 50, 60, 60]</answer>", "[[0, 0, 10, 12], [50, 50, 60, 60]]"
+    row = {"answer": answer, "iou_threshold": 0.5}
+    plain = RewardFunction({"detection": 1.0})
+    strict = RewardFunction({"detection": 1.0}, kwargs={"detection": {"iou_threshold": 0.9}})  # 100/120 < 0.9
+    assert plain.score_one(response, row)[1]["detection/f1"] == 1.0
+    assert strict.score_one(response, row)[1]["detection/f1"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match=r"reward.kwargs names \['iou'\]"):
+        RewardFunction({"detection": 1.0}, kwargs={"iou": {"box_frame": "input"}})
+    from rllava.config import load_config
+
+    with pytest.raises(ConfigError, match="reward.kwargs names"):
+        load_config(None, ["reward.functions={count: 1.0}", "reward.kwargs={iou: {box_frame: input}}"])
+
+
 def test_detection_matching_is_one_to_one_and_optimal():
     # Greedy (best IoU first) pairs pred 1 with gold 1 (IoU 7/13), leaving pred 0 with gold 0 (IoU 0):
     # total 0.54. The optimal assignment crosses them: 4/8 + 6/13 = 0.96.

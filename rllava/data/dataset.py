@@ -292,5 +292,17 @@ class RLDataset(torch.utils.data.Dataset):
             self._warned_long = True
             logger.warning("%s: prompt has %d tokens, over max_prompt_length=%d (estimated %d at load time)",
                            it.ref.where(), n, self.cfg.max_prompt_length, it.length)
+        meta = self._meta(it, i)
+        if images:  # for rewards that map what the model writes about an image back to the image (box frames)
+            meta["image_sizes"] = [list(image_size(x, it.ref.base_dir)) for x in it.images]
+            meta["input_image_sizes"] = self._input_sizes(images, out)
         return Prompt(input_ids=input_ids, mm=mm, seq=seq, text=it.text, images=images,
-                      meta=self._meta(it, i), index=i, query=it.query)
+                      meta=meta, index=i, query=it.query)
+
+    def _input_sizes(self, images: list[Image.Image], out: Any) -> list[list[int]]:
+        """[width, height] of each image as the model sees it: from the processor's patch grid where it has one
+        (Qwen-VL resizes to whole patches), else the size rllava resized it to."""
+        grid, patch = out.get("image_grid_thw"), getattr(getattr(self.processor, "image_processor", None), "patch_size", None)
+        if grid is not None and isinstance(patch, int) and len(grid) == len(images):
+            return [[int(w) * patch, int(h) * patch] for _, h, w in grid.tolist()]
+        return [list(img.size) for img in images]

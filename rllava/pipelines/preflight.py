@@ -35,7 +35,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
     import_plugins(cfg.plugins)
     check_settings(cfg)
     PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
-    rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error) if cfg.reward.functions else None
+    rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error, cfg.reward.kwargs) if cfg.reward.functions else None
     judge = None
     if cfg.reward.model:
         from rllava.roles.reward_model import reward_model_type

@@ -1,7 +1,14 @@
 """Box rewards: `iou` (one box, grounding) and `detection` (a set of boxes, matched one-to-one).
 
-Boxes are `[x1, y1, x2, y2]` in pixels. They are read from the `<answer>` block when there is
-one, else from the whole response; brackets or parentheses, commas or spaces are accepted.
+Ground-truth boxes are `[x1, y1, x2, y2]` in the pixels of the row's (first) image. Predicted boxes
+are read from the `<answer>` block when there is one, else from the whole response; brackets or
+parentheses, commas or spaces are accepted. `box_frame` (set with `reward.kwargs`) says how the
+model writes them, since models differ:
+- `pixels`: the original image's pixels, as the ground truth (the default);
+- `input`: the pixels of the image the model saw, after rllava's and the processor's resizing
+  (Qwen2.5-VL); rescaled with the row's `image_sizes` and `input_image_sizes`;
+- `norm1000`: 0-1000 relative coordinates (Qwen2-VL, Qwen3-VL, InternVL);
+- `norm1`: 0-1 relative coordinates.
 """
 from __future__ import annotations
 
@@ -47,6 +54,25 @@ def parse_gold_boxes(answer) -> list[Box]:
     return boxes
 
 
+BOX_FRAMES = ("pixels", "input", "norm1000", "norm1")
+
+
+def to_image_pixels(boxes: list[Box], frame: str, meta: dict) -> list[Box]:
+    """Predicted `boxes`, written in `frame`, in the pixels of the row's first image (the ground truth's frame)."""
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"box_frame={frame!r} is not one of {list(BOX_FRAMES)}")
+    if frame == "pixels" or not boxes:
+        return boxes
+    sizes = meta.get("image_sizes") or []
+    if not sizes or (frame == "input" and not meta.get("input_image_sizes")):
+        raise ValueError(f"box_frame={frame} needs the row's image sizes (image_sizes, input_image_sizes), which "
+                         "rllava's dataset records for rows with images")
+    width, height = sizes[0]
+    unit = {"norm1000": (1000.0, 1000.0), "norm1": (1.0, 1.0)}.get(frame) or tuple(meta["input_image_sizes"][0])
+    sx, sy = width / unit[0], height / unit[1]
+    return [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 when both are empty)."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -57,12 +83,12 @@ def iou(a: Box, b: Box) -> float:
 
 
 @REWARDS.register("iou", accuracy=True)
-def iou_reward(response: str, answer: str, **meta) -> dict[str, float]:
+def iou_reward(response: str, answer: str, box_frame: str = "pixels", **meta) -> dict[str, float]:
     """IoU of the first predicted box with the true box; accuracy = IoU >= 0.5."""
     gold = parse_gold_boxes(answer)
     if len(gold) != 1:
         raise ValueError(f"iou reward: expected exactly one ground-truth box, got {answer!r}")
-    pred = parse_boxes(response)
+    pred = to_image_pixels(parse_boxes(response), box_frame, meta)
     value = iou(pred[0], gold[0]) if pred else 0.0
     return {"overall": value, "accuracy": float(value >= 0.5)}
 
@@ -76,7 +102,8 @@ def match_boxes(pred: list[Box], gold: list[Box]) -> list[tuple[int, int, float]
 
 
 @REWARDS.register("detection", accuracy=True)
-def detection_reward(response: str, answer: str, iou_threshold: float = 0.5, **meta) -> dict[str, float]:
+def detection_reward(response: str, answer: str, iou_threshold: float = 0.5, box_frame: str = "pixels",
+                     **meta) -> dict[str, float]:
     """Set-of-boxes reward. Boxes are matched one-to-one to maximise total IoU (Hungarian).
 
     overall = sum of matched IoUs / max(#pred, #gold): a smooth score that is 1 only for a
@@ -85,7 +112,7 @@ def detection_reward(response: str, answer: str, iou_threshold: float = 0.5, **m
     Both sets empty scores 1 (nothing there, nothing predicted).
     """
     gold = parse_gold_boxes(answer)
-    pred = parse_boxes(response)
+    pred = to_image_pixels(parse_boxes(response), box_frame, meta)
     if not gold and not pred:
         return {"overall": 1.0, "accuracy": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "mean_iou": 1.0}
     matches = match_boxes(pred, gold)

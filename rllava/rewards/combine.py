@@ -65,13 +65,21 @@ def _as_dict(value: Any) -> dict[str, float]:
 
 
 class RewardFunction:
-    """Weighted sum of reward components: `RewardFunction({"count": 1.0, "format": 0.1})`."""
+    """Weighted sum of reward components: `RewardFunction({"count": 1.0, "format": 0.1})`.
 
-    def __init__(self, functions: dict[str, float], on_error: float = 0.0):
+    `kwargs` gives components keyword arguments from the config (`reward.kwargs`), over the row's
+    fields of the same name, e.g. `{"detection": {"iou_threshold": 0.75}}`."""
+
+    def __init__(self, functions: dict[str, float], on_error: float = 0.0,
+                 kwargs: dict[str, dict[str, Any]] | None = None):
         if not functions:
             raise ConfigError("reward.functions is empty: name at least one reward function")
+        unknown = sorted(set(kwargs or {}) - set(functions))
+        if unknown:
+            raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(functions)}")
         self.weights = dict(functions)
         self.fns = {name: resolve_reward(name) for name in functions}
+        self.kwargs = {name: dict((kwargs or {}).get(name) or {}) for name in functions}
         self.on_error = float(on_error)
         self._logged: set[str] = set()
 
@@ -86,7 +94,7 @@ class RewardFunction:
         total, failures = 0.0, []
         for name, fn in self.fns.items():
             try:
-                parts = _as_dict(fn(response, answer, **kwargs))
+                parts = _as_dict(fn(response, answer, **{**kwargs, **self.kwargs[name]}))
             except Exception as e:  # a reward bug must not end a long run: score it, count it, say it once
                 failures.append((name, f"{type(e).__name__}: {e}"))
                 parts = self._failed_parts(name)

@@ -61,10 +61,12 @@ class RewardWorkers:
     """`RewardFunction`'s twin that scores in `workers` processes; same call, same results."""
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0, workers: int = 2,
-                 timeout_s: Optional[float] = None, plugins: Optional[list[str]] = None):
-        self.local = RewardFunction(functions, on_error)  # resolves names here first: errors before any spawn
+                 timeout_s: Optional[float] = None, plugins: Optional[list[str]] = None,
+                 kwargs: Optional[dict[str, dict]] = None):
+        self.local = RewardFunction(functions, on_error, kwargs)  # resolves names here first: errors before any spawn
         self.timeout_s = timeout_s
-        self._init = (dict(functions), float(on_error), [str(Path(p).resolve()) for p in plugins or []])
+        self._init = (dict(functions), float(on_error), [str(Path(p).resolve()) for p in plugins or []],
+                      dict(kwargs or {}))
         self._workers = [_Worker(self._init) for _ in range(workers)]
         self._calls = 0
         self.n_timeouts = 0  # responses over timeout_s, over the whole run
@@ -199,7 +201,7 @@ def _serve(fd: int, parent: int) -> None:
     """A worker's life: build the reward function, then score one response per message until the socket closes."""
     _die_with(parent)
     conn = Connection(fd)
-    functions, on_error, plugins = conn.recv()
+    functions, on_error, plugins, kwargs = conn.recv()
     try:
         from rllava.config import import_plugins
         from rllava.rewards import REWARDS
@@ -207,7 +209,7 @@ def _serve(fd: int, parent: int) -> None:
         names = [n for n in functions if not n.rpartition(":")[0].endswith(".py")]
         if any(n not in REWARDS for n in names):  # registered by a plugin file: import them (maybe heavy) only then
             import_plugins(plugins)
-        fn = RewardFunction(functions, on_error)
+        fn = RewardFunction(functions, on_error, kwargs)
     except Exception as e:  # noqa: BLE001 (sent back to the trainer, which raises it as a config error)
         hint = " (a reward registered only in the calling script cannot reach a worker process: " \
                "put it in a plugins file, or name it path/to/file.py:function)"

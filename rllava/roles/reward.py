@@ -18,9 +18,9 @@ class RewardScorer:
         if cfg.functions and cfg.workers:
             from rllava.rewards.workers import RewardWorkers
 
-            self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins)
+            self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins, cfg.kwargs)
         elif cfg.functions:
-            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error)
+            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error, kwargs=cfg.kwargs)
         self.model = None
         if cfg.model:
             from rllava.roles.reward_model import load_reward_model
