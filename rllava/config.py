@@ -175,6 +175,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling; 1 disables
     top_k: int = 0  # top-k sampling; 0 disables
     max_new_tokens: int = 128  # response length limit (per turn in agentic episodes)
+    stop: list[str] = field(default_factory=list)  # strings that end a response (kept in it; a finished response, like EOS), e.g. ["</tool_call>"]
     val_temperature: float = 0.0  # greedy
     val_n: int = 1  # samples per validation prompt; > 1 adds val/pass@k (k = 1, 2, 4, ..., val_n)
     batch_size: int = 0  # sequences generated at once; 0 = all
@@ -454,6 +455,8 @@ def check_ranges(cfg: Config) -> None:
     unknown = sorted(set(cfg.reward.kwargs) - set(cfg.reward.functions))
     if unknown:
         raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(cfg.reward.functions)}")
+    if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
+        raise ConfigError(f"rollout.stop={cfg.rollout.stop!r}: give non-empty strings")
     if cfg.reward.model_type not in (None, "classifier", "judge"):
         raise ConfigError(f"reward.model_type={cfg.reward.model_type!r}: must be classifier, judge or null (from the folder)")
     labels = cfg.reward.judge_labels

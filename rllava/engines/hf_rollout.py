@@ -13,7 +13,7 @@ from torch import nn
 
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.engines.registry import ROLLOUT_ENGINES
-from rllava.models.introspect import unwrap
+from rllava.models.introspect import get_tokenizer, unwrap
 from rllava.models.shared_prompt import _cache_kwarg
 
 
@@ -31,13 +31,44 @@ class Sampling:
         return self.temperature <= 0
 
 
+def response_end(ids: list[int], eos_ids: set[int], stop: list[str], tokenizer) -> int | None:
+    """How many of `ids` a response keeps: through its first EOS, or through the token that completes the
+    first of the `stop` strings in the decoded text (the string stays in the response); None: neither came."""
+    cut = next((j + 1 for j, t in enumerate(ids) if t in eos_ids), None)
+    if not stop or not any(s in tokenizer.decode(ids[:cut]) for s in stop):
+        return cut
+    low, high = 1, len(ids) if cut is None else cut  # the shortest prefix that holds a stop string
+    while low < high:
+        mid = (low + high) // 2
+        if any(s in tokenizer.decode(ids[:mid]) for s in stop):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+class StopOnStrings:
+    """A `generate` stopping criterion: a row is done once its generated text (never the prompt's, unlike
+    HF's `stop_strings`) holds a stop string. Only the last few tokens are decoded each step: a string of
+    L characters spans at most 4 L byte-level tokens."""
+
+    def __init__(self, tokenizer, stop: list[str], prompt_width: int):
+        self.tokenizer, self.stop, self.start = tokenizer, stop, prompt_width
+        self.window = 4 * max(len(s) for s in stop) + 2
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):].tolist()
+        done = [any(s in self.tokenizer.decode(ids) for s in self.stop) for ids in tail]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @ROLLOUT_ENGINES.register("hf", description="HF generate on the policy module itself (KV cache, left-padded batches)")
 class HFRolloutEngine:
     """Extra keyword arguments (model_path, processor, rollout_cfg) are for engines that need them (vLLM)."""
 
     def __init__(self, model: nn.Module, pad_id: int, eos_ids: list[int], device: torch.device | str = "cpu",
                  batch_size: int = 0, compute=None, suppress_ids: list[int] | None = None, rollout_cfg=None,
-                 **_unused):
+                 processor=None, **_unused):
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
@@ -48,6 +79,10 @@ class HFRolloutEngine:
         self.generate_kwargs = dict(getattr(rollout_cfg, "generate_kwargs", None) or {})  # e.g. a static KV cache
         # Prefill each distinct prompt once; not with a cache of generate's own choosing (e.g. static).
         self.share_prefill = getattr(rollout_cfg, "share_prefill", True) and "cache_implementation" not in self.generate_kwargs
+        self.stop = list(getattr(rollout_cfg, "stop", None) or [])  # strings that end a response, kept in it
+        self.tokenizer = get_tokenizer(processor) if processor is not None else None
+        if self.stop and self.tokenizer is None:
+            raise ValueError("rollout.stop needs the processor (its tokenizer decodes the responses)")
 
     def sync_weights(self, model: nn.Module | None = None) -> None:
         """Nothing to do: generation uses the training module's own parameters."""
@@ -104,6 +139,11 @@ class HFRolloutEngine:
             inputs = batch.model_inputs(self.device, images=share is None)  # shared: the images go into the cache
             if share is not None:
                 kwargs.update(self._prefill_once(inputs, share))
+            if self.stop:  # stop early; response_end below finds the exact token
+                from transformers import StoppingCriteriaList
+
+                width = inputs["input_ids"].shape[1]
+                kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(self.tokenizer, self.stop, width)])
             out = self.model.generate(**inputs, **kwargs)
         sequences = out.sequences if sampling.logprobs else out
         new_ids = sequences[:, inputs["input_ids"].shape[1]:]
@@ -115,7 +155,7 @@ class HFRolloutEngine:
                                  for i, step in enumerate(out.logits)], 1).tolist()
         eos = set(self.eos_ids)
         for i, (ep, ids) in enumerate(zip(episodes, new)):
-            cut = next((j + 1 for j, t in enumerate(ids) if t in eos), None)
+            cut = response_end(ids, eos, self.stop, self.tokenizer)
             ep.finished = cut is not None
             ep.response_ids = ids[:cut] if cut is not None else ids
             ep.response_mask = [1] * len(ep.response_ids)

@@ -25,8 +25,9 @@ from torch import nn
 
 from rllava.config import ConfigError, MissingPackageError
 from rllava.data.types import Episode, Prompt
-from rllava.engines.hf_rollout import Sampling
+from rllava.engines.hf_rollout import Sampling, response_end
 from rllava.engines.registry import ROLLOUT_ENGINES
+from rllava.models.introspect import get_tokenizer
 from rllava.models.weights import hf_weights
 
 
@@ -91,6 +92,8 @@ class VLLMRolloutEngine:
         self.pad_id = pad_id
         self.eos_ids = list(eos_ids)
         self.suppress_ids = list(suppress_ids or [])  # image/video placeholders: never valid in a response
+        self.stop = list(getattr(rollout_cfg, "stop", None) or [])  # strings that end a response, kept in it
+        self.tokenizer = get_tokenizer(processor) if processor is not None else None
         # Level 1 keeps a host copy of the weights, so a parameter the sync might miss stays right;
         # level 2 drops them (less host memory) and relies on the sync alone.
         self.sleep_level = sleep_level or getattr(rollout_cfg, "sleep_level", None) or 1
@@ -181,6 +184,8 @@ class VLLMRolloutEngine:
                           top_k=sampling.top_k if sampling.top_k > 0 else -1)
         if self.suppress_ids:
             kwargs["logit_bias"] = {int(t): float("-inf") for t in self.suppress_ids}
+        if self.stop:  # vLLM stops on text, so it detokenizes; response_end then finds the exact token
+            kwargs.update(stop=self.stop, include_stop_str_in_output=True, detokenize=True)
         return self.vllm.SamplingParams(**kwargs)
 
     @staticmethod
@@ -221,7 +226,7 @@ class VLLMRolloutEngine:
             sample = out.outputs[0]
             ids = list(sample.token_ids)
             logps = [lp[t].logprob for lp, t in zip(sample.logprobs, ids)]
-            cut = next((j + 1 for j, t in enumerate(ids) if t in eos), None)
+            cut = response_end(ids, eos, self.stop, self.tokenizer)
             ep.finished = cut is not None
             ep.response_ids = ids[:cut] if cut is not None else ids
             ep.response_mask = [1] * len(ep.response_ids)

@@ -104,6 +104,7 @@ class DemoEngine:
     def __init__(self, tokenizer, eos_id: int, demo_key: str = "demo_turns"):
         self.tokenizer = tokenizer
         self.eos_id = eos_id
+        self.eos_ids = [eos_id]
         self.demo_key = demo_key
 
     def sync_weights(self, model: Any = None) -> None:

@@ -105,7 +105,8 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     ds = RLDataset(data_files, cfg.data, processor)
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
-                                     suppress_ids=placeholder_token_ids(model, processor)),
+                                     suppress_ids=placeholder_token_ids(model, processor), rollout_cfg=cfg.rollout,
+                                     processor=processor),
                       get_tokenizer(processor), cfg.rollout)
     reward = RewardScorer(cfg.reward, cfg.plugins, dev, cfg.model.dtype)
     if cfg.env.name:

@@ -192,6 +192,9 @@ class MultiTurnRollout:
                 ep.info["stop"] = result.info.get("stop", "length" if not turn.finished else "budget")
                 ep.info["format_ok"] = env.outcome().format_ok
                 continue
+            eos_ids = self.rollout.engine.eos_ids
+            if turn.response_ids[-1:] and turn.response_ids[-1] not in eos_ids:
+                self._append(ep, [eos_ids[0]], False)  # a stop string ended the turn: close it as the template does
             obs = result.observation
             ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
             self._append(ep, ids, False, seq=seq)

@@ -14,7 +14,7 @@ import torch
 # Under pytest "import vllm" can also find this folder (a namespace package): ask for a real module.
 pytest.importorskip("vllm.entrypoints")
 
-from rllava.config import ModelConfig  # noqa: E402
+from rllava.config import ModelConfig, RolloutConfig  # noqa: E402
 from rllava.data.types import Batch, Episode, Prompt  # noqa: E402
 from rllava.engines.hf_rollout import HFRolloutEngine, Sampling  # noqa: E402
 from rllava.engines.vllm_rollout import VLLMRolloutEngine  # noqa: E402
@@ -224,3 +224,23 @@ def test_training_then_rollout_uses_new_weights(setup):
     assert_logps_close([ours], expected_logps)
     assert unseen == target
     assert rewound == before
+
+
+def test_stop_strings_end_responses_as_the_hf_engine_does(setup):
+    """rollout.stop: vLLM stops on the same token as the HF engine, keeps the string, and counts it finished."""
+    s = setup
+    s["engine"].sync_weights(s["model"])
+    free = hf_engine(s, processor=s["tok"]).generate(s["prompts"], Sampling(temperature=0.0, max_new_tokens=16))
+    ids = next(e.response_ids for e in free if len(e.response_ids) >= 8)
+    stop = s["tok"].decode(ids[:6])[len(s["tok"].decode(ids[:4])):]  # what tokens 5 and 6 write
+    engine = s["engine"]
+    engine.stop, engine.tokenizer = [stop], s["tok"]
+    try:
+        ours = engine.generate(s["prompts"], Sampling(temperature=0.0, max_new_tokens=16))
+    finally:
+        engine.stop = []
+    ref = hf_engine(s, processor=s["tok"], rollout_cfg=RolloutConfig(stop=[stop])).generate(
+        s["prompts"], Sampling(temperature=0.0, max_new_tokens=16))
+    assert [e.response_ids for e in ours] == [e.response_ids for e in ref]
+    assert [e.finished for e in ours] == [e.finished for e in ref]
+    assert any(stop in s["tok"].decode(e.response_ids) and e.finished for e in ours)

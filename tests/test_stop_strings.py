@@ -1,0 +1,103 @@
+"""rollout.stop: a response ends with the token that completes a stop string (kept in it), as with EOS;
+in multi-turn episodes such a turn is closed with EOS, untrained, before the observation."""
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+
+from rllava.config import ConfigError, RolloutConfig, load_config
+from rllava.data.types import Batch, Prompt
+from rllava.engines.hf_rollout import HFRolloutEngine, Sampling, response_end
+from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
+from rllava.models.logprobs import response_logprobs
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_model_factory):
+    from rllava.config import ModelConfig
+
+    model, tok = load_model_and_processor(ModelConfig(path=str(tiny_model_factory("qwen2"))))
+    return model, tok
+
+
+def test_response_end_by_hand(text_model):
+    _, tok = text_model
+    ids = tok("ab</tool_call>cd", add_special_tokens=False)["input_ids"]
+    through = next(k for k in range(1, len(ids) + 1) if "</tool_call>" in tok.decode(ids[:k]))
+    assert response_end(ids, set(), ["</tool_call>"], tok) == through < len(ids)
+    assert response_end(ids, set(), [], tok) is None and response_end(ids, set(), ["zz"], tok) is None
+    assert response_end(ids, {ids[1]}, ["</tool_call>"], tok) == 2  # an earlier EOS wins
+    assert response_end(ids + [7], {7}, ["cd"], tok) == len(ids)  # an earlier stop string wins
+    with pytest.raises(ConfigError, match="rollout.stop"):
+        load_config(None, ["rollout.stop=['']"])
+
+
+def test_generation_stops_at_the_string_and_counts_as_finished(text_model):
+    model, tok = text_model
+    prompt = Prompt(input_ids=tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    sampling = Sampling(n=1, temperature=1.0, max_new_tokens=16, logprobs=True)
+    kw = dict(pad_id=pad_token_id(tok), eos_ids=eos_token_ids(model, tok), processor=tok)
+    torch.manual_seed(0)
+    (free,) = HFRolloutEngine(model, **kw).generate([prompt], sampling)
+    ids = free.response_ids
+    stop = tok.decode(ids[:8])[len(tok.decode(ids[:6])):]  # what tokens 7 and 8 write
+    want = next(k for k in range(1, len(ids) + 1) if stop in tok.decode(ids[:k]))
+    assert stop and 1 < want <= 8 < len(ids) and not free.finished
+    torch.manual_seed(0)  # the same draws: the same tokens until the stop string
+    (ep,) = HFRolloutEngine(model, **kw, rollout_cfg=RolloutConfig(stop=[stop])).generate([prompt], sampling)
+    assert ep.finished and ep.response_ids == ids[:want] and stop in tok.decode(ep.response_ids)
+    assert ep.rollout_logp == pytest.approx(free.rollout_logp[:want], abs=1e-5)
+    # The prompt's own text never stops a response (HF's stop_strings would: they match across the boundary).
+    prompt_end, written = Prompt(input_ids=prompt.input_ids + ids[:6]), tok.decode(ids[:6])
+    (late,) = HFRolloutEngine(model, **kw, rollout_cfg=RolloutConfig(stop=[written])).generate(
+        [prompt_end], Sampling(n=1, temperature=1.0, max_new_tokens=3))
+    assert written not in tok.decode(late.response_ids)
+    assert late.finished == (late.response_ids[-1] in kw["eos_ids"])  # finished by EOS alone, if at all
+
+
+def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_factory):
+    """Every printable character is a stop string, so each turn stops after its first token; the episode then
+    holds that token (trained), EOS (not trained) and the observation, and one forward reproduces the
+    recorded log-probs."""
+    from rllava.config import ModelConfig
+    from rllava.envs import Environment, Observation, StepResult
+    from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
+    from rllava.roles.rollout import Rollout
+
+    class Echo(Environment):
+        def reset(self, sample_meta, images):
+            self.turns, self.seen = 0, []
+
+        def step(self, action_text):
+            self.turns += 1
+            self.seen.append(action_text)
+            if self.turns > 2:
+                return StepResult(None, 0.0, True, {"stop": "answer"})
+            return StepResult(Observation(text="again"), 0.0, False, {"action": "tool"})
+
+    model, processor = load_model_and_processor(ModelConfig(path=str(tiny_model_factory("qwen2_vl"))))
+    tok, eos = get_tokenizer(processor), eos_token_ids(model, processor)
+    engine = HFRolloutEngine(model, pad_id=pad_token_id(processor), eos_ids=eos, processor=processor,
+                             suppress_ids=[processor.image_token_id],
+                             rollout_cfg=RolloutConfig(stop=list(string.printable.strip())))
+    envs: list[Echo] = []
+    rollout = MultiTurnRollout(Rollout(engine, tok, RolloutConfig()), lambda: envs.append(Echo()) or envs[-1],
+                               ObservationRenderer(processor), max_total_tokens=256)
+    prompt = Prompt(input_ids=tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    torch.manual_seed(0)
+    episodes = rollout.generate([prompt], Sampling(n=2, temperature=1.0, max_new_tokens=8))
+    for ep, env in zip(episodes, envs):
+        assert ep.info["turns"] == 3
+        policy = [i for i, m in enumerate(ep.response_mask) if m]
+        assert len(policy) >= 3 and all(ep.response_ids[i] not in eos for i in policy[:2])  # stopped, not EOS
+        first = policy[0]
+        assert ep.response_ids[first + 1] == eos[0] and ep.response_mask[first + 1] == 0  # closed, untrained
+        assert env.seen[0] == tok.decode(ep.response_ids[:first + 1], skip_special_tokens=True)
+    batch = Batch.from_episodes(episodes, pad_token_id(processor))
+    with torch.no_grad():
+        logp, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
+    recorded = torch.tensor([ep.rollout_logp + [0.0] * (batch.response_width - len(ep.rollout_logp)) for ep in episodes])
+    m = batch.response_mask.bool()
+    assert torch.allclose(logp[m], recorded[m], atol=1e-4)
