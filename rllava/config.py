@@ -217,8 +217,9 @@ class EnvConfig:
     max_turns: int = 4  # policy turns per episode at most
     max_total_tokens: int = 2048  # response tokens of all turns (generated + observations)
     max_images: int = 8  # images per episode at most (prompt + tool outputs)
-    call_format: str = "xml"  # <tool_call>{"name": ..., "arguments": {...}}</tool_call>
-    observation_role: str = "user"  # chat role of observation turns ("user" works with every template; "tool" where supported)
+    call_format: str = "xml"  # xml: <tool_call>{"name": ..., "arguments": {...}}</tool_call>; json; tags: <search>query</search>
+    observation_role: str = "user"  # chat role of observation turns ("user" works with every template; "tool" where supported); raw: the text goes on in the assistant's own turn (Search-R1)
+    observation_template: str = "{text}"  # how an observation's text is shown, e.g. "\n<information>{text}</information>\n"
     tool_reward: float = 0.0  # per valid tool call (turn reward)
     invalid_penalty: float = 0.1  # per malformed call
     reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})  # episode reward = answer * w.answer + format * w.format + sum(turn rewards) * w.tool
@@ -455,6 +456,8 @@ def check_ranges(cfg: Config) -> None:
     unknown = sorted(set(cfg.reward.kwargs) - set(cfg.reward.functions))
     if unknown:
         raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(cfg.reward.functions)}")
+    if "{text}" not in cfg.env.observation_template:
+        raise ConfigError(f"env.observation_template={cfg.env.observation_template!r} must hold {{text}}")
     if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
         raise ConfigError(f"rollout.stop={cfg.rollout.stop!r}: give non-empty strings")
     if cfg.reward.model_type not in (None, "classifier", "judge"):

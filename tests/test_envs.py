@@ -74,7 +74,7 @@ def test_malformed_calls_are_invalid_with_a_readable_error(text, message):
 def test_parsing_never_raises_on_junk():
     for text in ["", "<tool_call>", "<answer>", "{" * 500, '"name": {', "<tool_call>null</tool_call>",
                  '{"name": 5}', "\x00\uffff<tool_call>\n</tool_call>"]:
-        for fmt in ("xml", "json"):
+        for fmt in ("xml", "json", "tags"):
             assert parse_action(text, fmt).kind in ("tool", "answer", "invalid", "none")
 
 
@@ -85,6 +85,25 @@ def test_json_format():
     assert bad.kind == "invalid" and "not valid JSON (Expecting value" in bad.error
     assert parse_action("the set {1, 2} has two elements", "json").kind == "none"
     assert parse_action('<answer>{"x": 1}</answer>', "json").kind == "answer"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>look it up</think><search>capital of France</search>", ("tool", "search", {"query": "capital of France"})),
+    ("<search>open at the end", ("tool", "search", {"query": "open at the end"})),  # "</search>" as a stop string
+    ("<zoom>[1, 2, 30, 40]</zoom>", ("tool", "zoom", {"bbox": [1, 2, 30, 40]})),  # a non-string argument is JSON
+    ('<zoom>{"bbox": [1, 2, 3, 4], "image_index": 1}</zoom>', ("tool", "zoom", {"bbox": [1, 2, 3, 4], "image_index": 1})),
+    ("<python>print(1 < 2)</python>", ("tool", "python", {"code": "print(1 < 2)"})),
+    ("<answer>Paris</answer> <search>more</search>", ("answer", "", {})),
+    ("<think>no tool here</think> so Paris", ("none", "", {})),
+])
+def test_tags_format(text, expected):
+    a = parse_action(text, "tags")
+    assert (a.kind, a.name, a.arguments) == expected
+
+
+def test_tags_format_errors_say_what_to_write():
+    assert "bbox inside <zoom> is not valid JSON" in parse_action("<zoom>the top left</zoom>", "tags").error
+    assert "JSON inside <search> is not valid" in parse_action("<search>{query: x}</search>", "tags").error
 
 
 def test_unknown_format_names_the_closest():

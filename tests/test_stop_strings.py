@@ -57,10 +57,11 @@ def test_generation_stops_at_the_string_and_counts_as_finished(text_model):
     assert late.finished == (late.response_ids[-1] in kw["eos_ids"])  # finished by EOS alone, if at all
 
 
-def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_factory):
+@pytest.mark.parametrize("role", ["user", "raw"])
+def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_factory, role):
     """Every printable character is a stop string, so each turn stops after its first token; the episode then
     holds that token (trained), EOS (not trained) and the observation, and one forward reproduces the
-    recorded log-probs."""
+    recorded log-probs. Raw observations (Search-R1) continue the assistant's text: no EOS between."""
     from rllava.config import ModelConfig
     from rllava.envs import Environment, Observation, StepResult
     from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
@@ -83,8 +84,9 @@ def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_facto
                              suppress_ids=[processor.image_token_id],
                              rollout_cfg=RolloutConfig(stop=list(string.printable.strip())))
     envs: list[Echo] = []
+    renderer = ObservationRenderer(processor, role=role, template="\n<information>{text}</information>\n")
     rollout = MultiTurnRollout(Rollout(engine, tok, RolloutConfig()), lambda: envs.append(Echo()) or envs[-1],
-                               ObservationRenderer(processor), max_total_tokens=256)
+                               renderer, max_total_tokens=256)
     prompt = Prompt(input_ids=tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     torch.manual_seed(0)
     episodes = rollout.generate([prompt], Sampling(n=2, temperature=1.0, max_new_tokens=8))
@@ -93,7 +95,12 @@ def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_facto
         policy = [i for i, m in enumerate(ep.response_mask) if m]
         assert len(policy) >= 3 and all(ep.response_ids[i] not in eos for i in policy[:2])  # stopped, not EOS
         first = policy[0]
-        assert ep.response_ids[first + 1] == eos[0] and ep.response_mask[first + 1] == 0  # closed, untrained
+        if role == "raw":  # the observation follows at once, as written
+            n = len(tok("\n<information>again</information>\n", add_special_tokens=False)["input_ids"])
+            assert tok.decode(ep.response_ids[first + 1:first + 1 + n]) == "\n<information>again</information>\n"
+            assert ep.response_mask[first + 1:first + 1 + n] == [0] * n and policy[1] == first + 1 + n
+        else:
+            assert ep.response_ids[first + 1] == eos[0] and ep.response_mask[first + 1] == 0  # closed, untrained
         assert env.seen[0] == tok.decode(ep.response_ids[:first + 1], skip_special_tokens=True)
     batch = Batch.from_episodes(episodes, pad_token_id(processor))
     with torch.no_grad():

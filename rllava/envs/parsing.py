@@ -5,6 +5,9 @@ Call formats (registry `CALL_FORMATS`, chosen by `env.call_format`):
 - `xml` (default; the Qwen/Hermes convention):
   `<tool_call>{"name": "zoom", "arguments": {"bbox": [0, 0, 10, 10]}}</tool_call>`
 - `json`: a bare JSON object with `name` and `arguments` anywhere in the text.
+- `tags` (Search-R1 style): the tool's name as a tag around its one required argument,
+  `<search>capital of France</search>`, or around a JSON object of its arguments. Tags that
+  name no registered tool (`<think>`) are text.
 
 In every format the final answer is `<answer>...</answer>`. If a turn holds both a call and
 an answer, whichever starts first wins (text after a call is usually hallucinated). Only the
@@ -84,6 +87,8 @@ def _where(e: json.JSONDecodeError) -> str:
 
 XML_EXAMPLE = '<tool_call>{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}</tool_call>'
 JSON_EXAMPLE = '{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}'
+TAGS_EXAMPLE = "<TOOL_NAME>ARGUMENT</TOOL_NAME>"
+_TAG = re.compile(r"<([A-Za-z_][\w-]*)>(.*?)(?:</\1>|\Z)", re.DOTALL)
 
 
 @CALL_FORMATS.register("xml", example=XML_EXAMPLE)
@@ -130,6 +135,37 @@ def parse_json(text: str) -> Action:
             call = (max(starts), Action("invalid", error=f"the tool call is not valid JSON ({_where(err)}); "
                                                          f"expected {JSON_EXAMPLE}"))
     return _first(text, call)
+
+
+@CALL_FORMATS.register("tags", example=TAGS_EXAMPLE)
+def parse_tags(text: str) -> Action:
+    """<search>query</search>: a tool's name as the tag, its one required argument (or a JSON object) inside."""
+    from rllava.envs.base import TOOLS  # the tools define which tags are calls
+
+    call = next(((m.start(), _tag_call(m.group(1), m.group(2).strip(), TOOLS.entry(m.group(1)).meta))
+                 for m in _TAG.finditer(text) if m.group(1) in TOOLS), None)
+    return _first(text, call)
+
+
+def _tag_call(name: str, body: str, meta: dict[str, Any]) -> Action:
+    example = f"<{name}>ARGUMENT</{name}>"
+    if body.startswith("{"):
+        try:
+            return decode_call({"name": name, "arguments": json.loads(body)}, example)
+        except json.JSONDecodeError as e:
+            return Action("invalid", name=name, error=f"the JSON inside <{name}> is not valid ({_where(e)})")
+    schema = meta.get("parameters", {})
+    required = schema.get("required", [])
+    if len(required) != 1:
+        return Action("invalid", name=name, error=f"{name} takes several arguments: write them as a JSON object "
+                                                   f"inside <{name}></{name}>")
+    arg = required[0]
+    if schema.get("properties", {}).get(arg, {}).get("type", "string") == "string":
+        return Action("tool", name=name, arguments={arg: body})
+    try:
+        return Action("tool", name=name, arguments={arg: json.loads(body)})
+    except json.JSONDecodeError as e:
+        return Action("invalid", name=name, error=f"the {arg} inside <{name}> is not valid JSON ({_where(e)})")
 
 
 def instructions(schemas: list[dict[str, Any]], fmt: str = "xml") -> str:

@@ -29,7 +29,8 @@ def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRol
     if not cfg.env.name:
         raise ConfigError(f"trainer.pipeline={cfg.trainer.pipeline} needs env.name (e.g. env.name=tools env.tools=[zoom])")
     multimodal = hasattr(processor, "image_processor")
-    renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal)
+    renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal,
+                                   template=cfg.env.observation_template)
     return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens,
                             cfg.env.workers)
 
@@ -54,9 +55,16 @@ def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
     return list(turns)
 
 
-def demo_turn_ids(tokenizer, meta: dict[str, Any], key: str, eos_id: int) -> list[list[int]]:
-    """The row's demonstration as token ids, each turn ended by EOS as a policy turn is."""
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id] for t in demo_turns(meta, key)]
+def demo_turn_ids(tokenizer, meta: dict[str, Any], key: str, eos_id: int, every_turn: bool = True) -> list[list[int]]:
+    """The row's demonstration as token ids, each turn ended by EOS as a policy turn is (with raw observations,
+    `every_turn=False`, only the last: the assistant's text goes on through the observations)."""
+    turns = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in demo_turns(meta, key)]
+    return [ids + [eos_id] if every_turn or k == len(turns) - 1 else ids for k, ids in enumerate(turns)]
+
+
+def turns_end_with_eos(cfg: Config) -> bool:
+    """Whether every policy turn ends with EOS: not where observations continue the assistant's text (raw)."""
+    return cfg.env.observation_role != "raw"
 
 
 def hint_turns(turns: list[list[int]], n: int) -> list[tuple[list[int], bool]]:
@@ -83,7 +91,8 @@ class HintTurns:
 
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
-        demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, trainer.ctx.extra["eos_ids"][0]) for p in prompts]
+        eos, every = trainer.ctx.extra["eos_ids"][0], turns_end_with_eos(cfg)
+        demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, eos, every) for p in prompts]
         lengths = hint_lengths(trainer, [sum(map(len, d)) - 1 for d in demos], metrics)
         return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n), self.UNHINTED: p}) if n else p
                 for p, d, n in zip(prompts, demos, lengths)]
@@ -101,11 +110,12 @@ class DemoEngine:
     Past the last demonstration turn it returns an empty, unfinished turn, which ends the episode.
     """
 
-    def __init__(self, tokenizer, eos_id: int, demo_key: str = "demo_turns"):
+    def __init__(self, tokenizer, eos_id: int, demo_key: str = "demo_turns", every_turn: bool = True):
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.eos_ids = [eos_id]
         self.demo_key = demo_key
+        self.every_turn = every_turn  # EOS after every turn (chat observations) or the last only (raw)
 
     def sync_weights(self, model: Any = None) -> None:
         pass
@@ -119,7 +129,8 @@ class DemoEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         episodes = []
         for i, p in enumerate(prompts):
-            turns, k = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_id), p.meta.get(TURN_KEY, 0)
+            turns = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_id, self.every_turn)
+            k = p.meta.get(TURN_KEY, 0)
             ids = turns[k] if k < len(turns) else []
             for _ in range(sampling.n):
                 episodes.append(Episode(prompt=p, response_ids=list(ids), response_mask=[1] * len(ids),
@@ -129,7 +140,7 @@ class DemoEngine:
 
 def demonstration_rollout(ctx) -> MultiTurnRollout:
     """A multi-turn rollout that plays the rows' demonstrations (`data.demo_key`) against the environment."""
-    engine = DemoEngine(ctx.tokenizer, ctx.extra["eos_ids"][0], ctx.cfg.data.demo_key)
+    engine = DemoEngine(ctx.tokenizer, ctx.extra["eos_ids"][0], ctx.cfg.data.demo_key, turns_end_with_eos(ctx.cfg))
     return multiturn_rollout(ctx.cfg, ctx.processor, Rollout(engine, ctx.tokenizer, ctx.cfg.rollout))
 
 

@@ -38,13 +38,21 @@ def _text_only(messages: list[dict]) -> list[dict]:
 
 
 class ObservationRenderer:
-    """Turns an environment observation into tokens (and image inputs) that continue a conversation."""
+    """Turns an environment observation into tokens (and image inputs) that continue a conversation.
 
-    def __init__(self, processor: Any, role: str = "user", multimodal: bool = True):
+    `role="raw"` continues the assistant's own turn with the text (Search-R1's `<information>` blocks):
+    no chat markers, no EOS before it; text only. `template` shapes the text in every role."""
+
+    def __init__(self, processor: Any, role: str = "user", multimodal: bool = True, template: str = "{text}"):
         self.processor = processor
         self.tokenizer = get_tokenizer(processor)
         self.role = role
         self.multimodal = multimodal
+        self.template = template
+
+    @property
+    def raw(self) -> bool:
+        return self.role == "raw"
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         msgs = messages if self.multimodal else _text_only(messages)
@@ -52,6 +60,11 @@ class ObservationRenderer:
 
     def render(self, text: str, n_images: int) -> str:
         """The string between the end of an assistant turn (its EOS) and the next assistant turn's first token."""
+        text = self.template.format(text=text)
+        if self.raw:
+            if n_images:
+                raise ValueError("env.observation_role=raw continues the assistant's text: it cannot show images")
+            return text
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
         before = self._render(_PROBE, False)
         after = self._render(_PROBE + [{"role": self.role, "content": content}], True)
@@ -193,7 +206,7 @@ class MultiTurnRollout:
                 ep.info["format_ok"] = env.outcome().format_ok
                 continue
             eos_ids = self.rollout.engine.eos_ids
-            if turn.response_ids[-1:] and turn.response_ids[-1] not in eos_ids:
+            if not self.renderer.raw and turn.response_ids[-1:] and turn.response_ids[-1] not in eos_ids:
                 self._append(ep, [eos_ids[0]], False)  # a stop string ended the turn: close it as the template does
             obs = result.observation
             ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
