@@ -174,6 +174,6 @@ def instructions(schemas: list[dict[str, Any]], fmt: str = "xml") -> str:
     return ("You may call the tools below. Their signatures are inside <tools></tools>:\n"
             f"<tools>\n{tools}\n</tools>\n"
             f"To call a tool, write exactly one call and stop:\n{format_example(fmt)}\n"
-            "The result comes back in the next message. When you are done, give the final answer as "
+            "The result comes back after the call. When you are done, give the final answer as "
             "<answer>...</answer>.")
 
