@@ -58,7 +58,7 @@ class StopOnStrings:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):].tolist()
-        done = [any(s in self.tokenizer.decode(ids) for s in self.stop) for ids in tail]
+        done = [any(s in text for s in self.stop) for text in self.tokenizer.batch_decode(tail)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
