@@ -406,3 +406,18 @@ def test_a_demonstration_template_naming_a_missing_field_fails_clearly():
 
     with pytest.raises(DataError, match=r"response_template.*row 7.*'solution' is undefined.*\['answer'\]"):
         sft_episodes([Prompt(input_ids=[1], meta={"answer": "3", "index": 7}, index=7)], None, "{{ solution }}", 0)
+
+
+def test_uft_hints_reach_the_extra_rounds_of_dynamic_sampling(tiny_model_factory, counting_data, tmp_path):
+    """DAPO's filter judges hinted groups, and the prompts it samples in extra rounds get hints too (drawn per
+    prompt and step, so a round draws as the first would)."""
+    over = overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "algorithm.demonstrations=hint",
+                     "algorithm.sft_coef=1.0", "algorithm.hint_steps=4", "algorithm.hint_ratio_high=1.0",
+                     "algorithm.hint_ratio_low=1.0", "data.response_template='There are {{ answer }}.'",
+                     "algorithm.group_filter=dapo_nonuniform", "algorithm.max_filter_tries=3", "data.shuffle=true")
+    rows, seen = train_and_capture(over, tmp_path / "luffy")
+    assert any(r["filter/rollout_rounds"] > 1 for r in rows)  # some steps sampled more prompts
+    for batch in seen:
+        assert batch.hint_len is not None and bool((batch.hint_len > 0).all())  # every kept rollout was hinted
+        for ep, n in zip(batch.episodes, batch.hint_len.tolist()):
+            assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.") and "_unhinted_prompt" not in ep.prompt.meta

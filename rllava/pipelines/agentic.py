@@ -93,7 +93,7 @@ class HintTurns:
         cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
         eos, every = trainer.ctx.extra["eos_ids"][0], turns_end_with_eos(cfg)
         demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, eos, every) for p in prompts]
-        lengths = hint_lengths(trainer, [sum(map(len, d)) - 1 for d in demos], metrics)
+        lengths = hint_lengths(trainer, prompts, [sum(map(len, d)) - 1 for d in demos], metrics)
         return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n), self.UNHINTED: p}) if n else p
                 for p, d, n in zip(prompts, demos, lengths)]
 

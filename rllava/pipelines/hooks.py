@@ -57,6 +57,9 @@ class DynamicSampling:
 
     def _extra_round(self, trainer, prompts: list[Prompt], offset: int) -> list[Episode]:
         ctx, scratch = trainer.ctx, {}  # the first round's metrics stand for the step
+        for hook in self.before:
+            if hasattr(hook, "before_rollout"):
+                prompts = hook.before_rollout(trainer, prompts, scratch)
         episodes = ctx.rollout.generate(prompts, ctx.rollout.train_sampling(), group_offset=offset)
         for hook in self.before:
             if hasattr(hook, "after_rollout"):
@@ -136,12 +139,15 @@ class SwitchToDemonstrations:
         return [e for g, f in zip(groups, failing) for e in ([next(demos)] if f else g)]
 
 
-def hint_lengths(trainer, totals: list[int], metrics: dict) -> list[int]:
-    """UFT's hint length for each demonstration of `totals[i]` tokens: Binomial(L, p), p annealed by
-    `hint_ratio_at`. Seeded by (trainer.seed, step, rank), so a resumed run draws the same hints."""
+def hint_lengths(trainer, prompts: list[Prompt], totals: list[int], metrics: dict) -> list[int]:
+    """UFT's hint length for each prompt's demonstration of `totals[i]` tokens: Binomial(L, p), p annealed by
+    `hint_ratio_at`. Seeded by (trainer.seed, step, prompt), so a resumed run, another number of ranks or a
+    resampling round of dynamic sampling draw as they would."""
     ratio = hint_ratio_at(trainer.cfg.algorithm, trainer.step)
-    rng = random.Random(f"{trainer.cfg.trainer.seed}/{trainer.step}/{du.rank()}")
-    lengths = [sum(rng.random() < ratio for _ in range(total)) for total in totals]
+    lengths = []
+    for prompt, total in zip(prompts, totals):
+        rng = random.Random(f"{trainer.cfg.trainer.seed}/{trainer.step}/{prompt.index}")
+        lengths.append(sum(rng.random() < ratio for _ in range(total)))
     metrics["demo/hint_ratio"] = ratio
     metrics["demo/hint_tokens_mean"] = sum(lengths) / max(1, len(lengths))
     return lengths
@@ -161,7 +167,7 @@ class HintFromDemonstrations:
         demos = sft_episodes(prompts, ctx.tokenizer, cfg.data.response_template, ctx.extra["eos_ids"][0])
         solutions = [d.response_ids[:-1] for d in demos]  # without EOS: the rollout must still end the answer itself
         out = []
-        for prompt, solution, n in zip(prompts, solutions, hint_lengths(trainer, [len(s) for s in solutions], metrics)):
+        for prompt, solution, n in zip(prompts, solutions, hint_lengths(trainer, prompts, [len(s) for s in solutions], metrics)):
             hint = solution[:n]
             if not hint:
                 out.append(prompt)
@@ -230,36 +236,45 @@ class MaskTruncated:
         return episodes
 
 
+def demonstration_hook(cfg: Config):
+    """The hook of `algorithm.demonstrations` for this pipeline (None without demonstrations), its settings checked."""
+    mode = cfg.algorithm.demonstrations
+    if not mode:
+        return None
+    if mode not in DEMONSTRATION_HOOKS:
+        raise ConfigError(f"algorithm.demonstrations: {mode!r} is not one of {sorted(DEMONSTRATION_HOOKS)}")
+    supported = PIPELINES.entry(cfg.trainer.pipeline).meta.get("demonstrations", {})  # mode -> hook class
+    if mode not in supported:
+        raise ConfigError(f"algorithm.demonstrations={mode} does not work with trainer.pipeline="
+                          f"{cfg.trainer.pipeline} (it takes {list(supported)})")
+    if cfg.algorithm.tis_cap is not None:
+        raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
+                          "algorithm.tis_cap cannot be used with them")
+    if mode == "hint" and cfg.algorithm.hint_steps <= 0:
+        raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
+    if mode == "hint" and "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
+        # the greedy rollout would continue the hinted prompt but be scored without its hint
+        raise ConfigError("algorithm.demonstrations=hint cannot be combined with a greedy baseline (remax) yet")
+    if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
+        raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
+                          "algorithm.sft_coef > 0 (HPT uses 1)")
+    check_sft_term(cfg.algorithm)
+    return supported[mode]()
+
+
 def hooks_for(cfg: Config) -> list:
     hooks = []
+    demo = demonstration_hook(cfg)
     if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
         hooks.append(GreedyBaseline())
     if cfg.data.drop_solved is not None:  # before the filter, which drops solved groups
         hooks.append(RetireSolved())
+    if hasattr(demo, "before_rollout"):  # UFT hints shape the rollouts: the filter judges, and resamples, hinted groups
+        hooks.append(demo)
     if cfg.algorithm.group_filter:
         hooks.append(DynamicSampling(before=hooks))
-    mode = cfg.algorithm.demonstrations
-    if mode:  # after filtering: groups are judged by their rollouts alone
-        if mode not in DEMONSTRATION_HOOKS:
-            raise ConfigError(f"algorithm.demonstrations: {mode!r} is not one of {sorted(DEMONSTRATION_HOOKS)}")
-        supported = PIPELINES.entry(cfg.trainer.pipeline).meta.get("demonstrations", {})  # mode -> hook class
-        if mode not in supported:
-            raise ConfigError(f"algorithm.demonstrations={mode} does not work with trainer.pipeline="
-                              f"{cfg.trainer.pipeline} (it takes {list(supported)})")
-        if cfg.algorithm.tis_cap is not None:
-            raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
-                              "algorithm.tis_cap cannot be used with them")
-        if mode == "hint" and cfg.algorithm.hint_steps <= 0:
-            raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
-        if mode == "hint" and any(isinstance(h, (GreedyBaseline, DynamicSampling)) for h in hooks):
-            # ReMax's greedy rollouts and DAPO's extra rounds would sample without hints
-            raise ConfigError("algorithm.demonstrations=hint cannot be combined with a greedy baseline (remax) or "
-                              "a group filter yet")
-        if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
-            raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
-                              "algorithm.sft_coef > 0 (HPT uses 1)")
-        check_sft_term(cfg.algorithm)
-        hooks.append(supported[mode]())
+    if demo is not None and demo not in hooks:  # after filtering: groups are judged by their rollouts alone
+        hooks.append(demo)
     if cfg.algorithm.mask_truncated:  # last: it also sees the extra rounds of dynamic sampling
         hooks.append(MaskTruncated())
     return hooks
