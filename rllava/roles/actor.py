@@ -162,6 +162,7 @@ class Actor:
         _, rl_mask, sft, sft_mask = parts(mini)
         rl_den = max(1.0, du.all_reduce_sum(weight_size(mode, rl_mask) if real else 0.0))
         sft_den = max(1.0, du.all_reduce_sum(weight_size(mode, sft_mask) if real and sft is not None else 0.0))
+        demo_tokens = max(1.0, du.all_reduce_sum(float(sft_mask.sum()) if real and sft is not None else 0.0))
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
             share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
@@ -193,7 +194,8 @@ class Actor:
                     term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len, entropy=entropy[sft])
                     sft_weight = weight_size(mode, demo_mask) / sft_den if live else 0.0
                     total = total + sft_coef * sft_weight * term
-                    sums["actor/demo_nll"] += sft_weight * nll
+                    # the metric is the NLL per demonstration token, however the rows are split or aggregated
+                    sums["actor/demo_nll"] += nll * float(demo_mask.sum()) / demo_tokens if live else 0.0
                 total.backward()
                 for k, v in metrics.items():
                     if weight:  # (0 * NaN would poison the sum)
