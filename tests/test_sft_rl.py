@@ -419,5 +419,5 @@ def test_uft_hints_reach_the_extra_rounds_of_dynamic_sampling(tiny_model_factory
     assert any(r["filter/rollout_rounds"] > 1 for r in rows)  # some steps sampled more prompts
     for batch in seen:
         assert batch.hint_len is not None and bool((batch.hint_len > 0).all())  # every kept rollout was hinted
-        for ep, n in zip(batch.episodes, batch.hint_len.tolist()):
+        for ep in batch.episodes:
             assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.") and "_unhinted_prompt" not in ep.prompt.meta

@@ -248,3 +248,30 @@ def test_remax_with_dynamic_sampling_baselines_every_round(short_counting_run):
     rows = [r for r in read_metrics(run) if "filter/rollout_rounds" in r]
     assert len(rows) == 2 and max(r["filter/rollout_rounds"] for r in rows) > 1  # extra rounds did run
     assert all("reward/greedy_baseline" in r for r in rows)
+
+
+def test_update_metrics_do_not_depend_on_micro_batching(short_counting_run, tiny_model_factory, tmp_path):
+    """One sequence per micro-batch or all in one, two epochs (so ratios leave 1 and some tokens clip), averaged
+    per sequence over responses of different lengths: the loss and the token-level metrics (clip fractions,
+    approx KL, ratio) are the same (token metrics used to be weighted by sequences)."""
+    import shutil
+
+    model = tmp_path / "model"  # every third token id ends a response: lengths vary
+    shutil.copytree(tiny_model_factory("qwen2_vl"), model)
+    gen = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": list(range(0, 1024, 3))}))
+    rows = {}
+    for budget in (8, 4096):
+        over = short_counting_run(f"trainer.experiment_name=m{budget}", f"actor.micro_token_budget={budget}",
+                                  f"model.path={model}",
+                                  "algorithm.loss_agg_mode=seq-mean-token-mean", "actor.ppo_epochs=2", "actor.lr=3e-2",
+                                  "algorithm.clip_ratio_low=0.02", "algorithm.clip_ratio_high=0.02",
+                                  "reward.functions={count: 1.0, number_format: 1.0}", "trainer.total_steps=1")
+        run = Path(run_experiment(load_config(None, over))["run_dir"])
+        rows[budget] = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if "actor/loss" in ln][-1]
+    small, whole = rows[8], rows[4096]
+    assert whole["response/length_max"] > whole["response/length_mean"]  # lengths differ
+    assert whole["actor/approx_kl"] > 0 and whole["actor/clip_frac_low"] + whole["actor/clip_frac_high"] > 0
+    for key in ("actor/loss", "actor/entropy", "actor/approx_kl", "actor/ratio_mean", "actor/clip_frac_low",
+                "actor/clip_frac_high"):
+        assert small[key] == pytest.approx(whole[key], rel=2e-3, abs=1e-6), key

@@ -161,6 +161,7 @@ class Actor:
 
         _, rl_mask, sft, sft_mask = parts(mini)
         rl_den = max(1.0, du.all_reduce_sum(weight_size(mode, rl_mask) if real else 0.0))
+        rl_tokens = max(1.0, du.all_reduce_sum(float(rl_mask.sum()) if real else 0.0))
         sft_den = max(1.0, du.all_reduce_sum(weight_size(mode, sft_mask) if real and sft is not None else 0.0))
         demo_tokens = max(1.0, du.all_reduce_sum(float(sft_mask.sum()) if real and sft is not None else 0.0))
         sums: dict[str, float] = defaultdict(float)
@@ -197,9 +198,13 @@ class Actor:
                     # the metric is the NLL per demonstration token, however the rows are split or aggregated
                     sums["actor/demo_nll"] += nll * float(demo_mask.sum()) / demo_tokens if live else 0.0
                 total.backward()
+                # loss, entropy and kl_loss are aggregated like the loss; the loss function's own metrics are means
+                # over trained tokens, so they weigh by tokens: either way the value does not depend on the split
+                token_weight = float(mask.sum()) / rl_tokens if live else 0.0
                 for k, v in metrics.items():
-                    if weight:  # (0 * NaN would poison the sum)
-                        sums[f"actor/{k}"] += weight * float(v)
+                    w = weight if k in ("loss", "entropy", "kl_loss") else token_weight
+                    if w:  # (0 * NaN would poison the sum)
+                        sums[f"actor/{k}"] += w * float(v)
         out = du.reduce_metrics(sums, {k: "sum" for k in sums})
         out.update({f"actor/{k}": v for k, v in self.engine.step().items()})
         return out
