@@ -80,6 +80,7 @@ class AlgorithmConfig:
     norm_adv_by_std: bool = True  # False gives Dr.GRPO
     gamma: float = 1.0  # discount (gae, reinforce_plus_plus)
     lam: float = 1.0  # GAE lambda
+    vapo_alpha: float = 0.05  # vapo_gae: the policy's lambda is 1 - 1/(vapo_alpha * response length)
     whiten_advantages: bool = True  # for gae / reinforce++
     grpo_epsilon: float = 1e-6  # added to the group std before dividing
     policy_loss: str = "ppo"  # policy loss by registry name: ppo, gspo, gmpo, clip_cov, kl_cov, cispo, sapo, sft, ... (`rllava list`)
@@ -439,6 +440,8 @@ def check_ranges(cfg: Config) -> None:
         if cfg.model.lora_rank and not cfg.reference.model_path:
             raise ConfigError("reference.sync_steps cannot move the LoRA reference (the frozen base the adapters sit on); "
                               "set reference.model_path to load a separate reference model")
+    if alg.vapo_alpha <= 0:
+        raise ConfigError(f"algorithm.vapo_alpha={alg.vapo_alpha!r}: must be > 0")
     if not 0 < alg.top_entropy_frac <= 1:
         raise ConfigError(f"algorithm.top_entropy_frac={alg.top_entropy_frac!r}: must be in (0, 1]")
     if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:

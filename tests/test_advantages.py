@@ -161,7 +161,25 @@ def test_gae_hand_values_padding_and_env_tokens():
     assert torch.equal(adv_w[~valid], torch.zeros(2))
 
 
-@pytest.mark.parametrize("name,field", [("gae", "values"), ("remax", "baseline_rewards")])
+def test_vapo_gae_length_adaptive_lambda_and_unbiased_returns():
+    """alpha = 0.5: lambda = 1 - 1/(0.5 l) is 1/3 for the 3-token row and 0 for the 2-token rows; the critic's
+    returns use lambda = 1, i.e. the discounted rewards (0.81, 0.9, 1.0 with gamma 0.9)."""
+    batch = SimpleNamespace(
+        token_rewards=torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+        values=torch.tensor([[0.5, 0.6, 0.7], [0.5, 9.0, 0.7], [0.5, 0.6, 5.0]]),
+        response_mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
+        group_ids=torch.tensor([0, 1, 2]))
+    cfg = replace(CFG, gamma=0.9, vapo_alpha=0.5, whiten_advantages=False)
+    adv, ret = compute_advantages(batch, cfg, "vapo_gae")
+    # row 0 (lambda 1/3): a2 = 0.3, a1 = 0.03 + 0.9/3 * 0.3 = 0.12, a0 = 0.04 + 0.3 * 0.12 = 0.076
+    # rows 1 and 2 (lambda 0): each token's own TD error, the env token skipped
+    torch.testing.assert_close(adv, torch.tensor([[0.076, 0.12, 0.3], [0.13, 0.0, 0.3], [0.04, 0.4, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.81, 0.9, 1.0], [0.9, 0.0, 1.0], [0.9, 1.0, 0.0]]))
+    long = compute_advantages(batch, replace(cfg, vapo_alpha=1e9), "vapo_gae")[0]  # lambda -> 1: plain GAE at 1
+    torch.testing.assert_close(long, compute_advantages(batch, replace(cfg, lam=1.0), "gae")[0])
+
+
+@pytest.mark.parametrize("name,field", [("gae", "values"), ("vapo_gae", "values"), ("remax", "baseline_rewards")])
 def test_missing_required_field_is_a_clear_error(name, field):
     with pytest.raises(ValueError, match=field):
         compute_advantages(make_batch([1.0], [0], [1]), CFG, name)

@@ -15,7 +15,7 @@ from dist_scripts.launch import start_torchrun, wait_torchrun
 from rllava.algorithms import ADVANTAGES
 from rllava.config import AlgorithmConfig
 
-ESTIMATORS = ["reinforce_plus_plus", "reinforce_plus_plus_baseline", "gae", "gpg", "grpo_batch_std", "grpo"]
+ESTIMATORS = ["reinforce_plus_plus", "reinforce_plus_plus_baseline", "gae", "vapo_gae", "gpg", "grpo_batch_std", "grpo"]
 # Rank 0: one group of 3; rank 1: a group of 2 and a single-sample group. Rewards, lengths, values.
 RANK_ROWS = [
     ([1.0, 0.0, 0.5], [0, 0, 0], [3, 1, 2]),

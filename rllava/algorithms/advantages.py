@@ -51,19 +51,38 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
     return out
 
 
-@ADVANTAGES.register("gae", requires=("values",))
-def gae(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation with a critic (gamma, lam); optional whitening."""
+def gae_advantages(batch: Any, gamma: float, lam: float | torch.Tensor) -> torch.Tensor:
+    """GAE over trained tokens; `lam` is one number or one per sequence ([B])."""
     r, v, mask = batch.token_rewards, batch.values, batch.response_mask
+    lam = torch.as_tensor(lam, dtype=r.dtype, device=r.device).expand(r.shape[0])
     next_v, last = r.new_zeros(r.shape[0]), r.new_zeros(r.shape[0])
     adv = torch.zeros_like(r)
     for t in reversed(range(r.shape[1])):
         on = mask[:, t] > 0
-        delta = r[:, t] + cfg.gamma * next_v - v[:, t]
-        last = torch.where(on, delta + cfg.gamma * cfg.lam * last, last)
+        delta = r[:, t] + gamma * next_v - v[:, t]
+        last = torch.where(on, delta + gamma * lam * last, last)
         next_v = torch.where(on, v[:, t], next_v)
         adv[:, t] = last * mask[:, t]
-    returns = (adv + v) * mask
+    return adv
+
+
+@ADVANTAGES.register("gae", requires=("values",))
+def gae(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation with a critic (gamma, lam); optional whitening."""
+    adv = gae_advantages(batch, cfg.gamma, cfg.lam)
+    returns = (adv + batch.values) * batch.response_mask
+    return (masked_whiten(adv, batch.response_mask) if cfg.whiten_advantages else adv), returns
+
+
+@ADVANTAGES.register("vapo_gae", requires=("values",))
+def vapo_gae(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAPO: decoupled GAE, the critic's returns at lam = 1, the policy's lam = 1 - 1/(vapo_alpha * length)."""
+    # Yue et al. 2025 (arXiv 2504.05118): a long response needs lam near 1 for the reward at its end to reach
+    # its first tokens; a short one less. The value targets stay unbiased (lam = 1), as in VC-PPO.
+    mask = batch.response_mask
+    lengths = mask.sum(-1).clamp(min=1).to(batch.token_rewards.dtype)
+    adv = gae_advantages(batch, cfg.gamma, (1.0 - 1.0 / (cfg.vapo_alpha * lengths)).clamp(min=0.0))
+    returns = (gae_advantages(batch, cfg.gamma, 1.0) + batch.values) * mask
     return (masked_whiten(adv, mask) if cfg.whiten_advantages else adv), returns
 
 
