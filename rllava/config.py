@@ -111,6 +111,8 @@ class AlgorithmConfig:
     overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
     overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
     top_entropy_frac: float = 1.0  # share of RL tokens, highest entropy under the sampling policy, that carry the policy gradient (0.2: "Beyond the 80/20 rule"); 1 = all
+    entropy_adv_coef: float = 0.0  # Cheng et al. 2025: advantage + min(coef * entropy, |advantage| / entropy_adv_kappa) on each token; 0 = off
+    entropy_adv_kappa: float = 2.0  # the bonus is at most |advantage| / kappa (it never flips an advantage's sign)
     mask_truncated: bool = False  # DAPO overlong filtering: rollouts cut at the length limit train no token (their rewards still count in group statistics)
     demonstrations: Optional[str] = None  # the row's demonstration (data.response_template; agentic: data.demo_key turns) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
@@ -440,6 +442,9 @@ def check_ranges(cfg: Config) -> None:
         if cfg.model.lora_rank and not cfg.reference.model_path:
             raise ConfigError("reference.sync_steps cannot move the LoRA reference (the frozen base the adapters sit on); "
                               "set reference.model_path to load a separate reference model")
+    if alg.entropy_adv_coef < 0 or alg.entropy_adv_kappa <= 1:
+        raise ConfigError(f"algorithm.entropy_adv_coef={alg.entropy_adv_coef!r} must be >= 0 and entropy_adv_kappa="
+                          f"{alg.entropy_adv_kappa!r} > 1 (so the bonus never reverses an advantage)")
     if alg.vapo_alpha <= 0:
         raise ConfigError(f"algorithm.vapo_alpha={alg.vapo_alpha!r}: must be > 0")
     if not 0 < alg.top_entropy_frac <= 1:

@@ -15,6 +15,7 @@ from rllava.algorithms.demonstrations import (
     sft_loss,
     sft_part,
 )
+from rllava.algorithms.entropy_advantage import entropy_shaped_advantages
 from rllava.algorithms.filters import GROUP_FILTERS
 from rllava.algorithms.kl import (
     KL_CONTROLLERS,
@@ -33,7 +34,7 @@ from rllava.algorithms.token_selection import entropy_threshold, top_entropy_mas
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
     "REWARD_SHAPERS", "SFT_TOKEN_WEIGHTS", "AdaptiveKLController", "FixedKLController", "aggregate",
-    "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "apply_kl_penalty", "check_batch", "entropy_shaped_advantages", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
     "demonstration_tokens", "hint_ratio_at", "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_part",
     "sft_coef_at", "sft_loss", "sft_part", "entropy_threshold", "top_entropy_mask",
 ]

@@ -79,9 +79,9 @@ def batch_sum(x: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return x
-    from rllava.engines.distributed import comm_device  # imported here: only a torchrun launch needs it
-
-    total = x.detach().to(device=comm_device(), dtype=torch.float64)
+    nccl = dist.get_backend() == "nccl"  # its collectives take GPU tensors; gloo's CPU ones
+    total = x.detach().to(device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu",
+                          dtype=torch.float64)
     dist.all_reduce(total)
     return total.to(device=x.device, dtype=x.dtype)
 

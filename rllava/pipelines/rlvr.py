@@ -14,6 +14,7 @@ from rllava.algorithms import (
     REWARD_SHAPERS,
     apply_kl_penalty,
     demonstration_tokens,
+    entropy_shaped_advantages,
     entropy_threshold,
     make_kl_controller,
     rl_part,
@@ -132,10 +133,11 @@ class RLVRPipeline:
             lengths = batch.response_mask.sum(1)
             batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
         needs_old, select_tokens = ctx.actor.needs_old_logprobs(len(batch)), algo.top_entropy_frac < 1
+        needs_entropy = select_tokens or algo.entropy_adv_coef > 0
         before = entropy = None  # the policy's log-probs (and entropy) before the update, when a step needs them
-        if needs_old or select_tokens:  # one pass serves both
+        if needs_old or needs_entropy:  # one pass serves both
             with timed(metrics, "old_logprobs"):
-                if select_tokens:
+                if needs_entropy:
                     before, entropy = ctx.actor.logprobs(batch, with_entropy=True)
                 else:
                     before = ctx.actor.logprobs(batch)
@@ -156,6 +158,11 @@ class RLVRPipeline:
         batch.advantages, batch.returns = rl_advantages(batch, algo)
         if select_tokens:  # only forking tokens carry the policy gradient; KL and entropy terms keep every token
             batch.advantages = batch.advantages * forking_tokens(batch, entropy, algo, metrics)
+        if algo.entropy_adv_coef:  # exploration bonus on high-entropy tokens, clipped by |A| / kappa
+            shaped = entropy_shaped_advantages(batch.advantages, entropy, algo.entropy_adv_coef, algo.entropy_adv_kappa)
+            metrics["adv/entropy_bonus_mean"] = float(((shaped - batch.advantages) * batch.response_mask).sum()
+                                                      / batch.response_mask.sum().clamp(min=1))
+            batch.advantages = shaped
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
         if ctx.critic is None or trainer.step >= self.cfg.critic.pretrain_steps:  # else the critic learns first
             with timed(metrics, "update"):
