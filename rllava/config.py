@@ -113,6 +113,8 @@ class AlgorithmConfig:
     top_entropy_frac: float = 1.0  # share of RL tokens, highest entropy under the sampling policy, that carry the policy gradient (0.2: "Beyond the 80/20 rule"); 1 = all
     entropy_adv_coef: float = 0.0  # Cheng et al. 2025: advantage + min(coef * entropy, |advantage| / entropy_adv_kappa) on each token; 0 = off
     entropy_adv_kappa: float = 2.0  # the bonus is at most |advantage| / kappa (it never flips an advantage's sign)
+    positive_nll_coef: float = 0.0  # VAPO's positive-example LM loss: coef * NLL (token mean) on rollouts whose reward >= positive_reward_min; 0 = off
+    positive_reward_min: float = 1.0  # the reward that makes a rollout a positive example
     mask_truncated: bool = False  # DAPO overlong filtering: rollouts cut at the length limit train no token (their rewards still count in group statistics)
     demonstrations: Optional[str] = None  # the row's demonstration (data.response_template; agentic: data.demo_key turns) in RL: mix (LUFFY) | switch (HPT) | sft (CHORD) | hint (UFT)
     hpt_threshold: float = 0.0  # switch: a group whose mean rollout reward is <= this trains on its demonstration instead
@@ -445,6 +447,8 @@ def check_ranges(cfg: Config) -> None:
     if alg.entropy_adv_coef < 0 or alg.entropy_adv_kappa <= 1:
         raise ConfigError(f"algorithm.entropy_adv_coef={alg.entropy_adv_coef!r} must be >= 0 and entropy_adv_kappa="
                           f"{alg.entropy_adv_kappa!r} > 1 (so the bonus never reverses an advantage)")
+    if alg.positive_nll_coef < 0:
+        raise ConfigError(f"algorithm.positive_nll_coef={alg.positive_nll_coef!r}: must be >= 0")
     if alg.vapo_alpha <= 0:
         raise ConfigError(f"algorithm.vapo_alpha={alg.vapo_alpha!r}: must be > 0")
     if not 0 < alg.top_entropy_frac <= 1:

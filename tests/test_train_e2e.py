@@ -275,3 +275,22 @@ def test_update_metrics_do_not_depend_on_micro_batching(short_counting_run, tiny
     for key in ("actor/loss", "actor/entropy", "actor/approx_kl", "actor/ratio_mean", "actor/clip_frac_low",
                 "actor/clip_frac_high"):
         assert small[key] == pytest.approx(whole[key], rel=2e-3, abs=1e-6), key
+
+
+def test_positive_example_loss(short_counting_run, tmp_path):
+    """VAPO's LM loss on well-rewarded rollouts: logged as the NLL per positive token, it changes the update,
+    and the loss and gradient do not depend on micro-batching (its denominator is the step's positive tokens)."""
+    plugin = tmp_path / "varied.py"
+    plugin.write_text("def reward(response, answer, **row):\n    return len(set(response)) / 10.0\n")
+    rows = {}
+    for name, extra in {"off": ["algorithm.positive_nll_coef=0"], "small": ["actor.micro_token_budget=8"],
+                        "whole": ["actor.micro_token_budget=4096"]}.items():
+        over = short_counting_run(f"trainer.experiment_name=p{name}", f"reward.functions={{'{plugin}:reward': 1.0}}",
+                                  "algorithm.positive_nll_coef=0.5", "algorithm.positive_reward_min=0.4",
+                                  "algorithm.entropy_coef=0", "trainer.total_steps=1", *extra)
+        run = Path(run_experiment(load_config(None, over))["run_dir"])
+        rows[name] = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if "actor/loss" in ln][-1]
+    assert "actor/positive_nll" not in rows["off"] and rows["whole"]["actor/positive_nll"] > 0
+    assert rows["whole"]["actor/grad_norm"] != pytest.approx(rows["off"]["actor/grad_norm"], rel=1e-4)
+    for key in ("actor/positive_nll", "actor/loss", "actor/grad_norm"):
+        assert rows["small"][key] == pytest.approx(rows["whole"][key], rel=1e-4, abs=1e-6), key

@@ -82,6 +82,14 @@ def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: boo
     return (out, ent) if with_entropy else out
 
 
+def positive_tokens(b: Batch, rl_mask: torch.Tensor, algo, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[R, T] the RL tokens (`rl_mask`, of `rows` of b or all) of rollouts whose reward reaches
+    `algorithm.positive_reward_min`: the positive examples of VAPO's LM loss."""
+    rewards = b.rewards if rows is None else b.rewards[rows]
+    good = (rewards >= algo.positive_reward_min).to(rl_mask.dtype)
+    return rl_mask * good[:, None]
+
+
 class Actor:
     def __init__(self, engine, cfg: Config):
         self.engine = engine
@@ -159,11 +167,14 @@ class Actor:
             demo = demonstration_tokens(b.is_expert, b.hint_len, b.response_mask)
             return (*rl_part(b.response_mask, demo, algo.demonstrations), *sft_part(b.response_mask, demo, sft_coef))
 
-        _, rl_mask, sft, sft_mask = parts(mini)
+        rl_rows, rl_mask, sft, sft_mask = parts(mini)
         rl_den = max(1.0, du.all_reduce_sum(weight_size(mode, rl_mask) if real else 0.0))
         rl_tokens = max(1.0, du.all_reduce_sum(float(rl_mask.sum()) if real else 0.0))
         sft_den = max(1.0, du.all_reduce_sum(weight_size(mode, sft_mask) if real and sft is not None else 0.0))
         demo_tokens = max(1.0, du.all_reduce_sum(float(sft_mask.sum()) if real and sft is not None else 0.0))
+        pos_coef = algo.positive_nll_coef
+        pos_tokens = max(1.0, du.all_reduce_sum(float(positive_tokens(mini, rl_mask, algo, rl_rows).sum())
+                                                if real and pos_coef else 0.0))
         sums: dict[str, float] = defaultdict(float)
         with self.engine.compute(train=True):
             share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
@@ -191,6 +202,11 @@ class Actor:
                     metrics["loss"] = float(loss.detach())
                     weight = weight_size(mode, mask) / rl_den if live else 0.0
                     total = rl_coef * weight * loss
+                if pos_coef:  # VAPO's positive-example LM loss: NLL on the trained tokens of well-rewarded rollouts
+                    pos = positive_tokens(m, mask, algo, rl)
+                    pos_nll = -(take(logp, rl) * pos).sum() / pos_tokens
+                    total = total + (pos_coef * pos_nll if live else 0.0 * pos_nll)
+                    sums["actor/positive_nll"] += float(pos_nll.detach()) if live else 0.0
                 if sft is not None and len(sft):  # SFT-RL hybrids: the SFT term on demonstration tokens
                     term, nll = sft_loss(logp[sft], demo_mask, algo, norm_len, entropy=entropy[sft])
                     sft_weight = weight_size(mode, demo_mask) / sft_den if live else 0.0
