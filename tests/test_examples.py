@@ -32,8 +32,9 @@ def task_data(tmp_path_factory):
 def test_example_trains_three_steps(name, tiny_model_factory, task_data, tmp_path):
     task = name.split("_")[0]
     data = task_data(task)
-    family = "qwen2" if task == "arithmetic" else "qwen2_vl"  # the text-only task's example is for text LLMs
-    cfg = load_config(str(EXAMPLES / name), [
+    family = "qwen2" if task in ("arithmetic", "search") else "qwen2_vl"  # text-only tasks' examples are for text LLMs
+    corpus = [f"env.corpus_path={data / 'corpus.jsonl'}"] if (data / "corpus.jsonl").exists() else []
+    cfg = load_config(str(EXAMPLES / name), [*corpus,
         f"model.path={tiny_model_factory(family)}", f"data.train_files={data / 'train.parquet'}",
         f"data.val_files={data / 'val.parquet'}", "data.batch_size=2", "data.max_val_samples=2", "rollout.n=4",
         "rollout.max_new_tokens=8", "actor.mini_batch_size=4" if "mini_batch_size" in (EXAMPLES / name).read_text() else "actor.ppo_epochs=1",

@@ -65,7 +65,7 @@ def test_folder_layout(made, name):
 
 
 @pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare",
-                                  "arithmetic"])
+                                  "arithmetic", "search"])
 def test_default_reward_gives_full_marks_for_the_answer(made, name):
     """The registry's default reward accepts each ground truth written the way the prompt asks."""
     fn = RewardFunction(TASKS.entry(name).meta["reward"])
@@ -342,3 +342,18 @@ def test_arithmetic_is_text_only_and_follows_precedence(made, tmp_path):
     assert any(int(r["answer"]) < 0 for r in rows) and any("*" in r["expression"] for r in rows)
     with pytest.raises(ValueError, match="ops from"):
         make_task("arithmetic", tmp_path / "b", n=2, ops="/")
+
+
+def test_search_corpus_answers_each_question_through_the_search_tool(made):
+    """Every question's place is in corpus.jsonl; the demonstration's query finds its passage first (BM25),
+    and that passage states the answer; task.yaml carries the environment settings."""
+    from rllava.envs.base import TOOLS, ToolContext, ToolSettings
+
+    out = made["search"]
+    info = yaml.safe_load((out / "task.yaml").read_text())
+    assert info["env"]["corpus_path"] == str(out / "corpus.jsonl") and info["env"]["tools"] == ["search"]
+    ctx = ToolContext(settings=ToolSettings(corpus_path=str(out / "corpus.jsonl")))
+    for r in _all_rows(out):
+        query = parse_action(json.loads(r["demo_turns"])[0], "tags").arguments["query"]
+        first = TOOLS.get("search")({"query": query, "k": 1}, ctx).text
+        assert r["place"] in first and f"is {r['answer']}." in first

@@ -1,14 +1,16 @@
 """The task registry and `make_task`: run a generator n times and write a standard dataset folder.
 
 A generator is `fn(rng: random.Random, **options) -> Sample`. Its registry meta records the
-default prompt template and reward weights. The folder holds train/val/test.parquet (about
-80/10/10) with columns prompt (text with `<image>` / `<video>` markers), answer (string), images
-(relative paths), videos (one list of frame paths, for tasks with a video) and the task's own
-fields, the PNGs in images/ (and frames/), and task.yaml.
+default prompt template and reward weights (and, for agentic tasks, environment settings). The
+folder holds train/val/test.parquet (about 80/10/10) with columns prompt (text with `<image>` /
+`<video>` markers), answer (string), images (relative paths), videos (one list of frame paths, for
+tasks with a video) and the task's own fields, the PNGs in images/ (and frames/), corpus.jsonl
+for tasks whose samples bring documents (a search tool's corpus), and task.yaml.
 """
 from __future__ import annotations
 
 import inspect
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ class Sample:
     answer: str
     fields: dict[str, Any] = field(default_factory=dict)
     video: list[Image.Image] = field(default_factory=list)  # the frames of one video, if the task has one
+    documents: list[dict[str, str]] = field(default_factory=list)  # {id, title, text} for the task's search corpus
 
     @property
     def images(self) -> list[Image.Image]:
@@ -68,7 +71,7 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
         raise ValueError(f"make_task: n must be >= 1, got {n}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, documents = [], []
     for i in range(n):
         # One RNG per sample: sample i is the same whatever n is.
         sample: Sample = entry.fn(random.Random(f"{name}:{seed}:{i}"), **opts)
@@ -84,6 +87,7 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
                 frame.save(out / rel, format="PNG")
             row["videos"] = [frames]
         rows.append({**row, **sample.fields, "id": i})
+        documents += sample.documents
     schema = pa.Table.from_pylist(rows).schema
     n_train, n_val, n_test = split_sizes(n)
     splits = {"train": rows[:n_train], "val": rows[n_train:n_train + n_val], "test": rows[n_train + n_val:]}
@@ -96,5 +100,10 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
                  "template": entry.meta.get("template", "{{ prompt }}")},
         "reward": {"functions": dict(entry.meta.get("reward", {}))},
     }
+    if entry.meta.get("env"):
+        info["env"] = dict(entry.meta["env"])
+    if documents:  # every split's documents: a question's passage must be findable whichever split holds it
+        (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents))
+        info.setdefault("env", {})["corpus_path"] = str(out / "corpus.jsonl")
     (out / "task.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     return out
