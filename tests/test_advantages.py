@@ -141,12 +141,17 @@ def test_gpg_scales_by_batch_over_valid_samples():
     torch.testing.assert_close(adv, expand([4 / 3, -2 / 3, -2 / 3, 0, 0, 0], LENGTHS, 4))
 
 
-def test_gae_hand_values_padding_and_env_tokens():
-    batch = SimpleNamespace(
+def critic_batch() -> SimpleNamespace:
+    """Row 0: three trained tokens; row 1: an environment token in the middle; row 2: padding at the end."""
+    return SimpleNamespace(
         token_rewards=torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
         values=torch.tensor([[0.5, 0.6, 0.7], [0.5, 9.0, 0.7], [0.5, 0.6, 5.0]]),
         response_mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
         group_ids=torch.tensor([0, 1, 2]))
+
+
+def test_gae_hand_values_padding_and_env_tokens():
+    batch = critic_batch()
     cfg = replace(CFG, gamma=0.9, lam=0.8, whiten_advantages=False)
     adv, ret = compute_advantages(batch, cfg, "gae")
     # row 0: d2 = 0.3; d1 = 0.9*0.7 - 0.6 = 0.03 -> 0.03 + 0.72*0.3 = 0.246; d0 = 0.04 -> 0.04 + 0.72*0.246 = 0.21712
@@ -164,11 +169,7 @@ def test_gae_hand_values_padding_and_env_tokens():
 def test_vapo_gae_length_adaptive_lambda_and_unbiased_returns():
     """alpha = 0.5: lambda = 1 - 1/(0.5 l) is 1/3 for the 3-token row and 0 for the 2-token rows; the critic's
     returns use lambda = 1, i.e. the discounted rewards (0.81, 0.9, 1.0 with gamma 0.9)."""
-    batch = SimpleNamespace(
-        token_rewards=torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
-        values=torch.tensor([[0.5, 0.6, 0.7], [0.5, 9.0, 0.7], [0.5, 0.6, 5.0]]),
-        response_mask=torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
-        group_ids=torch.tensor([0, 1, 2]))
+    batch = critic_batch()
     cfg = replace(CFG, gamma=0.9, vapo_alpha=0.5, whiten_advantages=False)
     adv, ret = compute_advantages(batch, cfg, "vapo_gae")
     # row 0 (lambda 1/3): a2 = 0.3, a1 = 0.03 + 0.9/3 * 0.3 = 0.12, a0 = 0.04 + 0.3 * 0.12 = 0.076
