@@ -315,7 +315,6 @@ def test_hpt_keeps_rl_for_groups_above_the_threshold(tiny_model_factory, countin
     (["algorithm.demonstrations=sft"], "sft_coef"),
     (["algorithm.sft_mix=blend"], "sft_mix"),
     (["algorithm.demonstrations=hint"], "hint_steps"),
-    (["algorithm.demonstrations=hint", "algorithm.hint_steps=5", "algorithm.adv_estimator=remax"], "greedy baseline"),
     (["algorithm.sft_mix=convex", "algorithm.sft_coef=1.5"], r"\[0, 1\]"),
 ])
 def test_demonstrations_reject_what_they_cannot_do(tiny_model_factory, counting_data, tmp_path, extra, message):
@@ -421,3 +420,35 @@ def test_uft_hints_reach_the_extra_rounds_of_dynamic_sampling(tiny_model_factory
         assert batch.hint_len is not None and bool((batch.hint_len > 0).all())  # every kept rollout was hinted
         for ep in batch.episodes:
             assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.") and "_unhinted_prompt" not in ep.prompt.meta
+
+
+def test_remax_baseline_under_uft_hints_starts_from_the_hint(tiny_model_factory, counting_data, tmp_path, monkeypatch):
+    """ReMax with hints: each prompt's greedy rollout continues the same hinted prompt and is scored with the hint
+    at the start of its response, as the samples are."""
+    from transformers import AutoTokenizer
+
+    from rllava.roles.reward import RewardScorer
+
+    scored: list[list] = []
+    original = RewardScorer.score
+
+    def spy(self, episodes):
+        scored.append(list(episodes))
+        return original(self, episodes)
+
+    monkeypatch.setattr(RewardScorer, "score", spy)
+    model = tiny_model_factory("qwen2_vl")
+    over = overrides(model, counting_data, tmp_path, "algorithm.demonstrations=hint", "algorithm.sft_coef=1.0",
+                     "algorithm.adv_estimator=remax", "algorithm.hint_steps=4", "algorithm.hint_ratio_high=1.0",
+                     "algorithm.hint_ratio_low=1.0", "data.response_template='There are {{ answer }}.'",
+                     "trainer.total_steps=2")
+    rows = [json.loads(ln) for ln in (Path(run_experiment(load_config(None, over))["run_dir"]) / "metrics.jsonl")
+            .read_text().splitlines()]
+    assert all("reward/greedy_baseline" in r for r in rows if r["step"] > 0)
+    tok = AutoTokenizer.from_pretrained(model)
+    greedy = [eps for eps in scored if len(eps) == 2]  # the greedy rollouts: one per prompt (the samples: 2 x 3)
+    assert len(greedy) == 2
+    for ep in (e for eps in greedy for e in eps):
+        hint = tok(f"There are {ep.prompt.meta['answer']}.", add_special_tokens=False)["input_ids"]
+        assert ep.hint_len == len(hint) and ep.response_ids[:len(hint)] == hint
+        assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.")

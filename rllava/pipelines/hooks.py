@@ -29,12 +29,21 @@ def group_list(episodes: list[Episode]) -> list[list[Episode]]:
 
 
 class GreedyBaseline:
-    """ReMax: the reward of one greedy rollout per prompt is every sample's baseline."""
+    """ReMax: the reward of one greedy rollout per prompt is every sample's baseline.
+
+    `shaping`: hooks that changed the prompts before the rollout (UFT hints); the greedy rollout starts
+    from the same changed prompt and goes through their `after_rollout` too, so it is scored as the
+    samples are (the hint at the start of its response)."""
+
+    def __init__(self, shaping: list | None = None):
+        self.shaping = list(shaping or [])
 
     def after_rollout(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
         ctx = trainer.ctx
         groups = group_list(episodes)
         greedy = ctx.rollout.generate([g[0].prompt for g in groups], ctx.rollout.greedy_sampling())
+        for hook in self.shaping:
+            greedy = hook.after_rollout(trainer, greedy, {})
         ctx.reward.score(greedy)
         for g, b in zip(groups, greedy):
             for e in g:
@@ -252,9 +261,6 @@ def demonstration_hook(cfg: Config):
                           "algorithm.tis_cap cannot be used with them")
     if mode == "hint" and cfg.algorithm.hint_steps <= 0:
         raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
-    if mode == "hint" and "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
-        # the greedy rollout would continue the hinted prompt but be scored without its hint
-        raise ConfigError("algorithm.demonstrations=hint cannot be combined with a greedy baseline (remax) yet")
     if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:
         raise ConfigError(f"algorithm.demonstrations={mode} trains demonstrations by the SFT term: set "
                           "algorithm.sft_coef > 0 (HPT uses 1)")
@@ -265,11 +271,12 @@ def demonstration_hook(cfg: Config):
 def hooks_for(cfg: Config) -> list:
     hooks = []
     demo = demonstration_hook(cfg)
+    shapes_rollouts = hasattr(demo, "before_rollout")  # UFT hints
     if "baseline_rewards" in ADVANTAGES.entry(cfg.algorithm.adv_estimator).meta.get("requires", ()):
-        hooks.append(GreedyBaseline())
+        hooks.append(GreedyBaseline(shaping=[demo] if shapes_rollouts else []))
     if cfg.data.drop_solved is not None:  # before the filter, which drops solved groups
         hooks.append(RetireSolved())
-    if hasattr(demo, "before_rollout"):  # UFT hints shape the rollouts: the filter judges, and resamples, hinted groups
+    if shapes_rollouts:  # UFT hints shape the rollouts: the filter judges, and resamples, hinted groups
         hooks.append(demo)
     if cfg.algorithm.group_filter:
         hooks.append(DynamicSampling(before=hooks))
