@@ -282,3 +282,30 @@ def test_two_rank_8bit_adamw_steps_the_shards_and_resumes_exactly(tiny_model_fac
     assert moved > 0 and apart < 0.02 * moved, (apart, moved)
     one, two_rows = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert abs(two_rows[0]["actor/loss"] - one[0]["actor/loss"]) < 1e-5  # the same first step
+
+
+def test_two_rank_uft_hints_in_search_episodes(tiny_model_factory, tmp_path):
+    """fsdp2, Search-R1-style episodes with whole demonstrations as hints: rank 0's demonstration opens with a
+    whole search turn (no policy call needed), rank 1's is a lone answer the policy must finish; every turn
+    both ranks still make one generate call, so neither waits for ever."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"id": "p0", "title": "Sky", "text": "The sky is blue."}) + "\n")
+    demos = [["<search>sky</search>", "<answer>blue</answer>"], ["<answer>blue</answer>"]] * 2
+    rows = [{"prompt": "What colour is the sky?", "answer": "blue", "demo_turns": json.dumps(d)} for d in demos]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    over = [f"model.path={tiny_model_factory('qwen2')}", f"data.train_files={tmp_path / 'train.parquet'}", "data.val_files=",
+            "data.batch_size=2", "data.shuffle=false", "rollout.n=2", "rollout.max_new_tokens=4", "actor.lr=1e-3",
+            "trainer.pipeline=agentic", "env.name=tools", "env.tools=[search]", "env.call_format=tags",
+            "env.observation_role=raw", f"env.corpus_path={tmp_path / 'corpus.jsonl'}", "env.max_turns=2",
+            "rollout.stop=['</search>']", "reward.functions={exact_match: 1.0}", "algorithm.demonstrations=hint",
+            "algorithm.sft_coef=1.0", "algorithm.hint_steps=4", "algorithm.hint_ratio_high=1.0",
+            "algorithm.hint_ratio_low=1.0", f"trainer.output_dir={tmp_path}", "trainer.experiment_name=hint",
+            "trainer.progress_bar=false", "trainer.loggers=[jsonl]", "trainer.device=cpu", "trainer.total_steps=2",
+            "trainer.save_freq=0"]
+    torchrun_train(over, tmp_path / "hint.log", timeout=180)
+    rows = [r for r in read_metrics(tmp_path / "hint") if r["step"] > 0]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["demo/hint_tokens_mean"] > 0 and r["actor/demo_nll"] > 0 and r["agent/tool_calls"] == 0.5
