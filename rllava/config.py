@@ -465,9 +465,7 @@ def check_ranges(cfg: Config) -> None:
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ConfigError(f"env.reward_weights: unknown key(s) {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
-    unknown = sorted(set(cfg.reward.kwargs) - set(cfg.reward.functions))
-    if unknown:
-        raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(cfg.reward.functions)}")
+    check_reward_kwargs(cfg.reward.functions, cfg.reward.kwargs)
     if "{text}" not in cfg.env.observation_template:
         raise ConfigError(f"env.observation_template={cfg.env.observation_template!r} must hold {{text}}")
     if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
@@ -475,7 +473,7 @@ def check_ranges(cfg: Config) -> None:
     if cfg.reward.model_type not in (None, "classifier", "judge"):
         raise ConfigError(f"reward.model_type={cfg.reward.model_type!r}: must be classifier, judge or null (from the folder)")
     labels = cfg.reward.judge_labels
-    if not labels or len(labels) < 2 or not all(math.isfinite(v) for v in labels.values()):
+    if len(labels) < 2 or not all(math.isfinite(v) for v in labels.values()):
         raise ConfigError(f"reward.judge_labels={labels!r}: give two or more verdicts with finite scores, e.g. {{yes: 1, no: 0}}")
     if cfg.reward.workers < 0:
         raise ConfigError(f"reward.workers={cfg.reward.workers!r}: must be >= 0")
@@ -485,6 +483,13 @@ def check_ranges(cfg: Config) -> None:
         if cfg.reward.workers == 0:
             raise ConfigError("reward.timeout_s needs reward.workers >= 1: a reward that hangs can only be "
                               "stopped in a process of its own")
+
+
+def check_reward_kwargs(functions: dict[str, float], kwargs: dict[str, dict] | None) -> None:
+    """`reward.kwargs` may only name functions of `reward.functions`."""
+    unknown = sorted(set(kwargs or {}) - set(functions))
+    if unknown:
+        raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(functions)}")
 
 
 def to_dict(cfg: Any) -> dict:

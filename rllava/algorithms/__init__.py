@@ -34,7 +34,8 @@ from rllava.algorithms.token_selection import entropy_threshold, top_entropy_mas
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
     "REWARD_SHAPERS", "SFT_TOKEN_WEIGHTS", "AdaptiveKLController", "FixedKLController", "aggregate",
-    "apply_kl_penalty", "check_batch", "entropy_shaped_advantages", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
+    "entropy_shaped_advantages",
     "demonstration_tokens", "hint_ratio_at", "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_part",
     "sft_coef_at", "sft_loss", "sft_part", "entropy_threshold", "top_entropy_mask",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rllava.algorithms.aggregation import batch_sum, masked_whiten
+from rllava.algorithms.aggregation import batch_mean_var, batch_sum, masked_whiten
 from rllava.algorithms.groups import group_count, group_max, group_mean, group_min, group_std, group_sum, uniform_groups
 from rllava.registry import Registry
 
@@ -108,10 +108,8 @@ def dr_grpo(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def grpo_batch_std(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """LitePPO (Liu et al. 2025, arXiv 2508.08221): r - group mean, over the std of the whole batch's rewards."""
     r, g = _scores(batch), batch.group_ids
-    n = batch_sum(r.new_tensor(float(len(r))))
-    mean = batch_sum(r.sum()) / n.clamp(min=1)
-    std = (batch_sum(((r - mean) ** 2).sum()) / (n - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
-    return _outcome((r - group_mean(r, g)) / (std + cfg.grpo_epsilon), batch)
+    _, var = batch_mean_var(r, torch.ones_like(r))  # unbiased, as torch.std
+    return _outcome((r - group_mean(r, g)) / (var.sqrt() + cfg.grpo_epsilon), batch)
 
 
 @ADVANTAGES.register("grpo_passk")

@@ -86,10 +86,15 @@ def batch_sum(x: torch.Tensor) -> torch.Tensor:
     return total.to(device=x.device, dtype=x.dtype)
 
 
+def batch_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of `x` over the masked positions of the whole step's batch (every rank's)."""
+    n = batch_sum(mask.sum())
+    mean = batch_sum(_masked(x, mask).sum()) / n.clamp(min=1)
+    return mean, batch_sum(_masked((x - mean) ** 2, mask).sum()) / (n - 1).clamp(min=1)
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked positions of the whole step's batch (every rank's; unbiased
     variance); masked positions become 0."""
-    n = batch_sum(mask.sum())
-    mean = batch_sum(_masked(x, mask).sum()) / n.clamp(min=1)
-    var = batch_sum(_masked((x - mean) ** 2, mask).sum()) / (n - 1).clamp(min=1)
+    mean, var = batch_mean_var(x, mask)
     return _masked((x - mean) * torch.rsqrt(var + eps), mask)

@@ -57,6 +57,7 @@ class _Item:
     images: list[Any] = field(default_factory=list)
     videos: list[Any] = field(default_factory=list)
     length: int = 0  # estimated prompt tokens
+    image_sizes: list[list[int]] = field(default_factory=list)  # [width, height] of each image before resizing
     query: str = ""  # the rendered user message, before the chat template
 
 
@@ -252,8 +253,9 @@ class RLDataset(torch.utils.data.Dataset):
     def _load_media(self, it: _Item) -> tuple[list[Image.Image], list[list[Image.Image]]]:
         cfg = self.cfg
         try:
-            images = [resize_image(load_image(x, it.ref.base_dir), cfg.min_pixels, cfg.max_pixels)
-                      for x in it.images]
+            originals = [load_image(x, it.ref.base_dir) for x in it.images]
+            it.image_sizes = [list(img.size) for img in originals]  # what box rewards map back to
+            images = [resize_image(img, cfg.min_pixels, cfg.max_pixels) for img in originals]
         except MediaError as e:
             raise DataError(f"{it.ref.where(cfg.image_key)}: {e}") from None
         try:
@@ -294,7 +296,7 @@ class RLDataset(torch.utils.data.Dataset):
                            it.ref.where(), n, self.cfg.max_prompt_length, it.length)
         meta = self._meta(it, i)
         if images:  # for rewards that map what the model writes about an image back to the image (box frames)
-            meta["image_sizes"] = [list(image_size(x, it.ref.base_dir)) for x in it.images]
+            meta["image_sizes"] = [list(size) for size in it.image_sizes]
             meta["input_image_sizes"] = self._input_sizes(images, out)
         return Prompt(input_ids=input_ids, mm=mm, seq=seq, text=it.text, images=images,
                       meta=meta, index=i, query=it.query)

@@ -112,8 +112,7 @@ class DemoEngine:
 
     def __init__(self, tokenizer, eos_id: int, demo_key: str = "demo_turns", every_turn: bool = True):
         self.tokenizer = tokenizer
-        self.eos_id = eos_id
-        self.eos_ids = [eos_id]
+        self.eos_ids = [eos_id]  # what ends a turn, as a rollout engine names it
         self.demo_key = demo_key
         self.every_turn = every_turn  # EOS after every turn (chat observations) or the last only (raw)
 
@@ -129,7 +128,7 @@ class DemoEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         episodes = []
         for i, p in enumerate(prompts):
-            turns = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_id, self.every_turn)
+            turns = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_ids[0], self.every_turn)
             k = p.meta.get(TURN_KEY, 0)
             ids = turns[k] if k < len(turns) else []
             for _ in range(sampling.n):

@@ -21,6 +21,14 @@ from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.sft import sft_episodes
 
 
+def run_hooks(hooks: list, name: str, trainer, items: list, metrics: dict) -> list:
+    """`items` through every hook that has the method `name` (before_rollout, after_rollout, after_scoring), in order."""
+    for hook in hooks:
+        if hasattr(hook, name):
+            items = getattr(hook, name)(trainer, items, metrics)
+    return items
+
+
 def group_list(episodes: list[Episode]) -> list[list[Episode]]:
     groups: dict[int, list[Episode]] = {}
     for e in episodes:
@@ -58,7 +66,7 @@ class DynamicSampling:
     Under torchrun each rank filters its own groups and fills its own share of the batch, but all ranks
     sample extra rounds in lock-step (until none is short): generation is a collective with a sharded
     model, and the prompt loaders must stay in step. An extra round goes through the hooks that come
-    before this one (ReMax's greedy baseline, retiring solved prompts), as the first round did.
+    before this one (ReMax's greedy baseline, retiring solved prompts, UFT hints), as the first round did.
     """
 
     def __init__(self, before: list | None = None):
@@ -66,18 +74,11 @@ class DynamicSampling:
 
     def _extra_round(self, trainer, prompts: list[Prompt], offset: int) -> list[Episode]:
         ctx, scratch = trainer.ctx, {}  # the first round's metrics stand for the step
-        for hook in self.before:
-            if hasattr(hook, "before_rollout"):
-                prompts = hook.before_rollout(trainer, prompts, scratch)
+        prompts = run_hooks(self.before, "before_rollout", trainer, prompts, scratch)
         episodes = ctx.rollout.generate(prompts, ctx.rollout.train_sampling(), group_offset=offset)
-        for hook in self.before:
-            if hasattr(hook, "after_rollout"):
-                episodes = hook.after_rollout(trainer, episodes, scratch)
+        episodes = run_hooks(self.before, "after_rollout", trainer, episodes, scratch)
         ctx.reward.score(episodes)
-        for hook in self.before:
-            if hasattr(hook, "after_scoring"):
-                episodes = hook.after_scoring(trainer, episodes, scratch)
-        return episodes
+        return run_hooks(self.before, "after_scoring", trainer, episodes, scratch)
 
     def after_scoring(self, trainer, episodes: list[Episode], metrics: dict) -> list[Episode]:
         ctx, algo = trainer.ctx, trainer.cfg.algorithm

@@ -24,7 +24,7 @@ from rllava.algorithms import (
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
-from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hooks_for
+from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hooks_for, run_hooks
 from rllava.pipelines.registry import PIPELINES
 
 
@@ -105,10 +105,7 @@ class RLVRPipeline:
         self.kl_ctrl.value = state["kl_coef"]
 
     def _run_hooks(self, name: str, trainer, episodes, metrics):
-        for hook in self.hooks:
-            if hasattr(hook, name):
-                episodes = getattr(hook, name)(trainer, episodes, metrics)
-        return episodes
+        return run_hooks(self.hooks, name, trainer, episodes, metrics)
 
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         """Rollout and scoring, with the hooks in between (a multi-turn pipeline overrides this)."""

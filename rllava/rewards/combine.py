@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rllava.config import ConfigError, MissingFileError
+from rllava.config import ConfigError, MissingFileError, check_reward_kwargs
 from rllava.rewards.registry import REWARDS
 
 logger = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class RewardFunction:
                  kwargs: dict[str, dict[str, Any]] | None = None):
         if not functions:
             raise ConfigError("reward.functions is empty: name at least one reward function")
-        unknown = sorted(set(kwargs or {}) - set(functions))
-        if unknown:
-            raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(functions)}")
+        check_reward_kwargs(functions, kwargs)
         self.weights = dict(functions)
         self.fns = {name: resolve_reward(name) for name in functions}
         self.kwargs = {name: dict((kwargs or {}).get(name) or {}) for name in functions}

@@ -82,7 +82,7 @@ def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: boo
     return (out, ent) if with_entropy else out
 
 
-def positive_tokens(b: Batch, rl_mask: torch.Tensor, algo, rows: torch.Tensor | None = None) -> torch.Tensor:
+def positive_tokens(b: Batch, rl_mask: torch.Tensor, algo, rows: torch.Tensor | None) -> torch.Tensor:
     """[R, T] the RL tokens (`rl_mask`, of `rows` of b or all) of rollouts whose reward reaches
     `algorithm.positive_reward_min`: the positive examples of VAPO's LM loss."""
     rewards = b.rewards if rows is None else b.rewards[rows]

@@ -99,7 +99,7 @@ class JudgeModel:
         kw = dict(return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template)
         if not any(images):  # text alone can be cut from the left; image tokens must stay whole
             return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length, **kw))
-        return dict(self.processor(text=texts, images=[list(x) for x in images], padding_side="left", **kw))
+        return dict(self.processor(text=texts, images=images, padding_side="left", **kw))
 
     @torch.no_grad()
     def score(self, queries: list[str], responses: list[str], metas: list[dict[str, Any]],
