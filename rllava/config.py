@@ -34,7 +34,7 @@ class MissingPackageError(ConfigError, ImportError):
 
 @dataclass
 class DataConfig:
-    train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / load_from_disk folders / hub names
+    train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / csv / save_to_disk folders / hub names / downloaded dataset repos; NAME@split picks a split
     val_files: str = ""  # held-out prompts for validation (same formats); empty = no validation
     prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
     answer_key: str = "answer"  # row field with the reference answer, passed to reward functions

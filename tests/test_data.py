@@ -73,9 +73,45 @@ def test_load_rows_save_to_disk_folder(tmp_path):
     ds.save_to_disk(str(tmp_path / "saved"))
     assert load_rows(str(tmp_path / "saved")) == [{"prompt": "p", "answer": "1"}, {"prompt": "q", "answer": "2"}]
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(DataError, match="several splits"):
+    with pytest.raises(DataError, match="several splits.*dd@train"):
         load_rows(str(tmp_path / "dd"))
     assert len(load_rows(str(tmp_path / "dd" / "train"))) == 2
+    assert load_rows(f"{tmp_path / 'dd'}@train") == load_rows(str(tmp_path / "dd" / "train"))
+    with pytest.raises(DataError, match="no split folder 'test'"):
+        load_rows(f"{tmp_path / 'dd'}@test")
+
+
+def test_load_rows_hub_layout_folder_and_split_suffix(tmp_path):
+    """A dataset repo downloaded as is (`data/train-00000-of-00001.parquet`, images embedded as bytes, as
+    hiyouga/geometry3k) reads with `FOLDER@split`; its images stay undecoded {"bytes", "path"} dicts."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from rllava.data.dataset import data_source
+    from rllava.data.rows import split_suffix
+
+    repo = tmp_path / "geometry3k"
+    (repo / "data").mkdir(parents=True)
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "problem": datasets.Value("string"),
+                                  "answer": datasets.Value("string")})
+    for split, n in (("train", 3), ("test", 2)):
+        rows = {"images": [[Image.new("RGB", (8 + i, 8), "red")] for i in range(n)],
+                "problem": [f"<image>{split} {i}" for i in range(n)], "answer": [str(i) for i in range(n)]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(repo / "data" / f"{split}-00000-of-00001.parquet")
+    test = load_rows(f"{repo}@test")
+    assert [r["problem"] for r in test] == ["<image>test 0", "<image>test 1"]
+    image = test[1]["images"][0]
+    assert set(image) == {"bytes", "path"} and Image.open(io.BytesIO(image["bytes"])).size == (9, 8)
+    assert len(load_rows(f"{repo}@train, {repo}@test")) == 5
+    with pytest.raises(DataError, match=r"geometry3k holds the splits \['test', 'train'\]; name one, e.g. .*@test"):
+        load_rows(str(repo))
+    with pytest.raises(DataError, match="geometry3k@validation: `datasets.load_dataset` failed"):
+        load_rows(f"{repo}@validation")
+    assert split_suffix(f"{repo}@test") == (str(repo), "test")
+    assert split_suffix("hiyouga/geometry3k@train") == ("hiyouga/geometry3k", "train")
+    assert split_suffix("hiyouga/geometry3k:test") == ("hiyouga/geometry3k", "test")
+    assert split_suffix("a@b.parquet") == ("a@b.parquet", None)  # not a folder or hub name: a file name with an @
+    assert data_source("hiyouga/geometry3k@test") == "geometry3k" and data_source(f"{repo}@train") == "geometry3k"
 
 
 def test_load_rows_errors_name_the_file_and_line(tmp_path):
@@ -84,10 +120,10 @@ def test_load_rows_errors_name_the_file_and_line(tmp_path):
         load_rows(str(tmp_path / "bad.jsonl"))
     with pytest.raises(DataError, match="not found"):
         load_rows(str(tmp_path / "missing.parquet"))
-    (tmp_path / "task").mkdir()
-    pq.write_table(pa.Table.from_pylist([{"prompt": "a"}]), tmp_path / "task" / "train.parquet")
-    with pytest.raises(DataError, match="did you mean .*train.parquet"):
-        load_rows(str(tmp_path / "task"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("")
+    with pytest.raises(DataError, match="empty: a folder with no data files"):
+        load_rows(str(tmp_path / "empty"))
     (tmp_path / "x.xlsx").write_text("")
     with pytest.raises(DataError, match="unknown data file type"):
         load_rows(str(tmp_path / "x.xlsx"))

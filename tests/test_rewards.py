@@ -14,7 +14,7 @@ from rllava.rewards import REWARDS, RewardFunction
 from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
 from rllava.rewards.count import count_reward, exact_match_reward, number_format_reward
 from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number
-from rllava.rewards.format_tags import answer_tag_reward, format_reward
+from rllava.rewards.format_tags import answer_tag_reward, format_reward, think_boxed_reward
 from rllava.rewards.matching import hungarian
 from rllava.rewards.math_answer import math_reward
 
@@ -85,6 +85,21 @@ def test_format_reward(response, expected):
 ])
 def test_answer_tag_reward(response, expected):
     assert answer_tag_reward(response, "") == expected
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("<think>area = 6 * 4 / 2</think> The area is \\boxed{12}.", 1.0),
+    ("  <think>a\nb</think>\n\\boxed{\\frac{1}{2}}", 1.0),
+    ("<think>x</think>\\boxed{}", 0.0),  # empty box
+    ("<think>x</think> the answer is 12", 0.0),  # no box
+    ("\\boxed{12}", 0.0),  # no think block
+    ("\\boxed{12}<think>x</think>", 0.0),  # the box must come after the thinking
+    ("<think>x</think><think>y</think>\\boxed{1}", 0.0),
+    ("<think>x<think>y</think></think>\\boxed{1}", 0.0),
+    ("<think>x</think>\\boxed{12", 0.0),  # unclosed
+])
+def test_think_boxed_reward(response, expected):
+    assert think_boxed_reward(response, "") == expected
 
 
 @pytest.mark.parametrize("response,answer,expected", [

@@ -24,7 +24,7 @@ from PIL import Image
 
 from rllava.config import DataConfig
 from rllava.data.loader import PromptLoader  # noqa: F401  (re-exported: `from rllava.data.dataset import PromptLoader`)
-from rllava.data.rows import DataError, RowRef, load_rows, load_rows_with_refs  # noqa: F401
+from rllava.data.rows import DataError, RowRef, load_rows, load_rows_with_refs, split_suffix  # noqa: F401
 from rllava.data.template import PromptTemplate, TemplateError, apply_chat_template, build_messages, read_text_or_file
 from rllava.data.types import Prompt
 from rllava.data.vision import (
@@ -85,7 +85,11 @@ SPLIT_NAMES = ("train", "val", "validation", "test", "dev")
 
 
 def data_source(file: str) -> str:
-    """A short name for the dataset a file belongs to: `counting/val.parquet` -> counting, `gsm8k.jsonl` -> gsm8k."""
+    """A short name for the dataset a file belongs to: `counting/val.parquet` -> counting, `gsm8k.jsonl` -> gsm8k,
+    `hiyouga/geometry3k@test` -> geometry3k."""
+    name, split = split_suffix(file)
+    if split is not None:
+        return Path(name).name
     p = Path(file)
     return p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem
 

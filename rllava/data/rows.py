@@ -1,8 +1,9 @@
-"""Read dataset rows from parquet, json/jsonl, csv, arrow, `save_to_disk` folders or hub names.
+"""Read dataset rows from parquet, json/jsonl, csv, arrow, `save_to_disk` folders, hub names, or local folders
+in the hub's layout (a downloaded dataset repo); `NAME@split` picks a split (EasyR1's `hiyouga/geometry3k@train`).
 
 `load_rows("a.parquet,b.jsonl", cfg)` concatenates plain dict rows. Every row keeps where it
 came from (`RowRef`) so errors can name the file and row. `datasets` is imported only for
-`save_to_disk` folders and hub names (it is an optional dependency at run time).
+folders and hub names (it is an optional dependency at run time).
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ READERS: dict[str, Callable[[Path], list[dict]]] = {
     ".csv": _read_csv,
 }
 
-_HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+_HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+_SPLIT = re.compile(r"[\w.-]+")
 
 
 def _table_rows(ds: Any) -> list[dict]:
@@ -111,32 +113,56 @@ def _read_saved_dataset(path: Path) -> list[dict]:
         raise DataError(f"{path} is a `save_to_disk` folder; reading it needs `pip install datasets`") from None
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
-        raise DataError(f"{path} holds several splits {sorted(ds)}; name one, e.g. {path / sorted(ds)[0]}")
+        raise DataError(f"{path} holds several splits {sorted(ds)}; name one, e.g. {path}@{sorted(ds)[0]}")
     return _table_rows(ds)
 
 
-def _read_hub(name: str) -> list[dict]:
-    repo, _, split = name.partition(":")
+def _load_dataset(source: str, split: str | None) -> list[dict]:
+    """Rows of one split of a hub dataset, or of a local folder in the hub's layout, via `datasets.load_dataset`."""
     try:
         from datasets import load_dataset
     except ImportError:
-        raise DataError(f"{name!r} is not a local file; loading it from the hub needs `pip install datasets`") from None
+        raise DataError(f"reading {source!r} needs `pip install datasets`") from None
     try:
-        return _table_rows(load_dataset(repo, split=split or "train"))
+        if split is None:
+            splits = load_dataset(source)
+            if list(splits) != ["train"]:
+                raise DataError(f"{source} holds the splits {sorted(splits)}; name one, e.g. {source}@{sorted(splits)[0]}")
+            return _table_rows(splits["train"])
+        return _table_rows(load_dataset(source, split=split))
+    except DataError:
+        raise
     except Exception as e:
-        raise DataError(f"{name!r} is not a local file, and loading it from the hub failed: "
-                        f"{type(e).__name__}: {e}") from None
+        raise DataError(f"{source}" + (f"@{split}" if split else "")
+                        + f": `datasets.load_dataset` failed: {type(e).__name__}: {e}") from None
+
+
+def split_suffix(spec: str) -> tuple[str, str | None]:
+    """`NAME@split` (as EasyR1 writes it) or `owner/name:split` -> (NAME, split), where NAME is a local folder or
+    has a hub name's shape; anything else -> (spec, None)."""
+    for sep in ("@", ":"):
+        head, found, split = spec.rpartition(sep)
+        if found and _SPLIT.fullmatch(split) and (Path(head).expanduser().is_dir() or _HUB_NAME.fullmatch(head)):
+            return head, split
+    return spec, None
 
 
 def read_source(spec: str) -> tuple[list[dict], Path]:
     """Rows of one file, folder or hub name, and the folder that relative media paths are relative to."""
-    path = Path(spec).expanduser()
+    name, split = split_suffix(spec)
+    path = Path(name).expanduser()
     if path.is_dir():
         if any((path / marker).exists() for marker in ("state.json", "dataset_info.json", "dataset_dict.json")):
+            if split is not None:  # a saved DatasetDict keeps each split in a folder of its own
+                path = path / split
+                if not path.is_dir():
+                    raise DataError(f"{spec}: {name} has no split folder {split!r}")
             return _read_saved_dataset(path), path
-        found = sorted(p.name for p in path.iterdir() if p.suffix in READERS)
-        hint = f"; did you mean {str(path / found[0])!r}?" if found else ""
-        raise DataError(f"{spec}: a folder that is not a `save_to_disk` dataset{hint}")
+        if not any(p.suffix.lower() in READERS for p in path.rglob("*") if p.is_file()):
+            raise DataError(f"{spec}: a folder with no data files ({', '.join(READERS)}) and not a `save_to_disk` dataset")
+        # A folder of data files in the hub's layout (a `huggingface-cli download` of a dataset repo, say):
+        # `datasets` finds its splits from the file names (train/validation/test) or the README's configs.
+        return _load_dataset(str(path), split), path
     if path.is_file():
         reader = READERS.get(path.suffix.lower())
         if reader is None:
@@ -148,8 +174,11 @@ def read_source(spec: str) -> tuple[list[dict], Path]:
         except Exception as e:
             raise DataError(f"{spec}: cannot read: {type(e).__name__}: {e}") from None
         return rows, path.parent
-    if _HUB_NAME.match(spec) and path.suffix.lower() not in READERS:
-        return _read_hub(spec), Path.cwd()
+    if _HUB_NAME.fullmatch(name) and path.suffix.lower() not in READERS:
+        try:
+            return _load_dataset(name, split), Path.cwd()
+        except DataError as e:
+            raise DataError(f"{spec} is not a local file or folder, and as a hub dataset: {e}") from None
     raise DataError(f"data file {spec!r} not found")
 
 
@@ -188,5 +217,6 @@ def load_rows_with_refs(files: str, cfg: DataConfig | None = None) -> tuple[list
 
 def load_rows(files: str, cfg: DataConfig | None = None) -> list[dict]:
     """Concatenated rows (plain dicts) of comma-separated parquet / json / jsonl / csv / arrow files,
-    `save_to_disk` folders and hub names (`owner/name` or `owner/name:split`, when online)."""
+    `save_to_disk` folders, folders in the hub's layout and hub names (when online); `NAME@split` picks a split
+    of a folder or hub dataset (`owner/name:split` works too)."""
     return load_rows_with_refs(files, cfg)[0]

@@ -1,0 +1,77 @@
+"""docs/coming_from.md stays true: every rllava setting it names is a config key, and every name it gives
+such a setting (estimators, losses, engines, rewards, ...) is registered."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+import rllava.pipelines  # noqa: F401  (registers pipelines, engines, rewards, ...)
+from rllava.algorithms.advantages import ADVANTAGES
+from rllava.algorithms.aggregation import AGGREGATIONS
+from rllava.algorithms.filters import GROUP_FILTERS
+from rllava.algorithms.kl import KL_CONTROLLERS, KL_ESTIMATORS
+from rllava.algorithms.losses import POLICY_LOSSES
+from rllava.algorithms.shaping import REWARD_SHAPERS
+from rllava.config import Config, load_config
+from rllava.engines.registry import ROLLOUT_ENGINES, TRAIN_ENGINES
+from rllava.rewards.registry import REWARDS
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "coming_from.md"
+SECTIONS = {f.name for f in dataclasses.fields(Config)}  # plugins, data, model, algorithm, ...
+NAMED = {"algorithm.adv_estimator": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
+         "algorithm.loss_agg_mode": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
+         "algorithm.kl_ctrl": KL_CONTROLLERS, "algorithm.group_filter": GROUP_FILTERS,
+         "algorithm.reward_shaping": REWARD_SHAPERS, "rollout.engine": ROLLOUT_ENGINES, "actor.strategy": TRAIN_ENGINES}
+
+
+def mapping_rows() -> list[tuple[str, str]]:
+    """(rllava cell, note cell) of every table row whose rllava cell names a setting."""
+    rows = []
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and "`" in cells[1] and not cells[1].startswith("`torchrun"):
+            rows.append((cells[1], cells[2]))
+    return rows
+
+
+def settings(cell: str) -> list[tuple[str, str | None, list[str]]]:
+    """(key, value, alternative values) for each `key[=value]` in a cell; bare `name`s after one are alternatives."""
+    out: list[tuple[str, str | None, list[str]]] = []
+    for token in re.findall(r"`([^`]+)`", cell):
+        key, _, value = token.partition("=")
+        if key.split(".")[0] in SECTIONS and (key == "plugins" or "." in key):
+            out.append((key, value or None, []))
+        elif out and out[-1][1] is not None and re.fullmatch(r"[\w+.-]+", token):
+            out[-1][2].append(token)
+    return out
+
+
+def test_the_doc_has_the_three_tables():
+    text = DOC.read_text()
+    assert all(h in text for h in ("## veRL", "## EasyR1", "## TRL")) and len(mapping_rows()) > 60
+
+
+@pytest.mark.parametrize("rllava_cell,note", mapping_rows())
+def test_each_rllava_setting_exists(rllava_cell, note):
+    found = settings(rllava_cell)
+    assert found, f"no rllava setting in {rllava_cell!r}"
+    for key, value, alternatives in found:
+        section, _, field = key.partition(".")
+        if field:
+            assert field in {f.name for f in dataclasses.fields(getattr(Config(), section))}, key
+        if value is not None and "{" not in value and "[" not in value:
+            load_config(None, [f"{key}={value}"])  # parses and passes the range checks
+        names = [v for v in [value, *alternatives] if v is not None]
+        if key in NAMED:
+            for name in names:
+                name = name.strip("[]")
+                assert name in NAMED[key], f"{key}={name} is not registered"
+            if key == "algorithm.adv_estimator" and value is None:  # the note lists the estimators veRL shares
+                for name in re.findall(r"`([\w+-]+)`", note):
+                    assert name in ADVANTAGES, name
+        if key == "reward.functions" and value:
+            for name in re.findall(r"(\w+):", value):
+                assert name in REWARDS, name
