@@ -38,6 +38,7 @@ class DataConfig:
     val_files: str = ""  # held-out prompts for validation (same formats); empty = no validation
     prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
     answer_key: str = "answer"  # row field with the reference answer, passed to reward functions
+    answer_template: Optional[str] = None  # jinja: the reference answer rendered from the row instead, e.g. "{{ answer.split('####')[-1] | trim }}" (GSM8K); it becomes the row's `answer`
     image_key: str = "images"  # row field with a list of images: paths (relative to the file), bytes or PIL
     video_key: str = "videos"  # row field with a list of videos (paths or frame lists)
     image_dir: Optional[str] = None  # relative image paths are resolved against this (default: the data file's folder)

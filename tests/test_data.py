@@ -1,6 +1,7 @@
 """Data loading, prompt rendering and processing with real tiny processors, and the prompt loader."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -206,6 +207,30 @@ def test_text_only_dataset_matches_the_chat_template(tmp_path, text_tok):
     override = RLDataset(str(f), DataConfig(prompt_key="question", chat_template=str(tmp_path / "chat.jinja")),
                          text_tok)
     assert override[0].text == "[user] 1+1?\n>"
+
+
+def test_answer_template_renders_the_ground_truth_from_the_row(tmp_path, text_tok):
+    """GSM8K keeps its final number after '####' in a worked solution: data.answer_template pulls it out."""
+    rows = [{"question": "2+3?", "answer": "2 plus 3 is 5.\n#### 5"},
+            {"question": "1000+234?", "answer": "Add them.\n#### 1,234"},
+            {"question": "no answer", "solution": "x"}]
+    f = _jsonl(tmp_path / "gsm.jsonl", rows)
+    cfg = DataConfig(prompt_key="question", skip_bad_rows=True,
+                     answer_template="{{ answer.split('####')[-1] | replace(',', '') }}")
+    ds = RLDataset(str(f), cfg, text_tok)
+    assert [ds[i].meta["answer"] for i in range(len(ds))] == ["5", "1234"]  # rendered, then stripped
+    assert ds.n_bad == 1 and "gsm.jsonl, row 2, field 'answer_template'" in ds.bad_rows[0]
+    assert "uses a field the row does not have" in ds.bad_rows[0]
+    with pytest.raises(DataError, match=r"gsm.jsonl, row 2, field 'answer_template': data.answer_template uses a field"):
+        RLDataset(str(f), dataclasses.replace(cfg, skip_bad_rows=False), text_tok)
+    # The template may read any field, so a row needs no answer_key field of its own.
+    only_solution = RLDataset(str(f), DataConfig(prompt_key="question", answer_template="{{ solution }}x",
+                                                 skip_bad_rows=True), text_tok)
+    assert [only_solution[i].meta["answer"] for i in range(len(only_solution))] == ["xx"]
+    numbers = _jsonl(tmp_path / "n.jsonl", [{"question": "q", "answer": 7}])
+    with pytest.raises(DataError, match=r"n.jsonl, row 0, field 'answer_template': .*failed on this row: .*split"):
+        RLDataset(str(numbers), DataConfig(prompt_key="question", answer_template="{{ answer.split('#')[0] }}"),
+                  text_tok)
 
 
 def test_vlm_prompt_on_the_counting_task(counting, qwen_vl):

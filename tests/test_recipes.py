@@ -3,6 +3,7 @@ local copy of their dataset's layout. Only the model, the data folder, sizes and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,28 +15,67 @@ from rllava.pipelines.run import run_experiment
 RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
 
 
-@pytest.fixture(scope="module")
-def geometry3k_folder(tmp_path_factory) -> Path:
+def _write_split(datasets, path: Path, columns: dict, features) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(path)
+
+
+def geometry3k(root: Path) -> Path:
     """Our `geometry` task written as hiyouga/geometry3k is on the hub: `data/{train,test}-*.parquet` with columns
     `images` (embedded {bytes, path}), `problem` (opening with `<image>`) and `answer`."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     import pyarrow.parquet as pq
     from PIL import Image
 
     from rllava.tasks import make_task
 
-    root = tmp_path_factory.mktemp("geo3k")
     task = make_task("geometry", root / "task", n=16, seed=0)
-    repo = root / "geometry3k"
-    (repo / "data").mkdir(parents=True)
     features = datasets.Features({"images": datasets.List(datasets.Image()), "problem": datasets.Value("string"),
                                   "answer": datasets.Value("string")})
     for ours, theirs in (("train", "train"), ("val", "test")):
         rows = pq.read_table(task / f"{ours}.parquet").to_pylist()
         columns = {"images": [[Image.open(task / p).convert("RGB") for p in r["images"]] for r in rows],
                    "problem": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]}
-        datasets.Dataset.from_dict(columns, features=features).to_parquet(repo / "data" / f"{theirs}-00000-of-00001.parquet")
-    return repo
+        _write_split(datasets, root / "geometry3k" / "data" / f"{theirs}-00000-of-00001.parquet", columns, features)
+    return root / "geometry3k"
+
+
+def gsm8k(root: Path) -> Path:
+    """Our `arithmetic` task written as openai/gsm8k is: `main/` and `socratic/` configs, each with
+    `{train,test}-*.parquet` of `question` and `answer`, a worked solution ending in `#### <number>`."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    from rllava.tasks import make_task
+
+    task = make_task("arithmetic", root / "task", n=16, seed=0)
+    features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})
+    for config in ("main", "socratic"):
+        for ours, theirs in (("train", "train"), ("val", "test")):
+            rows = pq.read_table(task / f"{ours}.parquet").to_pylist()
+            columns = {"question": [r["prompt"] for r in rows],
+                       "answer": [f"Work it out ({config}).\n#### {int(r['answer']):,}" for r in rows]}
+            _write_split(datasets, root / "gsm8k" / config / f"{theirs}-00000-of-00001.parquet", columns, features)
+    return root / "gsm8k" / "main"
+
+
+# The dataset each recipe reads (its `/data/NAME@split` folder) -> (stand-in writer, tiny model family, the reward
+# of the rows' true answers: geometry3k's gets math's 0.9 and not think_boxed's 0.1, as it has no think block; the
+# GSM8K rows' answers are right only once data.answer_template has pulled the number out of the solution).
+STAND_INS = {"geometry3k": (geometry3k, "qwen2_5_vl", 0.9), "gsm8k/main": (gsm8k, "qwen2", 1.0)}
+
+
+@pytest.fixture(scope="module")
+def stand_in_data(tmp_path_factory):
+    pytest.importorskip("datasets")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = STAND_INS[name][0](tmp_path_factory.mktemp(name.replace("/", "_")))
+        return cache[name]
+
+    return get
 
 
 # What a CPU test must change beyond the model, data and sizes: GPU-only engines.
@@ -43,22 +83,31 @@ ON_CPU = {"geo3k_qwen2_5_vl_7b_8gpu.yaml": ["actor.strategy=local", "rollout.eng
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
-def test_recipe_runs_on_a_stand_in(name, geometry3k_folder, tiny_model_factory, tmp_path):
+def test_recipe_runs_on_a_stand_in(name, stand_in_data, tiny_model_factory, tmp_path):
     recipe = load_config(str(RECIPES / name))
-    assert recipe.data.train_files.endswith("geometry3k@train") and recipe.data.val_files.endswith("geometry3k@test")
+    dataset = recipe.data.train_files.removeprefix("/data/").removesuffix("@train")
+    assert recipe.data.val_files == f"/data/{dataset}@test" and dataset in STAND_INS, recipe.data
+    folder, family = stand_in_data(dataset), STAND_INS[dataset][1]
     cfg = load_config(str(RECIPES / name), [
-        f"model.path={tiny_model_factory('qwen2_5_vl')}", f"data.train_files={geometry3k_folder}@train",
-        f"data.val_files={geometry3k_folder}@test", "data.batch_size=2", "data.max_val_samples=2", "rollout.n=4",
+        f"model.path={tiny_model_factory(family)}", f"data.train_files={folder}@train",
+        f"data.val_files={folder}@test", "data.batch_size=2", "data.max_val_samples=2", "rollout.n=4",
         "rollout.max_new_tokens=8", "rollout.batch_size=0", "actor.mini_batch_size=4", "trainer.total_steps=2",
         "trainer.val_freq=0", "trainer.save_freq=0", f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false",
         "trainer.loggers=[jsonl]", *ON_CPU.get(name, [])])
     report = preflight(cfg)
-    assert report["train"]["prompts"] == 12 and report["val"]["prompts"] == 2, report  # the folder's train and test splits
-    assert report["reward_of_answers"] == pytest.approx(0.9)  # the true answers: math 1, no think block
+    assert report["train"]["prompts"] == 12 and report["val"]["prompts"] == 2, report  # the train and test splits
+    assert report["reward_of_answers"] == pytest.approx(STAND_INS[dataset][2])
+    if cfg.data.answer_template:  # GSM8K: the rewards get the bare number, "1,234" as 1234
+        from transformers import AutoTokenizer
+
+        from rllava.data.dataset import RLDataset
+
+        ds = RLDataset(cfg.data.train_files, cfg.data, AutoTokenizer.from_pretrained(cfg.model.path))
+        assert all(re.fullmatch(r"-?\d+", ds.meta(i)["answer"]) for i in range(len(ds)))
     result = run_experiment(cfg)
     rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "actor/grad_norm" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert all(r["actor/grad_norm"] == r["actor/grad_norm"] for r in train)  # finite
-    assert {"reward/math", "reward/think_boxed"} <= set(train[0])  # both functions of the recipe scored
+    assert {f"reward/{k}" for k in recipe.reward.functions} <= set(train[0])  # every function of the recipe scored
     assert any("val/accuracy" in r for r in rows)

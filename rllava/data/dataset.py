@@ -25,7 +25,14 @@ from PIL import Image
 from rllava.config import DataConfig
 from rllava.data.loader import PromptLoader  # noqa: F401  (re-exported: `from rllava.data.dataset import PromptLoader`)
 from rllava.data.rows import DataError, RowRef, load_rows, load_rows_with_refs, split_suffix  # noqa: F401
-from rllava.data.template import PromptTemplate, TemplateError, apply_chat_template, build_messages, read_text_or_file
+from rllava.data.template import (
+    PromptTemplate,
+    RowTemplate,
+    TemplateError,
+    apply_chat_template,
+    build_messages,
+    read_text_or_file,
+)
 from rllava.data.types import Prompt
 from rllava.data.vision import (
     MediaError,
@@ -59,6 +66,7 @@ class _Item:
     length: int = 0  # estimated prompt tokens
     image_sizes: list[list[int]] = field(default_factory=list)  # [width, height] of each image before resizing
     query: str = ""  # the rendered user message, before the chat template
+    answer: str | None = None  # the ground truth rewards get (data.answer_template or the answer_key field)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -105,6 +113,7 @@ class RLDataset(torch.utils.data.Dataset):
         self.multimodal = is_multimodal(processor)
         self.skip_bad_rows = cfg.skip_bad_rows
         self.template = PromptTemplate(cfg.template, cfg.prompt_key)
+        self.answer_template = RowTemplate(cfg.answer_template, "data.answer_template") if cfg.answer_template else None
         self.chat_template = read_text_or_file(cfg.chat_template, "data.chat_template") if cfg.chat_template else None
         self.n_bad = 0  # rows skipped as bad (construction and access time)
         self.n_too_long = 0  # rows dropped for exceeding max_prompt_length
@@ -147,7 +156,7 @@ class RLDataset(torch.utils.data.Dataset):
             raise DataError(f"{ref.where(cfg.prompt_key)}: missing (row fields: {sorted(row)})")
         if not isinstance(row[cfg.prompt_key], str):
             raise DataError(f"{ref.where(cfg.prompt_key)}: expected text, got {type(row[cfg.prompt_key]).__name__}")
-        if cfg.answer_key and row.get(cfg.answer_key) is None:
+        if cfg.answer_key and row.get(cfg.answer_key) is None and self.answer_template is None:
             raise DataError(f"{ref.where(cfg.answer_key)}: missing (row fields: {sorted(row)}; "
                             "set data.answer_key, or '' for rows without answers)")
         images = _as_list(row.get(cfg.image_key))
@@ -166,7 +175,15 @@ class RLDataset(torch.utils.data.Dataset):
             chat = apply_chat_template(self.processor, messages, self.chat_template)
         except TemplateError as e:
             raise DataError(f"{ref.where(cfg.prompt_key)}: {e}") from None
-        return _Item(row, ref, chat, images, videos, query=text)
+        return _Item(row, ref, chat, images, videos, query=text, answer=self._answer(row, ref))
+
+    def _answer(self, row: dict[str, Any], ref: RowRef) -> str | None:
+        if self.answer_template is not None:
+            try:
+                return self.answer_template.render(row).strip()
+            except TemplateError as e:
+                raise DataError(f"{ref.where('answer_template')}: {e}") from None
+        return _answer_text(row[self.cfg.answer_key]) if self.cfg.answer_key else None
 
     def _set_lengths(self, items: list[_Item]) -> None:
         """Estimated token length of every item (see the module docstring)."""
@@ -248,8 +265,8 @@ class RLDataset(torch.utils.data.Dataset):
         if cfg.image_key in meta and it.images:
             meta[cfg.image_key] = [str(resolve_path(x, it.ref.base_dir)) if isinstance(x, str) else x
                                    for x in it.images]
-        if cfg.answer_key:
-            meta["answer"] = _answer_text(it.row[cfg.answer_key])
+        if it.answer is not None:
+            meta["answer"] = it.answer
         meta["index"] = index
         meta.setdefault("data_source", data_source(it.ref.file))  # a row's own data_source column wins (veRL's)
         return meta

@@ -29,6 +29,29 @@ def read_text_or_file(spec: str, what: str) -> str:
     return spec
 
 
+class RowTemplate:
+    """A jinja template (string or file) whose variables are a dataset row's fields; `what` names the setting."""
+
+    def __init__(self, spec: str, what: str):
+        self.what = what
+        self.source = read_text_or_file(spec, what)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        try:
+            self._tmpl = env.from_string(self.source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"{what}: jinja syntax error on line {e.lineno}: {e.message}") from None
+
+    def render(self, row: dict[str, Any]) -> str:
+        try:
+            return self._tmpl.render(row)
+        except jinja2.UndefinedError as e:
+            if str(e.message).endswith("is undefined"):
+                raise TemplateError(f"{self.what} uses a field the row does not have: {e.message}") from None
+            raise TemplateError(f"{self.what} failed on this row: {e.message}") from None  # e.g. .split on a number
+        except Exception as e:  # a filter failing on this row's values
+            raise TemplateError(f"{self.what} failed on this row: {type(e).__name__}: {e}") from None
+
+
 class PromptTemplate:
     """The task's prompt template (jinja; the row's fields are its variables). None: the prompt as is.
 
@@ -37,21 +60,12 @@ class PromptTemplate:
 
     def __init__(self, spec: str | None, prompt_key: str = "prompt"):
         self.prompt_key = prompt_key
-        self.source = read_text_or_file(spec, "data.template") if spec else None
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-        try:
-            self._tmpl = env.from_string(self.source) if self.source is not None else None
-        except jinja2.TemplateSyntaxError as e:
-            raise TemplateError(f"data.template: jinja syntax error on line {e.lineno}: {e.message}") from None
+        self._tmpl = RowTemplate(spec, "data.template") if spec else None
+        self.source = self._tmpl.source if self._tmpl else None
 
     def render(self, row: dict[str, Any]) -> str:
         prompt = row[self.prompt_key]
-        if self._tmpl is None:
-            return prompt
-        try:
-            return self._tmpl.render({**row, "prompt": prompt})
-        except jinja2.UndefinedError as e:
-            raise TemplateError(f"data.template uses a field the row does not have: {e.message}") from None
+        return prompt if self._tmpl is None else self._tmpl.render({**row, "prompt": prompt})
 
 
 def count_markers(text: str) -> tuple[int, int]:
