@@ -36,6 +36,7 @@ class MissingPackageError(ConfigError, ImportError):
 class DataConfig:
     train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / csv / save_to_disk folders / hub names / downloaded dataset repos; NAME@split picks a split
     val_files: str = ""  # held-out prompts for validation (same formats); empty = no validation
+    train_weights: list[float] = field(default_factory=list)  # one per train_files entry: each epoch draws that share of its prompts from the entry (a small one repeats, a large one is subsampled); empty = every prompt once an epoch
     prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
     answer_key: str = "answer"  # row field with the reference answer, passed to reward functions
     answer_template: Optional[str] = None  # jinja: the reference answer rendered from the row instead, e.g. "{{ answer.split('####')[-1] | trim }}" (GSM8K); it becomes the row's `answer`
@@ -249,6 +250,7 @@ class TrainerConfig:
     save_freq: int = 0  # steps between checkpoints; 0 = only at the end
     save_every_min: Optional[float] = None  # also checkpoint when this many minutes have passed since the last one
     keep_last: int = 2  # checkpoints kept (older ones are deleted)
+    export_dtype: str = "auto"  # dtype of each checkpoint's HF folder: auto (the dtype model.path's config names, e.g. bfloat16 for Qwen, unless the trained weights are narrower) | float32 | bfloat16 | float16. Resume reads the engine state, which keeps fp32 masters
     keep_best: bool = True  # also keep the checkpoint with the best validation score (trainer.best_metric)
     best_metric: str = "val/accuracy"  # the validation metric that picks the best checkpoint (higher is better), e.g. val/pass@4 or val/<source>/accuracy; val/reward where a run has no accuracy
     resume: str = "auto"  # auto | none | path to a checkpoint folder

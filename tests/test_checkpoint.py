@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,48 @@ def test_resume_with_settings_that_change_what_is_trained_is_refused(short_count
     fresh = run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "model.lora_rank=4",
                                                                 "trainer.resume=none")))
     assert fresh["steps"] == 2
+
+
+def test_checkpoint_hf_folder_is_written_in_the_released_dtype(short_counting_run, tiny_model_factory, tmp_path):
+    """A bf16 model trains on fp32 masters; each checkpoint's HF folder is bf16 again (half the size, and what
+    vLLM and from_pretrained load by default), while the engine state keeps the fp32 masters for resume."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from rllava.config import ConfigError, load_config
+    from rllava.engines.local import ENGINE_FILE
+    from rllava.pipelines.run import run_experiment
+
+    bf16 = tmp_path / "bf16-model"
+    source = tiny_model_factory("qwen2_vl")
+    AutoModelForImageTextToText.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(bf16)
+    for f in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+              "chat_template.jinja", "chat_template.json", "special_tokens_map.json", "video_preprocessor_config.json"):
+        if (source / f).exists():
+            (bf16 / f).write_bytes((source / f).read_bytes())
+
+    def checkpoint(name: str, *extra: str):
+        result = run_experiment(load_config(None, short_counting_run(f"model.path={bf16}",
+                                                                     f"trainer.experiment_name={name}", *extra)))
+        step = Path(result["run_dir"]) / "checkpoints" / "step_2"
+        config = json.loads((step / "model" / "config.json").read_text())
+        return (load_file(step / "model" / "model.safetensors"), config,
+                torch.load(step / "engine" / ENGINE_FILE, weights_only=False)["model"], step / "model")
+
+    weights, config, engine, folder = checkpoint("auto")
+    assert config["dtype"] == "bfloat16"
+    assert all(sub["dtype"] == "bfloat16" for sub in config.values() if isinstance(sub, dict) and "dtype" in sub)
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    assert {t.dtype for t in engine.values()} == {torch.float32}  # resume keeps the fp32 masters
+    reloaded = AutoModelForImageTextToText.from_pretrained(folder)  # the default dtype: the folder's
+    assert reloaded.dtype == torch.bfloat16
+    state = reloaded.state_dict()
+    assert set(engine) <= set(state)  # every trained tensor, rounded once from its fp32 master
+    assert all(torch.equal(state[n], engine[n].to(torch.bfloat16)) for n in engine)
+
+    weights, config, engine, folder = checkpoint("fp32", "trainer.export_dtype=float32")
+    assert config["dtype"] == "float32" and {t.dtype for t in weights.values()} == {torch.float32}
+    state = AutoModelForImageTextToText.from_pretrained(folder).state_dict()
+    assert all(torch.equal(state[n], engine[n]) for n in engine)
+    with pytest.raises(ConfigError, match="trainer.export_dtype='int8' is not one of"):
+        run_experiment(load_config(None, short_counting_run(f"model.path={bf16}", "trainer.export_dtype=int8")))

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import logging
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -440,6 +441,76 @@ def test_loader_resumes_exactly():
     assert got == expected
     with pytest.raises(ValueError, match="data changed"):
         PromptLoader(_Numbers(8), batch_size=3).load_state_dict(state)
+
+
+def test_shares_split_exactly_in_proportion():
+    from rllava.data.loader import shares
+
+    assert shares([1, 1], 5) == [3, 2] and shares([0.7, 0.3], 10) == [7, 3] and shares([3, 0], 4) == [4, 0]
+    assert shares([1, 1, 1], 10) == [4, 3, 3] and sum(shares([0.2, 0.5, 0.3], 7)) == 7
+
+
+def test_loader_mix_draws_each_source_by_its_weight_and_resumes_exactly():
+    """2 prompts of source 0 and 8 of source 1 at weights 1:1: each 10-prompt epoch holds 5 of each; source 0
+    repeats (each prompt once before any twice), source 1 is subsampled, fresh every epoch."""
+    sources = [0, 0] + [1] * 8
+    mixed = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[1.0, 1.0], sources=sources)
+    assert mixed.steps_per_epoch == 2
+    epochs = []
+    for _ in range(3):
+        epochs.append(mixed.next_batch() + mixed.next_batch())
+    for epoch in epochs:
+        small, large = [i for i in epoch if i < 2], [i for i in epoch if i >= 2]
+        assert len(small) == len(large) == 5
+        assert sorted(small.count(i) for i in (0, 1)) == [2, 3] and len(set(large)) == 5
+    assert len({tuple(e) for e in epochs}) == 3  # each epoch drawn afresh
+    again = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[1.0, 1.0], sources=sources)
+    assert [again.next_batch() for _ in range(6)] == [b for e in epochs for b in (e[:5], e[5:])]
+    first = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[1.0, 1.0], sources=sources)
+    got = [first.next_batch() for _ in range(3)]
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[1.0, 1.0], sources=sources)
+    resumed.load_state_dict(state)
+    assert got + [resumed.next_batch() for _ in range(3)] == [b for e in epochs for b in (e[:5], e[5:])]
+    with pytest.raises(ValueError, match="the mix changed"):
+        PromptLoader(_Numbers(10), batch_size=5, seed=3).load_state_dict(state)
+    only_large = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[0.0, 1.0], sources=sources)
+    assert all(i >= 2 for _ in range(4) for i in only_large.next_batch())
+    with pytest.raises(DataError, match="entry 0 has weight 1.0 but no usable prompts"):
+        PromptLoader(_Numbers(8), batch_size=2, weights=[1.0, 1.0], sources=[1] * 8)
+
+
+def test_train_weights_in_a_run_and_in_rllava_check(counting, tiny_model_factory, tmp_path):
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.preflight import preflight
+    from rllava.pipelines.run import check_settings
+    from rllava.tasks import make_task
+
+    other = make_task("counting", tmp_path / "other", n=40, seed=1)
+    files = f"{counting / 'train.parquet'},{other / 'train.parquet'}"
+    with pytest.raises(ConfigError, match="train_weights has 1 weight.*2 comma-separated entries"):
+        check_settings(load_config(None, [f"data.train_files={files}", "data.train_weights=[1.0]"]))
+    with pytest.raises(ConfigError, match="weights must be >= 0"):
+        check_settings(load_config(None, [f"data.train_files={files}", "data.train_weights=[0, 0]"]))
+    cfg = load_config(None, [f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={files}",
+                             "data.train_weights=[3, 1]", "reward.functions={count: 1.0}"])
+    mix = preflight(cfg)["train"]["mix"]
+    n_first = len(load_rows(str(counting / "train.parquet")))
+    n_other = len(load_rows(str(other / "train.parquet")))
+    total = n_first + n_other
+    assert [m["prompts"] for m in mix] == [n_first, n_other]
+    assert [m["per_epoch"] for m in mix] == [round(total * 3 / 4), total - round(total * 3 / 4)]
+    # A run hands the weights to its loader (its checkpointed state holds them).
+    from rllava.pipelines.run import run_experiment
+
+    weighted = load_config(None, [f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={files}",
+                                  "data.train_weights=[0, 1]", "reward.functions={count: 1.0}", "data.val_files=",
+                                  "data.batch_size=4", "rollout.n=2", "rollout.max_new_tokens=2", "trainer.total_steps=2",
+                                  f"trainer.output_dir={tmp_path / 'runs'}", "trainer.progress_bar=false",
+                                  "trainer.loggers=[jsonl]", "trainer.save_freq=0"])
+    result = run_experiment(weighted)
+    state = torch.load(Path(result["run_dir"]) / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=False)
+    assert state["loader"]["weights"] == [0.0, 1.0] and state["loader"]["position"] == 8
 
 
 def test_loader_with_real_prompts(counting, qwen_vl):

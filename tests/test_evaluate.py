@@ -135,3 +135,21 @@ def test_best_metric_picks_the_kept_checkpoint(tiny_model_factory, counting, tmp
     with pytest.raises(ConfigError, match=r"trainer.best_metric='val/pass@8' is not among the validation metrics"):
         run_experiment(load_config(None, [*over, "trainer.best_metric=val/pass@8", "trainer.total_steps=1",
                                           "trainer.experiment_name=bad"]))
+
+
+def test_resolve_split_names_the_split_of_each_kind_of_folder(tmp_path):
+    from rllava.pipelines.evaluate import resolve_split
+
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "test.parquet").write_text("")
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "state.json").write_text("{}")
+    assert resolve_split(str(task), "test") == str(task / "test.parquet")  # rllava make-task output
+    assert resolve_split(str(repo), "test") == f"{repo}@test"  # a downloaded dataset repo
+    assert resolve_split(str(saved), "test") == str(saved)  # one saved Dataset: no splits
+    assert resolve_split(f"{repo}@train", "test") == f"{repo}@train"  # an explicit split wins
+    assert resolve_split(str(task / "test.parquet"), "val") == str(task / "test.parquet")

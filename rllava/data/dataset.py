@@ -254,6 +254,10 @@ class RLDataset(torch.utils.data.Dataset):
         """'file, row N' of prompt i, for messages."""
         return self.items[i].ref.where()
 
+    def entries(self) -> list[int]:
+        """Each prompt's comma-separated entry of the files setting (its source in a weighted mix)."""
+        return [it.ref.entry for it in self.items]
+
     def meta(self, i: int) -> dict[str, Any]:
         """Prompt i's `Prompt.meta`, without loading its media."""
         return self._meta(self.items[i], i)

@@ -4,6 +4,11 @@ The order of epoch e is a permutation drawn from `seed + e` alone, so (epoch, po
 whole state: `load_state_dict` continues with the very next prompt. Batches run on across epoch
 boundaries (no prompt is dropped, every batch is full). Prompts can be retired (`retire`, e.g.
 once solved): they are passed over from then on, and the set is part of the state.
+
+A mix (`weights`, one per source, and each prompt's source) keeps the epoch's length, the number of
+prompts, but fills it by share: source k gives round(w_k / sum(w) * N) of its prompts, drawn in
+fresh permutations of its own (so a small source repeats, each prompt once before any twice, and a
+large one is subsampled), and the whole epoch is then shuffled. It too is drawn from `seed + e`.
 """
 from __future__ import annotations
 
@@ -22,11 +27,14 @@ logger = logging.getLogger(__name__)
 class PromptLoader:
     """Yields lists of `batch_size` prompts from `dataset` (anything with `__len__` and `__getitem__`)."""
 
-    def __init__(self, dataset: Any, batch_size: int, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: Any, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 weights: list[float] | None = None, sources: list[int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(dataset) == 0:
             raise ValueError("PromptLoader: the dataset is empty")
+        self.weights = list(weights) if weights else None
+        self.pools = mix_pools(self.weights, sources, len(dataset)) if self.weights else None
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -48,10 +56,18 @@ class PromptLoader:
 
     def _order_for(self, epoch: int) -> list[int]:
         n = len(self.dataset)
-        if not self.shuffle:
-            return list(range(n))
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(n, generator=gen).tolist()
+        if self.pools is not None:
+            order = []
+            for pool, count in zip(self.pools, shares(self.weights, n)):
+                rounds = -(-count // len(pool)) if count else 0
+                picks = torch.cat([torch.randperm(len(pool), generator=gen) for _ in range(rounds)]) if rounds else []
+                order += [pool[int(j)] for j in picks[:count]]
+        else:
+            order = list(range(n))
+        if not self.shuffle:
+            return order
+        return [order[j] for j in torch.randperm(n, generator=gen).tolist()]
 
     def _next_index(self) -> int:
         if self.position >= len(self._order):
@@ -106,12 +122,16 @@ class PromptLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
-                "size": len(self.dataset), "skipped": sorted(self.skipped), "retired": sorted(self.retired)}
+                "size": len(self.dataset), "skipped": sorted(self.skipped), "retired": sorted(self.retired),
+                "weights": self.weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("size", len(self.dataset)) != len(self.dataset):
             raise ValueError(f"loader state is for a dataset of {state['size']} prompts, this one has "
                              f"{len(self.dataset)}: the data changed since the checkpoint")
+        if state.get("weights") != self.weights:  # the order of every epoch depends on them
+            raise ValueError(f"loader state is for data.train_weights={state.get('weights') or []}, this run has "
+                             f"{self.weights or []}: the mix changed since the checkpoint")
         self.seed = state.get("seed", self.seed)
         self.shuffle = state.get("shuffle", self.shuffle)
         self.epoch = state["epoch"]
@@ -119,3 +139,30 @@ class PromptLoader:
         self.skipped = set(state.get("skipped", []))
         self.retired = set(state.get("retired", []))
         self._order = self._order_for(self.epoch)
+
+
+def shares(weights: list[float], n: int) -> list[int]:
+    """n split in proportion to `weights` (largest remainder: the parts sum to n exactly)."""
+    total = sum(weights)
+    exact = [w / total * n for w in weights]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (counts[k] - exact[k], k))
+    for k in by_remainder[: n - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+def mix_pools(weights: list[float], sources: list[int] | None, n: int) -> list[list[int]]:
+    """The prompt indices of each source; a clear error when the mix cannot be drawn."""
+    if sources is None or len(sources) != n:
+        raise ValueError("a weighted mix needs each prompt's source")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise DataError(f"data.train_weights={weights}: weights must be >= 0 and sum to more than 0")
+    pools: list[list[int]] = [[] for _ in weights]
+    for i, k in enumerate(sources):
+        pools[k].append(i)
+    empty = [k for k, (pool, w) in enumerate(zip(pools, weights)) if w > 0 and not pool]
+    if empty:
+        raise DataError(f"data.train_weights: train_files entry {empty[0]} has weight {weights[empty[0]]} but no "
+                        "usable prompts (all dropped as bad or too long)")
+    return pools

@@ -29,6 +29,7 @@ class RowRef:
     file: str
     row: int
     base_dir: Path
+    entry: int = 0  # which comma-separated entry of the files setting it came from (data.train_weights)
 
     def where(self, field: str | None = None) -> str:
         return f"{self.file}, row {self.row}" + (f", field {field!r}" if field else "")
@@ -205,14 +206,23 @@ def load_rows_with_refs(files: str, cfg: DataConfig | None = None) -> tuple[list
     rows: list[dict] = []
     refs: list[RowRef] = []
     image_dir = Path(cfg.image_dir).expanduser() if cfg is not None and cfg.image_dir else None
-    for spec in split_specs(files):
-        part, base = read_source(spec)
-        for i, row in enumerate(part):
-            if not isinstance(row, dict):
-                raise DataError(f"{spec}, row {i}: expected a mapping of fields, got {type(row).__name__}")
-            rows.append(row)
-            refs.append(RowRef(spec, i, image_dir or base))
+    for entry, entry_spec in enumerate(file_entries(files)):
+        for spec in split_specs(entry_spec):
+            part, base = read_source(spec)
+            for i, row in enumerate(part):
+                if not isinstance(row, dict):
+                    raise DataError(f"{spec}, row {i}: expected a mapping of fields, got {type(row).__name__}")
+                rows.append(row)
+                refs.append(RowRef(spec, i, image_dir or base, entry))
     return rows, refs
+
+
+def file_entries(files: str) -> list[str]:
+    """The comma-separated entries of a files setting, as written (a glob stays one entry)."""
+    entries = [s.strip() for s in files.split(",") if s.strip()]
+    if not entries:
+        raise DataError("no data files given (data.train_files / data.val_files is empty)")
+    return entries
 
 
 def load_rows(files: str, cfg: DataConfig | None = None) -> list[dict]:

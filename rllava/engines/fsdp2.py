@@ -319,7 +319,7 @@ class FSDP2TrainEngine:
                 shared.pop(id(t), None)
             yield name, full
 
-    def export_hf(self, folder: str | Path, processor: Any = None) -> None:
+    def export_hf(self, folder: str | Path, processor: Any = None, dtype: torch.dtype | None = None) -> None:
         """Gather full weights (LoRA merged) and write a plain HF folder on rank 0; every rank must call it."""
-        save_hf_folder(self.model, processor, folder, is_main=du.is_main())
+        save_hf_folder(self.model, processor, folder, is_main=du.is_main(), dtype=dtype)
         du.barrier()

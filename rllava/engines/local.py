@@ -152,9 +152,9 @@ class LocalTrainEngine:
             self.offload.load_masters([state["model"][n] for n in self.names])
         self.load_state_dict(state)
 
-    def export_hf(self, folder: str | Path, processor: Any = None) -> None:
+    def export_hf(self, folder: str | Path, processor: Any = None, dtype: torch.dtype | None = None) -> None:
         """A plain HF folder (`from_pretrained` and vLLM load it) of the current weights."""
-        save_hf_folder(self.model, processor, folder)
+        save_hf_folder(self.model, processor, folder, dtype=dtype)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """Full tensors for saving or syncing to a rollout engine."""

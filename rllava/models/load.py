@@ -39,13 +39,21 @@ def _auto_class_for(config: Any) -> type:
                      f"(known to {', '.join(a.__name__ for a in AUTO_CLASSES)})")
 
 
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from a config name (model.dtype: float32, bfloat16, float16, or fp32, bf16, fp16)."""
+def resolve_dtype(name: str | torch.dtype, what: str = "model.dtype") -> torch.dtype:
+    """A torch dtype from a config name (float32, bfloat16, float16, or fp32, bf16, fp16); `what` names the setting."""
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ConfigError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
+        raise ConfigError(f"{what}={name!r} is not one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def released_dtype(path: str, trust_remote_code: bool = False) -> torch.dtype | None:
+    """The dtype an HF model folder's config names (the one it was released in), or None if it names none."""
+    dtype = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).dtype
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def check_model_path(path: str) -> None:

@@ -6,6 +6,7 @@ rollout engine. Neither copies the whole model: tensors are gathered a block at 
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,25 +88,46 @@ def persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_hf_folder(model: nn.Module, processor: Any, out: str | Path, is_main: bool = True) -> None:
+def save_hf_folder(model: nn.Module, processor: Any, out: str | Path, is_main: bool = True,
+                   dtype: torch.dtype | None = None) -> None:
     """A plain HF folder of `model`'s current weights that loads without peft (LoRA merged in).
 
-    For a LoRA model the adapter alone is also written to `out/adapter`. Under FSDP2 every rank
-    must call this (gathering shards is a collective); only `is_main` writes.
+    `dtype`: floating-point tensors are written in it, and the folder's config says so (the dtype
+    `from_pretrained` and vLLM load by default); None writes them as they are. For a LoRA model the
+    adapter alone is also written to `out/adapter`. Under FSDP2 every rank must call this
+    (gathering shards is a collective); only `is_main` writes.
     """
     hf = unwrap(model)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().to("cpu")
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
     state = {}
     for name, tensor in hf_weights(model):
         if is_main:
-            state[name] = tensor.detach().to("cpu")
+            state[name] = cast(tensor)
     adapter = {n: full_tensor(p.detach()).cpu() for n, p in model.named_parameters() if ".lora_" in n}
     if not is_main:
         return
-    state.update({n: b.detach().cpu() for n, b in persistent_buffers(hf).items() if n not in state})
+    state.update({n: cast(b) for n, b in persistent_buffers(hf).items() if n not in state})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(out, state_dict=state, safe_serialization=True)
+    if dtype is not None:  # save_pretrained names the dtype of the module's parameters, not of `state`
+        set_config_dtype(out / "config.json", dtype)
     if adapter:
         model.save_pretrained(out / "adapter", state_dict=adapter)  # peft keeps only the adapter's tensors
     if processor is not None:
         processor.save_pretrained(out)
+
+
+def set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """Name `dtype` in an HF config.json: its own dtype field and its sub-configs' (text, vision)."""
+    config = json.loads(config_file.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for section in [config, *(v for v in config.values() if isinstance(v, dict))]:
+        for key in ("dtype", "torch_dtype"):
+            if key in section:
+                section[key] = name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

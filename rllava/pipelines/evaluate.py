@@ -78,9 +78,14 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
 
 
 def resolve_split(data: str, split: str) -> str:
-    """A task folder (`rllava make-task` output) means its `<split>.parquet`; anything else is used as is."""
+    """A task folder (`rllava make-task` output) means its `<split>.parquet`, and a dataset repo or saved
+    DatasetDict folder its `@split`; anything else (a file, a single saved Dataset, `NAME@split`) is used as is."""
     p = Path(data)
-    return str(p / f"{split}.parquet") if p.is_dir() and (p / f"{split}.parquet").exists() else data
+    if not p.is_dir():
+        return data
+    if (p / f"{split}.parquet").exists():
+        return str(p / f"{split}.parquet")
+    return data if (p / "state.json").exists() else f"{data}@{split}"
 
 
 def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], overrides: list[str] | None = None,

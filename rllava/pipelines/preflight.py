@@ -73,6 +73,13 @@ def preflight(cfg: Config) -> dict[str, Any]:
         report[split] = {"prompts": len(ds), "bad_rows": ds.n_bad, "too_long": ds.n_too_long,
                          "prompt_tokens_median": int(statistics.median(lengths)), "prompt_tokens_max": max(lengths),
                          "first_prompt_tokens": len(first.input_ids)}
+        if split == "train" and cfg.data.train_weights:  # the mix: each entry's prompts, and its draws an epoch
+            from rllava.data.loader import mix_pools, shares
+            from rllava.data.rows import file_entries
+
+            pools = mix_pools(cfg.data.train_weights, ds.entries(), len(ds))
+            report["train"]["mix"] = [{"entry": e, "prompts": len(pool), "per_epoch": k} for e, pool, k in zip(
+                file_entries(files), pools, shares(cfg.data.train_weights, len(ds)))]
     steps_per_epoch = max(1, math.ceil(report["train"]["prompts"] / cfg.data.batch_size))  # as PromptLoader
     rollouts = cfg.data.batch_size * cfg.rollout.n
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
@@ -115,6 +122,8 @@ def print_report(report: dict[str, Any]) -> None:
             r = report[split]
             print(f"{split:<10} {r['prompts']} prompts ({r['bad_rows']} bad rows skipped, {r['too_long']} too long "
                   f"dropped); prompt tokens median {r['prompt_tokens_median']}, max {r['prompt_tokens_max']}")
+            for m in r.get("mix", []):
+                print(f"{'':<10} {m['entry']}: {m['prompts']} prompts, {m['per_epoch']} drawn an epoch")
     ps = report["per_step"]
     print(f"steps      {report['steps']} ({report['epochs']:.1f} epochs): {ps['prompts']} prompts, {ps['sequences']} "
           f"sequences and {ps['optimizer_steps']} optimizer step(s) each")

@@ -37,7 +37,10 @@ def check_settings(cfg: Config) -> None:
     from rllava.models.load import resolve_dtype
 
     resolve_dtype(cfg.model.dtype)
+    if cfg.trainer.export_dtype != "auto":
+        resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     check_packages(cfg)
+    check_mix(cfg)
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
     if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
         raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
@@ -64,6 +67,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_mix(cfg: Config) -> None:
+    """data.train_weights gives one weight per train_files entry."""
+    from rllava.data.rows import file_entries
+
+    weights = cfg.data.train_weights
+    if not weights:
+        return
+    entries = file_entries(cfg.data.train_files)
+    if len(weights) != len(entries):
+        raise ConfigError(f"data.train_weights has {len(weights)} weight(s) but data.train_files has {len(entries)} "
+                          f"comma-separated entries ({entries}): give one weight per entry")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"data.train_weights={weights}: weights must be >= 0 and sum to more than 0")
+
+
+def export_dtype(cfg: Config) -> torch.dtype | None:
+    """What checkpoints' HF folders are written in (trainer.export_dtype); None: as trained.
+
+    `auto` is the dtype the model was released in, unless the module's weights are narrower (model.dtype
+    weights: no fp32 masters, or the device copy under optimizer offload): widening them adds no precision.
+    """
+    from rllava.models.load import released_dtype, resolve_dtype
+
+    if cfg.trainer.export_dtype != "auto":
+        return resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
+    released = released_dtype(cfg.model.path, cfg.model.trust_remote_code)
+    trained = resolve_dtype(training_model_config(cfg).dtype if not cfg.actor.optimizer_offload else cfg.model.dtype)
+    return released if released is not None and released.itemsize <= trained.itemsize else None
 
 
 def training_model_config(cfg: Config, path: str | None = None):
@@ -107,7 +140,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     val_prompts = [val_ds[i] for i in range(len(val_ds))] if val_ds is not None else []
     if cfg.data.max_val_samples is not None:
         val_prompts = val_prompts[: cfg.data.max_val_samples]
-    loader = PromptLoader(train_ds, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.trainer.seed)
+    loader = PromptLoader(train_ds, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.trainer.seed,
+                          weights=cfg.data.train_weights or None, sources=train_ds.entries())
     total_steps = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * max(1, loader.steps_per_epoch))
     updates_per_step = cfg.actor.ppo_epochs * max(1, -(-cfg.data.batch_size * cfg.rollout.n // (cfg.actor.mini_batch_size or 10**9)))
     engine = TRAIN_ENGINES.get(a.strategy)(
@@ -120,6 +154,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),
         model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
+                     export_dtype=export_dtype(cfg),
                      device=device, engine=engine, actor=Actor(engine, cfg),
                      rollout=Rollout(rollout_engine, tokenizer, cfg.rollout),
                      reward=RewardScorer(cfg.reward, cfg.plugins, device, cfg.model.dtype),

@@ -50,6 +50,7 @@ class RunContext:
     reference: Any = None
     critic: Any = None
     extra: dict = field(default_factory=dict)  # pipeline-specific state (e.g. a KL controller)
+    export_dtype: Any = None  # the dtype of each checkpoint's HF folder (None: as trained)
 
 
 class Pipeline(Protocol):
@@ -136,7 +137,7 @@ class Trainer:
     def save(self) -> None:
         ctx = self.ctx
         with checkpoint_folder(ctx.run_dir, self.step, self.state_dict()) as tmp:
-            ctx.engine.export_hf(tmp / "model", ctx.processor)
+            ctx.engine.export_hf(tmp / "model", ctx.processor, dtype=ctx.export_dtype)
             ctx.engine.save(tmp / "engine")
             if ctx.critic:
                 ctx.critic.save(tmp / "critic")
