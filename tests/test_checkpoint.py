@@ -111,6 +111,13 @@ def test_checkpoint_hf_folder_is_written_in_the_released_dtype(short_counting_ru
     assert set(engine) <= set(state)  # every trained tensor, rounded once from its fp32 master
     assert all(torch.equal(state[n], engine[n].to(torch.bfloat16)) for n in engine)
 
+    step_2 = folder.parent / "trainer_state.pt"
+    written = step_2.stat().st_mtime_ns
+    resumed = run_experiment(load_config(None, short_counting_run(f"model.path={bf16}", "trainer.experiment_name=auto",
+                                                                  "trainer.total_steps=3")))
+    # Continued from that checkpoint (a fresh start would have written step 2 again), to step 3.
+    assert resumed["steps"] == 3 and step_2.stat().st_mtime_ns == written
+
     weights, config, engine, folder = checkpoint("fp32", "trainer.export_dtype=float32")
     assert config["dtype"] == "float32" and {t.dtype for t in weights.values()} == {torch.float32}
     state = AutoModelForImageTextToText.from_pretrained(folder).state_dict()
