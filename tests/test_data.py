@@ -113,6 +113,10 @@ def test_load_rows_hub_layout_folder_and_split_suffix(tmp_path):
     assert split_suffix("hiyouga/geometry3k@train") == ("hiyouga/geometry3k", "train")
     assert split_suffix("hiyouga/geometry3k:test") == ("hiyouga/geometry3k", "test")
     assert split_suffix("a@b.parquet") == ("a@b.parquet", None)  # not a folder or hub name: a file name with an @
+    odd = tmp_path / "runs" / "x:1.jsonl"  # an existing file keeps its whole name, even one that looks like a split
+    odd.parent.mkdir()
+    odd.write_text('{"prompt": "p", "answer": "1"}\n')
+    assert split_suffix(str(odd)) == (str(odd), None) and load_rows(str(odd)) == [{"prompt": "p", "answer": "1"}]
     assert data_source("hiyouga/geometry3k@test") == "geometry3k" and data_source(f"{repo}@train") == "geometry3k"
 
 

@@ -140,7 +140,9 @@ def _load_dataset(source: str, split: str | None) -> list[dict]:
 
 def split_suffix(spec: str) -> tuple[str, str | None]:
     """`NAME@split` (as EasyR1 writes it) or `owner/name:split` -> (NAME, split), where NAME is a local folder or
-    has a hub name's shape; anything else -> (spec, None)."""
+    has a hub name's shape; anything else, a file or folder that exists under the whole name too, -> (spec, None)."""
+    if Path(spec).expanduser().exists():
+        return spec, None
     for sep in ("@", ":"):
         head, found, split = spec.rpartition(sep)
         if found and _SPLIT.fullmatch(split) and (Path(head).expanduser().is_dir() or _HUB_NAME.fullmatch(head)):
