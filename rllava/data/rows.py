@@ -121,15 +121,15 @@ def _read_saved_dataset(path: Path) -> list[dict]:
 def _load_dataset(source: str, split: str | None) -> list[dict]:
     """Rows of one split of a hub dataset, or of a local folder in the hub's layout, via `datasets.load_dataset`."""
     try:
-        from datasets import load_dataset
+        from datasets import get_dataset_split_names, load_dataset
     except ImportError:
         raise DataError(f"reading {source!r} needs `pip install datasets`") from None
     try:
-        if split is None:
-            splits = load_dataset(source)
-            if list(splits) != ["train"]:
+        if split is None:  # only a dataset with one split may leave it unnamed
+            splits = get_dataset_split_names(source)
+            if splits != ["train"]:
                 raise DataError(f"{source} holds the splits {sorted(splits)}; name one, e.g. {source}@{sorted(splits)[0]}")
-            return _table_rows(splits["train"])
+            split = "train"
         return _table_rows(load_dataset(source, split=split))
     except DataError:
         raise
