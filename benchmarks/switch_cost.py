@@ -8,7 +8,7 @@ Both runs train the tiny Qwen2-VL "small" (31 M) on the counting task (8 prompts
 to 32 tokens a step, one optimizer step a step, CPU, fp32) with the same seed. Each run is a
 subprocess that trains one step at a time on a pipe handshake, so the two take turns and share any
 background load. `--base` overrides (repeatable) apply to both runs. Prints one JSON line: the median `time/step` of each after `--warmup` steps and
-`step_time_ratio` = with / without.
+`step_time_ratio` = with / without, and the same for `time/update` (`update_time_ratio`).
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def child(args: argparse.Namespace) -> None:
         sys.stdin.readline()
         original(self, logger, validate)
         rows = (self.ctx.run_dir / "metrics.jsonl").read_text().splitlines()
-        print(json.dumps({"step_s": json.loads(rows[-1])["time/step"]}), flush=True)
+        last = json.loads(rows[-1])
+        print(json.dumps({"step_s": last["time/step"], "update_s": last.get("time/update", float("nan"))}), flush=True)
 
     Trainer.train_one_step = gated
     work = Path(args.workdir)
@@ -75,6 +76,7 @@ def main() -> None:
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for side in ("without", "with")}
     times: dict[str, list[float]] = {side: [] for side in procs}
+    updates: dict[str, list[float]] = {side: [] for side in procs}
     for _ in range(args.steps):
         for side, proc in procs.items():  # one step each, in turn
             proc.stdin.write("go\n")
@@ -83,13 +85,17 @@ def main() -> None:
             while line and not line.startswith("{"):
                 line = proc.stdout.readline()
             times[side].append(json.loads(line)["step_s"])
+            updates[side].append(json.loads(line)["update_s"])
     for proc in procs.values():
         proc.stdin.close()
         proc.wait()
     med = {side: statistics.median(t[args.warmup:]) for side, t in times.items()}
+    upd = {side: statistics.median(t[args.warmup:]) for side, t in updates.items()}
     print(json.dumps({"switch": args.switch, "base": args.base, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                       "without_step_s": round(med["without"], 3), "with_step_s": round(med["with"], 3),
-                      "step_time_ratio": round(med["with"] / med["without"], 3)}))
+                      "step_time_ratio": round(med["with"] / med["without"], 3),
+                      "without_update_s": round(upd["without"], 3), "with_update_s": round(upd["with"], 3),
+                      "update_time_ratio": round(upd["with"] / upd["without"], 3)}))
 
 
 if __name__ == "__main__":

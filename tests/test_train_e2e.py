@@ -294,3 +294,66 @@ def test_positive_example_loss(short_counting_run, tmp_path):
     assert rows["whole"]["actor/grad_norm"] != pytest.approx(rows["off"]["actor/grad_norm"], rel=1e-4)
     for key in ("actor/positive_nll", "actor/loss", "actor/grad_norm"):
         assert rows["small"][key] == pytest.approx(rows["whole"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_skipping_zero_advantage_rows_leaves_the_update_as_it_is(tiny_model_factory, counting_data, tmp_path):
+    """actor.skip_zero_advantage: GRPO groups whose rewards are all equal have advantage 0 and are left out of the
+    forward and backward. The gradient is the one the whole mini-batch gives (to float rounding); over two epochs of
+    two mini-batches the weights follow; a later step whose rows are all skipped still takes AdamW's momentum step."""
+    from rllava.algorithms import ADVANTAGES
+    from rllava.config import ConfigError
+    from rllava.data.types import Batch
+    from rllava.pipelines.run import build_context, check_settings
+
+    over = base_overrides(tiny_model_factory("qwen2_vl"), counting_data, tmp_path) + [
+        "data.batch_size=4", "rollout.n=4", "data.val_files=", "actor.ppo_epochs=2", "actor.mini_batch_size=8"]
+    results = {}
+    for skip in (False, True):
+        cfg = load_config(None, over + [f"actor.skip_zero_advantage={str(skip).lower()}"])
+        torch.manual_seed(0)
+        ctx = build_context(cfg, tmp_path / f"run{skip}", None)
+        episodes = ctx.rollout.generate(ctx.loader.next_batch(), ctx.rollout.train_sampling())
+        grads, step = [], ctx.engine.step
+
+        def recording_step(step=step, grads=grads, model=ctx.model):
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return step()
+
+        ctx.engine.step = recording_step
+
+        def batch_with(rewards, ctx=ctx, episodes=episodes, cfg=cfg):
+            for e, r in zip(episodes, rewards):
+                e.reward = r
+            b = Batch.from_episodes(episodes, ctx.pad_id)
+            b.advantages, b.returns = ADVANTAGES.get("grpo")(b, cfg.algorithm)
+            b.old_logp = ctx.actor.logprobs(b)
+            return b
+
+        def weights(model=ctx.model):
+            return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+        start = weights()
+        # Groups 0 and 2 are uniform (all 1, all 0): half of the rows have no advantage.
+        first = ctx.actor.update(batch_with([1.0] * 4 + [1.0, 0.0, 0.0, 1.0] + [0.0] * 4 + [0.0, 1.0, 1.0, 1.0]))
+        middle = weights()
+        second = ctx.actor.update(batch_with([0.0] * 16))  # every row skipped
+        results[skip] = (first, second, grads, middle - start, weights() - middle)
+    (f0, s0, g0, d0, m0), (f1, s1, g1, d1, m1) = results[False], results[True]
+    assert f1["actor/skipped_rows"] == pytest.approx(0.5) and s1["actor/skipped_rows"] == 1.0
+    assert "actor/skipped_rows" not in f0
+    assert len(g0) == len(g1) == 8  # (2 epochs x 2 mini-batches) x 2 updates: no optimizer step is dropped
+    assert g0[0].keys() == g1[0].keys()
+    for n, g in g0[0].items():  # the first step: the same weights, so the same gradient
+        assert float((g1[0][n] - g).norm()) <= 1e-4 * float(g.norm()) + 1e-9, n
+    assert all(float(g.abs().max()) == 0.0 for step in g0[4:] + g1[4:] for g in step.values())  # zero advantages
+    assert float((d1 - d0).norm()) <= 1e-2 * float(d0.norm())
+    assert float(m0.norm()) > 0 and float((m1 - m0).norm()) <= 1e-2 * float(m0.norm())  # AdamW momentum, both ways
+    assert f1["actor/loss"] == pytest.approx(f0["actor/loss"], rel=1e-4, abs=1e-7)
+    assert f1["actor/grad_norm"] == pytest.approx(f0["actor/grad_norm"], rel=1e-3)
+    # Only where leaving the rows out changes nothing.
+    for extra, reason in (("algorithm.entropy_coef=0.01", "entropy_coef"), ("algorithm.policy_loss=kl_cov", "kl_cov"),
+                          ("algorithm.kl_coef=0.1", "kl_coef with kl_in=loss")):
+        with pytest.raises(ConfigError, match=f"actor.skip_zero_advantage.*{reason}"):
+            check_settings(load_config(None, over + ["actor.skip_zero_advantage=true", extra]))
+    check_settings(load_config(None, over + ["actor.skip_zero_advantage=true", "algorithm.kl_coef=0.1",
+                                             "algorithm.kl_in=reward", "algorithm.policy_loss=gspo"]))

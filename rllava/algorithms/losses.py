@@ -13,6 +13,10 @@ Conventions:
   distribution differing from the trainer's.
 - Metrics are plain floats, averaged over trained tokens: `clip_frac_low/high/dual`,
   `approx_kl` (k3 estimate of KL(pi_old || pi)), `ratio_mean`.
+- `row_local=True` in a loss's registration: a row whose advantages are all 0 has zero loss and zero
+  gradient, and no row's loss depends on another's, so `actor.skip_zero_advantage` may leave such rows
+  out of the update with the gradient unchanged. (Not Clip-Cov and KL-Cov: their token choice is
+  batch-wide; not LUFFY and SRFT: demonstration rows.)
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, cfg: Any, dual: bo
     return loss, fracs
 
 
-@POLICY_LOSSES.register("ppo", requires=RATIO)
+@POLICY_LOSSES.register("ppo", requires=RATIO, row_local=True)
 def ppo(logp, old_logp, advantages, mask, cfg, **extra):
     """PPO clipped surrogate, asymmetric clip (clip-higher) and dual-clip for negative advantages."""
     lr = _log_ratio(logp, old_logp, mask)
@@ -75,7 +79,7 @@ def ppo(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
 
 
-@POLICY_LOSSES.register("gspo", requires=RATIO)
+@POLICY_LOSSES.register("gspo", requires=RATIO, row_local=True)
 def gspo(logp, old_logp, advantages, mask, cfg, **extra):
     """GSPO: sequence ratio exp(mean token log-ratio), clipped; token form sg(s_i) * pi / sg(pi)."""
     lr = _log_ratio(logp, old_logp, mask)
@@ -86,7 +90,7 @@ def gspo(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
 
 
-@POLICY_LOSSES.register("gmpo", requires=RATIO)
+@POLICY_LOSSES.register("gmpo", requires=RATIO, row_local=True)
 def gmpo(logp, old_logp, advantages, mask, cfg, **extra):
     """GMPO: -A * geometric mean of token ratios, token log-ratios clipped sign-aware in log space.
 
@@ -148,7 +152,7 @@ def kl_cov(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, kl_cov_frac=picked))
 
 
-@POLICY_LOSSES.register("cispo", requires=RATIO)
+@POLICY_LOSSES.register("cispo", requires=RATIO, row_local=True)
 def cispo(logp, old_logp, advantages, mask, cfg, **extra):
     """CISPO: -sg(clip(ratio, 1-low, 1+high)) * A * logp (every token keeps a gradient)."""
     lr = _log_ratio(logp, old_logp, mask)
@@ -159,7 +163,7 @@ def cispo(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
 
 
-@POLICY_LOSSES.register("sapo", requires=RATIO)
+@POLICY_LOSSES.register("sapo", requires=RATIO, row_local=True)
 def sapo(logp, old_logp, advantages, mask, cfg, **extra):
     """SAPO soft gate: -A * (4/tau) * sigmoid(tau * (ratio - 1)), tau = sapo_tau_pos if A > 0 else sapo_tau_neg.
 
@@ -173,7 +177,7 @@ def sapo(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask))
 
 
-@POLICY_LOSSES.register("gpg", requires=())
+@POLICY_LOSSES.register("gpg", requires=(), row_local=True)
 def gpg(logp, old_logp, advantages, mask, cfg, **extra):
     """GPG / vanilla policy gradient: -A * logp, no ratio and no clipping."""
     return _finish(-advantages * logp, mask, old_logp, cfg, extra, {})

@@ -41,6 +41,7 @@ def check_settings(cfg: Config) -> None:
         resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     check_packages(cfg)
     check_mix(cfg)
+    check_zero_advantage_skip(cfg)
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
     if cfg.critic.pretrain_steps and (supervised or not needs_critic(cfg)):
         raise ConfigError(f"critic.pretrain_steps={cfg.critic.pretrain_steps} but this run has no critic "
@@ -82,6 +83,27 @@ def check_mix(cfg: Config) -> None:
                           f"comma-separated entries ({entries}): give one weight per entry")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError(f"data.train_weights={weights}: weights must be >= 0 and sum to more than 0")
+
+
+def check_zero_advantage_skip(cfg: Config) -> None:
+    """actor.skip_zero_advantage only where leaving those rows out leaves the gradient as it is."""
+    from rllava.algorithms.losses import POLICY_LOSSES
+
+    if not cfg.actor.skip_zero_advantage:
+        return
+    algo = cfg.algorithm
+    terms = {"algorithm.entropy_coef": algo.entropy_coef != 0,
+             "algorithm.kl_coef with kl_in=loss": algo.kl_coef > 0 and algo.kl_in == "loss",
+             "algorithm.positive_nll_coef": algo.positive_nll_coef != 0,
+             "algorithm.demonstrations": algo.demonstrations is not None, "algorithm.sft_coef": algo.sft_coef != 0}
+    if not POLICY_LOSSES.entry(algo.policy_loss).meta.get("row_local"):
+        raise ConfigError(f"actor.skip_zero_advantage needs a policy loss in which a zero-advantage row has no gradient "
+                          f"and rows do not interact; algorithm.policy_loss={algo.policy_loss} is not one "
+                          f"({', '.join(n for n in POLICY_LOSSES.names() if POLICY_LOSSES.entry(n).meta.get('row_local'))} are)")
+    on = [name for name, active in terms.items() if active]
+    if on:
+        raise ConfigError(f"actor.skip_zero_advantage: {on[0]} gives zero-advantage rows a gradient of their own, "
+                          "so leaving them out would change the update")
 
 
 def export_dtype(cfg: Config) -> torch.dtype | None:

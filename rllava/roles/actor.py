@@ -138,6 +138,9 @@ class Actor:
         algo = self.cfg.algorithm
         loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
         sft_coef = algo.sft_coef if sft_coef is None else sft_coef
+        # Rows with no advantage anywhere add nothing to a row-local loss (run.check_zero_advantage_skip).
+        skip_zero = (self.cfg.actor.skip_zero_advantage and batch.advantages is not None
+                     and bool(POLICY_LOSSES.entry(loss_name or algo.policy_loss).meta.get("row_local")))
         mini_size = self.mini_batch_size(len(batch))
         norm_len = int(du.all_reduce_max(batch.response_width))  # the same constant on every rank
         gen = torch.Generator().manual_seed(seed)
@@ -147,16 +150,18 @@ class Actor:
             minis = [batch.select(order[s:s + mini_size]) for s in range(0, len(batch), mini_size)]
             # Ranks may hold different numbers of sequences (group filters): padding mini-batches weigh 0.
             for mini, real in du.pad_to_common_length(minis):
-                for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef).items():
+                for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef, skip_zero).items():
                     history[k].append(v)
         return {k: sum(v) / len(v) for k, v in history.items()}
 
-    def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int, sft_coef: float) -> dict[str, float]:
+    def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int, sft_coef: float,
+                     skip_zero: bool = False) -> dict[str, float]:
         """One optimizer step on a mini-batch (split into micro-batches by token budget).
 
         The RL loss covers the tokens RL trains (all, or the rollouts' own tokens when demonstrations are
         SFT-only); the SFT term covers demonstration tokens. Each is averaged over its own part of the
-        mini-batch.
+        mini-batch. `skip_zero`: rows whose advantage is 0 on every token are left out of the forward and
+        backward; the loss keeps the whole mini-batch's denominators, so the gradient is the same.
         """
         algo, mode = self.cfg.algorithm, self.cfg.algorithm.loss_agg_mode
         use_kl_loss = algo.kl_coef > 0 and algo.kl_in == "loss" and mini.ref_logp is not None
@@ -176,10 +181,23 @@ class Actor:
         pos_tokens = max(1.0, du.all_reduce_sum(float(positive_tokens(mini, rl_mask, algo, rl_rows).sum())
                                                 if real and pos_coef else 0.0))
         sums: dict[str, float] = defaultdict(float)
+        run, metric_den, metric_tokens = mini, rl_den, rl_tokens
+        if skip_zero:
+            keep = ((mini.advantages * mini.response_mask) != 0).any(-1).nonzero().squeeze(-1)
+            run = mini.select(keep) if len(keep) else None
+            rows = max(1.0, du.all_reduce_sum(float(len(mini)) if real else 0.0))
+            sums["actor/skipped_rows"] = (len(mini) - len(keep)) / rows if real else 0.0  # a share of all ranks' rows
+            # Metrics (entropy, ratios) describe the rows that ran.
+            run_mask = parts(run)[1] if run is not None else None
+            metric_den = max(1.0, du.all_reduce_sum(weight_size(mode, run_mask) if real and run is not None else 0.0))
+            metric_tokens = max(1.0, du.all_reduce_sum(float(run_mask.sum()) if real and run is not None else 0.0))
         with self.engine.compute(train=True):
             share_prompts = budget_shares_prompts(self.cfg, self.model, training=True)
-            for micro, real_micro in du.pad_to_common_length(mini.split_by_tokens(self.cfg.actor.micro_token_budget,
-                                                                                    share_prompts)):
+            micros = run.split_by_tokens(self.cfg.actor.micro_token_budget, share_prompts) if run is not None else []
+            # A rank (or every rank) with nothing to run still forwards one row at zero weight: the FSDP collectives
+            # match, and the parameters the forward reaches get their zero gradient, as AdamW would have seen it
+            # (the same parameters unless rows reach different modules, as text-only rows beside image rows do).
+            for micro, real_micro in du.pad_to_common_length(micros, filler=mini.select([0]) if skip_zero else None):
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
                 live = real and real_micro  # padding micro-batches still run forward and backward but weigh 0
@@ -216,9 +234,10 @@ class Actor:
                 total.backward()
                 # loss, entropy and kl_loss are aggregated like the loss; the loss function's own metrics are means
                 # over trained tokens, so they weigh by tokens: either way the value does not depend on the split
-                token_weight = float(mask.sum()) / rl_tokens if live else 0.0
+                token_weight = float(mask.sum()) / metric_tokens if live else 0.0
+                agg_weight = weight_size(mode, mask) / metric_den if live else 0.0
                 for k, v in metrics.items():
-                    w = weight if k in ("loss", "entropy", "kl_loss") else token_weight
+                    w = weight if k == "loss" else agg_weight if k in ("entropy", "kl_loss") else token_weight
                     if w:  # (0 * NaN would poison the sum)
                         sums[f"actor/{k}"] += w * float(v)
         out = du.reduce_metrics(sums, {k: "sum" for k in sums})
