@@ -309,3 +309,33 @@ def test_two_rank_uft_hints_in_search_episodes(tiny_model_factory, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["demo/hint_tokens_mean"] > 0 and r["actor/demo_nll"] > 0 and r["agent/tool_calls"] == 0.5
+
+
+# Varies with the response on the first two prompts (rank 0's share of a 4-prompt batch) and is 0 on the others,
+# so rank 1's groups are uniform: with actor.skip_zero_advantage it has nothing to run while rank 0 has some.
+FIRST_PROMPTS_REWARD = '''
+import zlib
+
+def reward(response, answer, **row):
+    return float(int(row["id"]) < 2 and zlib.crc32(response.encode()) % 2 == 0)
+'''
+
+
+def test_two_ranks_skip_zero_advantage_rows_exactly_when_one_rank_skips_every_row(tiny_model_factory, counting_data,
+                                                                                  tmp_path):
+    """Two fsdp2 runs with the same seed (so the same rollouts), with and without actor.skip_zero_advantage: rank 1
+    runs only a zero-weight row, rank 0 its live groups, and the loss and gradient norm are those of running all."""
+    plugin = tmp_path / "first_prompts.py"
+    plugin.write_text(FIRST_PROMPTS_REWARD)
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "plain"), "data.val_files=",
+            f"reward.functions={{'{plugin}:reward': 1.0}}", "data.batch_size=4", "data.shuffle=false", "rollout.n=4",
+            "rollout.max_new_tokens=8", "actor.micro_token_budget=150", "trainer.total_steps=1",
+            "trainer.val_before_train=false"]
+    torchrun_train(over, tmp_path / "plain.log")
+    torchrun_train([o.replace("experiment_name=plain", "experiment_name=skip") for o in over]
+                   + ["actor.skip_zero_advantage=true"], tmp_path / "skip.log")
+    plain, skip = read_metrics(tmp_path / "plain")[-1], read_metrics(tmp_path / "skip")[-1]
+    assert plain["reward/mean"] == skip["reward/mean"] > 0  # the same rollouts
+    assert 0.5 <= skip["actor/skipped_rows"] < 1.0  # rank 1's 8 rows, and perhaps one of rank 0's groups
+    assert abs(skip["actor/loss"] - plain["actor/loss"]) < 1e-6
+    assert skip["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4) and plain["actor/grad_norm"] > 0

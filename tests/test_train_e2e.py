@@ -340,7 +340,7 @@ def test_skipping_zero_advantage_rows_leaves_the_update_as_it_is(tiny_model_fact
         results[skip] = (first, second, grads, middle - start, weights() - middle)
     (f0, s0, g0, d0, m0), (f1, s1, g1, d1, m1) = results[False], results[True]
     assert f1["actor/skipped_rows"] == pytest.approx(0.5) and s1["actor/skipped_rows"] == 1.0
-    assert "actor/skipped_rows" not in f0
+    assert "actor/skipped_rows" not in f0 and s0["actor/grad_norm"] == s1["actor/grad_norm"] == 0.0
     assert len(g0) == len(g1) == 8  # (2 epochs x 2 mini-batches) x 2 updates: no optimizer step is dropped
     assert g0[0].keys() == g1[0].keys()
     for n, g in g0[0].items():  # the first step: the same weights, so the same gradient
