@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluation: accuracy table (greedy, or mean@n and pass@k) plus samples")
     ev.add_argument("--model", required=True)
-    ev.add_argument("--data", required=True, help="dataset folder or file(s)")
+    ev.add_argument("--data", required=True, help="dataset file(s), a make-task or downloaded dataset folder (--split "
+                    "picks its split), or NAME@split")
     ev.add_argument("--reward", default="math", help="reward name or file.py:fn (comma-separated for several)")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default="test", help="the split of a dataset folder")
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--template", default=None)
     ev.add_argument("--max-samples", type=int, default=None)
