@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import rllava.pipelines  # noqa: F401  (registers pipelines, engines, rewards, ...)
 from rllava.algorithms.advantages import ADVANTAGES
-from rllava.algorithms.aggregation import AGGREGATIONS
-from rllava.algorithms.filters import GROUP_FILTERS
-from rllava.algorithms.kl import KL_CONTROLLERS, KL_ESTIMATORS
-from rllava.algorithms.losses import POLICY_LOSSES
-from rllava.algorithms.shaping import REWARD_SHAPERS
 from rllava.config import Config, load_config
-from rllava.engines.registry import ROLLOUT_ENGINES, TRAIN_ENGINES
+from rllava.pipelines.run import setting_registries
 from rllava.rewards.registry import REWARDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "coming_from.md"
 SECTIONS = {f.name for f in dataclasses.fields(Config)}  # plugins, data, model, algorithm, ...
-NAMED = {"algorithm.adv_estimator": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
-         "algorithm.loss_agg_mode": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
-         "algorithm.kl_ctrl": KL_CONTROLLERS, "algorithm.group_filter": GROUP_FILTERS,
-         "algorithm.reward_shaping": REWARD_SHAPERS, "rollout.engine": ROLLOUT_ENGINES, "actor.strategy": TRAIN_ENGINES}
+NAMED = setting_registries()  # setting -> the registry its names come from
 
 
 def mapping_rows() -> list[tuple[str, str]]:

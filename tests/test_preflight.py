@@ -1,6 +1,8 @@
 """`rllava check`: the run's sizes without loading weights, and the errors a run would stop on, in one line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -81,3 +83,16 @@ def test_a_judge_is_checked_without_its_weights(tiny_model_factory, counting, ca
     assert main(["check", *digits, "reward.judge_template='{{ prompt }} {{ response }} {{ rubric }}'"]) == 2
     err = capsys.readouterr().err
     assert "train.parquet, row 0" in err and "rubric" in err
+
+
+@pytest.mark.parametrize("setting,typo,hint", [
+    ("algorithm.policy_loss", "pp0", "did you mean 'ppo'"), ("algorithm.loss_agg_mode", "token_mean", "'token-mean'"),
+    ("algorithm.kl_estimator", "low_var_kl", "known: abs"), ("algorithm.reward_shaping", "[overlong]", "overlong_penalty"),
+    ("env.tools", "[zom]", "'zoom'"), ("actor.optimizer", "adam", "'adamw'"), ("rollout.engine", "vlm", "'vllm'"),
+    ("algorithm.sft_token_weight", "chord", "chord_phi"), ("env.call_format", "hermes", "known: json")])
+def test_a_misspelt_name_fails_in_rllava_check_before_the_model_is_read(setting, typo, hint, capsys):
+    """Every setting that names a registry entry is checked up front (it used to fail at the first update)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "counting_grpo.yaml"
+    code = main(["check", str(example), "model.path=/nonexistent", f"{setting}={typo}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{setting}: unknown" in err and hint in err, err

@@ -39,6 +39,7 @@ def check_settings(cfg: Config) -> None:
     resolve_dtype(cfg.model.dtype)
     if cfg.trainer.export_dtype != "auto":
         resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
+    check_names(cfg)
     check_packages(cfg)
     check_mix(cfg)
     check_zero_advantage_skip(cfg)
@@ -68,6 +69,47 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def setting_registries() -> dict[str, Any]:
+    """The settings that name a registry entry (a list setting: each item does), and their registries."""
+    from rllava.algorithms import (
+        ADVANTAGES,
+        AGGREGATIONS,
+        GROUP_FILTERS,
+        KL_CONTROLLERS,
+        KL_ESTIMATORS,
+        POLICY_LOSSES,
+        REWARD_SHAPERS,
+    )
+    from rllava.algorithms.demonstrations import SFT_TOKEN_WEIGHTS
+    from rllava.engines.optimizers import OPTIMIZERS
+    from rllava.engines.registry import ROLLOUT_ENGINES, TRAIN_ENGINES
+    from rllava.envs.base import ENVIRONMENTS, TOOLS
+    from rllava.envs.parsing import CALL_FORMATS
+
+    return {"algorithm.adv_estimator": ADVANTAGES, "algorithm.policy_loss": POLICY_LOSSES,
+            "algorithm.loss_agg_mode": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
+            "algorithm.kl_ctrl": KL_CONTROLLERS, "algorithm.group_filter": GROUP_FILTERS,
+            "algorithm.reward_shaping": REWARD_SHAPERS, "algorithm.sft_token_weight": SFT_TOKEN_WEIGHTS,
+            "actor.strategy": TRAIN_ENGINES, "actor.optimizer": OPTIMIZERS, "critic.optimizer": OPTIMIZERS,
+            "rollout.engine": ROLLOUT_ENGINES, "trainer.pipeline": PIPELINES, "env.name": ENVIRONMENTS,
+            "env.tools": TOOLS, "env.call_format": CALL_FORMATS}
+
+
+def check_names(cfg: Config) -> None:
+    """Every registry name in the config is registered (plugins imported first): a typo fails in seconds, before
+    the model loads, not at the first update."""
+    from rllava.registry import UnknownNameError
+
+    for setting, registry in setting_registries().items():
+        section, field = setting.split(".")
+        value = getattr(getattr(cfg, section), field)
+        for name in value if isinstance(value, list) else [value] if value is not None else []:
+            try:
+                registry.entry(name)
+            except UnknownNameError as e:
+                raise ConfigError(f"{setting}: {e}") from None
 
 
 def check_mix(cfg: Config) -> None:
