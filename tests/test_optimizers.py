@@ -8,11 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rllava.config import MissingPackageError, load_config
+from rllava.config import ConfigError, MissingPackageError, load_config
 from rllava.engines import OPTIMIZERS
 from rllava.engines.local import LocalTrainEngine
 from rllava.pipelines.run import run_experiment
-from rllava.registry import UnknownNameError
 
 KW = dict(lr=1e-3, weight_decay=0.01, warmup_steps=1, total_steps=6, max_grad_norm=1.0)
 
@@ -90,7 +89,7 @@ def test_grpo_with_8bit_adamw_end_to_end(tiny_model_factory, short_counting_run)
 
 def test_unknown_optimizer_or_missing_package_fail_before_loading(tmp_path, monkeypatch):
     over = ["model.path=/nonexistent/model", "actor.optimizer=adam8", f"trainer.output_dir={tmp_path}"]
-    with pytest.raises(UnknownNameError, match="adamw_8bit"):
+    with pytest.raises(ConfigError, match="actor.optimizer: unknown optimizer 'adam8'.*adamw_8bit"):
         run_experiment(load_config(None, over))
     import rllava.engines.optimizers as opt
 
