@@ -90,7 +90,9 @@ class AlgorithmConfig:
     clip_ratio_low: float = 0.2  # PPO clip: ratio kept within [1 - low, 1 + high]
     clip_ratio_high: float = 0.2  # > low gives DAPO clip-higher
     clip_ratio_c: Optional[float] = 3.0  # dual-clip constant for negative advantages; None disables
-    tis_cap: Optional[float] = None  # truncated importance sampling between rollout and training log-probs
+    tis_cap: Optional[float] = None  # rollout correction between the rollout engine's and the trainer's log-probs: the upper bound of the ratio; null = off
+    tis_mode: str = "token_truncate"  # token_truncate (TIS: ratio clamped) | token_mask (IcePop: 0 outside the bounds) | sequence_truncate | sequence_mask (the sequence's ratio)
+    tis_floor: float = 0.0  # the lower bound of the ratio (IcePop uses 0.5); 0 = none
     clip_cov_ratio: float = 0.0002  # Clip-Cov: share of tokens whose gradient is detached
     clip_cov_lb: float = 1.0  # Clip-Cov: covariance window, lower bound
     clip_cov_ub: float = 5.0  # Clip-Cov: covariance window, upper bound
@@ -457,6 +459,8 @@ def check_ranges(cfg: Config) -> None:
         raise ConfigError(f"algorithm.vapo_alpha={alg.vapo_alpha!r}: must be > 0")
     if not 0 < alg.top_entropy_frac <= 1:
         raise ConfigError(f"algorithm.top_entropy_frac={alg.top_entropy_frac!r}: must be in (0, 1]")
+    if alg.tis_cap is not None and not 0 <= alg.tis_floor < alg.tis_cap:
+        raise ConfigError(f"algorithm.tis_floor={alg.tis_floor!r} and tis_cap={alg.tis_cap!r}: need 0 <= tis_floor < tis_cap")
     if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:
         raise ConfigError(f"algorithm.clip_ratio_c={alg.clip_ratio_c!r}: must be > 1 (dual clip), or null to disable it")
     if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:

@@ -200,3 +200,38 @@ def test_garbage_on_padding_does_not_leak(name):
     dirty = POLICY_LOSSES[name](logp - 1e4 * junk, old + 1e4 * junk, adv + 50 * junk, mask, cfg,
                                 rollout_logp=old - 1e4 * junk, entropy=entropy + 1e4 * junk)[0]
     assert torch.isfinite(dirty) and float(dirty) == pytest.approx(float(clean), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode,expected", [
+    # ratios 0.3, 1, 2.5, 6 on row 0 (product 4.5) and 2, 3, 2, padding on row 1 (product 12); bounds [0.5, 5]
+    ("token_truncate", [[0.5, 1.0, 2.5, 5.0], [2.0, 3.0, 2.0, 0.0]]),
+    ("token_mask", [[0.0, 1.0, 2.5, 0.0], [2.0, 3.0, 2.0, 0.0]]),
+    ("sequence_truncate", [[4.5] * 4, [5.0, 5.0, 5.0, 0.0]]),
+    ("sequence_mask", [[4.5] * 4, [0.0, 0.0, 0.0, 0.0]]),
+])
+def test_rollout_correction_modes(mode, expected):
+    """With tis_cap set, each mode weighs the on-policy PPO loss -A * ratio (= -1 a token) by its weights."""
+    logp, old = from_ratios([[1.0] * 4, [1.0] * 4])
+    mask = [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]
+    rho = torch.tensor([[0.3, 1.0, 2.5, 6.0], [2.0, 3.0, 2.0, 1e30]])  # padding: huge, must not leak
+    rollout = old.detach() - torch.log(rho)
+    cfg = replace(CFG, tis_cap=5.0, tis_floor=0.5, tis_mode=mode)
+    loss, m, grad = run("ppo", logp, old, [[1.0] * 4, [1.0] * 4], mask, cfg, rollout_logp=rollout)
+    w = torch.tensor(expected) * torch.tensor(mask)
+    torch.testing.assert_close(grad, -w / 7)  # token-mean over 7 tokens; the weights carry no gradient
+    assert float(loss) == pytest.approx(-float(w.sum()) / 7, rel=1e-5)
+    assert m["tis_weight_mean"] == pytest.approx(float(w.sum()) / 7, rel=1e-5)
+    if mode.endswith("mask"):
+        assert m["tis_masked_frac"] == pytest.approx(float(((w == 0) & (torch.tensor(mask) > 0)).sum()) / 7)
+    else:
+        assert "tis_masked_frac" not in m
+
+
+def test_rollout_correction_settings_are_checked_at_load():
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.run import check_names
+
+    with pytest.raises(ConfigError, match="need 0 <= tis_floor < tis_cap"):
+        load_config(None, ["algorithm.tis_cap=2", "algorithm.tis_floor=3"])
+    with pytest.raises(ConfigError, match="algorithm.tis_mode: unknown is_correction 'icepop'"):
+        check_names(load_config(None, ["algorithm.tis_cap=5", "algorithm.tis_mode=icepop"]))

@@ -28,11 +28,12 @@ from rllava.algorithms.kl import (
     make_kl_controller,
 )
 from rllava.algorithms.losses import POLICY_LOSSES, clipped_surrogate
+from rllava.algorithms.rollout_correction import IS_CORRECTIONS
 from rllava.algorithms.shaping import REWARD_SHAPERS
 from rllava.algorithms.token_selection import entropy_threshold, top_entropy_mask
 
 __all__ = [
-    "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
+    "ADVANTAGES", "AGGREGATIONS", "GROUP_FILTERS", "IS_CORRECTIONS", "KL_CONTROLLERS", "KL_ESTIMATORS", "POLICY_LOSSES",
     "REWARD_SHAPERS", "SFT_TOKEN_WEIGHTS", "AdaptiveKLController", "FixedKLController", "aggregate",
     "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
     "entropy_shaped_advantages",

@@ -7,10 +7,11 @@ Conventions:
 - ratio = pi / pi_old = exp(logp - old_logp); the log-ratio is zeroed on masked positions and
   clamped to [-20, 20] so padding never makes inf/NaN.
 - The per-token loss is reduced with `aggregate(..., cfg.loss_agg_mode, extra["norm_len"])`.
-- Truncated importance sampling (TIS): when `cfg.tis_cap` is set and `extra["rollout_logp"]` is
-  given, every per-token loss is multiplied by the detached weight
-  min(exp(old_logp - rollout_logp), tis_cap), correcting for the rollout engine's sampling
-  distribution differing from the trainer's.
+- Rollout correction: when `cfg.tis_cap` is set and `extra["rollout_logp"]` is given, every per-token
+  loss is multiplied by a detached weight from the ratio exp(old_logp - rollout_logp), correcting for
+  the rollout engine's sampling distribution differing from the trainer's: truncated (TIS,
+  min(ratio, tis_cap)) by default, or masked (IcePop), or per sequence (`cfg.tis_mode`,
+  `rllava.algorithms.rollout_correction`).
 - Metrics are plain floats, averaged over trained tokens: `clip_frac_low/high/dual`,
   `approx_kl` (k3 estimate of KL(pi_old || pi)), `ratio_mean`.
 - `row_local=True` in a loss's registration: a row whose advantages are all 0 has zero loss and zero
@@ -20,12 +21,12 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from rllava.algorithms.aggregation import aggregate, masked_mean, row_mean
+from rllava.algorithms.rollout_correction import rollout_weights
 from rllava.registry import Registry
 
 POLICY_LOSSES = Registry("policy_loss", "policy losses (algorithm.policy_loss): fn(logp, old_logp, adv, mask, cfg) -> (loss, metrics)")
@@ -47,13 +48,12 @@ def _ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor, **fracs: torch.T
 
 def _finish(per_token: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor, cfg: Any,
             extra: dict, metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Apply the TIS weight (if configured) and aggregate."""
+    """Apply the rollout-correction weight (if configured) and aggregate."""
     rollout_logp = extra.get("rollout_logp")
     if cfg.tis_cap is not None and rollout_logp is not None:
-        # exp(min(x, log cap)) == min(exp(x), cap) but never overflows on padding.
-        w = ((old_logp - rollout_logp) * mask).clamp(max=math.log(cfg.tis_cap)).exp().detach()
+        w, tis_metrics = rollout_weights(old_logp, rollout_logp, mask, cfg)
         per_token = per_token * w
-        metrics["tis_weight_mean"] = float(masked_mean(w, mask))
+        metrics.update(tis_metrics)
     return aggregate(per_token, mask, cfg.loss_agg_mode, extra.get("norm_len")), metrics
 
 

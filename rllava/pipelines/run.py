@@ -83,6 +83,7 @@ def setting_registries() -> dict[str, Any]:
         REWARD_SHAPERS,
     )
     from rllava.algorithms.demonstrations import SFT_TOKEN_WEIGHTS
+    from rllava.algorithms.rollout_correction import IS_CORRECTIONS
     from rllava.engines.optimizers import OPTIMIZERS
     from rllava.engines.registry import ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.envs.base import ENVIRONMENTS, TOOLS
@@ -92,6 +93,7 @@ def setting_registries() -> dict[str, Any]:
             "algorithm.loss_agg_mode": AGGREGATIONS, "algorithm.kl_estimator": KL_ESTIMATORS,
             "algorithm.kl_ctrl": KL_CONTROLLERS, "algorithm.group_filter": GROUP_FILTERS,
             "algorithm.reward_shaping": REWARD_SHAPERS, "algorithm.sft_token_weight": SFT_TOKEN_WEIGHTS,
+            "algorithm.tis_mode": IS_CORRECTIONS,
             "actor.strategy": TRAIN_ENGINES, "actor.optimizer": OPTIMIZERS, "critic.optimizer": OPTIMIZERS,
             "rollout.engine": ROLLOUT_ENGINES, "trainer.pipeline": PIPELINES, "env.name": ENVIRONMENTS,
             "env.tools": TOOLS, "env.call_format": CALL_FORMATS}
