@@ -154,7 +154,7 @@ class ActorConfig:
     param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
     optimizer_offload: bool = False  # local: fp32 masters, grads and AdamW states in CPU memory; the device holds model.dtype weights
     optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes: 8-bit moments, 2 bytes a parameter instead of 8)
-    skip_zero_advantage: bool = False  # leave out of the update's forward and backward the rows whose advantage is 0 on every token (uniform GRPO groups): the same gradient, less compute; entropy and ratio metrics then cover the rows that ran. Needs a row_local policy loss and no entropy, KL-loss, SFT or VAPO NLL term
+    skip_zero_advantage: bool = False  # leave out of the update's forward and backward (and of the old-log-prob pass, where the advantages need nothing from it) the rows whose advantage is 0 on every token (uniform GRPO groups): the same gradient, less compute; entropy and ratio metrics then cover the rows that ran. Needs a row_local policy loss and no entropy, KL-loss, SFT or VAPO NLL term
 
 
 @dataclass

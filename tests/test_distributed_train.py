@@ -324,12 +324,14 @@ def reward(response, answer, **row):
 def test_two_ranks_skip_zero_advantage_rows_exactly_when_one_rank_skips_every_row(tiny_model_factory, counting_data,
                                                                                   tmp_path):
     """Two fsdp2 runs with the same seed (so the same rollouts), with and without actor.skip_zero_advantage: rank 1
-    runs only a zero-weight row, rank 0 its live groups, and the loss and gradient norm are those of running all."""
+    runs only a zero-weight row (in the old-log-prob pass and in each update), rank 0 its live groups, and the
+    loss and gradient norm are those of running all."""
     plugin = tmp_path / "first_prompts.py"
     plugin.write_text(FIRST_PROMPTS_REWARD)
     over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "plain"), "data.val_files=",
             f"reward.functions={{'{plugin}:reward': 1.0}}", "data.batch_size=4", "data.shuffle=false", "rollout.n=4",
             "rollout.max_new_tokens=8", "actor.micro_token_budget=150", "trainer.total_steps=1",
+            "actor.mini_batch_size=8",  # two mini-batches a rank: old log-probs, which rank 1 needs for no row
             "trainer.val_before_train=false"]
     torchrun_train(over, tmp_path / "plain.log")
     torchrun_train([o.replace("experiment_name=plain", "experiment_name=skip") for o in over]

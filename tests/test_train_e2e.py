@@ -357,3 +357,41 @@ def test_skipping_zero_advantage_rows_leaves_the_update_as_it_is(tiny_model_fact
             check_settings(load_config(None, over + ["actor.skip_zero_advantage=true", extra]))
     check_settings(load_config(None, over + ["actor.skip_zero_advantage=true", "algorithm.kl_coef=0.1",
                                              "algorithm.kl_in=reward", "algorithm.policy_loss=gspo"]))
+
+
+# Varies with the response on even-numbered prompts and is 0 on odd ones: about half the groups are uniform.
+EVEN_PROMPTS_REWARD = '''
+def reward(response, answer, **row):
+    return len(set(response)) / 10.0 if int(row["id"]) % 2 == 0 else 0.0
+'''
+
+
+def test_skipped_rows_need_no_old_logprobs(short_counting_run, tmp_path, monkeypatch):
+    """With two mini-batches a step needs old log-probs; with actor.skip_zero_advantage the advantages come first
+    and that pass runs only the rows an update will run. The step's update is the same."""
+    from rllava.roles.actor import Actor
+
+    plugin = tmp_path / "even_prompts.py"
+    plugin.write_text(EVEN_PROMPTS_REWARD)
+    no_grad_rows: dict[str, int] = {}
+    forward = Actor.forward
+
+    def counting_forward(self, batch, with_entropy):
+        if not torch.is_grad_enabled():
+            no_grad_rows[self.cfg.trainer.experiment_name] = no_grad_rows.get(self.cfg.trainer.experiment_name, 0) + len(batch)
+        return forward(self, batch, with_entropy)
+
+    monkeypatch.setattr(Actor, "forward", counting_forward)
+    rows = {}
+    for name, skip in (("plain", "false"), ("skip", "true")):
+        over = short_counting_run(f"trainer.experiment_name={name}", f"actor.skip_zero_advantage={skip}",
+                                  "algorithm.entropy_coef=0", f"reward.functions={{'{plugin}:reward': 1.0}}",
+                                  "data.batch_size=4", "actor.mini_batch_size=8", "trainer.total_steps=1")
+        run = Path(run_experiment(load_config(None, over))["run_dir"])
+        rows[name] = read_metrics(run)[-1]
+    plain, skip = rows["plain"], rows["skip"]
+    assert plain["reward/mean"] == skip["reward/mean"] > 0  # the same rollouts
+    assert 0 < skip["actor/skipped_rows"] < 1
+    assert no_grad_rows["plain"] == 16 and no_grad_rows["skip"] == round(16 * (1 - skip["actor/skipped_rows"]))
+    assert skip["actor/loss"] == pytest.approx(plain["actor/loss"], rel=1e-4, abs=1e-7)
+    assert skip["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4)

@@ -26,6 +26,7 @@ from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
 from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hooks_for, run_hooks
 from rllava.pipelines.registry import PIPELINES
+from rllava.roles.actor import advantage_rows
 
 
 def response_metrics(episodes: list[Episode]) -> dict[str, float]:
@@ -131,13 +132,19 @@ class RLVRPipeline:
             batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
         needs_old, select_tokens = ctx.actor.needs_old_logprobs(len(batch)), algo.top_entropy_frac < 1
         needs_entropy = select_tokens or algo.entropy_adv_coef > 0
+        # Rows an update skips (actor.skip_zero_advantage) need no old log-probs: where the advantages depend on
+        # nothing this pass gives (entropy, the KL penalty, values), they come first and the pass runs the rest.
+        advantages_first = (ctx.actor.skips_zero_advantage() and not needs_entropy and self.kl_ctrl.value == 0
+                            and ctx.critic is None)
+        if advantages_first:
+            batch.advantages, batch.returns = rl_advantages(batch, algo)
         before = entropy = None  # the policy's log-probs (and entropy) before the update, when a step needs them
         if needs_old or needs_entropy:  # one pass serves both
             with timed(metrics, "old_logprobs"):
                 if needs_entropy:
                     before, entropy = ctx.actor.logprobs(batch, with_entropy=True)
                 else:
-                    before = ctx.actor.logprobs(batch)
+                    before = ctx.actor.logprobs(batch, rows=advantage_rows(batch) if advantages_first else None)
             batch.old_logp = before if needs_old else None
         if self.kl_ctrl.value > 0 and ctx.reference is not None:
             with timed(metrics, "reference"):
@@ -152,7 +159,8 @@ class RLVRPipeline:
         if ctx.critic is not None:
             with timed(metrics, "values"):
                 batch.values = ctx.critic.values(batch)
-        batch.advantages, batch.returns = rl_advantages(batch, algo)
+        if not advantages_first:
+            batch.advantages, batch.returns = rl_advantages(batch, algo)
         if select_tokens:  # only forking tokens carry the policy gradient; KL and entropy terms keep every token
             batch.advantages = batch.advantages * forking_tokens(batch, entropy, algo, metrics)
         if algo.entropy_adv_coef:  # exploration bonus on high-entropy tokens, clipped by |A| / kappa

@@ -82,6 +82,11 @@ def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: boo
     return (out, ent) if with_entropy else out
 
 
+def advantage_rows(b: Batch) -> torch.Tensor:
+    """Indices of the rows with a non-zero advantage on some trained token."""
+    return ((b.advantages * b.response_mask) != 0).any(-1).nonzero().squeeze(-1)
+
+
 def positive_tokens(b: Batch, rl_mask: torch.Tensor, algo, rows: torch.Tensor | None) -> torch.Tensor:
     """[R, T] the RL tokens (`rl_mask`, of `rows` of b or all) of rollouts whose reward reaches
     `algorithm.positive_reward_min`: the positive examples of VAPO's LM loss."""
@@ -106,11 +111,34 @@ class Actor:
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
                                  with_entropy=with_entropy, share=share)
 
-    def logprobs(self, batch: Batch, with_entropy: bool = False):
-        """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU."""
-        with self.engine.compute(train=False):
-            return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
-                                    share_prompts=budget_shares_prompts(self.cfg, self.model, training=False))
+    def logprobs(self, batch: Batch, with_entropy: bool = False, rows: torch.Tensor | None = None):
+        """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU.
+
+        `rows`: only these rows run; the others read 0 (a rank with none still runs one row when another
+        rank has some, so a sharded model's collectives match)."""
+        share = budget_shares_prompts(self.cfg, self.model, training=False)
+        if rows is None:
+            with self.engine.compute(train=False):
+                return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
+                                        share_prompts=share)
+        out = torch.zeros(batch.responses.shape, dtype=torch.float32)
+        ent = torch.zeros_like(out)
+        if du.all_reduce_sum(float(len(rows))) > 0:
+            with self.engine.compute(train=False):
+                part = batched_logprobs(self.forward, batch.select(rows if len(rows) else [0]),
+                                        self.cfg.actor.micro_token_budget, with_entropy, share_prompts=share)
+            logp, h = part if with_entropy else (part, None)
+            if len(rows):
+                out[rows, : logp.shape[1]] = logp
+                if h is not None:
+                    ent[rows, : h.shape[1]] = h
+        return (out, ent) if with_entropy else out
+
+    def skips_zero_advantage(self, loss_name: str | None = None) -> bool:
+        """Whether an update leaves out the rows whose advantage is 0 everywhere (actor.skip_zero_advantage with a
+        row-local loss): they then need no old log-probs either."""
+        name = loss_name or self.cfg.algorithm.policy_loss
+        return self.cfg.actor.skip_zero_advantage and bool(POLICY_LOSSES.entry(name).meta.get("row_local"))
 
     def mini_batch_size(self, n_local: int) -> int:
         """Sequences per optimizer step on this rank: this rank's share of actor.mini_batch_size (0 = all)."""
@@ -139,8 +167,7 @@ class Actor:
         loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
         sft_coef = algo.sft_coef if sft_coef is None else sft_coef
         # Rows with no advantage anywhere add nothing to a row-local loss (run.check_zero_advantage_skip).
-        skip_zero = (self.cfg.actor.skip_zero_advantage and batch.advantages is not None
-                     and bool(POLICY_LOSSES.entry(loss_name or algo.policy_loss).meta.get("row_local")))
+        skip_zero = batch.advantages is not None and self.skips_zero_advantage(loss_name)
         mini_size = self.mini_batch_size(len(batch))
         norm_len = int(du.all_reduce_max(batch.response_width))  # the same constant on every rank
         gen = torch.Generator().manual_seed(seed)
@@ -183,7 +210,7 @@ class Actor:
         sums: dict[str, float] = defaultdict(float)
         run, metric_den, metric_tokens = mini, rl_den, rl_tokens
         if skip_zero:
-            keep = ((mini.advantages * mini.response_mask) != 0).any(-1).nonzero().squeeze(-1)
+            keep = advantage_rows(mini)
             run = mini.select(keep) if len(keep) else None
             rows = max(1.0, du.all_reduce_sum(float(len(mini)) if real else 0.0))
             sums["actor/skipped_rows"] = (len(mini) - len(keep)) / rows if real else 0.0  # a share of all ranks' rows
