@@ -51,6 +51,9 @@ def test_logger_truncates_after_resume_step(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["reward/mean"] == 9.0
     assert log.plot().exists()
     log.close()
+    fresh = RunLogger(tmp_path, ["jsonl"], total_steps=5, start_step=0, progress_bar=False)  # trainer.resume=none
+    assert fresh.read_metrics() == []  # the earlier run's lines, step 0 included, are gone
+    fresh.close()
 
 
 def test_resume_with_settings_that_change_what_is_trained_is_refused(short_counting_run, tiny_model_factory, monkeypatch):

@@ -47,10 +47,12 @@ class RunLogger:
 
     @staticmethod
     def _truncate_after(path: Path, step: int) -> None:
-        """On resume, drop lines a killed run wrote after its last checkpoint."""
+        """On resume, drop lines a killed run wrote after its last checkpoint; on a fresh start (step 0), every
+        line of an earlier run in this folder, its step-0 validation too."""
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and step > 0 and json.loads(ln).get("step", 0) <= step]
         path.write_text("".join(ln + "\n" for ln in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
