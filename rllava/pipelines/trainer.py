@@ -192,7 +192,7 @@ class Trainer:
                              wandb_config=to_dict(self.cfg))
         try:
             with stop_requests() as received:  # from here on a stop signal ends the run at a step boundary, saved
-                if tc.val_before_train and self.step == 0:
+                if tc.val_before_train and self.step == 0 and self.ctx.val_prompts:
                     logger.log(0, self.validate(logger))
                 last_save = time.monotonic()
                 while self.step < total:
