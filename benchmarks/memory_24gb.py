@@ -127,9 +127,10 @@ def child(args: argparse.Namespace) -> None:
     result.update(peak_allocated_gib=peak(torch.cuda.max_memory_allocated),
                   peak_reserved_gib=peak(torch.cuda.max_memory_reserved))
     metrics = out / args.variant / "metrics.jsonl"
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines()[1:]] if metrics.exists() else []
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
+    rows = [r for r in rows if "time/step" in r]  # the training steps
     for key in ("step", "rollout", "update"):
-        vals = [r[f"time/{key}"] for r in rows if f"time/{key}" in r]
+        vals = [r[f"time/{key}"] for r in rows[1:] if f"time/{key}" in r]  # after the first (warm-up)
         result[f"{key}_s"] = round(statistics.median(vals), 2) if vals else None
     result["steps_done"] = len(rows)
     # Seconds per optimizer step (all steps): the engine's step (clip, AdamW, and under offload the copy back to
