@@ -115,7 +115,12 @@ def cmd_make_task(args: argparse.Namespace) -> int:
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. --option difficulty=easy")
         opts[key] = yaml.safe_load(value)  # typed like config overrides: 3 -> int, true -> bool
     try:
-        out = make_task(args.name, args.out, n=args.n, seed=args.seed, **opts)
+        if args.layout:
+            from rllava.tasks.layouts import make_task_in_layout
+
+            out = make_task_in_layout(args.name, args.layout, args.out, n=args.n, seed=args.seed, **opts)
+        else:
+            out = make_task(args.name, args.out, n=args.n, seed=args.seed, **opts)
     except ValueError as e:  # an unknown option (the message lists the task's options) or a bad value
         raise ConfigError(str(e)) from None
     print(out)
@@ -173,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a task option (repeatable), e.g. --option difficulty=trivial; an unknown key lists the options")
+    mt.add_argument("--layout", default=None, help="write it as a public dataset is laid out on the hub, for that "
+                    "dataset's recipes: geometry3k (task geometry), gsm8k (task arithmetic)")
     mt.set_defaults(fn=cmd_make_task)
     return p
 

@@ -15,64 +15,27 @@ from rllava.pipelines.run import run_experiment
 RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
 
 
-def _write_split(datasets, path: Path, columns: dict, features) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_dict(columns, features=features).to_parquet(path)
-
-
-def geometry3k(root: Path) -> Path:
-    """Our `geometry` task written as hiyouga/geometry3k is on the hub: `data/{train,test}-*.parquet` with columns
-    `images` (embedded {bytes, path}), `problem` (opening with `<image>`) and `answer`."""
-    import datasets
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    from rllava.tasks import make_task
-
-    task = make_task("geometry", root / "task", n=16, seed=0)
-    features = datasets.Features({"images": datasets.List(datasets.Image()), "problem": datasets.Value("string"),
-                                  "answer": datasets.Value("string")})
-    for ours, theirs in (("train", "train"), ("val", "test")):
-        rows = pq.read_table(task / f"{ours}.parquet").to_pylist()
-        columns = {"images": [[Image.open(task / p).convert("RGB") for p in r["images"]] for r in rows],
-                   "problem": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]}
-        _write_split(datasets, root / "geometry3k" / "data" / f"{theirs}-00000-of-00001.parquet", columns, features)
-    return root / "geometry3k"
-
-
-def gsm8k(root: Path) -> Path:
-    """Our `arithmetic` task written as openai/gsm8k is: `main/` and `socratic/` configs, each with
-    `{train,test}-*.parquet` of `question` and `answer`, a worked solution ending in `#### <number>`."""
-    import datasets
-    import pyarrow.parquet as pq
-
-    from rllava.tasks import make_task
-
-    task = make_task("arithmetic", root / "task", n=16, seed=0)
-    features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})
-    for config in ("main", "socratic"):
-        for ours, theirs in (("train", "train"), ("val", "test")):
-            rows = pq.read_table(task / f"{ours}.parquet").to_pylist()
-            columns = {"question": [r["prompt"] for r in rows],
-                       "answer": [f"Work it out ({config}).\n#### {int(r['answer']):,}" for r in rows]}
-            _write_split(datasets, root / "gsm8k" / config / f"{theirs}-00000-of-00001.parquet", columns, features)
-    return root / "gsm8k" / "main"
-
-
-# The dataset each recipe reads (its `/data/NAME@split` folder) -> (stand-in writer, tiny model family, the reward
-# of the rows' true answers: geometry3k's gets math's 0.9 and not think_boxed's 0.1, as it has no think block; the
-# GSM8K rows' answers are right only once data.answer_template has pulled the number out of the solution).
-STAND_INS = {"geometry3k": (geometry3k, "qwen2_5_vl", 0.9), "gsm8k/main": (gsm8k, "qwen2", 1.0)}
+# The dataset each recipe reads (its `/data/NAME@split` folder) -> (the task and layout that stand in for it, the tiny
+# model family, the reward of the rows' true answers: geometry3k's get math's 0.9 and not think_boxed's 0.1, as they
+# have no think block; the GSM8K rows' answers are right only once data.answer_template has pulled the number out of
+# the worked solution).
+STAND_INS = {"geometry3k": ("geometry", "geometry3k", "", "qwen2_5_vl", 0.9),
+             "gsm8k/main": ("arithmetic", "gsm8k", "main", "qwen2", 1.0)}
 
 
 @pytest.fixture(scope="module")
 def stand_in_data(tmp_path_factory):
+    """`get(dataset) -> folder`: a task written in that dataset's layout (`rllava make-task --layout`)."""
     pytest.importorskip("datasets")
+    from rllava.tasks import make_task_in_layout
+
     cache: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in cache:
-            cache[name] = STAND_INS[name][0](tmp_path_factory.mktemp(name.replace("/", "_")))
+            task, layout, sub = STAND_INS[name][:3]
+            root = make_task_in_layout(task, layout, tmp_path_factory.mktemp(layout) / layout, n=16, seed=0)
+            cache[name] = root / sub if sub else root
         return cache[name]
 
     return get
@@ -87,7 +50,7 @@ def test_recipe_runs_on_a_stand_in(name, stand_in_data, tiny_model_factory, tmp_
     recipe = load_config(str(RECIPES / name))
     dataset = recipe.data.train_files.removeprefix("/data/").removesuffix("@train")
     assert recipe.data.val_files == f"/data/{dataset}@test" and dataset in STAND_INS, recipe.data
-    folder, family = stand_in_data(dataset), STAND_INS[dataset][1]
+    folder, family = stand_in_data(dataset), STAND_INS[dataset][3]
     cfg = load_config(str(RECIPES / name), [
         f"model.path={tiny_model_factory(family)}", f"data.train_files={folder}@train",
         f"data.val_files={folder}@test", "data.batch_size=2", "data.max_val_samples=2", "rollout.n=4",
@@ -96,7 +59,7 @@ def test_recipe_runs_on_a_stand_in(name, stand_in_data, tiny_model_factory, tmp_
         "trainer.loggers=[jsonl]", *ON_CPU.get(name, [])])
     report = preflight(cfg)
     assert report["train"]["prompts"] == 12 and report["val"]["prompts"] == 2, report  # the train and test splits
-    assert report["reward_of_answers"] == pytest.approx(STAND_INS[dataset][2])
+    assert report["reward_of_answers"] == pytest.approx(STAND_INS[dataset][4])
     if cfg.data.answer_template:  # GSM8K: the rewards get the bare number, "1,234" as 1234
         from transformers import AutoTokenizer
 

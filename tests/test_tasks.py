@@ -357,3 +357,25 @@ def test_search_corpus_answers_each_question_through_the_search_tool(made):
         query = parse_action(json.loads(r["demo_turns"])[0], "tags").arguments["query"]
         first = TOOLS.get("search")({"query": query, "k": 1}, ctx).text
         assert r["place"] in first and f"is {r['answer']}." in first
+
+
+def test_make_task_in_a_public_layout_from_the_cli(tmp_path, capsys):
+    """`rllava make-task geometry --layout geometry3k`: the folder the Geometry3K recipes read, offline."""
+    pytest.importorskip("datasets")
+    from rllava.cli import main
+    from rllava.data.rows import load_rows
+
+    out = tmp_path / "geometry3k"
+    assert main(["make-task", "geometry", "--out", str(out), "--n", "20", "--layout", "geometry3k"]) == 0
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    rows = load_rows(f"{out}@train")
+    assert len(rows) == 16 and set(rows[0]) == {"images", "problem", "answer"} and "bytes" in rows[0]["images"][0]
+    assert not (out / "images").exists()  # the images are embedded
+    gsm = tmp_path / "gsm8k"
+    assert main(["make-task", "arithmetic", "--out", str(gsm), "--n", "20", "--layout", "gsm8k"]) == 0
+    answers = [r["answer"] for r in load_rows(f"{gsm / 'main'}@test")]
+    assert answers and all("\n#### " in a for a in answers)
+    capsys.readouterr()
+    assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--layout", "geometry3k"]) == 2
+    assert "layout 'geometry3k' is written from the 'geometry' task, not 'counting'" in capsys.readouterr().err
