@@ -1,5 +1,5 @@
-"""docs/coming_from.md stays true: every rllava setting it names is a config key, and every name it gives
-such a setting (estimators, losses, engines, rewards, ...) is registered."""
+"""docs/coming_from.md and the README's Algorithms table stay true: every rllava setting they name is a config
+key, and every name they give such a setting (estimators, losses, engines, rewards, ...) is registered."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,15 +13,21 @@ from rllava.config import Config, load_config
 from rllava.pipelines.run import setting_registries
 from rllava.rewards.registry import REWARDS
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "coming_from.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "coming_from.md"
 SECTIONS = {f.name for f in dataclasses.fields(Config)}  # plugins, data, model, algorithm, ...
 NAMED = setting_registries()  # setting -> the registry its names come from
 
 
-def mapping_rows() -> list[tuple[str, str]]:
+def algorithms_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme[readme.index("## Algorithms\n"):readme.index("## Adding an algorithm")]
+
+
+def mapping_rows(text: str | None = None) -> list[tuple[str, str]]:
     """(rllava cell, note cell) of every table row whose rllava cell names a setting."""
     rows = []
-    for line in DOC.read_text().splitlines():
+    for line in (DOC.read_text() if text is None else text).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) == 3 and "`" in cells[1] and not cells[1].startswith("`torchrun"):
             rows.append((cells[1], cells[2]))
@@ -45,7 +51,14 @@ def test_the_doc_has_the_three_tables():
     assert all(h in text for h in ("## veRL", "## EasyR1", "## TRL")) and len(mapping_rows()) > 60
 
 
-@pytest.mark.parametrize("rllava_cell,note", mapping_rows())
+def test_the_readme_lists_the_mission_algorithms():
+    names = [row.split("|")[1].strip() for row in algorithms_section().splitlines() if row.startswith("| ")][1:]
+    for name in ("GRPO", "Dr. GRPO", "DAPO", "RLOO", "REINFORCE++", "ReMax", "OPO", "GPG", "PPO", "GSPO", "GMPO",
+                 "Clip-Cov, KL-Cov", "CISPO", "SAPO", "LUFFY", "SRFT", "HPT", "CHORD", "UFT", "KL", "Entropy bonus"):
+        assert name in names, name
+
+
+@pytest.mark.parametrize("rllava_cell,note", mapping_rows() + mapping_rows(algorithms_section()))
 def test_each_rllava_setting_exists(rllava_cell, note):
     found = settings(rllava_cell)
     assert found, f"no rllava setting in {rllava_cell!r}"
