@@ -39,7 +39,7 @@ class DataConfig:
     train_weights: list[float] = field(default_factory=list)  # one per train_files entry: each epoch draws that share of its prompts from the entry (a small one repeats, a large one is subsampled); empty = every prompt once an epoch
     prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
     answer_key: str = "answer"  # row field with the reference answer, passed to reward functions
-    answer_template: Optional[str] = None  # jinja: the reference answer rendered from the row instead, e.g. "{{ answer.split('####')[-1] | trim }}" (GSM8K); it becomes the row's `answer`
+    answer_template: Optional[str] = None  # jinja: the reference answer rendered from the row instead, e.g. "{{ answer.split('####')[-1] | trim }}" (GSM8K) or "{{ solution | last_boxed }}" (MATH); it becomes the row's `answer`
     image_key: str = "images"  # row field with a list of images: paths (relative to the file), bytes or PIL
     video_key: str = "videos"  # row field with a list of videos (paths or frame lists)
     image_dir: Optional[str] = None  # relative image paths are resolved against this (default: the data file's folder)

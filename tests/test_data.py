@@ -232,6 +232,9 @@ def test_answer_template_renders_the_ground_truth_from_the_row(tmp_path, text_to
     only_solution = RLDataset(str(f), DataConfig(prompt_key="question", answer_template="{{ solution }}x",
                                                  skip_bad_rows=True), text_tok)
     assert [only_solution[i].meta["answer"] for i in range(len(only_solution))] == ["xx"]
+    math = _jsonl(tmp_path / "math.jsonl", [{"problem": "p", "solution": "So $x = \\boxed{\\frac{1}{2}}$."}])
+    boxed = RLDataset(str(math), DataConfig(prompt_key="problem", answer_template="{{ solution | last_boxed }}"), text_tok)
+    assert boxed[0].meta["answer"] == "\\frac{1}{2}"  # MATH-style: the answer is the solution's last box
     numbers = _jsonl(tmp_path / "n.jsonl", [{"question": "q", "answer": 7}])
     with pytest.raises(DataError, match=r"n.jsonl, row 0, field 'answer_template': .*failed on this row: .*split"):
         RLDataset(str(numbers), DataConfig(prompt_key="question", answer_template="{{ answer.split('#')[0] }}"),

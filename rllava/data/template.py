@@ -29,13 +29,24 @@ def read_text_or_file(spec: str, what: str) -> str:
     return spec
 
 
+def _last_boxed(text: Any) -> str:
+    """The content of the last \\boxed{...} in `text` ('' if none): MATH-style solutions hold their answer there."""
+    from rllava.rewards.extract import last_boxed
+
+    return last_boxed(str(text)) or ""
+
+
 class RowTemplate:
-    """A jinja template (string or file) whose variables are a dataset row's fields; `what` names the setting."""
+    """A jinja template (string or file) whose variables are a dataset row's fields; `what` names the setting.
+
+    Besides jinja's own filters it has `last_boxed`: `{{ solution | last_boxed }}` is a MATH-style solution's answer.
+    """
 
     def __init__(self, spec: str, what: str):
         self.what = what
         self.source = read_text_or_file(spec, what)
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        env.filters["last_boxed"] = _last_boxed
         try:
             self._tmpl = env.from_string(self.source)
         except jinja2.TemplateSyntaxError as e:
