@@ -109,6 +109,9 @@ def test_load_rows_hub_layout_folder_and_split_suffix(tmp_path):
         load_rows(str(repo))
     with pytest.raises(DataError, match="geometry3k@validation: `datasets.load_dataset` failed"):
         load_rows(f"{repo}@validation")
+    with pytest.raises(DataError, match=r"not found \(for a dataset repo: huggingface-cli download .* --local-dir "
+                                        r".*missing_repo; a synthetic stand-in"):
+        load_rows(f"{tmp_path / 'missing_repo'}@train")
     assert split_suffix(f"{repo}@test") == (str(repo), "test")
     assert split_suffix("hiyouga/geometry3k@train") == ("hiyouga/geometry3k", "train")
     assert split_suffix("hiyouga/geometry3k:test") == ("hiyouga/geometry3k", "test")

@@ -182,7 +182,11 @@ def read_source(spec: str) -> tuple[list[dict], Path]:
             return _load_dataset(name, split), Path.cwd()
         except DataError as e:
             raise DataError(f"{spec} is not a local file or folder, and as a hub dataset: {e}") from None
-    raise DataError(f"data file {spec!r} not found")
+    hint = ""
+    if "@" in spec:  # a dataset repo's folder: say how to get one
+        hint = (f" (for a dataset repo: huggingface-cli download --repo-type dataset OWNER/NAME --local-dir "
+                f"{spec.rpartition('@')[0]}; a synthetic stand-in in a public layout: rllava make-task NAME --layout L)")
+    raise DataError(f"data file {spec!r} not found{hint}")
 
 
 def split_specs(files: str) -> list[str]:
