@@ -153,3 +153,6 @@ def test_resolve_split_names_the_split_of_each_kind_of_folder(tmp_path):
     assert resolve_split(str(saved), "test") == str(saved)  # one saved Dataset: no splits
     assert resolve_split(f"{repo}@train", "test") == f"{repo}@train"  # an explicit split wins
     assert resolve_split(str(task / "test.parquet"), "val") == str(task / "test.parquet")
+    assert resolve_split("hiyouga/geometry3k", "test") == "hiyouga/geometry3k@test"  # a hub dataset
+    assert resolve_split("hiyouga/geometry3k@train", "test") == "hiyouga/geometry3k@train"
+    assert resolve_split("data/x.jsonl", "test") == "data/x.jsonl"  # a file name, even one that does not exist

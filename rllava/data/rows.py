@@ -138,6 +138,12 @@ def _load_dataset(source: str, split: str | None) -> list[dict]:
                         + f": `datasets.load_dataset` failed: {type(e).__name__}: {e}") from None
 
 
+def is_hub_name(spec: str) -> bool:
+    """`owner/name` (optionally with a split) that is not a data file's name: a hub dataset's id."""
+    name = split_suffix(spec)[0]
+    return bool(_HUB_NAME.fullmatch(name)) and Path(name).suffix.lower() not in READERS
+
+
 def split_suffix(spec: str) -> tuple[str, str | None]:
     """`NAME@split` (as EasyR1 writes it) or `owner/name:split` -> (NAME, split), where NAME is a local folder or
     has a hub name's shape; anything else, a file or folder that exists under the whole name too, -> (spec, None)."""
@@ -177,7 +183,7 @@ def read_source(spec: str) -> tuple[list[dict], Path]:
         except Exception as e:
             raise DataError(f"{spec}: cannot read: {type(e).__name__}: {e}") from None
         return rows, path.parent
-    if _HUB_NAME.fullmatch(name) and path.suffix.lower() not in READERS:
+    if is_hub_name(name):
         try:
             return _load_dataset(name, split), Path.cwd()
         except DataError as e:

@@ -78,11 +78,14 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
 
 
 def resolve_split(data: str, split: str) -> str:
-    """A task folder (`rllava make-task` output) means its `<split>.parquet`, and a dataset repo or saved
-    DatasetDict folder its `@split`; anything else (a file, a single saved Dataset, `NAME@split`) is used as is."""
+    """A task folder (`rllava make-task` output) means its `<split>.parquet`, and a dataset repo (a folder or a
+    hub name) or a saved DatasetDict folder its `@split`; anything else (a file, a single saved Dataset,
+    `NAME@split`) is used as is."""
+    from rllava.data.rows import is_hub_name, split_suffix
+
     p = Path(data)
     if not p.is_dir():
-        return data
+        return f"{data}@{split}" if is_hub_name(data) and split_suffix(data)[1] is None and not p.exists() else data
     if (p / f"{split}.parquet").exists():
         return str(p / f"{split}.parquet")
     return data if (p / "state.json").exists() else f"{data}@{split}"
