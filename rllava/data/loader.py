@@ -153,11 +153,10 @@ def shares(weights: list[float], n: int) -> list[int]:
 
 
 def mix_pools(weights: list[float], sources: list[int] | None, n: int) -> list[list[int]]:
-    """The prompt indices of each source; a clear error when the mix cannot be drawn."""
+    """The prompt indices of each source (the weights are checked with the config: `run.check_mix`); a clear
+    error when a weighted source has no prompt left."""
     if sources is None or len(sources) != n:
         raise ValueError("a weighted mix needs each prompt's source")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise DataError(f"data.train_weights={weights}: weights must be >= 0 and sum to more than 0")
     pools: list[list[int]] = [[] for _ in weights]
     for i, k in enumerate(sources):
         pools[k].append(i)

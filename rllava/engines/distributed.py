@@ -141,14 +141,14 @@ def shard_prompts(prompts: list[T], rank: int, world: int) -> list[T]:
     return list(prompts[rank * k:(rank + 1) * k])
 
 
-def pad_to_common_length(items: list[T], filler: T | None = None) -> list[tuple[T, bool]]:
+def pad_to_common_length(items: list[T], filler: T | None = None, at_least_one: bool = False) -> list[tuple[T, bool]]:
     """`(item, is_real)` pairs, padded with copies of the last item (`is_real=False`) to the max count over ranks.
 
     Padding items must still be forwarded (and backpropagated, with a zero loss weight) so that every
-    rank issues the same FSDP collectives. With a `filler`, a rank without items pads with it, and there
-    is at least one pair even when no rank has items.
+    rank issues the same FSDP collectives. With a `filler`, a rank without items pads with it;
+    `at_least_one` (with a filler) gives a pair even when no rank has items.
     """
-    target = max(int(all_reduce_max(len(items))), 1 if filler is not None else 0)
+    target = max(int(all_reduce_max(len(items))), 1 if at_least_one and filler is not None else 0)
     if target and not items and filler is None:
         raise ValueError("this rank has no micro-batches while another has some: every rank needs at least one")
     pad = items[-1] if items else filler

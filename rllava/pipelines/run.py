@@ -161,7 +161,8 @@ def export_dtype(cfg: Config) -> torch.dtype | None:
     if cfg.trainer.export_dtype != "auto":
         return resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     released = released_dtype(cfg.model.path, cfg.model.trust_remote_code)
-    trained = resolve_dtype(training_model_config(cfg).dtype if not cfg.actor.optimizer_offload else cfg.model.dtype)
+    narrow = cfg.actor.optimizer_offload or not cfg.actor.master_weights_fp32  # the module holds model.dtype weights
+    trained = resolve_dtype(cfg.model.dtype if narrow else "float32")
     return released if released is not None and released.itemsize <= trained.itemsize else None
 
 

@@ -63,22 +63,31 @@ def forward_inputs(model: torch.nn.Module, batch: Batch, device: torch.device | 
 
 @torch.no_grad()
 def batched_logprobs(forward, batch: Batch, token_budget: int, with_entropy: bool = False, sync_ranks: bool = True,
-                     share_prompts: bool = False):
+                     share_prompts: bool = False, rows: torch.Tensor | None = None):
     """Run `forward(micro, with_entropy)` over token-budget micro-batches and reassemble [B, T] in row order.
 
     `sync_ranks`: the forward runs a sharded model, so every rank runs as many micro-batches as the busiest one.
     `share_prompts`: the forward runs each distinct prompt once, so the budget counts it once.
+    `rows`: only these rows run; the others read 0.
     """
     out = torch.zeros(batch.responses.shape, dtype=torch.float32)
     ent = torch.zeros_like(out)
-    groups = batch.token_budget_groups(token_budget, share_prompts)
-    for rows, real in du.pad_to_common_length(groups) if sync_ranks else [(g, True) for g in groups]:
-        logp, h = forward(batch.select(rows), with_entropy)
+    if rows is None:
+        groups = batch.token_budget_groups(token_budget, share_prompts)
+    else:  # the chosen rows' micro-batches, as row indices of the whole batch
+        chosen = rows.tolist()
+        groups = ([[chosen[i] for i in g] for g in batch.select(chosen).token_budget_groups(token_budget, share_prompts)]
+                  if chosen else [])
+    # With `rows`, a rank that has none chosen pads with one row while another rank runs some.
+    pairs = (du.pad_to_common_length(groups, filler=[0] if rows is not None else None) if sync_ranks
+             else [(g, True) for g in groups])
+    for group, real in pairs:
+        logp, h = forward(batch.select(group), with_entropy)
         if not real:
             continue
-        out[rows, : logp.shape[1]] = logp.float().cpu()
+        out[group, : logp.shape[1]] = logp.float().cpu()
         if h is not None:
-            ent[rows, : h.shape[1]] = h.float().cpu()
+            ent[group, : h.shape[1]] = h.float().cpu()
     return (out, ent) if with_entropy else out
 
 
@@ -112,27 +121,11 @@ class Actor:
                                  with_entropy=with_entropy, share=share)
 
     def logprobs(self, batch: Batch, with_entropy: bool = False, rows: torch.Tensor | None = None):
-        """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU.
-
-        `rows`: only these rows run; the others read 0 (a rank with none still runs one row when another
-        rank has some, so a sharded model's collectives match)."""
-        share = budget_shares_prompts(self.cfg, self.model, training=False)
-        if rows is None:
-            with self.engine.compute(train=False):
-                return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
-                                        share_prompts=share)
-        out = torch.zeros(batch.responses.shape, dtype=torch.float32)
-        ent = torch.zeros_like(out)
-        if du.all_reduce_sum(float(len(rows))) > 0:
-            with self.engine.compute(train=False):
-                part = batched_logprobs(self.forward, batch.select(rows if len(rows) else [0]),
-                                        self.cfg.actor.micro_token_budget, with_entropy, share_prompts=share)
-            logp, h = part if with_entropy else (part, None)
-            if len(rows):
-                out[rows, : logp.shape[1]] = logp
-                if h is not None:
-                    ent[rows, : h.shape[1]] = h
-        return (out, ent) if with_entropy else out
+        """Log-probs (and entropy) of the response tokens under the current weights, [B, T] on CPU; with `rows`,
+        only those rows run and the others read 0."""
+        with self.engine.compute(train=False):
+            return batched_logprobs(self.forward, batch, self.cfg.actor.micro_token_budget, with_entropy,
+                                    share_prompts=budget_shares_prompts(self.cfg, self.model, training=False), rows=rows)
 
     def skips_zero_advantage(self, loss_name: str | None = None) -> bool:
         """Whether an update leaves out the rows whose advantage is 0 everywhere (actor.skip_zero_advantage with a
@@ -224,7 +217,8 @@ class Actor:
             # A rank (or every rank) with nothing to run still forwards one row at zero weight: the FSDP collectives
             # match, and the parameters the forward reaches get their zero gradient, as AdamW would have seen it
             # (the same parameters unless rows reach different modules, as text-only rows beside image rows do).
-            for micro, real_micro in du.pad_to_common_length(micros, filler=mini.select([0]) if skip_zero else None):
+            for micro, real_micro in du.pad_to_common_length(micros, filler=mini.select([0]) if skip_zero else None,
+                                                             at_least_one=skip_zero):
                 m = micro.to(self.engine.device)
                 logp, entropy = self.forward(m, with_entropy=True)
                 live = real and real_micro  # padding micro-batches still run forward and backward but weigh 0
