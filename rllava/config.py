@@ -204,6 +204,7 @@ DEFAULT_JUDGE_TEMPLATE = ("Question: {{ prompt }}\nReference answer: {{ answer }
 @dataclass
 class RewardConfig:
     functions: dict[str, float] = field(default_factory=lambda: {"math": 1.0})  # name or file.py:fn -> weight
+    by_source: dict[str, dict[str, float]] = field(default_factory=dict)  # rows of these data sources get their own functions (instead of `functions`): {counting: {count: 1.0}, geometry3k: {math: 1.0, format: 0.1}}
     kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # keyword arguments per function, over the row's fields: {detection: {iou_threshold: 0.75}, iou: {box_frame: input}}
     on_error: float = 0.0  # score given when a reward function raises or returns NaN
     accuracy_key: str = "accuracy"  # logged as accuracy when a reward returns it
@@ -466,14 +467,18 @@ def check_ranges(cfg: Config) -> None:
     if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"algorithm.overlong_buffer_len={alg.overlong_buffer_len!r}: must be in "
                           f"(0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]")
-    if not cfg.reward.functions and not cfg.reward.model:
+    if not cfg.reward.functions and not cfg.reward.by_source and not cfg.reward.model:
         raise ConfigError("reward.functions is empty and there is no reward.model: name at least one reward function")
+    for source, weights in cfg.reward.by_source.items():
+        if not isinstance(weights, dict) or not weights:
+            raise ConfigError(f"reward.by_source.{source}={weights!r}: give reward functions with weights, "
+                              f"e.g. {{count: 1.0}}")
     from rllava.envs.episode_reward import DEFAULT_WEIGHTS  # light; envs/ sits below config
 
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ConfigError(f"env.reward_weights: unknown key(s) {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
-    check_reward_kwargs(cfg.reward.functions, cfg.reward.kwargs)
+    check_reward_kwargs(cfg.reward.functions, cfg.reward.kwargs, cfg.reward.by_source)
     if "{text}" not in cfg.env.observation_template:
         raise ConfigError(f"env.observation_template={cfg.env.observation_template!r} must hold {{text}}")
     if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
@@ -493,11 +498,22 @@ def check_ranges(cfg: Config) -> None:
                               "stopped in a process of its own")
 
 
-def check_reward_kwargs(functions: dict[str, float], kwargs: dict[str, dict] | None) -> None:
-    """`reward.kwargs` may only name functions of `reward.functions`."""
-    unknown = sorted(set(kwargs or {}) - set(functions))
+def reward_names(functions: dict[str, float], by_source: dict[str, dict[str, float]] | None = None) -> list[str]:
+    """Every reward function named by `functions` and the per-source sets, each once, in order of appearance."""
+    names = dict.fromkeys(functions)
+    for weights in (by_source or {}).values():
+        names.update(dict.fromkeys(weights))
+    return list(names)
+
+
+def check_reward_kwargs(functions: dict[str, float], kwargs: dict[str, dict] | None,
+                        by_source: dict[str, dict[str, float]] | None = None) -> None:
+    """`reward.kwargs` may only name functions of `reward.functions` or `reward.by_source`."""
+    names = reward_names(functions, by_source)
+    unknown = sorted(set(kwargs or {}) - set(names))
     if unknown:
-        raise ConfigError(f"reward.kwargs names {unknown}, which reward.functions does not: {sorted(functions)}")
+        where = "reward.functions or reward.by_source" if by_source else "reward.functions"
+        raise ConfigError(f"reward.kwargs names {unknown}, which {where} does not: {sorted(names)}")
 
 
 def to_dict(cfg: Any) -> dict:

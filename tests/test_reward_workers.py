@@ -170,3 +170,20 @@ def test_training_with_reward_workers_matches_in_process(short_counting_run, unr
             assert a[key] == b[key], key
     assert rows["workers"][-1]["reward/timeouts_total"] == 0.0
     assert "reward/timeouts_total" not in rows["inproc"][-1]
+
+
+def test_workers_route_rows_by_data_source(unruly):
+    """`reward.by_source` reaches the workers; a timed-out row is scored by its own source's components."""
+    functions, by_source = {"count": 1.0}, {"geometry": {"math": 2.0, unruly: 1.0}}
+    responses = ["<answer>3</answer>", "2.5", "hang", "<answer>4</answer>"]
+    metas = [{"answer": "3", "data_source": "counting"}, {"answer": "2.5", "data_source": "geometry"},
+             {"answer": "2.5", "data_source": "geometry"}, {"answer": "3", "data_source": "counting"}]
+    local = RewardFunction(functions, on_error=-1.0, by_source=by_source)
+    pool = RewardWorkers(functions, on_error=-1.0, workers=2, timeout_s=2.0, by_source=by_source)
+    try:
+        assert pool(responses[:2], metas[:2]) == local(responses[:2], metas[:2])
+        scores, infos, n_errors = pool(responses, metas)
+        assert scores[:2] == [1.0, 2.0 + 1.0] and scores[3] == 0.0  # math and unruly both 1 on "2.5"
+        assert infos[2] == {"math": -1.0, unruly: -1.0, "accuracy": 0.0, "overall": -3.0} and n_errors == 1
+    finally:
+        pool.close()

@@ -94,12 +94,21 @@ SPLIT_NAMES = ("train", "val", "validation", "test", "dev")
 
 def data_source(file: str) -> str:
     """A short name for the dataset a file belongs to: `counting/val.parquet` -> counting, `gsm8k.jsonl` -> gsm8k,
-    `hiyouga/geometry3k@test` -> geometry3k."""
+    `hiyouga/geometry3k@test` -> geometry3k, and a config folder of a downloaded repo (its dataset card one
+    folder up) `/data/gsm8k/main@test` -> gsm8k."""
     name, split = split_suffix(file)
     if split is not None:
-        return Path(name).name
+        folder = Path(name).expanduser()
+        if folder.is_dir() and not (folder / "README.md").exists() and (folder.parent / "README.md").exists():
+            return folder.resolve().parent.name
+        return folder.name
     p = Path(file)
     return p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem
+
+
+def _source(it: _Item) -> str:
+    """A row's own `data_source` field wins (veRL's datasets carry one); else its file's name."""
+    return str(it.row.get("data_source") or data_source(it.ref.file))
 
 
 class RLDataset(torch.utils.data.Dataset):
@@ -258,6 +267,10 @@ class RLDataset(torch.utils.data.Dataset):
         """Each prompt's comma-separated entry of the files setting (its source in a weighted mix)."""
         return [it.ref.entry for it in self.items]
 
+    def sources(self) -> list[str]:
+        """Each prompt's data source: its row's `data_source` field, else its file's (`data_source`)."""
+        return [_source(it) for it in self.items]
+
     def meta(self, i: int) -> dict[str, Any]:
         """Prompt i's `Prompt.meta`, without loading its media."""
         return self._meta(self.items[i], i)
@@ -272,7 +285,7 @@ class RLDataset(torch.utils.data.Dataset):
         if it.answer is not None:
             meta["answer"] = it.answer
         meta["index"] = index
-        meta.setdefault("data_source", data_source(it.ref.file))  # a row's own data_source column wins (veRL's)
+        meta["data_source"] = _source(it)
         return meta
 
     def _load_media(self, it: _Item) -> tuple[list[Image.Image], list[list[Image.Image]]]:

@@ -21,6 +21,7 @@ from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hint_lengths
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
 from rllava.roles.multiturn import HINT_KEY, TURN_KEY, MultiTurnRollout, ObservationRenderer
+from rllava.roles.reward import source_means
 from rllava.roles.rollout import Rollout
 
 
@@ -171,6 +172,7 @@ class EpisodeRewardScorer:
             e.reward = episode_reward(e.reward, bool(e.info.get("format_ok", False)), e.turn_rewards, self.weights)
         n = max(1, len(episodes))
         metrics["reward/mean"] = sum(e.reward for e in episodes) / n
+        metrics.update(source_means(episodes))  # of the episode rewards, over the answer rewards' means
         metrics.update(agent_metrics(episodes))
         return metrics
 

@@ -102,7 +102,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.pipelines.run import resolve_device, seed_everything
-    from rllava.roles.reward import RewardScorer
+    from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
     cfg = load_config(None, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
@@ -111,6 +111,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
     ds = RLDataset(data_files, cfg.data, processor)
+    check_sources(cfg.reward, {"eval": ds.sources()})  # reward.by_source in the overrides routes by data source too
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor), rollout_cfg=cfg.rollout,

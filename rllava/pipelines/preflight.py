@@ -11,6 +11,7 @@ sizes a run would see.
 """
 from __future__ import annotations
 
+import collections
 import math
 import statistics
 from typing import Any
@@ -31,11 +32,13 @@ def preflight(cfg: Config) -> dict[str, Any]:
     from rllava.pipelines.registry import PIPELINES
     from rllava.pipelines.run import check_settings, needs_critic
     from rllava.rewards import RewardFunction
+    from rllava.roles.reward import check_sources
 
     import_plugins(cfg.plugins)
     check_settings(cfg)
     PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
-    rewards = RewardFunction(cfg.reward.functions, cfg.reward.on_error, cfg.reward.kwargs) if cfg.reward.functions else None
+    rewards = (RewardFunction(cfg.reward.functions, cfg.reward.on_error, cfg.reward.kwargs, cfg.reward.by_source)
+               if cfg.reward.functions or cfg.reward.by_source else None)
     judge = None
     if cfg.reward.model:
         from rllava.roles.reward_model import reward_model_type
@@ -56,13 +59,17 @@ def preflight(cfg: Config) -> dict[str, Any]:
 
     report: dict[str, Any] = {"model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
                               "vision": vlm}
+    sources: dict[str, list[str]] = {}  # split -> each prompt's data source
     for split, files in (("train", cfg.data.train_files), ("val", cfg.data.val_files)):
         if not files:
             continue
         ds = RLDataset(files, cfg.data, processor)  # every row: template, media references, estimated length
         first = ds[0]  # one prompt processed in full: images decoded, the processor run
-        if split == "train" and rewards is not None:
-            report["reward_of_answers"] = check_rewards(rewards, [ds[i].meta for i in range(min(4, len(ds)))])
+        sources[split] = ds.sources()
+        if split == "train" and rewards is not None:  # a few rows of each data source, scored by its rewards
+            rows = [i for name in dict.fromkeys(sources[split]) for i in
+                    [j for j, s in enumerate(sources[split]) if s == name][:4]]
+            report["reward_of_answers"] = check_rewards(rewards, [ds[i].meta for i in rows])  # with image sizes
         if judge is not None:  # every row has the fields the judge's template reads
             for i in range(len(ds)):
                 try:
@@ -72,7 +79,8 @@ def preflight(cfg: Config) -> dict[str, Any]:
         lengths = [it.length for it in ds.items]
         report[split] = {"prompts": len(ds), "bad_rows": ds.n_bad, "too_long": ds.n_too_long,
                          "prompt_tokens_median": int(statistics.median(lengths)), "prompt_tokens_max": max(lengths),
-                         "first_prompt_tokens": len(first.input_ids)}
+                         "first_prompt_tokens": len(first.input_ids),
+                         "sources": dict(collections.Counter(sources[split]))}
         if split == "train" and cfg.data.train_weights:  # the mix: each entry's prompts, and its draws an epoch
             from rllava.data.loader import mix_pools, shares
             from rllava.data.rows import file_entries
@@ -80,6 +88,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
             pools = mix_pools(cfg.data.train_weights, ds.entries(), len(ds))
             report["train"]["mix"] = [{"entry": e, "prompts": len(pool), "per_epoch": k} for e, pool, k in zip(
                 file_entries(files), pools, shares(cfg.data.train_weights, len(ds)))]
+    check_sources(cfg.reward, sources)
     steps_per_epoch = max(1, math.ceil(report["train"]["prompts"] / cfg.data.batch_size))  # as PromptLoader
     rollouts = cfg.data.batch_size * cfg.rollout.n
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
@@ -122,6 +131,8 @@ def print_report(report: dict[str, Any]) -> None:
             r = report[split]
             print(f"{split:<10} {r['prompts']} prompts ({r['bad_rows']} bad rows skipped, {r['too_long']} too long "
                   f"dropped); prompt tokens median {r['prompt_tokens_median']}, max {r['prompt_tokens_max']}")
+            if len(r["sources"]) > 1:
+                print(f"{'':<10} sources: " + ", ".join(f"{name} {n}" for name, n in r["sources"].items()))
             for m in r.get("mix", []):
                 print(f"{'':<10} {m['entry']}: {m['prompts']} prompts, {m['per_epoch']} drawn an epoch")
     ps = report["per_step"]

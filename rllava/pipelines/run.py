@@ -179,7 +179,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
     from rllava.roles.actor import Actor
-    from rllava.roles.reward import RewardScorer
+    from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
     device = resolve_device(cfg.trainer.device)
@@ -204,6 +204,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
 
     train_ds = RLDataset(cfg.data.train_files, cfg.data, processor)
     val_ds = RLDataset(cfg.data.val_files, cfg.data, processor) if cfg.data.val_files else None
+    check_sources(cfg.reward, {"train": train_ds.sources(), **({"val": val_ds.sources()} if val_ds else {})})
     val_prompts = [val_ds[i] for i in range(len(val_ds))] if val_ds is not None else []
     if cfg.data.max_val_samples is not None:
         val_prompts = val_prompts[: cfg.data.max_val_samples]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rllava.config import ConfigError, MissingFileError, check_reward_kwargs
+from rllava.config import ConfigError, MissingFileError, check_reward_kwargs, reward_names
 from rllava.rewards.registry import REWARDS
 
 logger = logging.getLogger(__name__)
@@ -68,18 +68,28 @@ class RewardFunction:
     """Weighted sum of reward components: `RewardFunction({"count": 1.0, "format": 0.1})`.
 
     `kwargs` gives components keyword arguments from the config (`reward.kwargs`), over the row's
-    fields of the same name, e.g. `{"detection": {"iou_threshold": 0.75}}`."""
+    fields of the same name, e.g. `{"detection": {"iou_threshold": 0.75}}`. `by_source` gives the rows
+    of some datasets (their `data_source`) a weighted set of their own, e.g. `{"counting": {"count": 1.0}}`;
+    the other rows get `functions`."""
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0,
-                 kwargs: dict[str, dict[str, Any]] | None = None):
-        if not functions:
+                 kwargs: dict[str, dict[str, Any]] | None = None,
+                 by_source: dict[str, dict[str, float]] | None = None):
+        self.by_source = {source: dict(weights) for source, weights in (by_source or {}).items()}
+        if not functions and not self.by_source:
             raise ConfigError("reward.functions is empty: name at least one reward function")
-        check_reward_kwargs(functions, kwargs)
+        check_reward_kwargs(functions, kwargs, self.by_source)
         self.weights = dict(functions)
-        self.fns = {name: resolve_reward(name) for name in functions}
-        self.kwargs = {name: dict((kwargs or {}).get(name) or {}) for name in functions}
+        names = reward_names(functions, self.by_source)
+        self.fns = {name: resolve_reward(name) for name in names}
+        self.kwargs = {name: dict((kwargs or {}).get(name) or {}) for name in names}
         self.on_error = float(on_error)
         self._logged: set[str] = set()
+
+    def weights_for(self, meta: dict[str, Any]) -> dict[str, float]:
+        """The weighted components that score a row: its data source's set, else `functions` (a run checks
+        up front that no source is left with none: `roles.reward.check_sources`)."""
+        return self.by_source.get(meta.get("data_source", ""), self.weights)
 
     def score_one(self, response: str, meta: dict[str, Any]) -> tuple[float, dict[str, float], list[tuple[str, str]]]:
         """(overall, info, failures) for one response; info holds each component and its extra keys.
@@ -88,22 +98,24 @@ class RewardFunction:
         """
         kwargs = {k: v for k, v in meta.items() if k not in ("response", "answer")}
         answer = meta.get("answer", "")
+        weights = self.weights_for(meta)
         info: dict[str, float] = {}
         total, failures = 0.0, []
-        for name, fn in self.fns.items():
+        for name, weight in weights.items():
             try:
-                parts = _as_dict(fn(response, answer, **{**kwargs, **self.kwargs[name]}))
+                parts = _as_dict(self.fns[name](response, answer, **{**kwargs, **self.kwargs[name]}))
             except Exception as e:  # a reward bug must not end a long run: score it, count it, say it once
                 failures.append((name, f"{type(e).__name__}: {e}"))
                 parts = self._failed_parts(name)
-            total += self._add(info, name, parts)
+            total += weight * self._add(info, name, parts)
         info["overall"] = total
         return total, info, failures
 
-    def failed(self) -> tuple[float, dict[str, float]]:
-        """(overall, info) of a response whose scoring never finished: every component scored `on_error`."""
+    def failed(self, meta: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        """(overall, info) of a response whose scoring never finished: each of its components scored `on_error`."""
+        weights = self.weights_for(meta)
         info: dict[str, float] = {}
-        total = sum(self._add(info, name, self._failed_parts(name)) for name in self.fns)
+        total = sum(weight * self._add(info, name, self._failed_parts(name)) for name, weight in weights.items())
         info["overall"] = total
         return total, info
 
@@ -111,14 +123,14 @@ class RewardFunction:
         return {"overall": self.on_error, "accuracy": 0.0} if _reports_accuracy(name) else {"overall": self.on_error}
 
     def _add(self, info: dict[str, float], name: str, parts: dict[str, float]) -> float:
-        """Record one component's parts in `info`; return its weighted contribution to the total."""
+        """Record one component's parts in `info`; return its score."""
         info[name] = parts["overall"]
         for key, value in parts.items():
             if key == "accuracy":
                 info.setdefault("accuracy", value)  # from the first component that reports it
             elif key != "overall":
                 info[f"{name}/{key}"] = value
-        return self.weights[name] * parts["overall"]
+        return parts["overall"]
 
     def log_failures(self, failures: list[tuple[str, str]]) -> None:
         """Log each failing component's first error; later ones are only counted."""
@@ -147,3 +159,4 @@ class RewardFunction:
 def check_lengths(responses: list[str], prompts_meta: list[dict[str, Any]]) -> None:
     if len(responses) != len(prompts_meta):
         raise ValueError(f"{len(responses)} responses but {len(prompts_meta)} prompt metadata entries")
+

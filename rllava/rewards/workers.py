@@ -62,16 +62,18 @@ class RewardWorkers:
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0, workers: int = 2,
                  timeout_s: Optional[float] = None, plugins: Optional[list[str]] = None,
-                 kwargs: Optional[dict[str, dict]] = None):
-        self.local = RewardFunction(functions, on_error, kwargs)  # resolves names here first: errors before any spawn
+                 kwargs: Optional[dict[str, dict]] = None, by_source: Optional[dict[str, dict[str, float]]] = None):
+        # Names are resolved here first: errors come before any spawn.
+        self.local = RewardFunction(functions, on_error, kwargs, by_source)
         self.timeout_s = timeout_s
         self._init = (dict(functions), float(on_error), [str(Path(p).resolve()) for p in plugins or []],
-                      dict(kwargs or {}))
+                      dict(kwargs or {}), dict(by_source or {}))
         self._workers = [_Worker(self._init) for _ in range(workers)]
         self._calls = 0
         self.n_timeouts = 0  # responses over timeout_s, over the whole run
         self.n_crashes = 0  # responses whose worker died
         self._results: list[Optional[tuple[float, dict]]] = []  # the current call's, by response index
+        self._metas: list[dict[str, Any]] = []  # the current call's prompt metadata, by response index
         self._errors = 0  # the current call's failed components and lost responses
         try:
             while not all(w.ready for w in self._workers):
@@ -85,6 +87,7 @@ class RewardWorkers:
         """Score each response against its prompt's metadata: (scores, infos, failed components + lost responses)."""
         check_lengths(responses, prompts_meta)
         self._calls += 1
+        self._metas = prompts_meta
         key_of: dict[int, int] = {}  # the n samples of a prompt share one meta dict: send it once per worker
         keys = [key_of.setdefault(id(m), len(key_of)) for m in prompts_meta]
         for w in self._workers:
@@ -160,7 +163,7 @@ class RewardWorkers:
         w.stop()
         if w.job is None:  # died while idle or booting: nothing to score, but something is wrong
             raise RuntimeError(f"a reward worker exited (status {code}) outside scoring; see its output above")
-        self._results[w.job[0]] = self.local.failed()
+        self._results[w.job[0]] = self.local.failed(self._metas[w.job[0]])
         self._errors += 1
         if why == "timed out":
             self.n_timeouts += 1
@@ -201,15 +204,15 @@ def _serve(fd: int, parent: int) -> None:
     """A worker's life: build the reward function, then score one response per message until the socket closes."""
     _die_with(parent)
     conn = Connection(fd)
-    functions, on_error, plugins, kwargs = conn.recv()
+    functions, on_error, plugins, kwargs, by_source = conn.recv()
     try:
-        from rllava.config import import_plugins
+        from rllava.config import import_plugins, reward_names
         from rllava.rewards import REWARDS
 
-        names = [n for n in functions if not n.rpartition(":")[0].endswith(".py")]
+        names = [n for n in reward_names(functions, by_source) if not n.rpartition(":")[0].endswith(".py")]
         if any(n not in REWARDS for n in names):  # registered by a plugin file: import them (maybe heavy) only then
             import_plugins(plugins)
-        fn = RewardFunction(functions, on_error, kwargs)
+        fn = RewardFunction(functions, on_error, kwargs, by_source)
     except Exception as e:  # noqa: BLE001 (sent back to the trainer, which raises it as a config error)
         hint = " (a reward registered only in the calling script cannot reach a worker process: " \
                "put it in a plugins file, or name it path/to/file.py:function)"

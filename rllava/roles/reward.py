@@ -6,21 +6,49 @@ from typing import Optional
 
 import torch
 
-from rllava.config import RewardConfig
+from rllava.config import ConfigError, RewardConfig
 from rllava.data.types import Episode
 from rllava.rewards.combine import RewardFunction
+
+
+def check_sources(cfg: RewardConfig, sources: dict[str, list[str]]) -> None:
+    """Every data source of the data (split -> each prompt's source) has a reward, and every `reward.by_source`
+    entry names one of them (a misspelt name would silently leave its rows to `reward.functions`)."""
+    seen = sorted({s for split in sources.values() for s in split})
+    unmatched = sorted(set(cfg.by_source) - set(seen))
+    if unmatched:
+        raise ConfigError(f"reward.by_source names {unmatched}, which no prompt comes from; the data's sources are "
+                          f"{seen} (a row's data_source field, else its file's or folder's name)")
+    if cfg.functions or cfg.model:
+        return
+    for split, names in sources.items():
+        missing = sorted(set(names) - set(cfg.by_source))
+        if missing:
+            raise ConfigError(f"{split} data source(s) {missing} have no reward: reward.functions is empty and "
+                              f"reward.by_source names only {sorted(cfg.by_source)}")
+
+
+def source_means(episodes: list[Episode]) -> dict[str, float]:
+    """`reward/source/NAME`: the mean reward of each data source's episodes, when the batch mixes several."""
+    by_source: dict[str, list[float]] = {}
+    for e in episodes:
+        by_source.setdefault(e.prompt.meta.get("data_source", ""), []).append(e.reward)
+    if len(by_source) < 2:
+        return {}
+    return {f"reward/source/{name}": sum(v) / len(v) for name, v in sorted(by_source.items())}
 
 
 class RewardScorer:
     def __init__(self, cfg: RewardConfig, plugins: Optional[list[str]] = None, device: torch.device | str = "cpu",
                  dtype: str = "float32"):
         self.fn = None
-        if cfg.functions and cfg.workers:
+        if (cfg.functions or cfg.by_source) and cfg.workers:
             from rllava.rewards.workers import RewardWorkers
 
-            self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins, cfg.kwargs)
-        elif cfg.functions:
-            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error, kwargs=cfg.kwargs)
+            self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins, cfg.kwargs,
+                                    cfg.by_source)
+        elif cfg.functions or cfg.by_source:
+            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error, kwargs=cfg.kwargs, by_source=cfg.by_source)
         self.model = None
         if cfg.model:
             from rllava.roles.reward_model import load_reward_model
@@ -63,6 +91,7 @@ class RewardScorer:
         for k in keys:
             vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
             metrics[f"reward/{k}"] = sum(vals) / len(vals)
+        metrics.update(source_means(episodes))
         return metrics
 
     def close(self) -> None:

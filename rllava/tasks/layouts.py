@@ -68,4 +68,7 @@ def make_task_in_layout(name: str, layout: str, out_dir: str | Path, n: int = 10
     out = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="rllava_task_") as tmp:
         entry.fn(make_task(name, tmp, n=n, seed=seed, **opts), out)
+    # A download of the repo has its dataset card at the top (a config folder's data source is named after it).
+    (out / "README.md").write_text(f"# A synthetic stand-in in the layout of {layout}\n\n"
+                                   f"Written by `rllava make-task {name} --layout {layout}` (seed {seed}, n {n}).\n")
     return out
