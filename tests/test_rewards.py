@@ -12,6 +12,7 @@ from rllava.config import ConfigError
 from rllava.registry import UnknownNameError
 from rllava.rewards import REWARDS, RewardFunction
 from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
+from rllava.rewards.choice import choice_reward
 from rllava.rewards.count import count_reward, exact_match_reward, number_format_reward
 from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number
 from rllava.rewards.format_tags import answer_tag_reward, format_reward, think_boxed_reward
@@ -126,6 +127,37 @@ def test_number_format_reward():
     assert number_format_reward("I see seven") == 1.0
     assert number_format_reward("<answer>many</answer> 3") == 0.0  # the tags decide
     assert number_format_reward("2.5") == 0.0
+
+
+CHOICES = ["3 cm", "4 cm", "5 cm", "6 cm"]
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("B", 1.0), ("(b)", 1.0), ("B.", 1.0), ("<answer>B</answer>", 1.0), ("\\boxed{B}", 1.0),
+    ("<answer>(B) 4 cm</answer>", 1.0), ("B. 4 cm", 1.0), ("The answer is B.", 1.0), ("ANSWER: (B)", 1.0),
+    ("<answer>4 cm</answer>", 1.0),  # the option's text
+    ("Option C is wrong, so the answer is B", 1.0), ("the correct option is B", 1.0),
+    ("Compare (A) and (B): the answer is (B).", 1.0),  # two options named, one stated as the answer
+    ("A or B", 0.0), ("(A) or (B)", 0.0),  # hedging picks nothing
+    ("the answer is a triangle", 0.0),  # the article "a" is not option A
+    ("C", 0.0), ("<answer>5 cm</answer>", 0.0), ("4", 0.0), ("", 0.0),
+])
+def test_choice_reward(response, expected):
+    assert choice_reward(response, "B", choices=CHOICES)["accuracy"] == expected
+    assert choice_reward(response, "4 cm", options=CHOICES)["accuracy"] == expected  # the gold as option text
+
+
+def test_choice_reward_gold_forms():
+    assert choice_reward("D", "(d)")["overall"] == 1.0  # no choices listed: letters only
+    assert choice_reward("6 cm", "D")["overall"] == 0.0  # text needs the list
+    with pytest.raises(ValueError, match=r"answer_template='\{\{ \"ABCDEFGHIJ\"\[answer\] \}\}'"):
+        choice_reward("B", "1", choices=CHOICES)  # an index: say how to make it a letter
+    with pytest.raises(ValueError, match="neither an option letter nor one of the choices"):
+        choice_reward("B", "7 cm", choices=CHOICES)
+    from rllava.data.template import RowTemplate
+
+    letter = RowTemplate('{{ "ABCDEFGHIJ"[answer] }}', "data.answer_template").render({"answer": 1, "choices": CHOICES})
+    assert choice_reward("<answer>4 cm</answer>", letter, choices=CHOICES)["overall"] == 1.0  # ScienceQA's int index
 
 
 def test_exact_match_reward():

@@ -1,5 +1,5 @@
 """Reward functions: the `REWARDS` registry, the built-ins, and `RewardFunction` (weighted combination)."""
-from rllava.rewards import boxes, count, format_tags, math_answer  # noqa: F401  (registers the built-ins)
+from rllava.rewards import boxes, choice, count, format_tags, math_answer  # noqa: F401  (registers the built-ins)
 from rllava.rewards.combine import RewardFunction, resolve_reward
 from rllava.rewards.registry import REWARDS
 

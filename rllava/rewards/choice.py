@@ -1,0 +1,72 @@
+"""`choice`: multiple-choice answers (ScienceQA, MMMU, A-OKVQA style), as an option letter or the option's text.
+
+A response that names two options without saying which is its answer ("A or B", "(A) ... (C)") scores 0:
+a reward that took the first or last letter would pay for hedging.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from rllava.rewards.count import normalize_text
+from rllava.rewards.extract import final_answer
+from rllava.rewards.registry import REWARDS
+
+_ALONE = re.compile(r"\(?([A-Za-z])\)?[.:]?")  # the whole answer is one letter: "B", "(b)", "B."
+_MARKED = re.compile(r"\(([A-Z])\)|(?:^|(?<=\s))([A-Z])[.:)](?=\s|$)")  # "(B)", "B.", "B:", "B)"
+# "the answer is B", "Answer: (B)"; else "the correct option is B" (not "Option C is wrong"). Letters upper-case.
+_STATED = (re.compile(r"(?i:answer)\s*(?i:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])"),
+           re.compile(r"(?i:option|choice)\s*(?i:is|:)\s*\(?([A-Z])\)?(?![A-Za-z])"))
+
+
+def option_letter(index: int) -> str:
+    return chr(ord("A") + index)
+
+
+def gold_letter(answer: str, choices: Optional[list]) -> str:
+    """The right option's letter from a row's answer: a letter ("B", "(B)") or, with `choices`, the option's text.
+
+    An index (ScienceQA stores 0-based ints) is neither: `data.answer_template='{{ "ABCDEFGHIJ"[answer] }}'`
+    turns it into the letter."""
+    text = str(answer).strip()
+    if choices:
+        for i, option in enumerate(choices):
+            if normalize_text(str(option)) == normalize_text(text):
+                return option_letter(i)
+    alone = _ALONE.fullmatch(text)
+    if alone:
+        return alone.group(1).upper()
+    hint = (" (an option index? data.answer_template='{{ \"ABCDEFGHIJ\"[answer] }}' makes it a letter)"
+            if text.isdigit() else "")
+    raise ValueError(f"choice reward: ground truth {answer!r} is neither an option letter nor one of the choices "
+                     f"{choices!r}{hint}")
+
+
+def picked_letter(response: str, choices: Optional[list]) -> Optional[str]:
+    """The option the final answer picks, or None when it picks none or several."""
+    span = final_answer(response)
+    alone = _ALONE.fullmatch(span.strip())
+    if alone:
+        return alone.group(1).upper()
+    if choices:  # the option's text written out in full
+        for i, option in enumerate(choices):
+            if normalize_text(str(option)) == normalize_text(span):
+                return option_letter(i)
+    marked = {a or b for a, b in _MARKED.findall(span)}
+    if len(marked) == 1:
+        return marked.pop()
+    for phrase in _STATED:
+        stated = phrase.findall(span)
+        if stated:
+            return stated[-1]
+    return None
+
+
+@REWARDS.register("choice", accuracy=True)
+def choice_reward(response: str, answer: str, choices: Optional[list] = None, options: Optional[list] = None,
+                  **meta) -> dict[str, float]:
+    """1 if the final answer picks the right option: "B", "(B)", "B. 12 cm", "The answer is B", or the option's text."""
+    listed = choices if choices is not None else options  # rows name the list either way
+    listed = list(listed) if listed is not None else None
+    ok = picked_letter(response, listed) == gold_letter(answer, listed)
+    return {"overall": float(ok), "accuracy": float(ok)}
