@@ -5,13 +5,18 @@ A GRPO micro-batch holds n responses to one image prompt. The plain forward runs
 responses run on its KV cache (rllava/models/shared_prompt.py). Both give the same log-probs and
 gradients (tests/test_shared_prompt.py); this script measures what that saves.
 
+Responses of different lengths (`--spread`) run on the cache in passes of similar lengths
+(`response_passes`); the third variant, `shared_one_pass`, runs them in one pass padded to the longest,
+as before passes, and `passes_time_ratio` compares the two.
+
     python benchmarks/shared_prompt.py                          # tiny Qwen2-VL "small", CPU, fp32
+    python benchmarks/shared_prompt.py --response 256 --spread 0.9  # lengths 26 ... 256
     python benchmarks/shared_prompt.py --device cuda --size 2b --dtype bfloat16 --image 448 --response 256
 
 Each variant runs in its own subprocess (peak memory is per process): build the model, then time
 `reps` forward + backward passes of response log-probs (with entropy) after one warm-up. Prints
 one JSON line: median seconds per pass, peak memory above the loaded model (CPU: VmHWM; CUDA:
-max_memory_allocated) and the shared/plain ratios.
+max_memory_allocated) and the shared/plain and passes/one-pass ratios.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+VARIANTS = ("plain", "shared", "shared_one_pass")
 
 
 def peak_mb(device: str) -> float:
@@ -60,8 +67,12 @@ def run_variant(args: argparse.Namespace) -> dict:
                     seq={k: enc[k][0].tolist() for k in seq_keys})
     gen = torch.Generator().manual_seed(0)
     vocab = model.get_output_embeddings().weight.shape[0]
-    episodes = [Episode(prompt=prompt, response_ids=torch.randint(10, vocab - 64, (args.response,), generator=gen).tolist(),
-                        response_mask=[1] * args.response, group_id=0) for _ in range(args.n)]
+    if args.variant == "shared_one_pass":  # every response in one pass, padded to the longest (before passes)
+        from rllava.models import shared_prompt
+
+        shared_prompt.PASS_OVERHEAD_TOKENS = 10**9
+    episodes = [Episode(prompt=prompt, response_ids=torch.randint(10, vocab - 64, (n,), generator=gen).tolist(),
+                        response_mask=[1] * n, group_id=0) for n in response_lengths(args)]
     batch = Batch.from_episodes(episodes, pad_token_id(processor)).to(args.device)
     if args.device == "cuda":
         torch.cuda.synchronize()
@@ -70,8 +81,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     times = []
     for _ in range(args.reps + 1):  # the first pass is a warm-up
         t0 = time.perf_counter()
-        inputs, share = forward_inputs(model, batch, args.device, args.variant == "shared", sync_ranks=False)
-        assert (share is not None) == (args.variant == "shared")
+        inputs, share = forward_inputs(model, batch, args.device, args.variant != "plain", sync_ranks=False)
+        assert (share is not None) == (args.variant != "plain")
         logp, _ = response_logprobs(model, inputs, batch.responses, with_entropy=True, share=share)
         (logp * batch.response_mask).sum().backward()
         model.zero_grad(set_to_none=True)
@@ -80,6 +91,13 @@ def run_variant(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
     return {"s": statistics.median(times[1:]), "peak_mb": peak_mb(args.device) - base,
             "prompt_tokens": len(prompt.input_ids)}
+
+
+def response_lengths(args: argparse.Namespace) -> list[int]:
+    """The n responses' lengths: all `--response` tokens, or with `--spread s` evenly from (1 - s) x that up."""
+    if args.n == 1:
+        return [args.response]
+    return [max(1, round(args.response * (1 - args.spread * (1 - i / (args.n - 1))))) for i in range(args.n)]
 
 
 def _lift_pixel_cap(image_processor, pixels: int) -> None:
@@ -108,26 +126,31 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--image", type=int, default=224, help="image side in pixels (Qwen2-VL: (side/28)^2 tokens)")
     p.add_argument("--n", type=int, default=8, help="responses per prompt")
-    p.add_argument("--response", type=int, default=64, help="tokens per response")
+    p.add_argument("--response", type=int, default=64, help="tokens per response (the longest, with --spread)")
+    p.add_argument("--spread", type=float, default=0.0,
+                   help="response lengths spread evenly from (1 - spread) x --response up (0: all the same)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variant", choices=["plain", "shared"], help=argparse.SUPPRESS)  # internal: one subprocess
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one subprocess
     args = p.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
     res = {}
-    for variant in ("plain", "shared"):
+    for variant in VARIANTS:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         res[variant] = json.loads(out.strip().splitlines()[-1])
     print(json.dumps({
         "family": args.family, "size": args.size, "device": args.device, "dtype": args.dtype, "n": args.n,
-        "prompt_tokens": res["plain"]["prompt_tokens"], "response_tokens": args.response,
+        "prompt_tokens": res["plain"]["prompt_tokens"], "response_tokens": response_lengths(args),
         "plain_s": round(res["plain"]["s"], 4), "shared_s": round(res["shared"]["s"], 4),
         "time_ratio": round(res["shared"]["s"] / res["plain"]["s"], 3),
+        "shared_one_pass_s": round(res["shared_one_pass"]["s"], 4),
+        "passes_time_ratio": round(res["shared"]["s"] / res["shared_one_pass"]["s"], 3),
         "plain_peak_mb": round(res["plain"]["peak_mb"], 1), "shared_peak_mb": round(res["shared"]["peak_mb"], 1),
         "memory_ratio": round(res["shared"]["peak_mb"] / res["plain"]["peak_mb"], 3),
+        "shared_one_pass_peak_mb": round(res["shared_one_pass"]["peak_mb"], 1),
     }))
 
 

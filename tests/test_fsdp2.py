@@ -91,6 +91,8 @@ def test_two_ranks_match_one_process(dist_results, reference, tiny_model_factory
     # The shared-prompt forward ran on the sharded model at step 1, the plain one at steps 0 and 2 (rank 0's
     # single rows cannot share, so no rank did); the reference shared its 2 prompts at every step.
     assert [m["shared"] for m in got["metrics"]] == [0, 1, 0] and all(m["shared"] == 1 for m in ref["metrics"])
+    # Rank 0 at step 1: its prompt pass, one response pass and a filler pass (rank 1 split its responses in two).
+    assert got["metrics"][1]["base_calls"] == 3
     for g, r in zip(got["metrics"], ref["metrics"]):
         assert abs(g["loss"] - r["loss"]) < 1e-5
         assert abs(g["grad_norm"] - r["grad_norm"]) < 1e-5 * max(1.0, r["grad_norm"])

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from rllava.data.types import Batch, Episode
+from rllava.models import shared_prompt
 from rllava.models.load import enable_checkpointing, pad_token_id
 from rllava.models.logprobs import response_logprobs
+from rllava.models.shared_prompt import response_passes
 from rllava.models.tiny_families import FAMILIES
 from rllava.roles.actor import forward_inputs
 from tests.test_models import family_prompt, load_plain
@@ -34,10 +36,24 @@ def logprobs_and_grads(model, batch: Batch, shared: bool):
     return logp.detach() * batch.response_mask, ent.detach() * batch.response_mask, grads
 
 
+@pytest.mark.parametrize("lengths, overhead, expected", [
+    ([5, 3, 6, 2, 4], 64, [[3, 1, 4, 0, 2]]),  # similar lengths: one pass
+    ([5, 3, 6, 2, 4], 0, [[3], [1], [4], [0], [2]]),  # no cost a pass: none padded
+    ([300, 20, 310, 25, 18, 295], 64, [[4, 1, 3], [5, 0, 2]]),  # 3 x 25 + 3 x 310 + 2 passes, not 6 x 310 + 1
+    ([7], 64, [[0]]), ([], 64, []),
+])
+def test_response_passes_split_rows_where_padding_costs_more_than_a_pass(lengths, overhead, expected):
+    assert response_passes(lengths, overhead) == expected
+
+
+@pytest.mark.parametrize("passes", ["one", "several"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, checkpointing):
-    """Also under gradient checkpointing, whose backward re-runs every layer's forward on the caches."""
+def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, checkpointing, passes, monkeypatch):
+    """Also under gradient checkpointing, whose backward re-runs every layer's forward on the caches, and with
+    the responses split into passes by length (here each length its own pass)."""
+    if passes == "several":
+        monkeypatch.setattr(shared_prompt, "PASS_OVERHEAD_TOKENS", 0)
     model, processor = load_plain(tiny_model_factory(family))
     if checkpointing:
         enable_checkpointing(model)
@@ -54,7 +70,9 @@ def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, 
         lambda mod, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     lp_shared, ent_shared, g_shared = logprobs_and_grads(model, batch, shared=True)
     hook.remove()
-    assert rows_seen == [2, 5]  # the 2 distinct prompts once, then the 5 responses on their cache
+    # The 2 distinct prompts once, then the 5 responses on their cache: in one pass, or one per length (the rows
+    # run 4, 2, 5, 1 and 3 tokens).
+    assert rows_seen == ([2, 5] if passes == "one" else [2, 1, 1, 1, 1, 1])
     torch.testing.assert_close(lp_shared, lp_plain, atol=2e-5, rtol=0)
     torch.testing.assert_close(ent_shared, ent_plain, atol=2e-5, rtol=0)
     assert g_shared.keys() == g_plain.keys() and len(g_plain) > 0

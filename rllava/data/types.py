@@ -8,6 +8,7 @@ prompt's images once per group.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -101,6 +102,9 @@ class PromptShare:
     of_row: torch.Tensor  # [B] long, values in [0, G)
     images: dict[str, torch.Tensor]  # the G prompts' processor outputs (pixel values, grids), concatenated
     row_mm: list[dict[str, torch.Tensor]]  # every row's prompt outputs by reference (grids for M-RoPE positions)
+    # Response passes to make, given this rank's own count: a sharded model's ranks agree on the most (each pass
+    # runs the model's collectives); None in one process.
+    agree_passes: Optional[Callable[[int], int]] = None
 
 
 @dataclass

@@ -88,8 +88,8 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
     """Log-probs [B, T] (fp32) of `responses` and, if asked, the policy entropy [B, T] at each response position.
 
     `model_inputs` holds sequences of width L = P + T laid out as [left-padded prompt | right-padded response],
-    plus any per-token extras and image tensors the model's forward takes. Padded response positions get
-    values too (callers mask them). Logits are divided by `temperature`, matching sampling at that temperature.
+    plus any per-token extras and image tensors the model's forward takes. Padded response positions (attention
+    mask 0) read 0 in both outputs. Logits are divided by `temperature`, matching sampling at that temperature.
     `share`: run each distinct prompt once (see `response_hidden_states`).
     """
     if temperature <= 0:
@@ -105,18 +105,24 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
     head = hf.get_output_embeddings()
     transform = _logit_transform(hf)
     hidden = response_hidden_states(model, model_inputs, T, share)
-    flat_h = hidden.reshape(B * T, hidden.shape[-1])
-    flat_t = responses.reshape(B * T)
+    # The LM head (a large share of the compute with a big vocabulary) runs on real response tokens only.
+    real = model_inputs["attention_mask"][:, L - T:] if "attention_mask" in model_inputs else torch.ones_like(responses)
+    at = real.reshape(B * T).nonzero().squeeze(1)
+    flat_h = hidden.reshape(B * T, hidden.shape[-1])[at]
+    flat_t = responses.reshape(B * T).to(at.device)[at]
     use_ckpt = torch.is_grad_enabled() and flat_h.requires_grad
     logps, ents = [], []
-    for start in range(0, B * T, chunk_size):
+    for start in range(0, len(at), chunk_size):
         args = (head, transform, temperature, with_entropy, flat_h[start:start + chunk_size],
                 flat_t[start:start + chunk_size])
         lp, h = checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args)
         logps.append(lp)
         ents.append(h)
-    logp = torch.cat(logps).view(B, T)
-    entropy = torch.cat(ents).view(B, T) if with_entropy else None
+    zeros = flat_h.new_zeros(B * T, dtype=torch.float32)
+    logp = zeros.index_copy(0, at, torch.cat(logps)).view(B, T) if logps else zeros.view(B, T)
+    entropy = None
+    if with_entropy:
+        entropy = zeros.index_copy(0, at, torch.cat(ents)).view(B, T) if ents else zeros.view(B, T)
     return logp, entropy
 
 

@@ -78,13 +78,58 @@ def _checkpoint_layers(base: nn.Module) -> list[nn.Module]:
     return [m for m in base.modules() if hasattr(m, "_can_checkpoint_with_cache")]
 
 
+# A response pass's fixed cost, in response tokens: every layer's kernel launches, forward and backward. A rough
+# middle: tens of milliseconds a pass, what a few hundred tokens cost a 3-7 B model on one GPU (on a CPU the
+# launches cost less). Rows whose lengths differ by less than this share one pass.
+PASS_OVERHEAD_TOKENS = 256
+
+
+def response_passes(lengths: list[int], overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Rows (indices into `lengths`, the response tokens each row runs) grouped into response passes.
+
+    Each pass is padded to its longest row. The rows of one prompt's group often differ several-fold in
+    length, and one pass over all of them computes as much padding as tokens; passes over rows of similar
+    lengths cost the padded tokens plus `overhead` each. The cheapest split of the rows sorted by length
+    is found exactly (dynamic programming over the cut points).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)  # cost of the first j sorted rows; where its last pass starts
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]  # the longest of sorted rows i..j-1
+        for i in range(j):
+            cost = best[i] + (j - i) * width + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes, j = [], n
+    while j > 0:
+        passes.append(order[cut[j]:j])
+        j = cut[j]
+    return passes[::-1]
+
+
+def _prefix(stored: Cache, of_row: torch.Tensor) -> Cache:
+    """The prompt pass's keys and values gathered to one prefix row per sample (a differentiable gather)."""
+    return Cache(layers=[_PrefixLayer(layer.keys[of_row], layer.values[of_row]) for layer in stored.layers])
+
+
+def _response_inputs(inputs: dict[str, torch.Tensor], seq_keys: list[str], pos: torch.Tensor, rows: torch.Tensor,
+                     P: int, width: int) -> dict[str, torch.Tensor]:
+    """The first `width` response positions of `rows`, to run on their prompts' cache."""
+    out = {k: inputs[k][rows, P:P + width] for k in seq_keys}
+    out["attention_mask"] = inputs["attention_mask"][rows, :P + width]
+    out["position_ids"] = pos[..., rows, P:P + width]
+    return out
+
+
 def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor], share: PromptShare,
                                 response_width: int) -> torch.Tensor:
-    """[B, T, H] hidden states at the positions that predict each response token.
+    """[B, T, H] hidden states at the positions that predict each response token (zeros past a row's end).
 
     `inputs` holds the full [B, P+T] ids, mask and per-token extras without images; the
-    distinct prompts' images come from `share`. Runs `base` twice: callers check
-    `can_share_prompt` first (and, with a sharded model, agree on it across ranks).
+    distinct prompts' images come from `share`. Runs `base` once on the prompts, then once per
+    response pass (`response_passes`): callers check `can_share_prompt` first (and, with a
+    sharded model, agree on it across ranks).
     """
     L, T = inputs["input_ids"].shape[1], response_width
     P = L - T
@@ -101,18 +146,33 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
         stored = Cache(layer_class_to_replicate=_StoreLayer)
         out = base(**prompt, **share.images, **{cache_arg: stored}, use_cache=True, return_dict=True)
         last = out.last_hidden_state[:, -1:][share.of_row]  # [B, 1, H]: predicts each row's first response token
-        # One prefix row per sample (a differentiable gather).
-        prefix = Cache(layers=[_PrefixLayer(layer.keys[share.of_row], layer.values[share.of_row])
-                               for layer in stored.layers])
-        # The last response token predicts nothing: responses[:, :T-1] suffice.
-        rest = {k: inputs[k][:, P:L - 1] for k in seq_keys}
-        rest["attention_mask"] = inputs["attention_mask"][:, :L - 1]
-        rest["position_ids"] = pos[..., P:L - 1]
-        out = base(**rest, **{cache_arg: prefix}, use_cache=True, return_dict=True)
+        # The last response token predicts nothing: a row of r tokens runs its first r - 1 on the cache.
+        runs = (inputs["attention_mask"][:, P:].sum(1) - 1).clamp(min=0).tolist()
+        passes = [(rows, max(runs[i] for i in rows)) for rows in response_passes(runs, PASS_OVERHEAD_TOKENS)]
+        n_run = sum(width > 0 for _, width in passes)
+        fillers = share.agree_passes(n_run) - n_run if share.agree_passes is not None else 0
+        order, parts = [], []
+        for rows, width in passes:
+            order += rows
+            if width == 0:  # one-token responses: their only hidden state is the prompt's last
+                parts.append(last.new_zeros(len(rows), T - 1, last.shape[-1]))
+                continue
+            idx = torch.tensor(rows, device=last.device)
+            out = base(**_response_inputs(inputs, seq_keys, pos, idx, P, width),
+                       **{cache_arg: _prefix(stored, share.of_row[idx])}, use_cache=True, return_dict=True)
+            parts.append(nn.functional.pad(out.last_hidden_state, (0, 0, 0, T - 1 - width)))
+        for _ in range(fillers):  # another rank makes more passes: one token of row 0, in the graph at weight 0
+            row0 = torch.zeros(1, dtype=torch.long, device=last.device)
+            out = base(**_response_inputs(inputs, seq_keys, pos, row0, P, 1),
+                       **{cache_arg: _prefix(stored, share.of_row[row0])}, use_cache=True, return_dict=True)
+            last = last + 0.0 * out.last_hidden_state.sum()
     finally:
         for layer in layers:
             del layer._can_checkpoint_with_cache  # back to the class's own setting
-    return torch.cat([last, out.last_hidden_state], 1)
+    rest_hidden = torch.cat(parts)
+    if order != list(range(len(order))):  # back to the batch's row order
+        rest_hidden = rest_hidden[torch.argsort(torch.tensor(order, device=last.device))]
+    return torch.cat([last, rest_hidden], 1)
 
 
 def sharing_supported(model: nn.Module, training: bool) -> bool:

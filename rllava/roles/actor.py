@@ -50,14 +50,16 @@ def forward_inputs(model: torch.nn.Module, batch: Batch, device: torch.device | 
                    sync_ranks: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
     """Model inputs for `batch`, and its prompt sharing when `share_prompts` and it applies.
 
-    `sync_ranks`: the model is sharded, and the shared path runs it twice, so every rank must
-    take the same path: they share only if all of them can.
+    `sync_ranks`: the model is sharded, and the shared path runs it more than once, so every rank must
+    take the same path: they share only if all of them can, and make as many response passes.
     """
     share = batch.prompt_share(device) if share_prompts else None
     usable = share is not None and can_share_prompt(unwrap(model), batch.prompt_width, batch.response_width)
     if share_prompts and sync_ranks:
         usable = du.all_reduce_max(0.0 if usable else 1.0) == 0.0
     share = share if usable else None
+    if share is not None and sync_ranks and du.is_initialized():
+        share.agree_passes = lambda n: int(du.all_reduce_max(n))
     return batch.model_inputs(device, images=share is None), share
 
 

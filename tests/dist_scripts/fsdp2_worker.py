@@ -19,7 +19,8 @@ from rllava.config import AlgorithmConfig
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
-from rllava.models.introspect import eos_token_ids, pad_token_id, placeholder_token_ids
+from rllava.models import shared_prompt
+from rllava.models.introspect import eos_token_ids, pad_token_id, placeholder_token_ids, unwrap
 from rllava.models.logprobs import response_logprobs
 from rllava.models.tiny_families import FAMILIES
 from rllava.roles.actor import forward_inputs
@@ -86,7 +87,8 @@ def train_step(engine, batch: Batch, micro_rows: list[list[int]], global_tokens:
     metrics["shared"] counts this rank's micro-batches that did."""
     cfg = AlgorithmConfig()
     loss_fn = POLICY_LOSSES.get("ppo")
-    total, shared = 0.0, 0
+    total, shared, calls = 0.0, 0, []
+    hook = unwrap(engine.model).base_model.register_forward_pre_hook(lambda *_: calls.append(1))
     with engine.compute(train=True):
         for micro, real in du.pad_to_common_length([batch.select(r) for r in micro_rows]):
             m = micro.to(engine.device)
@@ -97,9 +99,11 @@ def train_step(engine, batch: Batch, micro_rows: list[list[int]], global_tokens:
             weight = float(m.response_mask.sum()) / global_tokens if real else 0.0
             (loss * weight).backward()
             total += float(loss.detach()) * weight
+    hook.remove()
     metrics = engine.step()
     metrics["loss"] = du.all_reduce_sum(total)
     metrics["shared"] = shared
+    metrics["base_calls"] = len(calls)  # the base model's forwards: prompt pass, response passes (and fillers)
     return metrics
 
 
@@ -192,6 +196,9 @@ def check_helpers() -> dict:
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)  # two ranks on two cores
+    # Shared steps: rank 0's responses run 4 and 2 tokens (one pass at this cost a pass), rank 1's 6 and 1 (two
+    # passes), so rank 0 makes a filler pass to match rank 1's collectives.
+    shared_prompt.PASS_OVERHEAD_TOKENS = 3
     du.init_distributed()
     try:
         results = {"helpers": check_helpers()}
