@@ -65,7 +65,7 @@ def test_folder_layout(made, name):
 
 
 @pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare",
-                                  "arithmetic", "search"])
+                                  "arithmetic", "search", "choice"])
 def test_default_reward_gives_full_marks_for_the_answer(made, name):
     """The registry's default reward accepts each ground truth written the way the prompt asks."""
     fn = RewardFunction(TASKS.entry(name).meta["reward"])
@@ -379,3 +379,26 @@ def test_make_task_in_a_public_layout_from_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["make-task", "counting", "--out", str(tmp_path / "x"), "--layout", "geometry3k"]) == 2
     assert "layout 'geometry3k' is written from the 'geometry' task, not 'counting'" in capsys.readouterr().err
+
+
+def test_choice_lists_the_options_and_the_letter_names_the_asked_shapes_colour(made):
+    from rllava.data.template import RowTemplate
+    from rllava.tasks.choice import OPTIONS_TEMPLATE
+
+    rows = _all_rows(made["choice"])
+    for r in rows:
+        assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4
+        assert r["answer"] in "ABCD" and r["shape"] in r["prompt"]
+    first = rows[0]
+    rendered = RowTemplate(OPTIONS_TEMPLATE, "data.template").render(first)
+    assert rendered.splitlines()[1:] == [f"({'ABCD'[i]}) {c}" for i, c in enumerate(first["choices"])] + [
+        "Answer with the option's letter."]
+    # The right option is the asked shape's colour: find that shape's pixels in the image.
+    from PIL import Image
+
+    from rllava.tasks.draw import COLORS
+
+    for r in rows:
+        img = Image.open(made["choice"] / r["images"][0]).convert("RGB")
+        right = r["choices"]["ABCD".index(r["answer"])]
+        assert COLORS[right] in {c for _, c in img.getcolors(maxcolors=1 << 16)}
