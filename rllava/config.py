@@ -147,7 +147,7 @@ class ActorConfig:
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0 disables
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batch_size: int = 0  # sequences per optimizer step; 0 = the whole rollout batch
-    micro_token_budget: int = 8192  # tokens per micro-batch (prompt + response, padded; a shared prompt counts once)
+    micro_token_budget: int = 8192  # tokens per micro-batch: rows x the longest row, or with shared prompts each distinct prompt once + rows x the longest response
     share_prompt: bool = True  # run each distinct prompt once per micro-batch; its samples reuse its KV cache (exact)
     logprob_chunk_size: int = 512  # positions per LM-head chunk: ~6 [chunk, vocab] fp32 buffers live in backward
     master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype

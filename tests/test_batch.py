@@ -41,13 +41,14 @@ def test_select_trims_padding_columns():
 
 def test_split_by_token_budget():
     b = make_batch()
-    # (prompt, response) lengths: row0 (3, 3), row1 (3, 1), row2 (1, 2). Padded width is
-    # max prompt + max response: rows 2 and 1 together take (3 + 2) x 2 = 10 tokens.
-    assert b.token_budget_groups(10) == [[2, 1], [0]]
-    assert b.token_budget_groups(9) == [[2], [1], [0]]
-    micro = b.split_by_tokens(10)
+    # (prompt, response) lengths: row0 (3, 3), row1 (3, 1), row2 (1, 2). The plain forward packs each row's
+    # tokens together, so a micro-batch costs rows x its longest row: rows 2 and 1 take 4 x 2 = 8 tokens
+    # (in the [prompt | response] layout they would take (3 + 2) x 2 = 10).
+    assert b.token_budget_groups(8) == [[2, 1], [0]]
+    assert b.token_budget_groups(7) == [[2], [1], [0]]
+    micro = b.split_by_tokens(8)
     assert sum(len(m) for m in micro) == 3
-    assert all(m.input_ids.numel() <= 10 for m in micro)
+    assert all(len(m) * int(m.attention_mask.sum(1).max()) <= 8 for m in micro)
     assert len(b.split_by_tokens(1)) == 3  # a row over the budget still gets its own micro-batch
 
 
@@ -55,11 +56,11 @@ def test_split_by_token_budget_counts_a_shared_prompt_once():
     b = make_batch()
     # Rows 0 and 1 share prompt p (3 tokens). Shared, they cost 3 + 2 rows x 3 response tokens = 9.
     assert b.token_budget_groups(9, share_prompts=True) == [[2], [1, 0]]
-    assert b.token_budget_groups(9) == [[2], [1], [0]]
+    assert b.token_budget_groups(9) == [[2, 1], [0]]  # unshared: rows 0 and 1 take 2 x 6 = 12
     # Rows 2 and 1 have different prompts: 2 prompts x width 3 + 2 rows x width 2 = 10.
     assert b.token_budget_groups(10, share_prompts=True) == [[2, 1], [0]]
-    b.episodes[0].extra_mm = [{"pixel_values": torch.ones(1, 3)}]  # an image in a response: no sharing, full count
-    assert b.token_budget_groups(9, share_prompts=True) == [[2], [1], [0]]
+    b.episodes[0].extra_mm = [{"pixel_values": torch.ones(1, 3)}]  # an image in a response: no sharing, packed count
+    assert b.token_budget_groups(9, share_prompts=True) == [[2, 1], [0]]
 
 
 def test_prompt_share_maps_rows_to_distinct_prompts():

@@ -147,8 +147,13 @@ def test_left_padded_batch_equals_each_alone(tiny_model_factory, family):
                family_prompt(processor, family, seed=2, size=(128, 48), text="Count the red circles in the image.")]
     assert len(prompts[0].input_ids) != len(prompts[1].input_ids)
     batch = batch_of(prompts, RESPONSES, processor)
+    widths = []  # the sequences are packed to the right: as wide as the longest prompt + response, no wider
+    hook = model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     with torch.no_grad():
         together, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
+        hook.remove()
+        assert widths == [max(len(p.input_ids) + len(r) for p, r in zip(prompts, RESPONSES))]
         for i, (p, r) in enumerate(zip(prompts, RESPONSES)):
             alone = batch_of([p], [r], processor)
             single, _ = response_logprobs(model, alone.model_inputs(), alone.responses)

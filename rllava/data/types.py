@@ -283,7 +283,8 @@ class Batch:
         """Row indices of micro-batches whose padded size stays within `budget` tokens.
 
         Rows are sorted by length so similar lengths share a micro-batch; a row longer than
-        the budget still gets a micro-batch of its own. The size is rows x width, or with
+        the budget still gets a micro-batch of its own. The size is rows x the longest row (the plain forward
+        packs each row's prompt and response together), or with
         `share_prompts` (each distinct prompt runs once) distinct prompts x prompt width +
         rows x response width; rows of one prompt are then kept next to each other.
         """
@@ -300,17 +301,18 @@ class Batch:
         groups: list[list[int]] = []
         cur: list[int] = []
         seen: set[int] = set()  # prompts in the current micro-batch
-        wp = wr = 0  # padded prompt / response widths of the current micro-batch
+        wp = wr = wl = 0  # padded prompt / response / whole-sequence widths of the current micro-batch
         for i in order:
-            np_, nr = max(wp, p_len[i]), max(wr, r_len[i])
+            np_, nr, nl = max(wp, p_len[i]), max(wr, r_len[i]), max(wl, p_len[i] + r_len[i])
             n_prompts = len(seen | {prompt_of[i]})
-            size = n_prompts * np_ + (len(cur) + 1) * nr if share_prompts else (np_ + nr) * (len(cur) + 1)
+            # The plain forward packs each row's tokens together: rows are padded to the longest sequence.
+            size = n_prompts * np_ + (len(cur) + 1) * nr if share_prompts else nl * (len(cur) + 1)
             if cur and size > budget:
                 groups.append(cur)
-                cur, seen, np_, nr = [], set(), p_len[i], r_len[i]
+                cur, seen, np_, nr, nl = [], set(), p_len[i], r_len[i], p_len[i] + r_len[i]
             cur.append(i)
             seen.add(prompt_of[i])
-            wp, wr = np_, nr
+            wp, wr, wl = np_, nr, nl
         if cur:
             groups.append(cur)
         return groups

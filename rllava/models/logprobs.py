@@ -67,7 +67,39 @@ def response_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tenso
     L, T = model_inputs["input_ids"].shape[1], response_width
     if share is not None:
         return shared_prompt_hidden_states(unwrap(model).base_model, model_inputs, share, T)
-    return last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]
+    mask = model_inputs.get("attention_mask")
+    if mask is None or bool(mask.all()):
+        return last_hidden_states(model, model_inputs)[:, L - T - 1: L - 1]
+    # [left-padded prompt | right-padded response] pads each row to the longest prompt plus the longest
+    # response; packed to the right, a row is padded only to the longest whole sequence.
+    packed, column = pack_right(model_inputs)
+    hidden = last_hidden_states(model, packed)
+    real = mask[:, L - T:].bool()
+    at = (column[:, L - T:] - 1).clamp(min=0).masked_fill(~real, 0)  # the position before each response token
+    out = hidden.gather(1, at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    return out.masked_fill(~real.unsqueeze(-1), 0.0)
+
+
+def pack_right(model_inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every row's real tokens (attention mask 1) moved, in order, to the right end of a row as wide as the
+    longest row's; and each old column's new one (meaningful where the mask is 1). Per-token tensors move with
+    the ids (padding reads 0); the rest (images, grids) stay as they are: they follow the tokens' order."""
+    mask = model_inputs["attention_mask"].bool()
+    B, L = mask.shape
+    lengths = mask.sum(1)
+    width = int(lengths.max())
+    column = (width - lengths).unsqueeze(1) + mask.long().cumsum(1) - 1
+    rows = torch.arange(B, device=mask.device).unsqueeze(1).expand(B, L)[mask]
+    cols = column[mask]
+    packed = {}
+    for k, v in model_inputs.items():
+        if v.dim() == 2 and v.shape == (B, L):
+            out = v.new_zeros(B, width)
+            out[rows, cols] = v[mask]
+            packed[k] = out
+        else:
+            packed[k] = v
+    return packed, column
 
 
 def _chunk_stats(head: nn.Module, transform: Callable, temperature: float, with_entropy: bool,
