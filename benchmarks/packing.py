@@ -20,9 +20,10 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
+
+from variants import run_variants, status_mb
 
 VARIANTS = ("unpacked", "packed")
 
@@ -62,7 +63,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else _status_mb("VmRSS")
+    base = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else status_mb("VmRSS")
     times = []
     for _ in range(args.reps + 1):  # the first pass is a warm-up
         t0 = time.perf_counter()
@@ -72,13 +73,8 @@ def run_variant(args: argparse.Namespace) -> dict:
         if args.device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else _status_mb("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else status_mb("VmHWM")
     return {"s": statistics.median(times[1:]), "peak_mb": peak - base, "stored_width": batch.input_ids.shape[1]}
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
 
 
 def main() -> None:
@@ -99,10 +95,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
-    res = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        res[variant] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    res = run_variants(__file__, sys.argv[1:], VARIANTS)
     lengths = row_lengths(args)
     print(json.dumps({
         "family": args.family, "size": args.size, "device": args.device, "dtype": args.dtype, "rows": lengths,

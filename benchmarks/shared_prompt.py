@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
+
+from variants import run_variants, status_mb
 
 VARIANTS = ("plain", "shared", "shared_one_pass")
 
@@ -33,10 +34,7 @@ VARIANTS = ("plain", "shared", "shared_one_pass")
 def peak_mb(device: str) -> float:
     import torch
 
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else status_mb("VmHWM")
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -77,7 +75,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    base = peak_mb(args.device) if args.device == "cuda" else _rss_mb()
+    base = peak_mb(args.device) if args.device == "cuda" else status_mb("VmRSS")
     times = []
     for _ in range(args.reps + 1):  # the first pass is a warm-up
         t0 = time.perf_counter()
@@ -113,11 +111,6 @@ def _lift_pixel_cap(image_processor, pixels: int) -> None:
         size.longest_edge = max(size.longest_edge, pixels)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--family", default="qwen2_vl")
@@ -136,11 +129,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
-    res = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        res[variant] = json.loads(out.strip().splitlines()[-1])
+    res = run_variants(__file__, sys.argv[1:], VARIANTS)
     print(json.dumps({
         "family": args.family, "size": args.size, "device": args.device, "dtype": args.dtype, "n": args.n,
         "prompt_tokens": res["plain"]["prompt_tokens"], "response_tokens": response_lengths(args),
