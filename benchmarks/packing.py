@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-from variants import run_variants, status_mb
+from variants import add_model_arguments, run_variants, status_mb
 
 VARIANTS = ("unpacked", "packed")
 
@@ -79,18 +79,12 @@ def run_variant(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="qwen2")
-    p.add_argument("--size", default="small", help="tiny | small | 2b (rllava.models.tiny_families.SIZES)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    add_model_arguments(p, family="qwen2", threads=1, variants=VARIANTS)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--prompt", type=int, nargs=2, default=[32, 256], help="prompt lengths: min max")
     p.add_argument("--response", type=int, nargs=2, default=[16, 256], help="response lengths: min max")
     p.add_argument("--total", type=int, default=0, help="every row this many tokens (prompt length drawn)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one subprocess
     args = p.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))

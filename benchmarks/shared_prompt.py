@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from variants import run_variants, status_mb
+from variants import add_model_arguments, run_variants, status_mb
 
 VARIANTS = ("plain", "shared", "shared_one_pass")
 
@@ -113,18 +113,12 @@ def _lift_pixel_cap(image_processor, pixels: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="qwen2_vl")
-    p.add_argument("--size", default="small", help="tiny | small | 2b (rllava.models.tiny_families.SIZES)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    add_model_arguments(p, family="qwen2_vl", threads=2, variants=VARIANTS)
     p.add_argument("--image", type=int, default=224, help="image side in pixels (Qwen2-VL: (side/28)^2 tokens)")
     p.add_argument("--n", type=int, default=8, help="responses per prompt")
     p.add_argument("--response", type=int, default=64, help="tokens per response (the longest, with --spread)")
     p.add_argument("--spread", type=float, default=0.0,
                    help="response lengths spread evenly from (1 - spread) x --response up (0: all the same)")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one subprocess
     args = p.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
