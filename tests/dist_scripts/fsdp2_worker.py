@@ -198,7 +198,7 @@ def main() -> None:
     torch.set_num_threads(1)  # two ranks on two cores
     # Shared steps: rank 0's responses run 4 and 2 tokens (one pass at this cost a pass), rank 1's 6 and 1 (two
     # passes), so rank 0 makes a filler pass to match rank 1's collectives.
-    shared_prompt.PASS_OVERHEAD_TOKENS = 3
+    shared_prompt.SHARDED_PASS_OVERHEAD_TOKENS = 3
     du.init_distributed()
     try:
         results = {"helpers": check_helpers()}
