@@ -66,10 +66,13 @@ def preflight(cfg: Config) -> dict[str, Any]:
         ds = RLDataset(files, cfg.data, processor)  # every row: template, media references, estimated length
         first = ds[0]  # one prompt processed in full: images decoded, the processor run
         sources[split] = ds.sources()
-        if split == "train" and rewards is not None:  # a few rows of each data source, scored by its rewards
-            rows = [i for name in dict.fromkeys(sources[split]) for i in
-                    [j for j, s in enumerate(sources[split]) if s == name][:4]]
-            report["reward_of_answers"] = check_rewards(rewards, [ds[i].meta for i in rows])  # with image sizes
+        if split == "train" and rewards is not None:  # the first rows of each data source, scored by its rewards
+            first_rows: dict[str, list[int]] = {}
+            for i, source in enumerate(sources[split]):
+                if len(first_rows.setdefault(source, [])) < 4:
+                    first_rows[source].append(i)
+            metas = [ds[i].meta for rows in first_rows.values() for i in rows]  # processed: with image sizes
+            report["reward_of_answers"] = check_rewards(rewards, metas)
         if judge is not None:  # every row has the fields the judge's template reads
             for i in range(len(ds)):
                 try:

@@ -159,4 +159,3 @@ class RewardFunction:
 def check_lengths(responses: list[str], prompts_meta: list[dict[str, Any]]) -> None:
     if len(responses) != len(prompts_meta):
         raise ValueError(f"{len(responses)} responses but {len(prompts_meta)} prompt metadata entries")
-
