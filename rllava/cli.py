@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_cmd.set_defaults(fn=cmd_config)
     with_config("list", "print every registry (with a config: after importing its plugins)", optional=True).set_defaults(fn=cmd_list)
 
-    ev = sub.add_parser("eval", help="evaluation: accuracy table (greedy, or mean@n and pass@k) plus samples")
+    ev = sub.add_parser("eval", help="evaluation: accuracy table (greedy, or mean@n, pass@k and maj@n) plus samples")
     ev.add_argument("--model", required=True)
     ev.add_argument("--data", required=True, help="dataset file(s), a make-task or downloaded dataset folder (--split "
                     "picks its split), or NAME@split")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--template", default=None)
     ev.add_argument("--max-samples", type=int, default=None)
-    ev.add_argument("--n", type=int, default=1, help="samples a prompt: > 1 reports mean@n accuracy and pass@k")
+    ev.add_argument("--n", type=int, default=1, help="samples a prompt: > 1 reports mean@n accuracy, pass@k and maj@n")
     ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: greedy for "
                                                                         "--n 1, else 1.0)")
     ev.add_argument("--seed", type=int, default=0, help="seeds the sampling")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rllava.pipelines.evaluate import pass_at_k, pass_at_k_sums
+from rllava.pipelines.evaluate import majority_correct, pass_at_k, pass_at_k_sums
 
 
 def test_pass_at_k_by_hand():
@@ -22,6 +22,14 @@ def test_pass_at_k_by_hand():
     assert pass_at_k_sums([[True, False, True]], 3) == pytest.approx({"pass@1": 2 / 3, "pass@2": 1.0, "pass@3": 1.0})
     assert pass_at_k_sums([[True], [False]], 1) == {}  # one sample a prompt: accuracy says it all
     assert pass_at_k_sums([], 2) == {"pass@1": 0.0, "pass@2": 0.0}  # the same keys on a rank with no prompts
+
+
+def test_majority_vote_by_hand():
+    assert majority_correct(["3", "3", "4"], [True, True, False]) == 1.0
+    assert majority_correct(["4", "3", "4"], [False, True, False]) == 0.0  # right once, outvoted
+    assert majority_correct(["3", "4"], [True, False]) == 0.5  # a tie: each answer half the time
+    assert majority_correct(["3", "4", "5", "5", "4"], [True, False, False, False, False]) == 0.0
+    assert majority_correct(["a", "b", "c"], [True, False, True]) == pytest.approx(2 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,9 @@ def test_rllava_eval_greedy_and_with_samples(tiny_model_factory, counting, capsy
     assert main([*base, "--n", "4"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     sampled = json.loads(out[-1])
-    assert "pass@1" in out[0] and "pass@4" in out[0]  # the table's header
+    assert "pass@1" in out[0] and "pass@4" in out[0] and "maj@4" in out[0]  # the table's header
     p1, p2, p4 = (sampled[f"eval/pass@{k}"] for k in (1, 2, 4))
+    assert 0.0 <= sampled["eval/maj@4"] <= p4  # a majority answer is right only where some sample is
     assert p1 == pytest.approx(sampled["eval/accuracy"])  # 0/1 accuracy: pass@1 is mean@n
     assert p1 <= p2 <= p4 <= 1.0
     assert main([*base, "--n", "4"]) == 0

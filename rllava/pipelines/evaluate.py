@@ -1,4 +1,4 @@
-"""Evaluation: accuracy (greedy, or mean@n and pass@k over n samples) plus a few samples; also `rllava eval`."""
+"""Evaluation: accuracy (greedy, or mean@n, pass@k and maj@n over n samples) plus a few samples; also `rllava eval`."""
 from __future__ import annotations
 
 import math
@@ -21,13 +21,31 @@ def pass_at_k_sums(solved: list[list[bool]], n: int) -> dict[str, float]:
     return {f"pass@{k}": sum(pass_at_k(n, sum(s), k) for s in solved) for k in ks}
 
 
+def majority_correct(answers: list[str], solved: list[bool]) -> float:
+    """Whether the most common answer among a prompt's samples is right; a tie counts each tied answer
+    equally (the expected outcome of breaking it at random)."""
+    votes: dict[str, list[bool]] = {}
+    for answer, ok in zip(answers, solved):
+        votes.setdefault(answer, []).append(ok)
+    top = max(len(v) for v in votes.values())
+    tied = [v for v in votes.values() if len(v) == top]
+    return sum(sum(v) / len(v) for v in tied) / len(tied)
+
+
 def _sums(episodes: list, accuracy: list[float], n: int) -> dict[str, float]:
-    """Sums over the episodes (reward, accuracy, length, count) and over their prompts (pass@k, count);
+    """Sums over the episodes (reward, accuracy, length, count) and over their prompts (pass@k, maj@n, count);
     the keys depend on n only, so every rank has the same."""
+    from rllava.rewards.count import normalize_text
+    from rllava.rewards.extract import final_answer
+
     solved = [[a >= 1.0 - 1e-6 for a in accuracy[i:i + n]] for i in range(0, len(accuracy), n)]
-    return {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
+    sums = {"reward": sum(e.reward for e in episodes), "accuracy": sum(accuracy),
             "response_length": float(sum(len(e.response_ids) for e in episodes)), "n": float(len(episodes)),
             **pass_at_k_sums(solved, n), "n_prompts": float(len(solved))}
+    if n > 1:  # majority voting over each prompt's final answers (<answer> tags, \boxed{}, else the text)
+        answers = [normalize_text(final_answer(e.response_text)) for e in episodes]
+        sums[f"maj@{n}"] = sum(majority_correct(answers[i:i + n], s) for i, s in zip(range(0, len(answers), n), solved))
+    return sums
 
 
 def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples: int = 4,
@@ -70,8 +88,9 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
     for group, part in groups.items():
         n, n_prompts = max(1.0, sums[f"{group}n"]), max(1.0, sums[f"{group}n_prompts"])
         for k in part:
-            if k not in ("n", "n_prompts"):  # pass@k is a mean over prompts, the rest over samples
-                metrics[f"{prefix}/{group}{k}"] = sums[group + k] / (n_prompts if k.startswith("pass@") else n)
+            if k not in ("n", "n_prompts"):  # pass@k and maj@n are means over prompts, the rest over samples
+                per_prompt = k.startswith(("pass@", "maj@"))
+                metrics[f"{prefix}/{group}{k}"] = sums[group + k] / (n_prompts if per_prompt else n)
     samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
                 "reward": e.reward} for e in episodes[:n_samples]]
     return metrics, samples
@@ -127,7 +146,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     finally:
         reward.close()
     if print_table:
-        passes = [k for k in metrics if k.startswith("eval/pass@")]
+        passes = [k for k in metrics if k.startswith(("eval/pass@", "eval/maj@"))]
         print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k[5:]:>8}" for k in passes))
         print(f"{model_path[-48:]:<48} {len(prompts):>5} {metrics['eval/accuracy']:>9.3f} {metrics['eval/reward']:>8.3f}"
               + "".join(f" {metrics[k]:>8.3f}" for k in passes))
