@@ -28,6 +28,8 @@ import time
 
 from variants import add_model_arguments, run_variants, status_mb
 
+from rllava.config import ActorConfig
+
 VARIANTS = ("plain", "shared", "shared_one_pass")
 
 
@@ -65,10 +67,8 @@ def run_variant(args: argparse.Namespace) -> dict:
                     seq={k: enc[k][0].tolist() for k in seq_keys})
     gen = torch.Generator().manual_seed(0)
     vocab = model.get_output_embeddings().weight.shape[0]
-    if args.variant == "shared_one_pass":  # every response in one pass, padded to the longest (before passes)
-        from rllava.models import shared_prompt
-
-        shared_prompt.PASS_OVERHEAD_TOKENS = 10**9
+    # shared_one_pass: every response in one pass, padded to the longest (as before passes)
+    pass_tokens = 10**9 if args.variant == "shared_one_pass" else args.pass_tokens
     episodes = [Episode(prompt=prompt, response_ids=torch.randint(10, vocab - 64, (n,), generator=gen).tolist(),
                         response_mask=[1] * n, group_id=0) for n in response_lengths(args)]
     batch = Batch.from_episodes(episodes, pad_token_id(processor)).to(args.device)
@@ -79,7 +79,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     times = []
     for _ in range(args.reps + 1):  # the first pass is a warm-up
         t0 = time.perf_counter()
-        inputs, share = forward_inputs(model, batch, args.device, args.variant != "plain", sync_ranks=False)
+        inputs, share = forward_inputs(model, batch, args.device, args.variant != "plain", sync_ranks=False,
+                                       pass_tokens=pass_tokens)
         assert (share is not None) == (args.variant != "plain")
         logp, _ = response_logprobs(model, inputs, batch.responses, with_entropy=True, share=share)
         (logp * batch.response_mask).sum().backward()
@@ -117,6 +118,8 @@ def main() -> None:
     p.add_argument("--image", type=int, default=224, help="image side in pixels (Qwen2-VL: (side/28)^2 tokens)")
     p.add_argument("--n", type=int, default=8, help="responses per prompt")
     p.add_argument("--response", type=int, default=64, help="tokens per response (the longest, with --spread)")
+    p.add_argument("--pass-tokens", type=int, default=ActorConfig.response_pass_tokens,
+                   help="actor.response_pass_tokens of the shared variant")
     p.add_argument("--spread", type=float, default=0.0,
                    help="response lengths spread evenly from (1 - spread) x --response up (0: all the same)")
     args = p.parse_args()

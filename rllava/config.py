@@ -149,6 +149,7 @@ class ActorConfig:
     mini_batch_size: int = 0  # sequences per optimizer step; 0 = the whole rollout batch
     micro_token_budget: int = 8192  # tokens per micro-batch: rows x the longest row, or with shared prompts each distinct prompt once + rows x the longest response
     share_prompt: bool = True  # run each distinct prompt once per micro-batch; its samples reuse its KV cache (exact)
+    response_pass_tokens: int = 256  # shared prompts: what one more response pass costs, in tokens (kernel launches; sharded, the layers' gathers too); a group's responses split into passes of similar lengths where padding costs more. 0: a pass per length
     logprob_chunk_size: int = 512  # positions per LM-head chunk: ~6 [chunk, vocab] fp32 buffers live in backward
     master_weights_fp32: bool = True  # keep fp32 parameters and run the forward under autocast in model.dtype
     param_offload: bool = False  # fsdp2 on CUDA: parameter shards live in CPU memory between uses
@@ -426,7 +427,7 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "temperature", 0.0, True), ("rollout", "top_p", 0.0, False), ("rollout", "top_k", 0, True),
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
-          ("actor", "micro_token_budget", 1, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
+          ("actor", "micro_token_budget", 1, True), ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
           ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
           ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True)]
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from rllava.data.types import Batch, Episode
-from rllava.models import shared_prompt
 from rllava.models.load import enable_checkpointing, pad_token_id
 from rllava.models.logprobs import response_logprobs
 from rllava.models.shared_prompt import response_passes
@@ -26,9 +25,9 @@ def grouped_batch(processor, family: str) -> Batch:
     return Batch.from_episodes(eps, pad_token_id(processor))
 
 
-def logprobs_and_grads(model, batch: Batch, shared: bool):
+def logprobs_and_grads(model, batch: Batch, shared: bool, pass_tokens: int = 256):
     model.zero_grad()
-    inputs, share = forward_inputs(model, batch, None, share_prompts=shared, sync_ranks=False)
+    inputs, share = forward_inputs(model, batch, None, share_prompts=shared, sync_ranks=False, pass_tokens=pass_tokens)
     logp, ent = response_logprobs(model, inputs, batch.responses, temperature=0.9, chunk_size=4,
                                   with_entropy=True, share=share)
     (logp * batch.response_mask).sum().backward()
@@ -49,11 +48,9 @@ def test_response_passes_split_rows_where_padding_costs_more_than_a_pass(lengths
 @pytest.mark.parametrize("passes", ["one", "several"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, checkpointing, passes, monkeypatch):
+def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, checkpointing, passes):
     """Also under gradient checkpointing, whose backward re-runs every layer's forward on the caches, and with
     the responses split into passes by length (here each length its own pass)."""
-    if passes == "several":
-        monkeypatch.setattr(shared_prompt, "PASS_OVERHEAD_TOKENS", 0)
     model, processor = load_plain(tiny_model_factory(family))
     if checkpointing:
         enable_checkpointing(model)
@@ -68,7 +65,8 @@ def test_shared_prompt_forward_equals_plain_forward(tiny_model_factory, family, 
     rows_seen = []  # batch sizes the base model was called with
     hook = model.base_model.register_forward_pre_hook(
         lambda mod, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
-    lp_shared, ent_shared, g_shared = logprobs_and_grads(model, batch, shared=True)
+    lp_shared, ent_shared, g_shared = logprobs_and_grads(model, batch, shared=True,
+                                                         pass_tokens=256 if passes == "one" else 0)
     hook.remove()
     # The 2 distinct prompts once, then the 5 responses on their cache: in one pass, or one per length (the rows
     # run 4, 2, 5, 1 and 3 tokens).

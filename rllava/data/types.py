@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import torch
 
+from rllava.config import ActorConfig
+
 
 @dataclass
 class Prompt:
@@ -102,6 +104,7 @@ class PromptShare:
     of_row: torch.Tensor  # [B] long, values in [0, G)
     images: dict[str, torch.Tensor]  # the G prompts' processor outputs (pixel values, grids), concatenated
     row_mm: list[dict[str, torch.Tensor]]  # every row's prompt outputs by reference (grids for M-RoPE positions)
+    pass_tokens: int = ActorConfig.response_pass_tokens  # what one more response pass costs, in tokens
     # Response passes to make, given this rank's own count: a sharded model's ranks agree on the most (each pass
     # runs the model's collectives); None in one process.
     agree_passes: Optional[Callable[[int], int]] = None

@@ -78,15 +78,7 @@ def _checkpoint_layers(base: nn.Module) -> list[nn.Module]:
     return [m for m in base.modules() if hasattr(m, "_can_checkpoint_with_cache")]
 
 
-# A response pass's fixed cost, in response tokens: every layer's kernel launches, forward and backward. A rough
-# middle: tens of milliseconds a pass, what a few hundred tokens cost a 3-7 B model on one GPU (on a CPU the
-# launches cost less). Rows whose lengths differ by less than this share one pass.
-PASS_OVERHEAD_TOKENS = 256
-# A sharded model (FSDP2) also gathers every layer's parameters for each pass, forward and backward.
-SHARDED_PASS_OVERHEAD_TOKENS = 1024
-
-
-def response_passes(lengths: list[int], overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+def response_passes(lengths: list[int], overhead: int) -> list[list[int]]:
     """Rows (indices into `lengths`, the response tokens each row runs) grouped into response passes.
 
     Each pass is padded to its longest row. The rows of one prompt's group often differ several-fold in
@@ -150,8 +142,7 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
         last = out.last_hidden_state[:, -1:][share.of_row]  # [B, 1, H]: predicts each row's first response token
         # The last response token predicts nothing: a row of r tokens runs its first r - 1 on the cache.
         runs = (inputs["attention_mask"][:, P:].sum(1) - 1).clamp(min=0).tolist()
-        overhead = PASS_OVERHEAD_TOKENS if share.agree_passes is None else SHARDED_PASS_OVERHEAD_TOKENS
-        passes = [(rows, max(runs[i] for i in rows)) for rows in response_passes(runs, overhead)]
+        passes = [(rows, max(runs[i] for i in rows)) for rows in response_passes(runs, share.pass_tokens)]
         n_run = sum(width > 0 for _, width in passes)
         fillers = share.agree_passes(n_run) - n_run if share.agree_passes is not None else 0
         order, parts = [], []

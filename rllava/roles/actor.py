@@ -16,7 +16,7 @@ from rllava.algorithms import (
     sft_loss,
     sft_part,
 )
-from rllava.config import Config, ConfigError
+from rllava.config import ActorConfig, Config, ConfigError
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
 from rllava.models.introspect import unwrap
@@ -47,19 +47,23 @@ def budget_shares_prompts(cfg: Config, model: torch.nn.Module, training: bool) -
 
 
 def forward_inputs(model: torch.nn.Module, batch: Batch, device: torch.device | str | None, share_prompts: bool,
-                   sync_ranks: bool) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
+                   sync_ranks: bool, pass_tokens: int = ActorConfig.response_pass_tokens,
+                   ) -> tuple[dict[str, torch.Tensor], PromptShare | None]:
     """Model inputs for `batch`, and its prompt sharing when `share_prompts` and it applies.
 
     `sync_ranks`: the model is sharded, and the shared path runs it more than once, so every rank must
     take the same path: they share only if all of them can, and make as many response passes.
+    `pass_tokens`: what one more response pass costs (`actor.response_pass_tokens`).
     """
     share = batch.prompt_share(device) if share_prompts else None
     usable = share is not None and can_share_prompt(unwrap(model), batch.prompt_width, batch.response_width)
     if share_prompts and sync_ranks:
         usable = du.all_reduce_max(0.0 if usable else 1.0) == 0.0
     share = share if usable else None
-    if share is not None and sync_ranks and du.is_initialized():
-        share.agree_passes = lambda n: int(du.all_reduce_max(n))
+    if share is not None:
+        share.pass_tokens = pass_tokens
+        if sync_ranks and du.is_initialized():
+            share.agree_passes = lambda n: int(du.all_reduce_max(n))
     return batch.model_inputs(device, images=share is None), share
 
 
@@ -117,7 +121,7 @@ class Actor:
 
     def forward(self, batch: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         inputs, share = forward_inputs(self.model, batch, self.engine.device, self.cfg.actor.share_prompt,
-                                       sync_ranks=True)
+                                       sync_ranks=True, pass_tokens=self.cfg.actor.response_pass_tokens)
         return response_logprobs(self.model, inputs, batch.responses.to(self.engine.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
                                  with_entropy=with_entropy, share=share)

@@ -83,7 +83,7 @@ class Critic:
             for rows, real in du.pad_to_common_length(groups):
                 micro = batch.select(rows)
                 inputs, share = forward_inputs(self.model.backbone, micro, self.engine.device, share_prompts,
-                                               sync_ranks=True)
+                                               sync_ranks=True, pass_tokens=self.cfg.actor.response_pass_tokens)
                 v = self.model(inputs, micro.response_width, share)
                 if real:
                     out[rows, : v.shape[1]] = v.cpu()
@@ -104,7 +104,7 @@ class Critic:
                 for micro, real in micros:
                     m = micro.to(self.engine.device)
                     inputs, share = forward_inputs(self.model.backbone, m, self.engine.device, share_prompts,
-                                                   sync_ranks=True)
+                                                   sync_ranks=True, pass_tokens=self.cfg.actor.response_pass_tokens)
                     v = self.model(inputs, m.response_width, share)
                     loss_tok = (v - m.returns) ** 2
                     if clip is not None:

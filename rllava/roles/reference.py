@@ -32,7 +32,7 @@ class Reference:
     def _forward(self, batch: Batch, with_entropy: bool):
         # A separate reference model is a full copy on each rank; the LoRA base is the (sharded) actor.
         inputs, share = forward_inputs(self.model, batch, self.device, self.cfg.actor.share_prompt,
-                                       sync_ranks=self.use_disabled_adapter)
+                                       sync_ranks=self.use_disabled_adapter, pass_tokens=self.cfg.actor.response_pass_tokens)
         return response_logprobs(self.model, inputs, batch.responses.to(self.device),
                                  temperature=sampling_temperature(self.cfg), chunk_size=self.cfg.actor.logprob_chunk_size,
                                  with_entropy=with_entropy, share=share)

@@ -19,7 +19,6 @@ from rllava.config import AlgorithmConfig
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.engines import distributed as du
 from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
-from rllava.models import shared_prompt
 from rllava.models.introspect import eos_token_ids, pad_token_id, placeholder_token_ids, unwrap
 from rllava.models.logprobs import response_logprobs
 from rllava.models.tiny_families import FAMILIES
@@ -34,6 +33,9 @@ CHUNK = 4  # LM-head chunk: several head calls (and checkpoint recomputes) per m
 SEQ_KEYS = ("mm_token_type_ids", "token_type_ids")
 # Rows of the global batch: prompt p has samples 2p and 2p+1 (one group per rank), of different lengths.
 RESPONSE_LENGTHS = [5, 3, 7, 2]
+# Shared steps: rank 0's responses run 4 and 2 tokens (one pass at this cost a pass), rank 1's 6 and 1 (two
+# passes), so rank 0 makes a filler pass to match rank 1's collectives.
+PASS_TOKENS = 3
 
 
 def load(path: Path):
@@ -92,7 +94,8 @@ def train_step(engine, batch: Batch, micro_rows: list[list[int]], global_tokens:
     with engine.compute(train=True):
         for micro, real in du.pad_to_common_length([batch.select(r) for r in micro_rows]):
             m = micro.to(engine.device)
-            inputs, share = forward_inputs(engine.model, m, engine.device, share_prompts=True, sync_ranks=True)
+            inputs, share = forward_inputs(engine.model, m, engine.device, share_prompts=True, sync_ranks=True,
+                                           pass_tokens=PASS_TOKENS)
             shared += share is not None
             logp, _ = response_logprobs(engine.model, inputs, m.responses, chunk_size=CHUNK, share=share)
             loss, _ = loss_fn(logp, m.old_logp, m.advantages, m.response_mask, cfg)
@@ -196,9 +199,6 @@ def check_helpers() -> dict:
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)  # two ranks on two cores
-    # Shared steps: rank 0's responses run 4 and 2 tokens (one pass at this cost a pass), rank 1's 6 and 1 (two
-    # passes), so rank 0 makes a filler pass to match rank 1's collectives.
-    shared_prompt.SHARDED_PASS_OVERHEAD_TOKENS = 3
     du.init_distributed()
     try:
         results = {"helpers": check_helpers()}
