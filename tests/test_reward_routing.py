@@ -76,7 +76,7 @@ def test_a_config_folder_of_a_downloaded_repo_is_named_after_the_repo(tmp_path):
 PLUGIN = '''
 def counting_reward(response, answer, data_source, **row):
     assert data_source == "counting", data_source  # a wrongly routed row raises: counted in reward/errors
-    return 1.0
+    return {"overall": 1.0, "accuracy": 1.0}
 
 def geometry_reward(response, answer, data_source, **row):
     assert data_source == "geometry", data_source
@@ -111,6 +111,7 @@ def test_a_mixed_run_scores_each_source_with_its_own_rewards(tiny_model_factory,
     assert mixed, "a shuffled batch of 4 from 2 x 9 prompts held both sources at least once in 3 steps"
     for r in mixed:
         assert r["reward/source/counting"] == 1.0 and r["reward/source/geometry"] == 0.25
+        assert r["reward/source/counting/accuracy"] == 1.0 and "reward/source/geometry/accuracy" not in r
     val = [r for r in rows if any(k.startswith("val/") for k in r)][-1]
     assert val["val/counting/reward"] == 1.0 and val["val/geometry/reward"] == 0.25
     typo = [o.replace("geometry: {", "geometri: {") for o in overrides]

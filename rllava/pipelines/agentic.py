@@ -172,7 +172,7 @@ class EpisodeRewardScorer:
             e.reward = episode_reward(e.reward, bool(e.info.get("format_ok", False)), e.turn_rewards, self.weights)
         n = max(1, len(episodes))
         metrics["reward/mean"] = sum(e.reward for e in episodes) / n
-        metrics.update(source_means(episodes))  # of the episode rewards, over the answer rewards' means
+        metrics.update(source_means(episodes, self.accuracy_key))  # of the episode rewards, over the answer rewards
         metrics.update(agent_metrics(episodes))
         return metrics
 

@@ -28,14 +28,21 @@ def check_sources(cfg: RewardConfig, sources: dict[str, list[str]]) -> None:
                               f"reward.by_source names only {sorted(cfg.by_source)}")
 
 
-def source_means(episodes: list[Episode]) -> dict[str, float]:
-    """`reward/source/NAME`: the mean reward of each data source's episodes, when the batch mixes several."""
-    by_source: dict[str, list[float]] = {}
+def source_means(episodes: list[Episode], accuracy_key: str = "accuracy") -> dict[str, float]:
+    """`reward/source/NAME` (and `.../accuracy` where the rewards report it): each data source's mean over its
+    episodes, when the batch mixes several."""
+    by_source: dict[str, list[Episode]] = {}
     for e in episodes:
-        by_source.setdefault(e.prompt.meta.get("data_source", ""), []).append(e.reward)
+        by_source.setdefault(e.prompt.meta.get("data_source", ""), []).append(e)
     if len(by_source) < 2:
         return {}
-    return {f"reward/source/{name}": sum(v) / len(v) for name, v in sorted(by_source.items())}
+    out = {}
+    for name, group in sorted(by_source.items()):
+        out[f"reward/source/{name}"] = sum(e.reward for e in group) / len(group)
+        scored = [e.reward_info[accuracy_key] for e in group if accuracy_key in e.reward_info]
+        if scored:
+            out[f"reward/source/{name}/accuracy"] = sum(scored) / len(scored)
+    return out
 
 
 class RewardScorer:
@@ -91,7 +98,7 @@ class RewardScorer:
         for k in keys:
             vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
             metrics[f"reward/{k}"] = sum(vals) / len(vals)
-        metrics.update(source_means(episodes))
+        metrics.update(source_means(episodes, self.accuracy_key))
         return metrics
 
     def close(self) -> None:
