@@ -401,3 +401,18 @@ def test_bfloat16_load(tiny_model_factory):
     with torch.no_grad():
         logp, _ = response_logprobs(model, batch.model_inputs(), batch.responses)
     assert logp.dtype == torch.float32 and torch.isfinite(logp).all()
+
+
+def test_pack_right_moves_per_token_tensors_only():
+    from rllava.models.logprobs import pack_right
+
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # [left pad | prompt | response | right pad]
+    ids = torch.tensor([[0, 5, 6, 7, 0], [8, 9, 0, 0, 0]])
+    decoy = torch.rand(2, 5)  # float [B, L] (pixels that happen to have this shape): not a per-token tensor
+    packed, column = pack_right({"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": ids * 2,
+                                 "pixel_values": decoy})
+    assert packed["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert packed["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert packed["mm_token_type_ids"].tolist() == [[10, 12, 14], [0, 16, 18]]
+    assert packed["pixel_values"] is decoy
+    assert column[0, 1:4].tolist() == [0, 1, 2] and column[1, :2].tolist() == [1, 2]

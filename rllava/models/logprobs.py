@@ -82,8 +82,9 @@ def response_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tenso
 
 def pack_right(model_inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every row's real tokens (attention mask 1) moved, in order, to the right end of a row as wide as the
-    longest row's; and each old column's new one (meaningful where the mask is 1). Per-token tensors move with
-    the ids (padding reads 0); the rest (images, grids) stay as they are: they follow the tokens' order."""
+    longest row's; and each old column's new one (meaningful where the mask is 1). Per-token tensors (integer
+    [B, L]: ids, masks, token types) move with the ids (padding reads 0); the rest (images, grids) stay as they
+    are: they follow the tokens' order."""
     mask = model_inputs["attention_mask"].bool()
     B, L = mask.shape
     lengths = mask.sum(1)
@@ -93,7 +94,8 @@ def pack_right(model_inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     cols = column[mask]
     packed = {}
     for k, v in model_inputs.items():
-        if v.dim() == 2 and v.shape == (B, L):
+        # Per-token tensors are ids and masks: integer [B, L]. (Pixels are float; grids and sizes are [images, 2|3].)
+        if v.shape == (B, L) and not v.is_floating_point():
             out = v.new_zeros(B, width)
             out[rows, cols] = v[mask]
             packed[k] = out
