@@ -380,9 +380,13 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def _merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, section by section. A reward set (`reward.functions`, a source's set in
+    `reward.by_source`) is replaced whole: its weights are one choice, not a merge of two."""
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "functions":
+        if k == "by_source" and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and k != "functions":
             out[k] = _merge(out[k], v)
         else:
             out[k] = v

@@ -18,9 +18,12 @@ RECIPES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
 # The dataset each recipe reads (its `/data/NAME@split` folder) -> (the task and layout that stand in for it, the tiny
 # model family, the reward of the rows' true answers: geometry3k's get math's 0.9 and not think_boxed's 0.1, as they
 # have no think block; the GSM8K rows' answers are right only once data.answer_template has pulled the number out of
-# the worked solution).
+# the worked solution; ScienceQA's get choice's 0.9 once data.answer_template has made the index a letter).
 STAND_INS = {"geometry3k": ("geometry", "geometry3k", "", "qwen2_5_vl", 0.9),
-             "gsm8k/main": ("arithmetic", "gsm8k", "main", "qwen2", 1.0)}
+             "gsm8k/main": ("arithmetic", "gsm8k", "main", "qwen2", 1.0),
+             "ScienceQA": ("choice", "scienceqa", "", "qwen2_5_vl", 0.9)}
+# What data.answer_template makes of each row's answer: GSM8K's number ("1,234" as 1234), ScienceQA's letter.
+RENDERED_ANSWER = {"gsm8k/main": r"-?\d+", "ScienceQA": r"[A-J]"}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +63,13 @@ def test_recipe_runs_on_a_stand_in(name, stand_in_data, tiny_model_factory, tmp_
     report = preflight(cfg)
     assert report["train"]["prompts"] == 12 and report["val"]["prompts"] == 2, report  # the train and test splits
     assert report["reward_of_answers"] == pytest.approx(STAND_INS[dataset][4])
-    if cfg.data.answer_template:  # GSM8K: the rewards get the bare number, "1,234" as 1234
-        from transformers import AutoTokenizer
-
+    if cfg.data.answer_template:  # the rewards get what the template renders from the row
         from rllava.data.dataset import RLDataset
+        from rllava.models.load import load_processor
+        from rllava.models.tiny_families import FAMILIES
 
-        ds = RLDataset(cfg.data.train_files, cfg.data, AutoTokenizer.from_pretrained(cfg.model.path))
-        assert all(re.fullmatch(r"-?\d+", ds.meta(i)["answer"]) for i in range(len(ds)))
+        ds = RLDataset(cfg.data.train_files, cfg.data, load_processor(cfg.model.path, FAMILIES[family].vision))
+        assert all(re.fullmatch(RENDERED_ANSWER[dataset], ds.meta(i)["answer"]) for i in range(len(ds)))
     result = run_experiment(cfg)
     rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "actor/grad_norm" in r]

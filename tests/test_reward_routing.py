@@ -117,3 +117,11 @@ def test_a_mixed_run_scores_each_source_with_its_own_rewards(tiny_model_factory,
     typo = [o.replace("geometry: {", "geometri: {") for o in overrides]
     assert main(["check", *typo]) == 2
     assert "reward.by_source names ['geometri'], which no prompt comes from" in capsys.readouterr().err
+
+
+def test_a_sources_set_is_replaced_whole_by_a_config_over_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("reward:\n  functions: {math: 1.0}\n"
+                                        "  by_source: {counting: {count: 1.0, format: 0.1}, geometry: {math: 1.0}}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\nreward:\n  by_source: {counting: {count: 0.5}}\n")
+    cfg = load_config(str(tmp_path / "run.yaml"), ["reward.by_source.geometry={math: 0.9, think_boxed: 0.1}"])
+    assert cfg.reward.by_source == {"counting": {"count": 0.5}, "geometry": {"math": 0.9, "think_boxed": 0.1}}

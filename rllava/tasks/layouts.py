@@ -60,6 +60,36 @@ def gsm8k(task_dir: Path, out: Path) -> None:
             _write(out / config / f"{theirs}-00000-of-00001.parquet", columns, features)
 
 
+@LAYOUTS.register("scienceqa", task="choice",
+                  description="derek-thomas/ScienceQA: data/{train,validation,test}-*.parquet of image (or none), question, "
+                              "choices, answer (0-based index), hint and metadata")
+def scienceqa(task_dir: Path, out: Path) -> None:
+    import datasets
+    from PIL import Image
+
+    text = datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "question": text, "choices": datasets.List(text),
+                                  "answer": datasets.Value("int8"), "hint": text,
+                                  **{k: text for k in ("task", "grade", "subject", "topic", "category", "skill",
+                                                       "lecture", "solution")}})
+    for ours, theirs in SPLITS.items():
+        rows = _read(task_dir, ours)
+        columns = {k: [] for k in features}
+        for i, r in enumerate(rows):
+            right = r["choices"]["ABCDEFGHIJ".index(r["answer"])]
+            text_only = i % 4 == 3  # as in ScienceQA, some questions have no image: their context is the hint
+            columns["image"].append(None if text_only else Image.open(task_dir / r["images"][0]).convert("RGB"))
+            columns["question"].append(r["prompt"].replace("<image>", ""))
+            columns["choices"].append(list(r["choices"]))
+            columns["answer"].append("ABCDEFGHIJ".index(r["answer"]))
+            columns["hint"].append(f"The {r['shape']} is {right}." if text_only else "")
+            for k, v in (("task", "closed choice"), ("grade", "grade2"), ("subject", "natural science"),
+                         ("topic", "colours"), ("category", "Shapes and colours"), ("skill", "Identify colours"),
+                         ("lecture", ""), ("solution", f"The {r['shape']} is {right}.")):
+                columns[k].append(v)
+        _write(out / "data" / f"{theirs}-00000-of-00001.parquet", columns, features)
+
+
 def make_task_in_layout(name: str, layout: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **opts) -> Path:
     """`make_task(name, ...)` written in `layout` into `out_dir` (the task's own files are not kept)."""
     entry = LAYOUTS.entry(layout)
@@ -69,6 +99,7 @@ def make_task_in_layout(name: str, layout: str, out_dir: str | Path, n: int = 10
     with tempfile.TemporaryDirectory(prefix="rllava_task_") as tmp:
         entry.fn(make_task(name, tmp, n=n, seed=seed, **opts), out)
     # A download of the repo has its dataset card at the top (a config folder's data source is named after it).
-    (out / "README.md").write_text(f"# A synthetic stand-in in the layout of {layout}\n\n"
-                                   f"Written by `rllava make-task {name} --layout {layout}` (seed {seed}, n {n}).\n")
+    (out / "README.md").write_text(f"---\npretty_name: {layout} stand-in\n---\n# A synthetic stand-in in the layout of "
+                                   f"{layout}\n\nWritten by `rllava make-task {name} --layout {layout}` (seed {seed}, "
+                                   f"n {n}).\n")
     return out
