@@ -29,7 +29,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     import torch
 
     from rllava.models.tiny import build_tiny_model
-    from rllava.tasks import LAYOUTS, make_task_in_layout
+    from rllava.tasks import LAYOUTS, make_task_in_layout, task_options
 
     work = Path(args.workdir)
     model_dir = work / f"{args.family}-{args.size}-{args.vocab}"
@@ -42,7 +42,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     data_dir = work / f"{args.layout}-{args.image_px}"
     if not data_dir.exists():
         task = LAYOUTS.entry(args.layout).meta["task"]
-        options = {"size": args.image_px} if task == "geometry" else {}
+        options = {"size": args.image_px} if "size" in task_options(task) else {}  # the image side, where it has one
         make_task_in_layout(task, args.layout, data_dir, n=args.rows, seed=0, **options)
     return model_dir, data_dir
 
