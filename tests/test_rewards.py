@@ -154,10 +154,22 @@ def test_choice_reward_gold_forms():
         choice_reward("B", "1", choices=CHOICES)  # an index: say how to make it a letter
     with pytest.raises(ValueError, match="neither an option letter nor one of the choices"):
         choice_reward("B", "7 cm", choices=CHOICES)
+    # Options stored as text (some copies of ScienceQA): parsed as the list they spell.
+    assert choice_reward("<answer>4 cm</answer>", "B", choices=str(CHOICES))["overall"] == 1.0
+    assert choice_reward("<answer>4 cm</answer>", "B", choices='["3 cm", "4 cm"]')["overall"] == 1.0
+    with pytest.raises(ValueError, match="is text but not a list"):
+        choice_reward("B", "B", choices="3 cm, 4 cm")
     from rllava.data.template import RowTemplate
 
     letter = RowTemplate('{{ "ABCDEFGHIJ"[answer] }}', "data.answer_template").render({"answer": 1, "choices": CHOICES})
     assert choice_reward("<answer>4 cm</answer>", letter, choices=CHOICES)["overall"] == 1.0  # ScienceQA's int index
+    # The template's `as_list` filter reads the same text-stored lists; a row it cannot read is a template error.
+    from rllava.data.template import TemplateError
+
+    options = RowTemplate("{% for c in choices | as_list %}({{ 'ABCD'[loop.index0] }}) {{ c }} {% endfor %}", "t")
+    assert options.render({"choices": str(CHOICES[:2])}) == options.render({"choices": CHOICES[:2]}) == "(A) 3 cm (B) 4 cm "
+    with pytest.raises(TemplateError, match="is text but not a list"):
+        options.render({"choices": "3 cm, 4 cm"})
 
 
 def test_exact_match_reward():

@@ -1,6 +1,7 @@
 """Prompt text: the per-task jinja template, `<image>`/`<video>` markers to chat content, the chat template."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,27 @@ def _last_boxed(text: Any) -> str:
     return last_boxed(str(text)) or ""
 
 
+def as_list(value: Any) -> list:
+    """A row field as a list: a list (or array) as stored, or a list written as text (JSON or a Python literal, as
+    some dataset copies store a question's choices)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = None
+        if isinstance(parsed, (list, tuple)):
+            return list(parsed)
+        raise ValueError(f"{value[:80]!r} is text but not a list")
+    return list(value)
+
+
 class RowTemplate:
     """A jinja template (string or file) whose variables are a dataset row's fields; `what` names the setting.
 
-    Besides jinja's own filters it has `last_boxed`: `{{ solution | last_boxed }}` is a MATH-style solution's answer.
+    Besides jinja's own filters it has `last_boxed`: `{{ solution | last_boxed }}` is a MATH-style solution's answer,
+    and `as_list`: `{% for c in choices | as_list %}` reads choices stored as a list or as the text of one.
     """
 
     def __init__(self, spec: str, what: str):
@@ -47,6 +65,7 @@ class RowTemplate:
         self.source = read_text_or_file(spec, what)
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
         env.filters["last_boxed"] = _last_boxed
+        env.filters["as_list"] = as_list
         try:
             self._tmpl = env.from_string(self.source)
         except jinja2.TemplateSyntaxError as e:

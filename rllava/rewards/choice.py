@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from rllava.data.template import as_list
 from rllava.rewards.count import normalize_text
 from rllava.rewards.extract import final_answer
 from rllava.rewards.registry import REWARDS
@@ -67,6 +68,6 @@ def choice_reward(response: str, answer: str, choices: Optional[list] = None, op
                   **meta) -> dict[str, float]:
     """1 if the final answer picks the right option: "B", "(B)", "B. 12 cm", "The answer is B", or the option's text."""
     listed = choices if choices is not None else options  # rows name the list either way
-    listed = list(listed) if listed is not None else None
+    listed = as_list(listed) if listed is not None else None  # stored as a list, or as the text of one
     ok = picked_letter(response, listed) == gold_letter(answer, listed)
     return {"overall": float(ok), "accuracy": float(ok)}
