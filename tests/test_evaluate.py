@@ -165,3 +165,21 @@ def test_resolve_split_names_the_split_of_each_kind_of_folder(tmp_path):
     assert resolve_split("hiyouga/geometry3k", "test") == "hiyouga/geometry3k@test"  # a hub dataset
     assert resolve_split("hiyouga/geometry3k@train", "test") == "hiyouga/geometry3k@train"
     assert resolve_split("data/x.jsonl", "test") == "data/x.jsonl"  # a file name, even one that does not exist
+
+
+def test_rllava_eval_table_has_a_row_per_dataset(tiny_model_factory, counting, tmp_path, capsys):
+    from rllava.cli import main
+    from rllava.tasks import make_task
+
+    other = make_task("counting", tmp_path / "hard", n=20, seed=1, difficulty="hard")
+    assert main(["eval", "--model", str(tiny_model_factory("qwen2_vl")), "--data",
+                 f"{counting / 'test.parquet'},{other / 'test.parquet'}", "--reward", "number_format",
+                 "--max-new-tokens", "1", "--n", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert lines[1].split()[0] == str(tiny_model_factory("qwen2_vl"))[-48:]  # the whole set, then each dataset
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert set(rows) == {"counting", "hard"}
+    assert [int(rows[s][1]) for s in ("counting", "hard")] == [6, 2]  # each test split's prompts
+    assert float(rows["hard"][2]) == pytest.approx(result["eval/hard/accuracy"], abs=1e-3)
+    assert lines[0].split()[-1] == "maj@2"

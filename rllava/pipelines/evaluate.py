@@ -1,6 +1,7 @@
 """Evaluation: accuracy (greedy, or mean@n, pass@k and maj@n over n samples) plus a few samples; also `rllava eval`."""
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,14 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     finally:
         reward.close()
     if print_table:
-        passes = [k for k in metrics if k.startswith(("eval/pass@", "eval/maj@"))]
-        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k[5:]:>8}" for k in passes))
-        print(f"{model_path[-48:]:<48} {len(prompts):>5} {metrics['eval/accuracy']:>9.3f} {metrics['eval/reward']:>8.3f}"
-              + "".join(f" {metrics[k]:>8.3f}" for k in passes))
+        passes = [k[5:] for k in metrics if k.startswith(("eval/pass@", "eval/maj@"))]
+        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k:>8}" for k in passes))
+        counts = collections.Counter(p.meta.get("data_source", "") for p in prompts)
+        rows = [(model_path[-48:], len(prompts), "eval/")]  # the whole set, then each dataset of several
+        rows += [(f"  {source}"[:48], n, f"eval/{source}/") for source, n in sorted(counts.items()) if len(counts) > 1]
+        for name, n, at in rows:
+            print(f"{name:<48} {n:>5} {metrics[at + 'accuracy']:>9.3f} {metrics[at + 'reward']:>8.3f}"
+                  + "".join(f" {metrics[at + k]:>8.3f}" for k in passes))
         for s in samples:
             print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {s['response'][:80]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
     return {"model": model_path, "n": len(prompts), **metrics}
