@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from rllava.config import load_config
 from rllava.models.tiny import make_tiny_model
 from rllava.pipelines.evaluate import evaluate_model
@@ -32,7 +34,11 @@ def main() -> None:
     ap.add_argument("--rl-steps", type=int, default=100)
     ap.add_argument("--n", type=int, default=2000, help="task samples (80/10/10 train/val/test)")
     ap.add_argument("--difficulty", default="trivial", help="counting difficulty: trivial | easy | medium | hard")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads. One makes a run repeat exactly; with two, float sums change order from run "
+                         "to run and this short, high-lr GRPO can take another path (docs/benchmarks.md)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.time()
 
