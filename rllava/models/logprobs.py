@@ -77,7 +77,7 @@ def response_hidden_states(model: nn.Module, model_inputs: dict[str, torch.Tenso
     real = mask[:, L - T:].bool()
     at = (column[:, L - T:] - 1).clamp(min=0).masked_fill(~real, 0)  # the position before each response token
     out = hidden.gather(1, at.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    return out.masked_fill(~real.unsqueeze(-1), 0.0)
+    return out.masked_fill_(~real.unsqueeze(-1), 0.0)  # in place: gather's backward does not keep its output
 
 
 def pack_right(model_inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

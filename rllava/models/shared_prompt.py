@@ -155,8 +155,8 @@ def shared_prompt_hidden_states(base: nn.Module, inputs: dict[str, torch.Tensor]
             out = base(**_response_inputs(inputs, seq_keys, pos, idx, P, width),
                        **{cache_arg: _prefix(stored, share.of_row[idx])}, use_cache=True, return_dict=True)
             parts.append(nn.functional.pad(out.last_hidden_state, (0, 0, 0, T - 1 - width)))
+        row0 = torch.zeros(1, dtype=torch.long, device=last.device)
         for _ in range(fillers):  # another rank makes more passes: one token of row 0, in the graph at weight 0
-            row0 = torch.zeros(1, dtype=torch.long, device=last.device)
             out = base(**_response_inputs(inputs, seq_keys, pos, row0, P, 1),
                        **{cache_arg: _prefix(stored, share.of_row[row0])}, use_cache=True, return_dict=True)
             last = last + 0.0 * out.last_hidden_state.sum()

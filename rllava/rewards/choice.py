@@ -24,16 +24,23 @@ def option_letter(index: int) -> str:
     return chr(ord("A") + index)
 
 
+def named_option(text: str, choices: Optional[list]) -> Optional[str]:
+    """The letter of the option whose text `text` is (after normalisation), if any."""
+    for i, option in enumerate(choices or []):
+        if normalize_text(str(option)) == normalize_text(text):
+            return option_letter(i)
+    return None
+
+
 def gold_letter(answer: str, choices: Optional[list]) -> str:
     """The right option's letter from a row's answer: a letter ("B", "(B)") or, with `choices`, the option's text.
 
     An index (ScienceQA stores 0-based ints) is neither: `data.answer_template='{{ "ABCDEFGHIJ"[answer] }}'`
     turns it into the letter."""
     text = str(answer).strip()
-    if choices:
-        for i, option in enumerate(choices):
-            if normalize_text(str(option)) == normalize_text(text):
-                return option_letter(i)
+    named = named_option(text, choices)
+    if named is not None:
+        return named
     alone = _ALONE.fullmatch(text)
     if alone:
         return alone.group(1).upper()
@@ -49,10 +56,9 @@ def picked_letter(response: str, choices: Optional[list]) -> Optional[str]:
     alone = _ALONE.fullmatch(span.strip())
     if alone:
         return alone.group(1).upper()
-    if choices:  # the option's text written out in full
-        for i, option in enumerate(choices):
-            if normalize_text(str(option)) == normalize_text(span):
-                return option_letter(i)
+    named = named_option(span, choices)  # the option's text written out in full
+    if named is not None:
+        return named
     marked = {a or b for a, b in _MARKED.findall(span)}
     if len(marked) == 1:
         return marked.pop()

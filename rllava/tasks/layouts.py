@@ -76,12 +76,13 @@ def scienceqa(task_dir: Path, out: Path) -> None:
         rows = _read(task_dir, ours)
         columns = {k: [] for k in features}
         for i, r in enumerate(rows):
-            right = r["choices"]["ABCDEFGHIJ".index(r["answer"])]
+            index = "ABCDEFGHIJ".index(r["answer"])
+            right = r["choices"][index]
             text_only = i % 4 == 3  # as in ScienceQA, some questions have no image: their context is the hint
             columns["image"].append(None if text_only else Image.open(task_dir / r["images"][0]).convert("RGB"))
             columns["question"].append(r["prompt"].replace("<image>", ""))
             columns["choices"].append(list(r["choices"]))
-            columns["answer"].append("ABCDEFGHIJ".index(r["answer"]))
+            columns["answer"].append(index)
             columns["hint"].append(f"The {r['shape']} is {right}." if text_only else "")
             for k, v in (("task", "closed choice"), ("grade", "grade2"), ("subject", "natural science"),
                          ("topic", "colours"), ("category", "Shapes and colours"), ("skill", "Identify colours"),
