@@ -29,7 +29,15 @@ def test_majority_vote_by_hand():
     assert majority_correct(["4", "3", "4"], [False, True, False]) == 0.0  # right once, outvoted
     assert majority_correct(["3", "4"], [True, False]) == 0.5  # a tie: each answer half the time
     assert majority_correct(["3", "4", "5", "5", "4"], [True, False, False, False, False]) == 0.0
-    assert majority_correct(["a", "b", "c"], [True, False, True]) == pytest.approx(2 / 3)
+    assert majority_correct(["a", "b", "c"], [False, False, True]) == pytest.approx(1 / 3)  # three-way tie
+    # Right answers written differently are one answer: 2 votes for it against 1 for each wrong answer.
+    assert majority_correct(["1/2", "0.5", "3", "4"], [True, True, False, False]) == 1.0
+    # Together they outvote a wrong answer given twice (3 against 2); counted apart, "3" would win.
+    assert majority_correct(["1/2", "0.5", "\\frac{1}{2}", "3", "3"], [True, True, True, False, False]) == 1.0
+    # A sample judged wrong that gives a right sample's answer (wrong on format) votes for that answer: 3 to 2.
+    assert majority_correct(["2", "2", "2", "5", "5"], [True, False, False, False, False]) == 1.0
+    assert majority_correct(["5", "5"], [False, False]) == 0.0
+    assert majority_correct(["1/2", "0.5", "3", "3"], [True, True, False, False]) == 0.5  # 2 against 2
 
 
 @pytest.fixture(scope="module")

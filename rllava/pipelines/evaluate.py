@@ -24,13 +24,17 @@ def pass_at_k_sums(solved: list[list[bool]], n: int) -> dict[str, float]:
 
 def majority_correct(answers: list[str], solved: list[bool]) -> float:
     """Whether the most common answer among a prompt's samples is right; a tie counts each tied answer
-    equally (the expected outcome of breaking it at random)."""
-    votes: dict[str, list[bool]] = {}
-    for answer, ok in zip(answers, solved):
-        votes.setdefault(answer, []).append(ok)
-    top = max(len(v) for v in votes.values())
-    tied = [v for v in votes.values() if len(v) == top]
-    return sum(sum(v) / len(v) for v in tied) / len(tied)
+    equally (the expected outcome of breaking it at random).
+
+    Samples the reward judged right all equal the ground truth, so they are one answer however they
+    are written ("1/2" and "0.5" under the math reward); a sample judged wrong that gives one of their
+    texts (wrong on format, say) votes for it too. Wrong answers are told apart by their normalised text."""
+    right = {a for a, ok in zip(answers, solved) if ok}
+    wrong = collections.Counter(a for a, ok in zip(answers, solved) if a not in right)
+    right_votes = len(answers) - sum(wrong.values())
+    top = max(right_votes, *wrong.values()) if wrong else right_votes
+    tied = sum(v == top for v in wrong.values()) + (right_votes == top)
+    return float(right_votes == top) / tied
 
 
 def _sums(episodes: list, accuracy: list[float], n: int) -> dict[str, float]:
