@@ -48,8 +48,11 @@ def test_grpo_writes_every_output(tiny_model_factory, counting_data, tmp_path):
     run = Path(result["run_dir"])
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    for key in ("reward/mean", "actor/grad_norm", "actor/entropy", "response/length_mean", "time/step", "time/rollout", "time/update"):
+    for key in ("reward/mean", "actor/grad_norm", "actor/entropy", "response/length_mean", "time/step", "time/rollout",
+                "time/update", "reward/zero_std_frac"):
         assert all(key in r for r in rows[1:]), key
+    for r in rows[1:]:  # GRPO's advantages are all 0 exactly when every group's rewards are alike
+        assert (r["reward/zero_std_frac"] == 1.0) == (r["adv/abs_mean"] == 0.0)
     assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]
     assert (run / "config.yaml").exists() and (run / "curves.png").stat().st_size > 1000
     assert any((run / "tensorboard").iterdir())
@@ -60,6 +63,17 @@ def test_grpo_writes_every_output(tiny_model_factory, counting_data, tmp_path):
     # the update really changed the weights
     before, after = model_weights(model), model_weights(final)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_zero_std_frac_by_hand():
+    from rllava.data.types import Episode, Prompt
+    from rllava.pipelines.rlvr import response_metrics
+
+    prompt = Prompt(input_ids=[1])
+    rewards = {0: [1.0, 1.0, 1.0], 1: [0.0, 1.0, 0.0], 2: [0.5, 0.5], 3: [0.25]}  # group 3: one rollout, no spread
+    episodes = [Episode(prompt, [2], [1], reward=r, group_id=g) for g, rs in rewards.items() for r in rs]
+    assert response_metrics(episodes)["reward/zero_std_frac"] == pytest.approx(2 / 3)
+    assert "reward/zero_std_frac" not in response_metrics(episodes[-1:])  # no group of two or more
 
 
 def test_sft_lowers_nll(tiny_model_factory, counting_data, tmp_path):

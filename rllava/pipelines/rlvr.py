@@ -30,10 +30,20 @@ from rllava.roles.actor import advantage_rows
 
 
 def response_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Lengths of the rollouts, and `reward/zero_std_frac`: the share of prompt groups (of 2 or more rollouts)
+    whose rewards are all the same. A group-relative estimator (GRPO, RLOO, ...) learns nothing from them;
+    near 1 the run has stopped learning: the policy collapsed to one answer, or the prompts are too easy or hard."""
     lengths = [len(e.response_ids) for e in episodes]
     n = max(1, len(lengths))
-    return {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
-            "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
+    out = {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
+           "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
+    groups: dict[int, list[float]] = {}
+    for e in episodes:
+        groups.setdefault(e.group_id, []).append(e.reward)
+    spreads = [max(r) - min(r) for r in groups.values() if len(r) > 1]
+    if spreads:
+        out["reward/zero_std_frac"] = sum(s <= 1e-6 for s in spreads) / len(spreads)
+    return out
 
 
 def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None]:
