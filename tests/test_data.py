@@ -123,6 +123,32 @@ def test_load_rows_hub_layout_folder_and_split_suffix(tmp_path):
     assert data_source("hiyouga/geometry3k@test") == "geometry3k" and data_source(f"{repo}@train") == "geometry3k"
 
 
+def test_split_slices(tmp_path):
+    """`FOLDER@train[-2:]` holds out part of a one-split dataset (R1-V's CLEVR): Python's slices, percentages of the
+    split's rows, on folders in the hub's layout and `save_to_disk` folders alike."""
+    datasets = pytest.importorskip("datasets")
+    from rllava.data.dataset import data_source
+    from rllava.data.rows import split_slice, split_suffix
+
+    ten = list(range(10))
+    assert split_slice("train", ten) == ten
+    assert split_slice("train[:-3]", ten) == [0, 1, 2, 3, 4, 5, 6] and split_slice("train[-3:]", ten) == [7, 8, 9]
+    assert split_slice("train[2:4]", ten) == [2, 3] and split_slice("train[:25%]", ten) == [0, 1]  # 2.5 rounds to 2
+    assert split_slice("train[-20%:]", ten) == [8, 9] and split_slice("train[10%:-10%]", ten) == list(range(1, 9))
+    repo = tmp_path / "clevr"
+    (repo / "data").mkdir(parents=True)
+    rows = {"problem": [f"q{i}" for i in range(6)], "solution": [f"<answer> {i} </answer>" for i in range(6)]}
+    datasets.Dataset.from_dict(rows).to_parquet(repo / "data" / "train-00000-of-00001.parquet")
+    head, tail = load_rows(f"{repo}@train[:-2]"), load_rows(f"{repo}@train[-2:]")
+    assert [r["problem"] for r in head] == ["q0", "q1", "q2", "q3"] and [r["problem"] for r in tail] == ["q4", "q5"]
+    assert len(load_rows(f"{repo}@train[:-2], {repo}@train[-2:]")) == 6  # a slice is not a glob pattern
+    assert split_suffix(f"{repo}@train[50%:]") == (str(repo), "train[50%:]") and data_source(f"{repo}@train[-2:]") == "clevr"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "dd"))
+    assert [r["problem"] for r in load_rows(f"{tmp_path / 'dd'}@train[1:3]")] == ["q1", "q2"]
+    with pytest.raises(DataError, match="matches no file"):  # not a slice: a glob pattern that matches nothing
+        load_rows(f"{repo}@train[a:b]")
+
+
 def test_load_rows_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: invalid JSON"):

@@ -99,7 +99,21 @@ READERS: dict[str, Callable[[Path], list[dict]]] = {
 }
 
 _HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
-_SPLIT = re.compile(r"[\w.-]+")
+_SPLIT = re.compile(r"[\w.-]+(\[-?\d*%?:-?\d*%?\])?")  # a split, and a slice of it as `datasets` writes one
+_SLICE = re.compile(r"(?P<name>[\w.-]+)\[(?P<start>-?\d*)(?P<start_pct>%?):(?P<stop>-?\d*)(?P<stop_pct>%?)\]")
+
+
+def split_slice(split: str, rows: list) -> list:
+    """The rows of `train[:-500]`, `train[-500:]` or `train[10%:20%]`, as Python slices them (a percentage is of the
+    split's rows, rounded); a bare split name keeps every row. This holds out part of a one-split dataset."""
+    m = _SLICE.fullmatch(split)
+    if m is None:
+        return rows
+
+    def bound(value: str, pct: str) -> int | None:
+        return None if not value else round(int(value) * len(rows) / 100) if pct else int(value)
+
+    return rows[bound(m["start"], m["start_pct"]):bound(m["stop"], m["stop_pct"])]
 
 
 def _table_rows(ds: Any) -> list[dict]:
@@ -157,8 +171,13 @@ def split_suffix(spec: str) -> tuple[str, str | None]:
 
 
 def read_source(spec: str) -> tuple[list[dict], Path]:
-    """Rows of one file, folder or hub name, and the folder that relative media paths are relative to."""
+    """Rows of one file, folder or hub name (a split, or a slice of one), and the folder that relative media
+    paths are relative to."""
     name, split = split_suffix(spec)
+    sliced = _SLICE.fullmatch(split or "")
+    if sliced:
+        rows, base = read_source(f"{name}@{sliced['name']}")
+        return split_slice(split, rows), base
     path = Path(name).expanduser()
     if path.is_dir():
         if any((path / marker).exists() for marker in ("state.json", "dataset_info.json", "dataset_dict.json")):
@@ -201,7 +220,7 @@ def split_specs(files: str) -> list[str]:
     for spec in (s.strip() for s in files.split(",")):
         if not spec:
             continue
-        if any(c in spec for c in "*?["):
+        if any(c in spec for c in "*?[") and split_suffix(spec)[1] is None:  # a pattern, not `NAME@train[:-500]`
             matches = sorted(glob.glob(spec))
             if not matches:
                 raise DataError(f"data pattern {spec!r} matches no file")

@@ -91,6 +91,22 @@ def scienceqa(task_dir: Path, out: Path) -> None:
         _write(out / "data" / f"{theirs}-00000-of-00001.parquet", columns, features)
 
 
+@LAYOUTS.register("clevr_cogen_a", task="counting",
+                  description="leonardPKU/clevr_cogen_a_train (R1-V's CLEVR counting): one train split, "
+                              "data/train-*.parquet of image, problem, solution ('<answer> 3 </answer>')")
+def clevr_cogen_a(task_dir: Path, out: Path) -> None:
+    import datasets
+    from PIL import Image
+
+    text = datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "problem": text, "solution": text})
+    rows = [r for ours in SPLITS for r in _read(task_dir, ours)]  # the hub has a train split only
+    columns = {"image": [Image.open(task_dir / r["images"][0]).convert("RGB") for r in rows],
+               "problem": [r["prompt"].replace("<image>", "") for r in rows],
+               "solution": [f"<answer> {r['answer']} </answer>" for r in rows]}
+    _write(out / "data" / "train-00000-of-00001.parquet", columns, features)
+
+
 def make_task_in_layout(name: str, layout: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **opts) -> Path:
     """`make_task(name, ...)` written in `layout` into `out_dir` (the task's own files are not kept)."""
     entry = LAYOUTS.entry(layout)
