@@ -191,3 +191,32 @@ def test_rllava_eval_table_has_a_row_per_dataset(tiny_model_factory, counting, t
     assert [int(rows[s][1]) for s in ("counting", "hard")] == [6, 2]  # each test split's prompts
     assert float(rows["hard"][2]) == pytest.approx(result["eval/hard/accuracy"], abs=1e-3)
     assert lines[0].split()[-1] == "maj@2"
+
+
+def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_path, capsys):
+    """A glob of a run's checkpoints (natural order) and a comma list: one table, a row and a JSON line per model; the
+    same weights under two names score the same (each model gets the same prompts and sampling seed)."""
+    import shutil
+
+    from rllava.cli import main
+    from rllava.pipelines.evaluate import model_folders
+
+    model = tiny_model_factory("qwen2_vl")
+    for step in (100, 20):
+        shutil.copytree(model, tmp_path / "run" / "checkpoints" / f"step_{step}" / "model")
+    pattern = str(tmp_path / "run" / "checkpoints" / "step_*" / "model")
+    steps = [tmp_path / "run" / "checkpoints" / f"step_{s}" / "model" for s in (20, 100)]
+    assert model_folders(pattern) == [str(p) for p in steps]  # step_20 first, not by string order
+    assert model_folders(f"{model}, {pattern}") == [str(model), *map(str, steps)]
+    with pytest.raises(FileNotFoundError, match="matches no folder"):
+        model_folders(str(tmp_path / "nothing_*"))
+    assert main(["eval", "--model", pattern, "--data", str(counting), "--reward", "number_format",
+                 "--max-new-tokens", "2", "--n", "2", "--max-samples", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    results = [json.loads(line) for line in lines[-2:]]
+    assert [r["model"] for r in results] == [str(p) for p in steps]
+    table = lines[lines.index(next(line for line in lines if line.startswith("model"))):][:3]
+    assert [row.split()[0] for row in table[1:]] == [str(p)[-48:] for p in steps]
+    assert results[0]["eval/accuracy"] == results[1]["eval/accuracy"]
+    assert results[0]["eval/response_length"] == results[1]["eval/response_length"]
+    assert float(table[1].split()[2]) == pytest.approx(results[0]["eval/accuracy"], abs=1e-3)

@@ -150,21 +150,55 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
         metrics, samples = evaluate(rollout, reward, prompts, cfg.data.val_batch_size, n_samples=3, prefix="eval")
     finally:
         reward.close()
+    counts = collections.Counter(p.meta.get("data_source", "") for p in prompts)
+    result = {"model": model_path, "n": len(prompts), **metrics}
+    if len(counts) > 1:
+        result["sources"] = dict(sorted(counts.items()))
     if print_table:
-        passes = [k[5:] for k in metrics if k.startswith(("eval/pass@", "eval/maj@"))]
-        print(f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k:>8}" for k in passes))
-        counts = collections.Counter(p.meta.get("data_source", "") for p in prompts)
-        rows = [(model_path[-48:], len(prompts), "eval/")]  # the whole set, then each dataset of several
-        rows += [(f"  {source}"[:48], n, f"eval/{source}/") for source, n in sorted(counts.items()) if len(counts) > 1]
-        for name, n, at in rows:
-            print(f"{name:<48} {n:>5} {metrics[at + 'accuracy']:>9.3f} {metrics[at + 'reward']:>8.3f}"
-                  + "".join(f" {metrics[at + k]:>8.3f}" for k in passes))
+        print(eval_table([result]))
         for s in samples:
             print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {s['response'][:80]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
-    return {"model": model_path, "n": len(prompts), **metrics}
+    return result
 
 
-def evaluate_cli(args) -> dict[str, Any]:
+def eval_table(results: list[dict[str, Any]]) -> str:
+    """`rllava eval`'s table: a row per model (accuracy, reward, pass@k, maj@n), and under it a row per dataset
+    when the data mixes several."""
+    passes = [k[5:] for k in results[0] if k.startswith(("eval/pass@", "eval/maj@"))]
+    lines = [f"{'model':<48} {'n':>5} {'accuracy':>9} {'reward':>8}" + "".join(f" {k:>8}" for k in passes)]
+    for r in results:
+        rows = [(r["model"][-48:], r["n"], "eval/")]  # the whole set, then each dataset of several
+        rows += [(f"  {source}"[:48], n, f"eval/{source}/") for source, n in r.get("sources", {}).items()]
+        for name, n, at in rows:
+            lines.append(f"{name:<48} {n:>5} {r[at + 'accuracy']:>9.3f} {r[at + 'reward']:>8.3f}"
+                         + "".join(f" {r[at + k]:>8.3f}" for k in passes))
+    return "\n".join(lines)
+
+
+def model_folders(spec: str) -> list[str]:
+    """`--model` of `rllava eval`: comma-separated folders (or hub names) and glob patterns, a pattern's matches in
+    natural order (`step_20` before `step_100`)."""
+    import glob
+    import re
+
+    def natural(path: str) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+    models = []
+    for part in (m.strip() for m in spec.split(",")):
+        if part and any(c in part for c in "*?["):
+            matches = sorted(glob.glob(part), key=natural)
+            if not matches:
+                raise FileNotFoundError(f"--model {part!r} matches no folder")
+            models += matches
+        elif part:
+            models.append(part)
+    if not models:
+        raise ValueError("--model names no model")
+    return models
+
+
+def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
     rewards = {name: 1.0 for name in args.reward.split(",") if name}
     temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
     overrides = [f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.val_n={args.n}",
@@ -174,5 +208,12 @@ def evaluate_cli(args) -> dict[str, Any]:
     if args.max_samples:
         overrides.append(f"data.max_val_samples={args.max_samples}")
     overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
-    return evaluate_model(args.model, resolve_split(args.data, args.split), rewards, overrides, device=args.device,
-                          seed=args.seed)
+    models = model_folders(args.model)
+    data = resolve_split(args.data, args.split)
+    if len(models) == 1:
+        return evaluate_model(models[0], data, rewards, overrides, device=args.device, seed=args.seed)
+    # Several models (a run's checkpoints, say): the same prompts and sampling seed for each, one table.
+    results = [evaluate_model(m, data, rewards, overrides, device=args.device, print_table=False, seed=args.seed)
+               for m in models]
+    print(eval_table(results))
+    return results
