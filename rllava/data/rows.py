@@ -99,8 +99,9 @@ READERS: dict[str, Callable[[Path], list[dict]]] = {
 }
 
 _HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
-_SPLIT = re.compile(r"[\w.-]+(\[-?\d*%?:-?\d*%?\])?")  # a split, and a slice of it as `datasets` writes one
-_SLICE = re.compile(r"(?P<name>[\w.-]+)\[(?P<start>-?\d*)(?P<start_pct>%?):(?P<stop>-?\d*)(?P<stop_pct>%?)\]")
+_SLICE_BOUNDS = r"\[(?P<start>-?\d*)(?P<start_pct>%?):(?P<stop>-?\d*)(?P<stop_pct>%?)\]"  # `datasets`' `[:-500]`
+_SLICE = re.compile(rf"(?P<name>[\w.-]+){_SLICE_BOUNDS}")
+_SPLIT = re.compile(rf"[\w.-]+(?:{_SLICE_BOUNDS})?")  # a split, or a slice of one
 
 
 def split_slice(split: str, rows: list) -> list:

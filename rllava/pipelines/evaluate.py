@@ -181,6 +181,8 @@ def model_folders(spec: str) -> list[str]:
     import glob
     import re
 
+    from rllava.config import ConfigError
+
     def natural(path: str) -> list:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
@@ -189,12 +191,12 @@ def model_folders(spec: str) -> list[str]:
         if part and any(c in part for c in "*?["):
             matches = sorted(glob.glob(part), key=natural)
             if not matches:
-                raise FileNotFoundError(f"--model {part!r} matches no folder")
+                raise ConfigError(f"--model {part!r} matches no folder")
             models += matches
         elif part:
             models.append(part)
     if not models:
-        raise ValueError("--model names no model")
+        raise ConfigError("--model names no model")
     return models
 
 
