@@ -56,6 +56,22 @@ def test_logger_truncates_after_resume_step(tmp_path):
     fresh.close()
 
 
+def test_logger_warns_once_when_learning_stalls(tmp_path, caplog):
+    """STALL_STEPS steps in a row with every group scored alike: one warning naming the step, reward and entropy;
+    a step with signal starts the count again."""
+    from rllava.pipelines.logger import STALL_STEPS
+
+    log = RunLogger(tmp_path, ["jsonl"], total_steps=40, progress_bar=False)
+    fracs = [1.0] * (STALL_STEPS - 1) + [0.5] + [1.0] * (STALL_STEPS + 3)  # the 9 stalled steps do not count
+    with caplog.at_level("WARNING", logger="rllava.pipelines.logger"):
+        for step, frac in enumerate(fracs, 1):
+            log.log(step, {"reward/zero_std_frac": frac, "reward/mean": 0.0, "actor/entropy": 0.02})
+    log.close()
+    warnings = [r.getMessage() for r in caplog.records if "scored alike" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"step {2 * STALL_STEPS}: for {STALL_STEPS} steps")
+    assert "Reward 0, entropy 0.02" in warnings[0] and "actor.betas=[0.9,0.95]" in warnings[0]
+
+
 def test_resume_with_settings_that_change_what_is_trained_is_refused(short_counting_run, tiny_model_factory, monkeypatch):
     """trainer.resume=auto on a run folder written with other settings: a clear error, not a failure deep in loading."""
     import rllava.pipelines.run as run_module

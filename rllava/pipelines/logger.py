@@ -5,9 +5,12 @@ Under torchrun only rank 0 writes them; the other ranks get a `NullLogger` (`mak
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CURVES = [  # (title, metric keys tried in order)
     ("reward", ["reward/mean"]),
@@ -17,6 +20,7 @@ CURVES = [  # (title, metric keys tried in order)
     ("entropy", ["actor/entropy"]),
     ("step time (s)", ["time/step"]),
 ]
+STALL_STEPS = 10  # steps in a row with every group's rollouts scored alike before the log warns of a stall
 
 
 class RunLogger:
@@ -39,6 +43,7 @@ class RunLogger:
             import wandb  # run.check_packages has made sure it is installed
 
             self.wandb = wandb.init(project="rllava", name=self.run_dir.name, config=wandb_config, resume="allow")
+        self.stalled_steps = 0  # steps in a row with reward/zero_std_frac = 1
         self.bar = None
         if progress_bar:
             from tqdm.auto import tqdm
@@ -66,6 +71,7 @@ class RunLogger:
             self.tb.flush()
         if self.wandb:
             self.wandb.log(numeric, step=step)
+        self._watch_stall(step, numeric)
         if self.bar is not None:
             post = {k.split("/")[-1]: f"{numeric[k]:.3g}" for k in ("reward/mean", "val/accuracy", "time/tokens_per_s")
                     if k in numeric}
@@ -75,6 +81,20 @@ class RunLogger:
             keys = ("reward/mean", "reward/accuracy", "actor/loss", "actor/entropy", "val/accuracy", "time/step")
             shown = ", ".join(f"{k}={numeric[k]:.4g}" for k in keys if k in numeric)
             print(f"step {step}: {shown}", flush=True)
+
+    def _watch_stall(self, step: int, numeric: dict[str, float]) -> None:
+        """Warn once a stall lasts STALL_STEPS steps: every prompt's rollouts scored alike, so a group-relative
+        estimator (GRPO, RLOO, ...) has had no signal; the reward and entropy say why."""
+        if "reward/zero_std_frac" not in numeric:
+            return
+        self.stalled_steps = self.stalled_steps + 1 if numeric["reward/zero_std_frac"] >= 1.0 else 0
+        if self.stalled_steps == STALL_STEPS:
+            logger.warning(
+                "step %d: for %d steps every prompt's rollouts scored alike (reward/zero_std_frac = 1): a group-relative "
+                "estimator learns nothing. Reward %.3g, entropy %.3g. Entropy near 0: the policy collapsed (try "
+                "actor.betas=[0.9,0.95], a lower actor.lr, or algorithm.kl_coef); reward at its best or worst: the "
+                "prompts are too easy or too hard.", step, STALL_STEPS, numeric.get("reward/mean", math.nan),
+                numeric.get("actor/entropy", math.nan))
 
     def advance(self) -> None:
         if self.bar is not None:
