@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads. One makes a run repeat exactly; with two, float sums change order from run "
                          "to run and this short, high-lr GRPO can take another path (docs/benchmarks.md)")
+    ap.add_argument("--rl-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a GRPO config override, e.g. actor.lr=5e-4 (repeatable; benchmarks/quickstart_seeds.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -59,7 +61,7 @@ def main() -> None:
     print(f"\n== 2/3 GRPO ({args.rl_steps} steps)", flush=True)
     rl = run_experiment(load_config(str(EXAMPLES / "counting_grpo.yaml"), common + [
         f"data.train_files={data / 'train.parquet'}", f"model.path={sft['final_model']}",
-        f"trainer.total_steps={args.rl_steps}"]))
+        f"trainer.total_steps={args.rl_steps}", *args.rl_override]))
 
     print("\n== 3/3 held-out accuracy (greedy, test split)", flush=True)
     test = str(data / "test.parquet")
