@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("list", "print every registry (with a config: after importing its plugins)", optional=True).set_defaults(fn=cmd_list)
 
     ev = sub.add_parser("eval", help="evaluation: accuracy table (greedy, or mean@n, pass@k and maj@n) plus samples")
-    ev.add_argument("--model", required=True, help="a model folder; or several, comma-separated or a glob such as "
-                    "'outputs/run/checkpoints/step_*/model' (quoted): one table, a row per model")
+    ev.add_argument("--model", required=True, help="a model folder; or several: comma-separated, a glob such as "
+                    "'outputs/run/checkpoints/step_*/model' (quoted), or a run folder (its checkpoints): a row each")
     ev.add_argument("--data", required=True, help="dataset file(s), a make-task or downloaded dataset folder (--split "
                     "picks its split), or NAME@split")
     ev.add_argument("--reward", default="math", help="reward name or file.py:fn (comma-separated for several)")

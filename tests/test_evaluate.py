@@ -208,6 +208,7 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
     steps = [tmp_path / "run" / "checkpoints" / f"step_{s}" / "model" for s in (20, 100)]
     assert model_folders(pattern) == [str(p) for p in steps]  # step_20 first, not by string order
     assert model_folders(f"{model}, {pattern}") == [str(model), *map(str, steps)]
+    assert model_folders(str(tmp_path / "run")) == [str(p) for p in steps]  # a run folder: its checkpoints
     from rllava.config import ConfigError
 
     with pytest.raises(ConfigError, match="matches no folder"):  # `rllava eval` prints it without a traceback

@@ -177,7 +177,7 @@ def eval_table(results: list[dict[str, Any]]) -> str:
 
 def model_folders(spec: str) -> list[str]:
     """`--model` of `rllava eval`: comma-separated folders (or hub names) and glob patterns, a pattern's matches in
-    natural order (`step_20` before `step_100`)."""
+    natural order (`step_20` before `step_100`). A run folder (`outputs/<experiment>`) means its checkpoints' models."""
     import glob
     import re
 
@@ -193,6 +193,11 @@ def model_folders(spec: str) -> list[str]:
             if not matches:
                 raise ConfigError(f"--model {part!r} matches no folder")
             models += matches
+        elif part and not (Path(part) / "config.json").exists() and (Path(part) / "checkpoints").is_dir():
+            found = sorted(glob.glob(str(Path(part) / "checkpoints" / "step_*" / "model")), key=natural)
+            if not found:
+                raise ConfigError(f"--model {part!r}: a run folder with no checkpoints/step_*/model yet")
+            models += found
         elif part:
             models.append(part)
     if not models:
