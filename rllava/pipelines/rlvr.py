@@ -24,7 +24,7 @@ from rllava.algorithms import (
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
-from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hooks_for, run_hooks
+from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, group_list, hooks_for, run_hooks
 from rllava.pipelines.registry import PIPELINES
 from rllava.roles.actor import advantage_rows
 
@@ -37,10 +37,8 @@ def response_metrics(episodes: list[Episode]) -> dict[str, float]:
     n = max(1, len(lengths))
     out = {"response/length_mean": sum(lengths) / n, "response/length_max": float(max(lengths, default=0)),
            "response/clip_ratio": sum(not e.finished for e in episodes) / n, "response/tokens": float(sum(lengths))}
-    groups: dict[int, list[float]] = {}
-    for e in episodes:
-        groups.setdefault(e.group_id, []).append(e.reward)
-    spreads = [max(r) - min(r) for r in groups.values() if len(r) > 1]
+    rewards = [[e.reward for e in g] for g in group_list(episodes)]
+    spreads = [max(r) - min(r) for r in rewards if len(r) > 1]
     if spreads:
         out["reward/zero_std_frac"] = sum(s <= 1e-6 for s in spreads) / len(spreads)
     return out
