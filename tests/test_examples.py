@@ -32,7 +32,7 @@ def task_data(tmp_path_factory):
 def test_example_trains_three_steps(name, tiny_model_factory, task_data, tmp_path):
     task = name.split("_")[0]
     data = task_data(task)
-    family = "qwen2" if task in ("arithmetic", "search") else "qwen2_vl"  # text-only tasks' examples are for text LLMs
+    family = "qwen2" if task in ("arithmetic", "calculate", "search") else "qwen2_vl"  # text-only tasks' examples are for text LLMs
     corpus = [f"env.corpus_path={data / 'corpus.jsonl'}"] if (data / "corpus.jsonl").exists() else []
     cfg = load_config(str(EXAMPLES / name), [*corpus,
         f"model.path={tiny_model_factory(family)}", f"data.train_files={data / 'train.parquet'}",

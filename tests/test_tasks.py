@@ -65,7 +65,7 @@ def test_folder_layout(made, name):
 
 
 @pytest.mark.parametrize("name", ["counting", "geometry", "grounding", "detection", "zoom", "motion", "compare",
-                                  "arithmetic", "search", "choice"])
+                                  "arithmetic", "calculate", "search", "choice"])
 def test_default_reward_gives_full_marks_for_the_answer(made, name):
     """The registry's default reward accepts each ground truth written the way the prompt asks."""
     fn = RewardFunction(TASKS.entry(name).meta["reward"])
@@ -357,6 +357,29 @@ def test_search_corpus_answers_each_question_through_the_search_tool(made):
         query = parse_action(json.loads(r["demo_turns"])[0], "tags").arguments["query"]
         first = TOOLS.get("search")({"query": query, "k": 1}, ctx).text
         assert r["place"] in first and f"is {r['answer']}." in first
+
+
+def test_calculate_demonstration_code_prints_the_answer_in_the_sandbox(made):
+    """Each row's demonstration runs (sandboxed, through the python tool) and prints the row's answer, which is
+    Python's own value of the expression; task.yaml carries the environment settings."""
+    from rllava.envs.base import TOOLS, ToolContext
+
+    out = made["calculate"]
+    info = yaml.safe_load((out / "task.yaml").read_text())
+    assert info["env"]["tools"] == ["python"] and info["env"]["call_format"] == "tags"
+    rows = _all_rows(out)
+    for r in rows:
+        assert r["answer"] == str(eval(r["expression"])) and set(r["expression"]) <= set("0123456789 +-*")
+        call, answer = json.loads(r["demo_turns"])
+        action = parse_action(call, "tags")
+        assert action.kind == "tool" and action.name == "python" and answer == f"<answer>{r['answer']}</answer>"
+        ctx = ToolContext()
+        try:
+            text = TOOLS.get("python")(action.arguments, ctx).text
+        finally:
+            ctx.cleanup()
+        assert text == f"exit status: 0\nstdout:\n{r['answer']}"
+    assert len({r["expression"].count(" ") for r in rows}) == 1 and max(int(r["answer"]) for r in rows) > 10**6
 
 
 def test_make_task_in_a_public_layout_from_the_cli(tmp_path, capsys):

@@ -96,8 +96,11 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
             if k not in ("n", "n_prompts"):  # pass@k and maj@n are means over prompts, the rest over samples
                 per_prompt = k.startswith(("pass@", "maj@"))
                 metrics[f"{prefix}/{group}{k}"] = sums[group + k] / (n_prompts if per_prompt else n)
+    # A multi-turn episode's response is its last turn (what rewards score); its transcript is every turn, the
+    # environment's observations included, without which an agent's sample cannot be read.
     samples = [{"prompt": e.prompt.text, "response": e.response_text, "answer": e.prompt.meta.get("answer"),
-                "reward": e.reward} for e in episodes[:n_samples]]
+                "reward": e.reward, **({"transcript": e.info["transcript"]} if "transcript" in e.info else {})}
+               for e in episodes[:n_samples]]
     return metrics, samples
 
 
@@ -157,7 +160,8 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     if print_table:
         print(eval_table([result]))
         for s in samples:
-            print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {s['response'][:80]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
+            response = "".join(s.get("transcript", [s["response"]]))
+            print(f"  prompt: {s['prompt'][-80:]!r}\n  response: {response[:160]!r}  answer: {s['answer']!r}  reward: {s['reward']:.2f}")
     return result
 
 

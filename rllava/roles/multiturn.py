@@ -213,6 +213,6 @@ class MultiTurnRollout:
             self._append(ep, ids, False, seq=seq)
             if mm:
                 ep.extra_mm.append(mm)
-            ep.info["transcript"].append(obs.text)
+            ep.info["transcript"].append(tok.decode(ids, skip_special_tokens=True))  # as the policy reads it
             still.append(i)
         return still
