@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,10 +110,12 @@ def test_demo_engine_ends_the_episode_when_the_demonstration_runs_out(demo_setup
     only_call = dataclasses.replace(p, meta={**p.meta, "demo_turns": json.dumps(p.meta["demo_turns"][:1])})
     (ep,) = rollout.generate([only_call], Sampling(n=1, temperature=0.0))
     assert ep.info["tool_calls"] == 1 and not ep.finished and ep.response_mask[-1] == 0  # ends after the observation
-    with pytest.raises(ValueError, match="demo_key='demo_turns' must hold a list"):
+    # A row without its demonstration: the error names the row's file, its row number and the field.
+    with pytest.raises(DataError, match=rf"^{re.escape(p.where)}, field 'demo_turns' \(data.demo_key\): must hold a list"):
         DemoEngine(tok, eos).generate([dataclasses.replace(p, meta={"index": 3})], Sampling(n=1))
+    assert re.fullmatch(r".*\.parquet, row \d+", p.where)
     assert demo_turns({"d": '["a", "b"]'}, "d") == ["a", "b"]
-    with pytest.raises(DataError, match=r"dataset row 4: data.demo_key='d' must hold a list .* got '\[\"a\", b'"):
+    with pytest.raises(DataError, match=r"dataset row 4, field 'd' \(data.demo_key\): must hold a list .* got '\[\"a\", b'"):
         demo_turns({"d": '["a", b', "index": 4}, "d")
 
 
@@ -222,14 +225,14 @@ def test_hinted_episode_replays_the_demonstration_then_the_policy_continues(demo
     demos = demo_rollout.generate(prompts, Sampling(n=1, temperature=0.0))
     hinted = []
     for p in prompts:
-        call, answer = demo_turn_ids(tok, p.meta, "demo_turns", eos)
+        call, answer = demo_turn_ids(tok, p, "demo_turns", eos)
         hinted.append(dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns([call, answer], len(call) + 2)}))
     torch.manual_seed(0)
     episodes = policy.generate(hinted, Sampling(n=2, temperature=1.0, max_new_tokens=5))
     assert len(episodes) == 6
     for ep in episodes:
         demo = demos[ep.group_id]
-        call, answer = demo_turn_ids(tok, ep.prompt.meta, "demo_turns", eos)
+        call, answer = demo_turn_ids(tok, ep.prompt, "demo_turns", eos)
         n_obs = len(demo.response_ids) - len(call) - len(answer)
         assert ep.hint_len == len(call) + n_obs + 2
         assert ep.response_ids[:ep.hint_len] == demo.response_ids[:ep.hint_len]

@@ -1,6 +1,7 @@
 """`rllava check`: the run's sizes without loading weights, and the errors a run would stop on, in one line."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,6 +10,7 @@ import pytest
 
 from rllava.cli import main
 from rllava.config import load_config
+from rllava.data.rows import DataError
 from rllava.pipelines.preflight import preflight
 
 
@@ -96,3 +98,30 @@ def test_a_misspelt_name_fails_in_rllava_check_before_the_model_is_read(setting,
     code = main(["check", str(example), "model.path=/nonexistent", f"{setting}={typo}"])
     err = capsys.readouterr().err
     assert code == 2 and f"{setting}: unknown" in err and hint in err, err
+
+
+@pytest.mark.parametrize("pipeline,field", [("agentic_sft", "demo_turns"), ("sft", "data.response_template")])
+def test_a_bad_demonstration_fails_before_training_naming_file_row_and_field(pipeline, field, tiny_model_factory,
+                                                                               tmp_path, capsys):
+    """A demonstration that cannot be read is found by `rllava check` and at the start of a run (before step 1),
+    not when its batch comes up: the last of 10 rows here, which a batch of 2 reaches at step 5."""
+    from rllava.pipelines.run import run_experiment
+    from rllava.tasks import make_task
+
+    data = make_task("calculate", tmp_path / "calculate", n=12, seed=0)
+    rows = pq.read_table(data / "train.parquet").to_pylist()
+    rows[-1]["demo_turns"] = "<answer>3</answer>"  # one turn's text, not a list of turns
+    rows[-1]["solution"] = None
+    for r in rows[:-1]:
+        r["solution"] = r["answer"]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    args = [f"model.path={tiny_model_factory('qwen2')}", f"data.train_files={tmp_path / 'bad.parquet'}", "data.val_files=",
+            "data.batch_size=2", "data.shuffle=false", f"trainer.pipeline={pipeline}", "env.name=tools", "env.tools=[python]",
+            "env.call_format=tags", "data.response_template={{ solution.strip() }}", f"trainer.output_dir={tmp_path}",
+            "trainer.total_steps=5", "trainer.loggers=[jsonl]", "trainer.progress_bar=false"]
+    where = f"{tmp_path / 'bad.parquet'}, row {len(rows) - 1}, field '{field}'"
+    assert main(["check", *args]) == 2
+    assert capsys.readouterr().err.startswith(f"rllava: error: {where}")
+    with pytest.raises(DataError, match=f"^{re.escape(where)}"):
+        run_experiment(load_config(None, args))
+    assert not (tmp_path / "default" / "metrics.jsonl").exists()  # no step ran

@@ -403,7 +403,7 @@ def test_a_demonstration_template_naming_a_missing_field_fails_clearly():
     from rllava.data.types import Prompt
     from rllava.pipelines.sft import sft_episodes
 
-    with pytest.raises(DataError, match=r"response_template.*row 7.*'solution' is undefined.*\['answer'\]"):
+    with pytest.raises(DataError, match=r"^dataset row 7, field 'data.response_template': .*'solution' is undefined.*\['answer'\]"):
         sft_episodes([Prompt(input_ids=[1], meta={"answer": "3", "index": 7}, index=7)], None, "{{ solution }}", 0)
 
 

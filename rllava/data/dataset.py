@@ -337,7 +337,7 @@ class RLDataset(torch.utils.data.Dataset):
             meta["image_sizes"] = [list(size) for size in it.image_sizes]
             meta["input_image_sizes"] = self._input_sizes(images, out)
         return Prompt(input_ids=input_ids, mm=mm, seq=seq, text=it.text, images=images,
-                      meta=meta, index=i, query=it.query)
+                      meta=meta, index=i, query=it.query, where=it.ref.where())
 
     def _input_sizes(self, images: list[Image.Image], out: Any) -> list[list[int]]:
         """[width, height] of each image as the model sees it: from the processor's patch grid where it has one

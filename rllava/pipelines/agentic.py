@@ -42,8 +42,8 @@ def setup_agentic(ctx) -> None:
     ctx.reward = EpisodeRewardScorer(ctx.reward, ctx.cfg.env.reward_weights)
 
 
-def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
-    """The row's demonstration: a list of turn texts (or that list as a JSON string)."""
+def demo_turns(meta: dict[str, Any], key: str, where: str = "") -> list[str]:
+    """The row's demonstration: a list of turn texts (or that list as a JSON string); `where` names the row."""
     turns = meta.get(key)
     if isinstance(turns, str):
         try:
@@ -51,15 +51,16 @@ def demo_turns(meta: dict[str, Any], key: str) -> list[str]:
         except json.JSONDecodeError:
             pass  # not JSON: reported below as not a list
     if not isinstance(turns, (list, tuple)) or not all(isinstance(t, str) for t in turns):
-        raise DataError(f"dataset row {meta.get('index', '?')}: data.demo_key={key!r} must hold a list of assistant "
+        row = where or f"dataset row {meta.get('index', '?')}"
+        raise DataError(f"{row}, field {key!r} (data.demo_key): must hold a list of assistant "
                         f"turn texts, got {turns!r}")
     return list(turns)
 
 
-def demo_turn_ids(tokenizer, meta: dict[str, Any], key: str, eos_id: int, every_turn: bool = True) -> list[list[int]]:
+def demo_turn_ids(tokenizer, prompt: Prompt, key: str, eos_id: int, every_turn: bool = True) -> list[list[int]]:
     """The row's demonstration as token ids, each turn ended by EOS as a policy turn is (with raw observations,
     `every_turn=False`, only the last: the assistant's text goes on through the observations)."""
-    turns = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in demo_turns(meta, key)]
+    turns = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in demo_turns(prompt.meta, key, prompt.where)]
     return [ids + [eos_id] if every_turn or k == len(turns) - 1 else ids for k, ids in enumerate(turns)]
 
 
@@ -93,7 +94,7 @@ class HintTurns:
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
         eos, every = trainer.ctx.extra["eos_ids"][0], turns_end_with_eos(cfg)
-        demos = [demo_turn_ids(tokenizer, p.meta, cfg.data.demo_key, eos, every) for p in prompts]
+        demos = [demo_turn_ids(tokenizer, p, cfg.data.demo_key, eos, every) for p in prompts]
         lengths = hint_lengths(trainer, prompts, [sum(map(len, d)) - 1 for d in demos], metrics)
         return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n), self.UNHINTED: p}) if n else p
                 for p, d, n in zip(prompts, demos, lengths)]
@@ -129,7 +130,7 @@ class DemoEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         episodes = []
         for i, p in enumerate(prompts):
-            turns = demo_turn_ids(self.tokenizer, p.meta, self.demo_key, self.eos_ids[0], self.every_turn)
+            turns = demo_turn_ids(self.tokenizer, p, self.demo_key, self.eos_ids[0], self.every_turn)
             k = p.meta.get(TURN_KEY, 0)
             ids = turns[k] if k < len(turns) else []
             for _ in range(sampling.n):
@@ -149,6 +150,10 @@ def demonstration_rollout(ctx) -> MultiTurnRollout:
 class AgenticPipeline(RLVRPipeline):
     """With `algorithm.demonstrations`, a group's demonstration is the row's `data.demo_key` turns played
     through the environment (tools run, observations are masked out of every loss), as in `agentic_sft`."""
+
+    def check_demonstration(self, meta: dict, where: str) -> None:
+        if self.cfg.algorithm.demonstrations:
+            demo_turns(meta, self.cfg.data.demo_key, where)
 
     def setup(self, ctx) -> None:
         setup_agentic(ctx)

@@ -11,7 +11,7 @@ runs the policy, greedy and multi-turn, as in `trainer.pipeline=agentic`.
 from __future__ import annotations
 
 from rllava.data.types import Episode
-from rllava.pipelines.agentic import agent_metrics, demonstration_rollout, setup_agentic
+from rllava.pipelines.agentic import agent_metrics, demo_turns, demonstration_rollout, setup_agentic
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.sft import SFTPipeline
 
@@ -23,6 +23,9 @@ class AgenticSFTPipeline(SFTPipeline):
         setup_agentic(ctx)  # validation: the policy's own multi-turn episodes, scored like RL's
         self.demos = demonstration_rollout(ctx)
         self.reward = ctx.reward
+
+    def check_demonstration(self, meta: dict, where: str) -> None:
+        demo_turns(meta, self.cfg.data.demo_key, where)
 
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         episodes = self.demos.generate(prompts, self.demos.greedy_sampling())

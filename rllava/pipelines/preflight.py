@@ -4,7 +4,7 @@ A long job that fails after an hour of queueing on a bad row or a misspelt rewar
 hour. The check loads the config and its plugins, the optional packages it needs, the model's
 config (parameters counted on the meta device: no weights are read) and processor, every row of
 the train and validation files (templates rendered, media references and lengths checked, the
-first prompt processed in full), the reward functions (each scores a few rows' own answers: one
+first prompt processed in full; each train row's demonstration where the pipeline trains on them), the reward functions (each scores a few rows' own answers: one
 that raises on every one of them is an error, since a run would only count it and train on
 `on_error` scores), the reward model folder, and the pipeline's settings; it then reports the
 sizes a run would see.
@@ -30,13 +30,13 @@ def preflight(cfg: Config) -> dict[str, Any]:
     from rllava.models.introspect import is_vlm
     from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor
     from rllava.pipelines.registry import PIPELINES
-    from rllava.pipelines.run import check_settings, needs_critic
+    from rllava.pipelines.run import check_demonstrations, check_settings, needs_critic
     from rllava.rewards import RewardFunction
     from rllava.roles.reward import check_sources
 
     import_plugins(cfg.plugins)
     check_settings(cfg)
-    PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
+    pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
     rewards = (RewardFunction(cfg.reward.functions, cfg.reward.on_error, cfg.reward.kwargs, cfg.reward.by_source)
                if cfg.reward.functions or cfg.reward.by_source else None)
     judge = None
@@ -66,6 +66,8 @@ def preflight(cfg: Config) -> dict[str, Any]:
         ds = RLDataset(files, cfg.data, processor)  # every row: template, media references, estimated length
         first = ds[0]  # one prompt processed in full: images decoded, the processor run
         sources[split] = ds.sources()
+        if split == "train":
+            check_demonstrations(pipeline, ds)  # every row's, where the pipeline trains on demonstrations
         if split == "train" and rewards is not None:  # the first rows of each data source, scored by its rewards
             first_rows: dict[str, list[int]] = {}
             for i, source in enumerate(sources[split]):

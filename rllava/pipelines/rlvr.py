@@ -26,6 +26,7 @@ from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
 from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, group_list, hooks_for, run_hooks
 from rllava.pipelines.registry import PIPELINES
+from rllava.pipelines.sft import check_response_template
 from rllava.roles.actor import advantage_rows
 
 
@@ -112,6 +113,10 @@ class RLVRPipeline:
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctrl.value = state["kl_coef"]
+
+    def check_demonstration(self, meta: dict, where: str) -> None:
+        if self.cfg.algorithm.demonstrations:
+            check_response_template(self.cfg, meta, where)
 
     def _run_hooks(self, name: str, trainer, episodes, metrics):
         return run_hooks(self.hooks, name, trainer, episodes, metrics)

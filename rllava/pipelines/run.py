@@ -236,6 +236,15 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     return ctx
 
 
+def check_demonstrations(pipeline, ds) -> None:
+    """Every train row's demonstration, where the pipeline trains on them: a bad row fails before training, naming
+    its file, row and field, not when its batch comes up hours later."""
+    check = getattr(pipeline, "check_demonstration", None)
+    if check is not None:
+        for i in range(len(ds)):
+            check(ds.meta(i), ds.where(i))
+
+
 def needs_critic(cfg: Config) -> bool:
     from rllava.algorithms import ADVANTAGES
 
@@ -270,6 +279,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     if ckpt is not None:
         check_resumable(ckpt, cfg)
     ctx = build_context(cfg, run_dir, ckpt)
+    check_demonstrations(pipeline, ctx.loader.dataset)
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
         pipeline.setup(ctx)
     seed_everything(cfg.trainer.seed + du.rank())  # each rank samples its own rollouts

@@ -109,7 +109,7 @@ class MultiTurnRollout:
         seq = {k: v + ep.response_seq.get(k, [0] * len(ep.response_ids)) for k, v in p.seq.items()}
         mm = concat_mm([d for d in [p.mm, *ep.extra_mm] if d]) if (p.mm or ep.extra_mm) else {}
         return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text,
-                      meta={**p.meta, TURN_KEY: ep.info["turns"]}, index=p.index)
+                      meta={**p.meta, TURN_KEY: ep.info["turns"]}, index=p.index, where=p.where)
 
     def _append(self, ep: Episode, ids: list[int], trained: bool, logp: list[float] | None = None,
                 seq: dict[str, list[int]] | None = None) -> None:
