@@ -152,9 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "'outputs/run/checkpoints/step_*/model' (quoted), or a run folder (its checkpoints): a row each")
     ev.add_argument("--data", required=True, help="dataset file(s), a make-task or downloaded dataset folder (--split "
                     "picks its split), or NAME@split")
-    ev.add_argument("--reward", default="math", help="reward name or file.py:fn (comma-separated for several)")
+    ev.add_argument("--config", default=None, help="a training config whose settings (template, rewards, environment, "
+                    "stop strings, ...) the evaluation uses; default: the models' run's config.yaml, else the data "
+                    "folder's task.yaml")
+    ev.add_argument("--reward", default=None, help="reward name or file.py:fn (comma-separated for several); default: "
+                    "the config's or task's rewards, else math")
     ev.add_argument("--split", default="test", help="the split of a dataset folder")
-    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's, else 128")
     ev.add_argument("--template", default=None)
     ev.add_argument("--max-samples", type=int, default=None)
     ev.add_argument("--n", type=int, default=1, help="samples a prompt: > 1 reports mean@n accuracy, pass@k and maj@n")

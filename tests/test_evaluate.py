@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rllava.pipelines.evaluate import majority_correct, pass_at_k, pass_at_k_sums
+from rllava.tasks import TASKS
 
 
 def test_pass_at_k_by_hand():
@@ -223,3 +224,45 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
     assert results[0]["eval/accuracy"] == results[1]["eval/accuracy"]
     assert results[0]["eval/response_length"] == results[1]["eval/response_length"]
     assert float(table[1].split()[2]) == pytest.approx(results[0]["eval/accuracy"], abs=1e-3)
+
+
+
+def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_factory, counting, tmp_path, capsys):
+    """Evaluating a run's checkpoints uses the run's config.yaml (template, reward, max_new_tokens; not its cap on
+    validation rows), and a bare model on a make-task folder its task.yaml (template, reward, environment, stop
+    strings): each equals the same evaluation with those settings written out as flags and overrides."""
+    import shutil
+
+    from rllava.cli import main
+    from rllava.config import load_config
+    from rllava.pipelines.run import run_experiment
+    from rllava.tasks import make_task
+
+    def last_json(*args: str) -> tuple[dict, str]:
+        assert main(["eval", *args, "--n", "2"]) == 0
+        out = capsys.readouterr().out
+        return json.loads(out.strip().splitlines()[-1]), out
+
+    template = "{{ prompt }} Reply with digits."
+    run = run_experiment(load_config(None, [
+        f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={counting / 'train.parquet'}",
+        "data.val_files=", f"data.template={template}", "data.max_val_samples=2", "data.batch_size=2", "rollout.n=2",
+        "rollout.max_new_tokens=3", "reward.functions={number_format: 1.0}", "trainer.total_steps=1",
+        f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"]))
+    from_run, out = last_json("--model", run["run_dir"], "--data", str(counting))
+    assert f"settings from {Path(run['run_dir']) / 'config.yaml'}" in out and "Reply with digits." in out
+    bare = shutil.copytree(run["final_model"], tmp_path / "bare")  # outside the run: no config.yaml to find
+    explicit, out = last_json("--model", str(bare), "--data", str(counting), "--reward", "number_format",
+                              "--max-new-tokens", "3", "--template", template)
+    assert "settings from" not in out and from_run["n"] == explicit["n"] == 6  # every test row, not the run's 2
+    assert {**from_run, "model": ""} == {**explicit, "model": ""} and from_run["eval/response_length"] <= 3
+
+    calculate = make_task("calculate", tmp_path / "calculate", n=20, seed=0, terms=2, max_value=99)
+    model = str(tiny_model_factory("qwen2"))
+    from_task, _ = last_json("--model", model, "--data", str(calculate), "--max-new-tokens", "24")
+    explicit, _ = last_json("--model", model, "--data", str(calculate), "--max-new-tokens", "24", "--reward", "count",
+                            "--template", TASKS.entry("calculate").meta["template"], "env.name=tools",
+                            "env.tools=[python]", "env.call_format=tags", "env.observation_role=raw",
+                            'env.observation_template="\\n<output>\\n{text}\\n</output>\\n"', "env.max_turns=2",
+                            "rollout.stop=['</python>']")
+    assert "eval/agent/turns" in from_task and from_task == explicit

@@ -118,11 +118,12 @@ def resolve_split(data: str, split: str) -> str:
     return data if (p / "state.json").exists() else f"{data}@{split}"
 
 
-def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], overrides: list[str] | None = None,
-                   device: str = "auto", print_table: bool = True, seed: int = 0) -> dict[str, Any]:
+def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] | None, overrides: list[str] | None = None,
+                   device: str = "auto", print_table: bool = True, seed: int = 0, config: str | None = None) -> dict[str, Any]:
     """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded.
-    With `env.name` in the overrides, episodes are multi-turn against that environment and scored by the
-    episode reward, as in `trainer.pipeline=agentic`."""
+    Settings come from `config` (a training config, say) under the overrides; `rewards` (None: the config's)
+    score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
+    reward, as in `trainer.pipeline=agentic`."""
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
     from rllava.engines.hf_rollout import HFRolloutEngine
@@ -132,8 +133,9 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float], 
     from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
-    cfg = load_config(None, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
-    cfg.reward.functions = dict(rewards)
+    cfg = load_config(config, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
+    if rewards is not None:
+        cfg.reward.functions = dict(rewards)
     dev = resolve_device(device)
     seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
@@ -209,22 +211,55 @@ def model_folders(spec: str) -> list[str]:
     return models
 
 
+def run_config(model: str) -> str | None:
+    """The config.yaml of the run a checkpoint's model folder (`<run>/checkpoints/step_N/model`) belongs to."""
+    path = Path(model)
+    found = path.parent.parent.parent / "config.yaml"
+    return str(found) if path.parent.parent.name == "checkpoints" and found.is_file() else None
+
+
+def task_overrides(data: str) -> list[str]:
+    """A `rllava make-task` folder's own settings (task.yaml: template, rewards, environment, stop strings) as overrides."""
+    import json
+
+    import yaml
+
+    path = Path(data) / "task.yaml"
+    if not path.is_file():
+        return []
+    info = yaml.safe_load(path.read_text()) or {}
+    out = [f"data.template={json.dumps(info['data']['template'])}"] if info.get("data", {}).get("template") else []
+    if info.get("reward", {}).get("functions"):
+        out.append(f"reward.functions={json.dumps(info['reward']['functions'])}")
+    return out + [f"{section}.{k}={json.dumps(v)}" for section in ("env", "rollout") for k, v in (info.get(section) or {}).items()]
+
+
 def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
-    rewards = {name: 1.0 for name in args.reward.split(",") if name}
+    """`rllava eval`. Settings (template, rewards, environment, stop strings, ...) come from `--config`, else from
+    the config.yaml of the run the models belong to, else from the data folder's task.yaml; flags override them."""
+    from rllava.config import load_config
+
+    models = model_folders(args.model)
+    config = getattr(args, "config", None) or run_config(models[0])
+    overrides = [] if config else task_overrides(args.data)
     temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
-    overrides = [f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.val_n={args.n}",
-                 f"rollout.val_temperature={temperature}"]
+    overrides += [f"rollout.val_n={args.n}", f"rollout.val_temperature={temperature}",
+                  f"data.max_val_samples={args.max_samples or 'null'}"]  # all rows unless asked: not the run's cap
+    if args.max_new_tokens or not config:
+        overrides.append(f"rollout.max_new_tokens={args.max_new_tokens or 128}")
     if args.template:
         overrides.append(f"data.template={args.template}")
-    if args.max_samples:
-        overrides.append(f"data.max_val_samples={args.max_samples}")
     overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
-    models = model_folders(args.model)
+    rewards = {name: 1.0 for name in args.reward.split(",") if name} if args.reward else None
+    if rewards is None and not load_config(config, overrides).reward.functions:
+        rewards = {"math": 1.0}  # nothing names a reward
+    if config:
+        print(f"settings from {config}")
     data = resolve_split(args.data, args.split)
     if len(models) == 1:
-        return evaluate_model(models[0], data, rewards, overrides, device=args.device, seed=args.seed)
+        return evaluate_model(models[0], data, rewards, overrides, device=args.device, seed=args.seed, config=config)
     # Several models (a run's checkpoints, say): the same prompts and sampling seed for each, one table.
-    results = [evaluate_model(m, data, rewards, overrides, device=args.device, print_table=False, seed=args.seed)
-               for m in models]
+    results = [evaluate_model(m, data, rewards, overrides, device=args.device, print_table=False, seed=args.seed,
+                              config=config) for m in models]
     print(eval_table(results))
     return results

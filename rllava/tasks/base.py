@@ -1,7 +1,7 @@
 """The task registry and `make_task`: run a generator n times and write a standard dataset folder.
 
 A generator is `fn(rng: random.Random, **options) -> Sample`. Its registry meta records the
-default prompt template and reward weights (and, for agentic tasks, environment settings). The
+default prompt template and reward weights (and, for agentic tasks, environment settings and stop strings). The
 folder holds train/val/test.parquet (about 80/10/10) with columns prompt (text with `<image>` /
 `<video>` markers), answer (string), images (relative paths), videos (one list of frame paths, for
 tasks with a video) and the task's own fields, the PNGs in images/ (and frames/), corpus.jsonl
@@ -100,8 +100,9 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
                  "template": entry.meta.get("template", "{{ prompt }}")},
         "reward": {"functions": dict(entry.meta.get("reward", {}))},
     }
-    if entry.meta.get("env"):
-        info["env"] = dict(entry.meta["env"])
+    for section in ("env", "rollout"):  # an agentic task's environment and stop strings
+        if entry.meta.get(section):
+            info[section] = dict(entry.meta[section])
     if documents:  # every split's documents: a question's passage must be findable whichever split holds it
         (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents))
         info.setdefault("env", {})["corpus_path"] = str(out / "corpus.jsonl")

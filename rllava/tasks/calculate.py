@@ -18,7 +18,7 @@ CODE_ENV = {"name": "tools", "tools": ["python"], "call_format": "tags", "observ
 
 
 @TASKS.register("calculate", template="{{ prompt }} Compute it with <python>code</python>, then answer as <answer>number</answer>.",
-                reward={"count": 1.0}, env=CODE_ENV)
+                reward={"count": 1.0}, env=CODE_ENV, rollout={"stop": ["</python>"]})
 def calculate(rng: random.Random, terms: int = 3, max_value: int = 9999, ops: str = "+-*") -> Sample:
     """Text only: the value of a long integer expression, meant to be computed with the python tool (env.tools=[python])."""
     expression, value = random_expression(rng, terms, max_value, ops, "calculate")

@@ -25,7 +25,7 @@ SEARCH_ENV = {"name": "tools", "tools": ["search"], "call_format": "tags", "obse
 
 
 @TASKS.register("search", template="{{ prompt }} Look it up with <search>query</search>, then answer as <answer>colour</answer>.",
-                reward={"exact_match": 1.0}, env=SEARCH_ENV)
+                reward={"exact_match": 1.0}, env=SEARCH_ENV, rollout={"stop": ["</search>"]})
 def search(rng: random.Random) -> Sample:
     """Text only: the colour of a made-up place's flag, river or tower, found in the corpus (env.tools=[search])."""
     name, decoy = place_name(rng), place_name(rng)
