@@ -18,36 +18,20 @@ from pathlib import Path
 
 from rllava.config import load_config
 from rllava.models.tiny import make_tiny_model
+from rllava.pipelines.evaluate import evaluate_model
 from rllava.pipelines.run import run_experiment
 from rllava.tasks import make_task
 
 EXAMPLES = Path(__file__).resolve().parent
 
 
-def evaluate_agent(model_path: str, data_file: str, overrides: list[str], batch_size: int = 64) -> dict[str, float]:
-    """Greedy multi-turn episodes of a model folder on a dataset: accuracy and tool-call rate."""
-    from rllava.data.dataset import RLDataset
-    from rllava.engines.hf_rollout import HFRolloutEngine
-    from rllava.models.introspect import placeholder_token_ids
-    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
-    from rllava.pipelines.agentic import EpisodeRewardScorer, multiturn_rollout
-    from rllava.roles.reward import RewardScorer
-    from rllava.roles.rollout import Rollout
-
-    cfg = load_config(str(EXAMPLES / "zoom_agent.yaml"), [*overrides, f"model.path={model_path}"])
-    model, processor = load_model_and_processor(cfg.model, device="cpu")
-    engine = HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), "cpu",
-                             suppress_ids=placeholder_token_ids(model, processor))
-    rollout = multiturn_rollout(cfg, processor, Rollout(engine, get_tokenizer(processor), cfg.rollout))
-    scorer = EpisodeRewardScorer(RewardScorer(cfg.reward), cfg.env.reward_weights)
-    ds = RLDataset(data_file, cfg.data, processor)
-    episodes = []
-    for start in range(0, len(ds), batch_size):
-        prompts = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
-        episodes += rollout.generate(prompts, rollout.val_sampling())
-    m = scorer.score(episodes)
-    return {"accuracy": m["reward/accuracy"], "tool_call_rate": m["agent/tool_call_rate"],
-            "turns": m["agent/turns"], "n": len(episodes)}
+def evaluate_agent(model_path: str, data_file: str, overrides: list[str]) -> dict[str, float]:
+    """Greedy multi-turn episodes of a model folder on a dataset, with zoom_agent.yaml's settings (`rllava eval
+    --config`): accuracy and tool-call rate."""
+    m = evaluate_model(model_path, data_file, None, [*overrides, "data.max_val_samples=null"],
+                       device="cpu", print_table=False, config=str(EXAMPLES / "zoom_agent.yaml"))
+    return {"accuracy": m["eval/accuracy"], "tool_call_rate": m["eval/agent/tool_call_rate"],
+            "turns": m["eval/agent/turns"], "n": m["n"]}
 
 
 def main() -> None:
