@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rllava.pipelines.evaluate import majority_correct, pass_at_k, pass_at_k_sums
+from rllava.pipelines.evaluate import majority_correct, pass_at_k, pass_at_k_sums, task_overrides
 from rllava.tasks import TASKS
 
 
@@ -266,3 +266,7 @@ def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_fa
                             'env.observation_template="\\n<output>\\n{text}\\n</output>\\n"', "env.max_turns=2",
                             "rollout.stop=['</python>']")
     assert "eval/agent/turns" in from_task and from_task == explicit
+    cfg = load_config(None, task_overrides(str(calculate)))  # each of task.yaml's settings arrives as written
+    meta = TASKS.entry("calculate").meta
+    assert cfg.data.template == meta["template"] and cfg.reward.functions == meta["reward"]
+    assert cfg.rollout.stop == ["</python>"] and all(getattr(cfg.env, k) == v for k, v in meta["env"].items())

@@ -31,10 +31,6 @@ class Prompt:
     query: str = ""  # the rendered user message (data.template), before the chat template: what a reward model reads
     where: str = ""  # "file, row N": where the row came from, for error messages
 
-    def row_ref(self, field: str) -> str:
-        """'file, row N, field F' of this prompt's row (or its dataset index where the file is unknown)."""
-        return f"{self.where or f'dataset row {self.index}'}, field {field!r}"
-
 
 @dataclass
 class Episode:

@@ -4,10 +4,10 @@ A long job that fails after an hour of queueing on a bad row or a misspelt rewar
 hour. The check loads the config and its plugins, the optional packages it needs, the model's
 config (parameters counted on the meta device: no weights are read) and processor, every row of
 the train and validation files (templates rendered, media references and lengths checked, the
-first prompt processed in full; each train row's demonstration where the pipeline trains on them), the reward functions (each scores a few rows' own answers: one
-that raises on every one of them is an error, since a run would only count it and train on
-`on_error` scores), the reward model folder, and the pipeline's settings; it then reports the
-sizes a run would see.
+first prompt processed in full; each train row's demonstration where the pipeline trains on
+them), the reward functions (each scores a few rows' own answers: one that raises on every one
+of them is an error, since a run would only count it and train on `on_error` scores), the reward
+model folder, and the pipeline's settings; it then reports the sizes a run would see.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
 from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, group_list, hooks_for, run_hooks
 from rllava.pipelines.registry import PIPELINES
-from rllava.pipelines.sft import check_response_template
+from rllava.pipelines.sft import render_response
 from rllava.roles.actor import advantage_rows
 
 
@@ -116,7 +116,7 @@ class RLVRPipeline:
 
     def check_demonstration(self, meta: dict, where: str) -> None:
         if self.cfg.algorithm.demonstrations:
-            check_response_template(self.cfg, meta, where)
+            render_response(self.cfg.data.response_template, meta, where)
 
     def _run_hooks(self, name: str, trainer, episodes, metrics):
         return run_hooks(self.hooks, name, trainer, episodes, metrics)

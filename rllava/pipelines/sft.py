@@ -10,31 +10,25 @@ from rllava.data.types import Batch, Episode, Prompt
 from rllava.pipelines.registry import PIPELINES
 
 
-def render_response(tmpl: jinja2.Template, template: str, meta: dict, where: str) -> str:
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> jinja2.Template:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
+
+
+def render_response(template: str, meta: dict, where: str) -> str:
     """The row's target response (`data.response_template` rendered with its fields); `where` names the row."""
     try:
-        return tmpl.render(**meta)
+        return _compiled(template).render(**meta)
     except jinja2.TemplateError as e:  # e.g. a row without the field the template names
         raise DataError(f"{where}, field 'data.response_template': {template!r}: {e} "
                         f"(row fields: {sorted(k for k in meta if k != 'index')})") from None
 
 
-@functools.lru_cache(maxsize=8)
-def response_template(template: str) -> jinja2.Template:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
-
-
-def check_response_template(cfg, meta: dict, where: str) -> None:
-    """A row's demonstration renders (`rllava check` and the run's start check every train row)."""
-    render_response(response_template(cfg.data.response_template), cfg.data.response_template, meta, where)
-
-
 def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -> list[Episode]:
     """Teacher-forced episodes: response = tokens of `template` rendered with the row, then EOS."""
-    tmpl = response_template(template)
     episodes = []
     for i, p in enumerate(prompts):
-        text = render_response(tmpl, template, p.meta, p.where or f"dataset row {p.index}")  # where: a hand-made Prompt
+        text = render_response(template, p.meta, p.where or f"dataset row {p.index}")  # no where: a hand-made Prompt
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id]
         episodes.append(Episode(prompt=p, response_ids=ids, response_mask=[1] * len(ids), response_text=text, group_id=i))
     return episodes
@@ -54,7 +48,7 @@ class SFTPipeline:
         pass
 
     def check_demonstration(self, meta: dict, where: str) -> None:
-        check_response_template(self.cfg, meta, where)
+        render_response(self.cfg.data.response_template, meta, where)
 
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         """The target episodes of a prompt batch (a multi-turn SFT pipeline overrides this)."""
