@@ -229,7 +229,7 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
 
 def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_factory, counting, tmp_path, capsys):
     """Evaluating a run's checkpoints uses the run's config.yaml (template, reward, max_new_tokens; not its cap on
-    validation rows), and a bare model on a make-task folder its task.yaml (template, reward, environment, stop
+    validation rows, nor its LoRA: a checkpoint's model folder is merged), and a bare model on a make-task folder its task.yaml (template, reward, environment, stop
     strings): each equals the same evaluation with those settings written out as flags and overrides."""
     import shutil
 
@@ -247,7 +247,7 @@ def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_fa
     run = run_experiment(load_config(None, [
         f"model.path={tiny_model_factory('qwen2_vl')}", f"data.train_files={counting / 'train.parquet'}",
         "data.val_files=", f"data.template={template}", "data.max_val_samples=2", "data.batch_size=2", "rollout.n=2",
-        "rollout.max_new_tokens=3", "reward.functions={number_format: 1.0}", "trainer.total_steps=1",
+        "rollout.max_new_tokens=3", "reward.functions={number_format: 1.0}", "trainer.total_steps=1", "model.lora_rank=4",
         f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"]))
     from_run, out = last_json("--model", run["run_dir"], "--data", str(counting))
     assert f"settings from {Path(run['run_dir']) / 'config.yaml'}" in out and "Reply with digits." in out

@@ -133,7 +133,9 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
-    cfg = load_config(config, [f"model.path={model_path}", f"data.val_files={data_files}", *(overrides or [])])
+    # A checkpoint's model folder holds the merged weights: no new LoRA adapters on it (a LoRA run's config asks for them).
+    cfg = load_config(config, [f"model.path={model_path}", "model.lora_rank=0", "model.gradient_checkpointing=false",
+                               f"data.val_files={data_files}", *(overrides or [])])
     if rewards is not None:
         cfg.reward.functions = dict(rewards)
     dev = resolve_device(device)
