@@ -270,3 +270,17 @@ def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_fa
     meta = TASKS.entry("calculate").meta
     assert cfg.data.template == meta["template"] and cfg.reward.functions == meta["reward"]
     assert cfg.rollout.stop == ["</python>"] and all(getattr(cfg.env, k) == v for k, v in meta["env"].items())
+
+
+def test_task_overrides_find_the_task_folders_own_corpus(tmp_path, monkeypatch):
+    """task.yaml's corpus path is relative to where make-task ran; evaluated from elsewhere, the folder's own file."""
+    from rllava.config import load_config
+    from rllava.tasks import make_task
+
+    monkeypatch.chdir(tmp_path)
+    make_task("search", "data/search", n=4, seed=0)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(None, task_overrides("../data/search"))
+    assert Path(cfg.env.corpus_path).resolve() == tmp_path / "data" / "search" / "corpus.jsonl"
+    assert cfg.rollout.stop == ["</search>"] and cfg.env.tools == ["search"]

@@ -230,10 +230,14 @@ def task_overrides(data: str) -> list[str]:
     if not path.is_file():
         return []
     info = yaml.safe_load(path.read_text()) or {}
+    env = info.get("env") or {}
+    if env.get("corpus_path") and (Path(data) / "corpus.jsonl").is_file():  # the folder's own: task.yaml's path was
+        env["corpus_path"] = str(Path(data) / "corpus.jsonl")              # relative to where make-task ran
     out = [f"data.template={json.dumps(info['data']['template'])}"] if info.get("data", {}).get("template") else []
     if info.get("reward", {}).get("functions"):
         out.append(f"reward.functions={json.dumps(info['reward']['functions'])}")
-    return out + [f"{section}.{k}={json.dumps(v)}" for section in ("env", "rollout") for k, v in (info.get(section) or {}).items()]
+    return out + [f"{section}.{k}={json.dumps(v)}" for section, settings in (("env", env), ("rollout", info.get("rollout")))
+                  for k, v in (settings or {}).items()]
 
 
 def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
