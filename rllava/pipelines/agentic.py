@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from rllava.config import Config, ConfigError
@@ -151,9 +152,10 @@ class AgenticPipeline(RLVRPipeline):
     """With `algorithm.demonstrations`, a group's demonstration is the row's `data.demo_key` turns played
     through the environment (tools run, observations are masked out of every loss), as in `agentic_sft`."""
 
-    def check_demonstration(self, meta: dict, where: str) -> None:
-        if self.cfg.algorithm.demonstrations:
-            demo_turns(meta, self.cfg.data.demo_key, where)
+    def demonstration_check(self) -> Callable[[dict, str], Any] | None:
+        if not self.cfg.algorithm.demonstrations:
+            return None
+        return lambda meta, where: demo_turns(meta, self.cfg.data.demo_key, where)
 
     def setup(self, ctx) -> None:
         setup_agentic(ctx)

@@ -10,6 +10,9 @@ runs the policy, greedy and multi-turn, as in `trainer.pipeline=agentic`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rllava.data.types import Episode
 from rllava.pipelines.agentic import agent_metrics, demo_turns, demonstration_rollout, setup_agentic
 from rllava.pipelines.registry import PIPELINES
@@ -24,8 +27,8 @@ class AgenticSFTPipeline(SFTPipeline):
         self.demos = demonstration_rollout(ctx)
         self.reward = ctx.reward
 
-    def check_demonstration(self, meta: dict, where: str) -> None:
-        demo_turns(meta, self.cfg.data.demo_key, where)
+    def demonstration_check(self) -> Callable[[dict, str], Any]:
+        return lambda meta, where: demo_turns(meta, self.cfg.data.demo_key, where)
 
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         episodes = self.demos.generate(prompts, self.demos.greedy_sampling())

@@ -121,8 +121,8 @@ def resolve_split(data: str, split: str) -> str:
 def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] | None, overrides: list[str] | None = None,
                    device: str = "auto", print_table: bool = True, seed: int = 0, config: str | None = None) -> dict[str, Any]:
     """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded.
-    Settings come from `config` (a training config, say) under the overrides; `rewards` (None: the config's)
-    score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
+    Settings come from `config` (a training config, say) under the overrides; `rewards` (None: the config's, else
+    math) score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
     reward, as in `trainer.pipeline=agentic`."""
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
@@ -138,6 +138,8 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
                                f"data.val_files={data_files}", *(overrides or [])])
     if rewards is not None:
         cfg.reward.functions = dict(rewards)
+    elif not (cfg.reward.functions or cfg.reward.by_source or cfg.reward.model):
+        cfg.reward.functions = {"math": 1.0}  # nothing names a reward
     dev = resolve_device(device)
     seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
@@ -243,8 +245,6 @@ def task_overrides(data: str) -> list[str]:
 def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
     """`rllava eval`. Settings (template, rewards, environment, stop strings, ...) come from `--config`, else from
     the config.yaml of the run the models belong to, else from the data folder's task.yaml; flags override them."""
-    from rllava.config import load_config
-
     models = model_folders(args.model)
     config = getattr(args, "config", None) or run_config(models[0])
     overrides = [] if config else task_overrides(args.data)
@@ -257,8 +257,6 @@ def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
         overrides.append(f"data.template={args.template}")
     overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
     rewards = {name: 1.0 for name in args.reward.split(",") if name} if args.reward else None
-    if rewards is None and not load_config(config, overrides).reward.functions:
-        rewards = {"math": 1.0}  # nothing names a reward
     if config:
         print(f"settings from {config}")
     data = resolve_split(args.data, args.split)

@@ -5,7 +5,8 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -114,9 +115,11 @@ class RLVRPipeline:
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctrl.value = state["kl_coef"]
 
-    def check_demonstration(self, meta: dict, where: str) -> None:
-        if self.cfg.algorithm.demonstrations:
-            render_response(self.cfg.data.response_template, meta, where)
+    def demonstration_check(self) -> Callable[[dict, str], Any] | None:
+        """fn(row fields, where) that raises on a row whose demonstration cannot be read; None without demonstrations."""
+        if not self.cfg.algorithm.demonstrations:
+            return None
+        return lambda meta, where: render_response(self.cfg.data.response_template, meta, where)
 
     def _run_hooks(self, name: str, trainer, episodes, metrics):
         return run_hooks(self.hooks, name, trainer, episodes, metrics)

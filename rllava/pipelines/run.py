@@ -239,8 +239,8 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
 def check_demonstrations(pipeline, ds) -> None:
     """Every train row's demonstration, where the pipeline trains on them: a bad row fails before training, naming
     its file, row and field, not when its batch comes up hours later."""
-    check = getattr(pipeline, "check_demonstration", None)
-    if check is not None:
+    check = pipeline.demonstration_check() if hasattr(pipeline, "demonstration_check") else None
+    if check is not None:  # None: this run trains on no demonstrations, so no row is read for them
         for i in range(len(ds)):
             check(ds.meta(i), ds.where(i))
 

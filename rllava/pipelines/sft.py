@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jinja2
 
@@ -47,8 +49,9 @@ class SFTPipeline:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def check_demonstration(self, meta: dict, where: str) -> None:
-        render_response(self.cfg.data.response_template, meta, where)
+    def demonstration_check(self) -> Callable[[dict, str], Any] | None:
+        """fn(row fields, where) that raises on a row whose demonstration cannot be read; None without demonstrations."""
+        return lambda meta, where: render_response(self.cfg.data.response_template, meta, where)
 
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         """The target episodes of a prompt batch (a multi-turn SFT pipeline overrides this)."""
