@@ -14,7 +14,7 @@ from rllava.rewards import REWARDS, RewardFunction
 from rllava.rewards.boxes import detection_reward, iou, iou_reward, parse_boxes, parse_gold_boxes
 from rllava.rewards.choice import choice_reward
 from rllava.rewards.count import count_reward, exact_match_reward, number_format_reward
-from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number
+from rllava.rewards.extract import answer_tag, final_answer, last_boxed, last_integer, last_number_text
 from rllava.rewards.format_tags import answer_tag_reward, format_reward, think_boxed_reward
 from rllava.rewards.matching import hungarian
 from rllava.rewards.math_answer import math_reward
@@ -32,13 +32,18 @@ def test_extraction():
     assert last_boxed(r"\boxed{\frac{1}{2}") is None  # unbalanced braces
     assert final_answer(r"<answer>so \boxed{7}</answer> \boxed{8}") == "7"  # a box inside the tags wins
     assert final_answer(r"work \boxed{8}") == "8"
-    assert last_number("costs 1,000.5 or -3") == -3.0
-    assert last_number("no digits") is None
+    assert last_number_text("costs 1,000.5 or -3") == "-3"
+    assert last_number_text("costs 1,234,567.25") == "1234567.25"  # as written: no rounding
+    assert last_number_text("no digits") is None
     assert last_integer("I see three circles") == 3
     assert last_integer("maybe 2, final: 4 objects") == 4
     assert last_integer("3.0") == 3
     assert last_integer("3.5") is None
     assert last_integer("someone") is None  # "one" inside a word is not a number
+    assert last_integer("There are twenty-one circles") == 21
+    assert last_integer("forty two") == 2  # two words: the last one
+    assert last_integer("a five-sided shape") is None
+    assert last_integer("about 1e999") is None  # not finite: no number, not an OverflowError
 
 
 @pytest.mark.parametrize("response,answer,expected", [
@@ -54,6 +59,9 @@ def test_extraction():
     ("<answer>5+1</answer>", "5", 0.0),  # the unit stripping must not accept a sum
     ("<answer>6</answer>", "7", 0.0),
     ("I think 4 and then 7", "7", 1.0),  # no tags: the last number
+    ("The area is 1234567 square units", "1234567", 1.0),  # the last number as written, not rounded
+    ("It grew to 2,500,001 people", "2500001", 1.0),
+    ("The ratio comes to 3.1415926", "3.14159", 0.0),
     ("<answer>4</answer> and later 5", "4", 1.0),  # the tags win over later numbers
     ("<answer>3", "3", 1.0),  # unclosed tag: falls back to the last number
     ("", "3", 0.0),
@@ -112,6 +120,9 @@ def test_think_boxed_reward(response, expected):
     ("<answer>3.5</answer>", "3", 0.0),
     ("none", "0", 0.0),
     ("4", " 4 ", 1.0),
+    ("There are twenty-one circles.", "21", 1.0),
+    ("There are twenty-one circles.", "1", 0.0),
+    ("I see 1e999 dots", "3", 0.0),
 ])
 def test_count_reward(response, answer, expected):
     assert count_reward(response, answer)["accuracy"] == expected
@@ -120,6 +131,8 @@ def test_count_reward(response, answer, expected):
 def test_count_reward_rejects_non_integer_truth():
     with pytest.raises(ValueError, match="not an integer"):
         count_reward("3", "three")
+    with pytest.raises(ValueError, match="not an integer"):
+        count_reward("3", "3.7")  # never cut to 3
 
 
 def test_number_format_reward():

@@ -1,6 +1,7 @@
 """`count` (integer answers) and `exact_match` (short strings such as a label read off an image)."""
 from __future__ import annotations
 
+import math
 import re
 
 from rllava.rewards.extract import final_answer, last_integer
@@ -11,9 +12,12 @@ from rllava.rewards.registry import REWARDS
 def count_reward(response: str, answer: str, **meta) -> dict[str, float]:
     """1 if the last whole number in the final answer (digits or a word like "three") equals the answer."""
     try:
-        gold = int(float(str(answer).strip()))
+        gold_value = float(str(answer).strip())
     except ValueError:
-        raise ValueError(f"count reward: ground truth {answer!r} is not an integer") from None
+        gold_value = math.nan
+    if not gold_value.is_integer():  # also NaN and inf
+        raise ValueError(f"count reward: ground truth {answer!r} is not an integer")
+    gold = int(gold_value)
     pred = last_integer(final_answer(response))
     ok = pred is not None and pred == gold
     return {"overall": float(ok), "accuracy": float(ok)}

@@ -1,13 +1,15 @@
 """Pull the final answer out of a model response: `<answer>` tags, `\\boxed{}`, or the last number."""
 from __future__ import annotations
 
+import math
 import re
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+    "seventeen eighteen nineteen".split())}
+_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)})
 
 
 def answer_tag(text: str) -> str | None:
@@ -44,25 +46,35 @@ def final_answer(text: str) -> str:
     return boxed if boxed is not None else text.strip()
 
 
-def numbers(text: str) -> list[float]:
-    """Every number in `text` in order (thousands separators allowed: "1,000" is 1000)."""
-    return [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
+def last_number_text(text: str) -> str | None:
+    """The last number as written, without thousands separators ("1,234,567" -> "1234567"), or None.
+
+    Kept as text, not a float, so a long or precise number is compared digit for digit."""
+    found = _NUMBER.findall(text)
+    return found[-1].replace(",", "") if found else None
 
 
-def last_number(text: str) -> float | None:
-    found = numbers(text)
-    return found[-1] if found else None
+def _word_value(word: str) -> int | None:
+    """A number word ("three"), or a tens-unit compound ("twenty-one"); None for any other word."""
+    tens, _, unit = word.partition("-")
+    if not unit:
+        return _NUMBER_WORDS.get(word)
+    if _NUMBER_WORDS.get(tens, 0) >= 20 and 0 < _NUMBER_WORDS.get(unit, 10) < 10:
+        return _NUMBER_WORDS[tens] + _NUMBER_WORDS[unit]
+    return None
 
 
 def last_integer(text: str) -> int | None:
-    """The last number written as digits or as a word ("three"); None if it is not a whole number."""
-    tokens = re.findall(r"[A-Za-z]+|" + _NUMBER.pattern, text)
+    """The last number written as digits or as a word ("three", "twenty-one"); None if it is not a
+    whole number."""
+    tokens = re.findall(r"[A-Za-z]+(?:-[A-Za-z]+)?|" + _NUMBER.pattern, text)
     for tok in reversed(tokens):
         word = tok.lower()
-        if word in _NUMBER_WORDS:
-            return _NUMBER_WORDS[word]
         if word[:1].isalpha():
+            value = _word_value(word)
+            if value is not None:
+                return value
             continue
         value = float(tok.replace(",", ""))
-        return int(value) if value == int(value) else None
+        return int(value) if math.isfinite(value) and value == int(value) else None
     return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import threading
 
-from rllava.rewards.extract import final_answer, last_number
+from rllava.rewards.extract import final_answer, last_number_text
 from rllava.rewards.registry import REWARDS
 
 # "12 cm^2" / "3 square meters": a number followed by a unit, which math-verify can misread as a product.
@@ -51,6 +51,6 @@ def math_reward(response: str, answer: str, **meta) -> dict[str, float]:
     pred = final_answer(response)
     ok = math_equal(pred, answer)
     if not ok and pred == response.strip():  # no tags or box: fall back to the last number written
-        number = last_number(response)
-        ok = number is not None and math_equal(f"{number:g}", answer)
+        number = last_number_text(response)
+        ok = number is not None and math_equal(number, answer)
     return {"overall": float(ok), "accuracy": float(ok)}
