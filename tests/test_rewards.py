@@ -151,7 +151,10 @@ CHOICES = ["3 cm", "4 cm", "5 cm", "6 cm"]
     ("<answer>4 cm</answer>", 1.0),  # the option's text
     ("Option C is wrong, so the answer is B", 1.0), ("the correct option is B", 1.0),
     ("Compare (A) and (B): the answer is (B).", 1.0),  # two options named, one stated as the answer
+    ("The answer is B, not A.", 1.0), ("The answer is B, since (A) is red.", 1.0),  # stated beats marked
     ("A or B", 0.0), ("(A) or (B)", 0.0),  # hedging picks nothing
+    ("The answer is A or B.", 0.0), ("The answer is B or A.", 0.0), ("Answer: (B)/(C)", 0.0),
+    ("The answer is A, not B.", 0.0),
     ("the answer is a triangle", 0.0),  # the article "a" is not option A
     ("C", 0.0), ("<answer>5 cm</answer>", 0.0), ("4", 0.0), ("", 0.0),
 ])

@@ -18,6 +18,7 @@ _MARKED = re.compile(r"\(([A-Z])\)|(?:^|(?<=\s))([A-Z])[.:)](?=\s|$)")  # "(B)",
 # "the answer is B", "Answer: (B)"; else "the correct option is B" (not "Option C is wrong"). Letters upper-case.
 _STATED = (re.compile(r"(?i:answer)\s*(?i:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])"),
            re.compile(r"(?i:option|choice)\s*(?i:is|:)\s*\(?([A-Z])\)?(?![A-Za-z])"))
+_HEDGE = re.compile(r"\s*(?:,|/|(?i:or|and))\s*\(?[A-Z]\)?(?![A-Za-z])")  # "... is A or B": a second letter
 
 
 def option_letter(index: int) -> str:
@@ -59,14 +60,13 @@ def picked_letter(response: str, choices: Optional[list]) -> Optional[str]:
     named = named_option(span, choices)  # the option's text written out in full
     if named is not None:
         return named
-    marked = {a or b for a, b in _MARKED.findall(span)}
-    if len(marked) == 1:
-        return marked.pop()
+    # A stated answer wins over letters marked elsewhere: "The answer is B, not A." picks B.
     for phrase in _STATED:
-        stated = phrase.findall(span)
+        stated = list(phrase.finditer(span))
         if stated:
-            return stated[-1]
-    return None
+            return None if _HEDGE.match(span, stated[-1].end()) else stated[-1].group(1)
+    marked = {a or b for a, b in _MARKED.findall(span)}
+    return marked.pop() if len(marked) == 1 else None
 
 
 @REWARDS.register("choice", accuracy=True)
