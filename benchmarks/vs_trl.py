@@ -25,9 +25,10 @@ Also reported: `*_step_cpu_s` (process CPU time of the same span, all threads), 
 exclude the prompt fetch). Peak RSS is the process's VmHWM read at the top of the last, unmeasured
 step: it covers every measured step and excludes end-of-run work (rllava's final checkpoint).
 
-Exactly 64 tokens: the model folder's generation_config.json sets `min_new_tokens=64` (HF's
-per-model generation default, which rllava's HF rollout inherits); TRL gets the same value
-through `GRPOConfig.generation_kwargs`. Both sides report their mean completion length.
+Exactly 64 tokens: both sides pass `min_new_tokens=64` to `generate`, rllava through
+`rollout.generate_kwargs` and TRL through `GRPOConfig.generation_kwargs` (the model folder's
+generation_config.json sets it too, which TRL's `generate` also reads; rllava's rollout ignores a
+folder's sampling settings). Both sides report their mean completion length.
 """
 from __future__ import annotations
 
@@ -159,6 +160,7 @@ def run_ours(args: argparse.Namespace, clock: StepClock) -> dict:
         f"actor.lr={args.lr}", "actor.ppo_epochs=1", "actor.mini_batch_size=0", "actor.max_grad_norm=1.0",
         "actor.weight_decay=0.0", "actor.lr_scheduler=constant",
         f"rollout.n={args.n}", f"rollout.temperature={args.temperature}", f"rollout.max_new_tokens={args.new_tokens}",
+        f"rollout.generate_kwargs={{min_new_tokens: {args.new_tokens}}}",  # the rollout ignores the folder's sampling settings
         "reward.functions={count: 1.0}",
         f"trainer.total_steps={args.total_steps}", f"trainer.device={args.device}", "trainer.val_before_train=false",
         "trainer.loggers=[jsonl]", "trainer.progress_bar=false", f"trainer.output_dir={out_dir}",

@@ -190,7 +190,7 @@ class RolloutConfig:
     val_temperature: float = 0.0  # greedy
     val_n: int = 1  # samples per validation prompt; > 1 adds val/pass@k (k = 1, 2, 4, ..., val_n)
     batch_size: int = 0  # sequences generated at once; 0 = all
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)  # hf engine: extra `generate` arguments, e.g. {cache_implementation: static}
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)  # hf engine: extra `generate` arguments, e.g. {cache_implementation: static}; a checkpoint's own sampling settings (repetition_penalty...) apply only if named here
     share_prefill: bool = True  # hf engine: prefill each distinct prompt (and its images) once for its n samples
     gpu_memory_utilization: float = 0.5  # vLLM: share of GPU memory for its weights and KV cache
     enforce_eager: bool = False  # vLLM: no CUDA graphs or torch.compile (faster start; required on CPU)

@@ -108,3 +108,26 @@ def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_facto
     recorded = torch.tensor([ep.rollout_logp + [0.0] * (batch.response_width - len(ep.rollout_logp)) for ep in episodes])
     m = batch.response_mask.bool()
     assert torch.allclose(logp[m], recorded[m], atol=1e-4)
+
+
+def test_checkpoint_sampling_settings_do_not_reach_the_rollout(text_model):
+    """A checkpoint's generation_config.json may carry sampling settings (Qwen2.5-Instruct ships
+    repetition_penalty 1.05); the rollout must not apply them, since the trainer's log-probs assume plain
+    softmax(logits / T). Greedy makes it visible: every token is the arg-max of the plain logits, even where
+    `no_repeat_ngram_size=1` would forbid it. The model's own config is left as it was."""
+    model, tok = text_model
+    saved = model.generation_config
+    model.generation_config = saved.__class__(**{**saved.to_dict(), "no_repeat_ngram_size": 1,
+                                                 "repetition_penalty": 50.0, "min_new_tokens": 12})
+    try:
+        engine = HFRolloutEngine(model, pad_token_id(tok), eos_token_ids(model, tok))
+        ids = tok("<|im_start|>user\nab ab ab<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        ep = engine.generate([Prompt(input_ids=ids)], Sampling(n=1, temperature=0.0, max_new_tokens=12))[0]
+        assert model.generation_config.no_repeat_ngram_size == 1  # restored after generate
+    finally:
+        model.generation_config = saved
+    full = torch.tensor([ids + ep.response_ids])
+    with torch.no_grad():
+        plain = model(input_ids=full).logits[0, len(ids) - 1:-1].argmax(-1).tolist()
+    assert ep.response_ids == plain[:len(ep.response_ids)]
+    assert len(set(ep.response_ids)) < len(ep.response_ids)  # it repeats: no_repeat_ngram_size would have changed it

@@ -6,6 +6,7 @@ that cache. Greedy outputs equal the plain `generate`'s for every model family (
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,29 @@ def response_end(ids: list[int], eos_ids: set[int], stop: list[str], tokenizer) 
         else:
             low = mid + 1
     return low
+
+
+@contextmanager
+def sampling_config_only(model: nn.Module):
+    """While generating, the model's generation config keeps only its special-token ids.
+
+    A checkpoint's generation_config.json may carry sampling settings (Qwen2.5-Instruct ships
+    `repetition_penalty: 1.05`) that `generate` would apply on top of ours. The trainer's log-probs
+    assume plain softmax(logits / T), so such a rollout would be off-policy; the vLLM engine does
+    not apply them either. Wanted anyway? Name them in `rollout.generate_kwargs`."""
+    from transformers import GenerationConfig
+
+    inner = unwrap(model)
+    saved = getattr(inner, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    ids = {k: getattr(saved, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    inner.generation_config = GenerationConfig(**{k: v for k, v in ids.items() if v is not None})
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
 
 
 class StopOnStrings:
@@ -129,12 +153,10 @@ class HFRolloutEngine:
                       suppress_tokens=self.suppress_ids or None)
         if not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        else:  # drop sampling defaults a checkpoint's generation_config may carry
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         if sampling.logprobs:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
         ctx = self.compute(train=False) if self.compute else torch.no_grad()
-        with ctx:
+        with ctx, sampling_config_only(self.model):
             share = batch.prompt_share(self.device) if self.share_prefill and batch.prompt_width > 1 else None
             inputs = batch.model_inputs(self.device, images=share is None)  # shared: the images go into the cache
             if share is not None:
