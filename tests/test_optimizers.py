@@ -101,3 +101,16 @@ def test_unknown_optimizer_or_missing_package_fail_before_loading(tmp_path, monk
             m.setitem(sys.modules, "bitsandbytes", None)
             opt.adamw_8bit([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
     assert {"adamw", "adamw_8bit"} <= set(OPTIMIZERS.names())
+
+
+def test_logged_lr_is_the_rate_the_update_used():
+    """`lr` in a step's metrics is the rate that step's update ran at, not the next one: warm-up over 4 steps,
+    then linear decay over the 4 after, by hand."""
+    model = torch.nn.Linear(2, 1)
+    engine = LocalTrainEngine(model, lr=1.0, warmup_steps=4, lr_scheduler="linear", total_steps=8, max_grad_norm=0.0)
+    logged, used = [], []
+    for _ in range(6):
+        model(torch.ones(1, 2)).sum().backward()
+        used.append(engine.optimizer.param_groups[0]["lr"])
+        logged.append(engine.step()["lr"])
+    assert logged == used == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75])

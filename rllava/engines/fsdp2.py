@@ -226,6 +226,7 @@ class FSDP2TrainEngine:
         grads = self._local_grads()
         grad_norm = self._grad_norm(grads) * self.world
         finite = math.isfinite(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this update uses (read before the schedule moves on)
         if finite:
             clip = 1.0
             if self.max_grad_norm > 0:
@@ -240,7 +241,7 @@ class FSDP2TrainEngine:
         else:
             self.skipped_steps += 1
         self.zero_grad()
-        return {"grad_norm": grad_norm if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
+        return {"grad_norm": grad_norm if finite else float("nan"), "lr": lr,
                 "skipped": float(not finite)}
 
     def zero_grad(self) -> None:

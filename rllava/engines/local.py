@@ -101,6 +101,7 @@ class LocalTrainEngine:
         max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.opt_params, max_norm)
         finite = bool(torch.isfinite(grad_norm))
+        lr = self.scheduler.get_last_lr()[0]  # the rate this update uses (read before the schedule moves on)
         if finite:
             self.optimizer.step()
             if self.offload:
@@ -109,7 +110,7 @@ class LocalTrainEngine:
         else:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": float(grad_norm) if finite else float("nan"), "lr": self.scheduler.get_last_lr()[0],
+        return {"grad_norm": float(grad_norm) if finite else float("nan"), "lr": lr,
                 "skipped": float(not finite)}
 
     def zero_grad(self) -> None:
