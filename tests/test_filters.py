@@ -55,7 +55,7 @@ def test_mask_truncated_drops_cut_rollouts_from_the_loss_not_from_the_group():
     from rllava.pipelines.rlvr import rl_advantages
 
     p = Prompt(input_ids=[7, 8])
-    rewards, finished = [1.0, 0.0, 1.0, 0.0], [True, False, True, True]
+    rewards, finished = [1.0, -1.0, 1.0, 0.0], [True, False, True, True]  # the cut one's reward is not 0
     eps = [Episode(p, [1, 2, 3], [1, 1, 1], reward=r, group_id=0, finished=f) for r, f in zip(rewards, finished)]
     hint = Episode(p, [1, 2, 3], [1, 1, 1], reward=0.0, group_id=1, finished=False, hint_len=1)  # UFT
     metrics = {}
@@ -64,10 +64,17 @@ def test_mask_truncated_drops_cut_rollouts_from_the_loss_not_from_the_group():
     assert metrics["response/masked_truncated"] == 2 / 5
     batch = Batch.from_episodes(out[:4], pad_id=0)
     adv, _ = rl_advantages(batch, CFG)
-    std = torch.tensor(rewards).std().item()  # the group's statistics include the cut sample's reward 0
-    expected = [(r - 0.5) / (std + CFG.grpo_epsilon) for r in rewards]
+    std = torch.tensor(rewards).std().item()  # the group's statistics include the cut sample's reward -1
+    expected = [(r - 0.25) / (std + CFG.grpo_epsilon) for r in rewards]
     assert torch.allclose(adv[:, 0], torch.tensor([expected[0], 0.0, expected[2], expected[3]]))
     assert adv[1].abs().sum() == 0
+    # UFT: a cut hinted rollout keeps only its (SFT-trained) hint tokens, yet its reward stays in its group.
+    hinted = [Episode(p, [1, 2, 3, 4], [1] * 4, reward=r, group_id=0, finished=f, hint_len=2)
+              for r, f in zip([1.0, 0.0, 1.0], [True, False, True])]
+    hinted = MaskTruncated().after_scoring(None, hinted, {})
+    adv, _ = rl_advantages(Batch.from_episodes(hinted, pad_id=0), replace(CFG, demonstrations="hint"))
+    scale = (1.0 - 2 / 3) / (torch.tensor([1.0, 0.0, 1.0]).std().item() + CFG.grpo_epsilon)
+    assert torch.allclose(adv, torch.tensor([[0, 0, scale, scale], [0, 0, 0, 0], [0, 0, scale, scale]]))
     cfg = Config()
     assert not any(isinstance(h, MaskTruncated) for h in hooks_for(cfg))
     cfg.algorithm.mask_truncated, cfg.algorithm.group_filter = True, "dapo_nonuniform"

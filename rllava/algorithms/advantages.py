@@ -2,7 +2,8 @@
 
 Conventions:
 - `batch.token_rewards` [B, T] holds the score at the last trained token (minus a per-token KL
-  penalty when the KL is in the reward); a sequence's scalar reward is `token_rewards.sum(-1)`.
+  penalty when the KL is in the reward); a sequence's scalar reward is `token_rewards.sum(-1)`, or
+  `batch.rewards` for a row with no trained token (`_scores`).
 - `batch.response_mask` [B, T] is 1.0 on trained tokens. Every output is 0 where the mask is 0.
 - Sequence-level (outcome) estimators compute one scalar per sequence and broadcast it over
   its trained tokens. For them `returns` equals `advantages` (no critic learns from it).
@@ -30,7 +31,15 @@ ADVANTAGES = Registry("advantage", "advantage estimators (algorithm.adv_estimato
 
 
 def _scores(batch: Any) -> torch.Tensor:
-    return batch.token_rewards.sum(-1)
+    """Each sequence's reward (with its KL penalty when that is in the reward). A row with no trained token
+    (a cut rollout under `mask_truncated`) has nowhere to hold its reward in `token_rewards`, but it still
+    counts in its group's statistics."""
+    scores = batch.token_rewards.sum(-1)
+    rewards = getattr(batch, "rewards", None)
+    if rewards is None:
+        return scores
+    untrained = batch.response_mask.sum(-1) == 0
+    return torch.where(untrained, rewards.to(scores.dtype), scores)
 
 
 def _outcome(adv: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,11 +71,13 @@ def demonstration_tokens(is_expert: Optional[torch.Tensor], hint_len: Optional[t
 def rl_part(mask: torch.Tensor, demo: Optional[torch.Tensor], mode: Optional[str]
             ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
     """(rows RL trains, their token mask). Rows: None for all of them; under the SFT-only modes a row of
-    demonstration tokens only drops out (it must not count as an RL row in a per-sequence mean)."""
+    demonstration tokens only drops out (it must not count as an RL row in a per-sequence mean). A rollout
+    whose own tokens are all masked (a cut one under `mask_truncated`, after a UFT hint) stays: its reward
+    counts in its group."""
     if demo is None or not mode or RL_TRAINS_DEMONSTRATIONS[mode]:
         return None, mask
     own = mask * ~demo
-    keep = (own != 0).any(1)
+    keep = (own != 0).any(1) | ~demo.all(1)
     if bool(keep.all()):
         return None, own
     rows = keep.nonzero().squeeze(1)
