@@ -100,3 +100,59 @@ def test_mask_truncated_end_to_end(short_counting_run):
         if flag:
             assert [r["response/masked_truncated"] for r in rows] == [1.0, 1.0]
     assert all(n > 0 for n in norms[False]) and norms[True] == [0.0, 0.0]
+
+
+def test_overlong_penalty_measures_what_the_length_limit_counts():
+    """Single-turn: the tokens generated after the prompt (a UFT hint is prompt; a cut rollout whose tokens
+    mask_truncated masks is still long) against rollout.max_new_tokens. Multi-turn: every response token
+    (turns and observations) against env.max_total_tokens, which ends an episode."""
+    from rllava.config import Config
+    from rllava.data.types import Episode, Prompt
+    from rllava.pipelines.agentic import AgenticPipeline
+    from rllava.pipelines.hooks import MaskTruncated
+    from rllava.pipelines.rlvr import RLVRPipeline
+
+    cfg = Config()
+    cfg.rollout.max_new_tokens, cfg.env.max_total_tokens = 20, 40
+    cfg.algorithm.reward_shaping, cfg.algorithm.overlong_buffer_len = ["overlong_penalty"], 10
+    p = Prompt(input_ids=[1, 2, 3])
+    eps = [Episode(p, [5] * 18, [1] * 18, hint_len=8),  # 8 hinted + 10 generated
+           Episode(p, [5] * 20, [1] * 20, finished=False),  # cut at the limit
+           Episode(p, [5] * 15, [1] * 15)]
+    eps = MaskTruncated().after_scoring(None, eps, {})
+    assert RLVRPipeline(cfg).shape_scores(torch.ones(3), eps).tolist() == pytest.approx([1.0, 0.0, 0.5])
+    turns = [Episode(p, [5] * 22, [1] * 8 + [0] * 6 + [1] * 8), Episode(p, [5] * 35, [1] * 8 + [0] * 6 + [1] * 21)]
+    assert AgenticPipeline(cfg).shape_scores(torch.ones(2), turns).tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_remax_greedy_baseline_is_shaped_like_the_samples():
+    """With overlong_penalty, a sample identical to the greedy rollout has advantage 0 (both shaped alike)."""
+    from types import SimpleNamespace
+
+    from rllava.algorithms import compute_advantages
+    from rllava.config import Config
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.hooks import GreedyBaseline
+    from rllava.pipelines.rlvr import RLVRPipeline
+
+    cfg = Config()
+    cfg.rollout.max_new_tokens, cfg.algorithm.adv_estimator = 20, "remax"
+    cfg.algorithm.reward_shaping, cfg.algorithm.overlong_buffer_len = ["overlong_penalty"], 10
+    pipe = RLVRPipeline(cfg)
+    p = Prompt(input_ids=[1, 2, 3])
+    samples = [Episode(p, [5] * 18, [1] * 18, reward=1.0), Episode(p, [6] * 4, [1] * 4, reward=1.0)]
+
+    class AllRight:  # the reward role's interface: every response is correct
+        def score(self, episodes):
+            for e in episodes:
+                e.reward = 1.0
+            return {}
+
+    rollout = SimpleNamespace(greedy_sampling=lambda: None, generate=lambda prompts, s: [Episode(p, [5] * 18, [1] * 18)])
+    trainer = SimpleNamespace(ctx=SimpleNamespace(rollout=rollout, reward=AllRight()), pipeline=pipe)
+    GreedyBaseline().after_rollout(trainer, samples, {})
+    assert [e.baseline_reward for e in samples] == pytest.approx([0.2, 0.2])  # 1 - (18 - 10) / 10
+    batch = Batch.from_episodes(samples, pad_id=0)
+    batch.set_scores(pipe.shape_scores(batch.rewards, samples))
+    adv, _ = compute_advantages(batch, cfg.algorithm)
+    assert adv[:, 0].tolist() == pytest.approx([0.0, 0.8])

@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from rllava.config import Config, ConfigError
 from rllava.data.rows import DataError
 from rllava.data.types import Episode, Prompt
@@ -156,6 +158,13 @@ class AgenticPipeline(RLVRPipeline):
         if not self.cfg.algorithm.demonstrations:
             return None
         return lambda meta, where: demo_turns(meta, self.cfg.data.demo_key, where)
+
+    def length_limit(self) -> int:
+        return self.cfg.env.max_total_tokens  # an episode ends once its response holds this many tokens
+
+    def rollout_lengths(self, episodes: list[Episode]) -> torch.Tensor:
+        """Every response token of the episode, turns, observations and hints alike, as the budget counts them."""
+        return torch.tensor([len(e.response_ids) for e in episodes])
 
     def setup(self, ctx) -> None:
         setup_agentic(ctx)

@@ -53,9 +53,11 @@ class GreedyBaseline:
         for hook in self.shaping:
             greedy = hook.after_rollout(trainer, greedy, {})
         ctx.reward.score(greedy)
-        for g, b in zip(groups, greedy):
+        # Shaped as the samples' scores will be (overlong_penalty by the greedy response's own length).
+        baseline = trainer.pipeline.shape_scores(torch.tensor([b.reward for b in greedy], dtype=torch.float32), greedy)
+        for g, b in zip(groups, baseline.tolist()):
             for e in g:
-                e.baseline_reward = b.reward
+                e.baseline_reward = b
         metrics["reward/greedy_baseline"] = sum(b.reward for b in greedy) / max(1, len(greedy))
         return episodes
 

@@ -121,6 +121,22 @@ class RLVRPipeline:
             return None
         return lambda meta, where: render_response(self.cfg.data.response_template, meta, where)
 
+    def length_limit(self) -> int:
+        """Where a rollout is cut: what `overlong_penalty` measures lengths against."""
+        return self.cfg.rollout.max_new_tokens
+
+    def rollout_lengths(self, episodes: list[Episode]) -> torch.Tensor:
+        """Each rollout's length as `length_limit` counts it: the tokens generated after the prompt (a UFT hint
+        is prompt), whatever the loss masks (a cut rollout under `mask_truncated` is still long)."""
+        return torch.tensor([len(e.response_ids) - e.hint_len for e in episodes])
+
+    def shape_scores(self, scores: torch.Tensor, episodes: list[Episode]) -> torch.Tensor:
+        """`algorithm.reward_shaping` applied in order to the episodes' scores."""
+        lengths, limit = self.rollout_lengths(episodes), self.length_limit()
+        for name in self.cfg.algorithm.reward_shaping:
+            scores = REWARD_SHAPERS.get(name)(scores, lengths, self.cfg.algorithm, limit)
+        return scores
+
     def _run_hooks(self, name: str, trainer, episodes, metrics):
         return run_hooks(self.hooks, name, trainer, episodes, metrics)
 
@@ -143,9 +159,8 @@ class RLVRPipeline:
         metrics.update(timing)
         metrics.update(response_metrics([e for e in episodes if not e.is_expert]))
         batch = Batch.from_episodes(episodes, ctx.pad_id)
-        for name in algo.reward_shaping:
-            lengths = batch.response_mask.sum(1)
-            batch.set_scores(REWARD_SHAPERS.get(name)(batch.rewards, lengths, algo, self.cfg.rollout.max_new_tokens))
+        if algo.reward_shaping:
+            batch.set_scores(self.shape_scores(batch.rewards, episodes))
         needs_old, select_tokens = ctx.actor.needs_old_logprobs(len(batch)), algo.top_entropy_frac < 1
         needs_entropy = select_tokens or algo.entropy_adv_coef > 0
         # Rows an update skips (actor.skip_zero_advantage) need no old log-probs: where the advantages depend on
