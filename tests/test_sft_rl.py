@@ -452,3 +452,31 @@ def test_remax_baseline_under_uft_hints_starts_from_the_hint(tiny_model_factory,
         hint = tok(f"There are {ep.prompt.meta['answer']}.", add_special_tokens=False)["input_ids"]
         assert ep.hint_len == len(hint) and ep.response_ids[:len(hint)] == hint
         assert ep.response_text.startswith(f"There are {ep.prompt.meta['answer']}.")
+
+
+@pytest.mark.parametrize("mode", ["switch", "hint"])
+def test_critic_regresses_only_the_tokens_rl_trains(tiny_model_factory, mode):
+    """PPO + HPT/UFT: demonstration tokens have no return (0), so the critic must not learn V = 0 on them or
+    count them in its loss. The value head starts at 0, so the first value loss is 0.5 * mean(returns^2)
+    over the rollouts' own tokens, by hand."""
+    from rllava.config import Config
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.roles.critic import Critic
+
+    config = Config()
+    config.model.path = str(tiny_model_factory("qwen2"))
+    config.algorithm.adv_estimator, config.algorithm.demonstrations, config.algorithm.sft_coef = "gae", mode, 1.0
+    config.critic.value_clip = None
+    critic = Critic.build(config, torch.device("cpu"), total_steps=1)
+    p = Prompt(input_ids=[11, 12, 13])
+    if mode == "switch":  # a rollout, and a switched group's demonstration
+        eps = [Episode(p, [20, 21, 22], [1, 1, 1]), Episode(p, [23, 24, 25], [1, 1, 1], is_expert=True)]
+        returns = [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    else:  # a rollout, and one that started from a 2-token hint
+        eps = [Episode(p, [20, 21, 22, 2], [1, 1, 1, 1]), Episode(p, [23, 24, 25, 26], [1, 1, 1, 1], hint_len=2)]
+        returns = [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]]
+    batch = Batch.from_episodes(eps, pad_id=0)
+    batch.returns, batch.values = torch.tensor(returns), torch.zeros(batch.response_mask.shape)
+    own = [r for row, e in zip(returns, eps) if not e.is_expert for r in row[e.hint_len:]]
+    expected = 0.5 * sum(r * r for r in own) / len(own)
+    assert critic.update(batch)["critic/value_loss"] == pytest.approx(expected, rel=1e-6)

@@ -11,6 +11,7 @@ from rllava.algorithms.demonstrations import (
     demonstration_tokens,
     hint_ratio_at,
     rl_part,
+    rl_token_mask,
     sft_coef_at,
     sft_loss,
     sft_part,
@@ -38,5 +39,6 @@ __all__ = [
     "apply_kl_penalty", "check_batch", "clipped_surrogate", "compute_advantages", "discounted_returns", "entropy_loss",
     "entropy_shaped_advantages",
     "demonstration_tokens", "hint_ratio_at", "kl_loss", "make_kl_controller", "masked_mean", "masked_whiten", "rl_part",
+    "rl_token_mask",
     "sft_coef_at", "sft_loss", "sft_part", "entropy_threshold", "top_entropy_mask",
 ]

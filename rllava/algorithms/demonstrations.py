@@ -84,6 +84,17 @@ def rl_part(mask: torch.Tensor, demo: Optional[torch.Tensor], mode: Optional[str
     return rows, own[rows]
 
 
+def rl_token_mask(mask: torch.Tensor, is_expert: Optional[torch.Tensor], hint_len: Optional[torch.Tensor],
+                  mode: Optional[str]) -> torch.Tensor:
+    """[B, T] mask of the tokens RL trains: every response token but SFT-only demonstration tokens."""
+    rows, own = rl_part(mask, demonstration_tokens(is_expert, hint_len, mask), mode)
+    if rows is None:
+        return own
+    out = torch.zeros_like(mask)
+    out[rows, :own.shape[1]] = own
+    return out
+
+
 def sft_part(mask: torch.Tensor, demo: Optional[torch.Tensor], sft_coef: float
              ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(rows the SFT term trains, their demonstration-token mask), or (None, None) when it trains nothing."""

@@ -19,6 +19,7 @@ from rllava.algorithms import (
     entropy_threshold,
     make_kl_controller,
     rl_part,
+    rl_token_mask,
     sft_coef_at,
     top_entropy_mask,
 )
@@ -70,13 +71,7 @@ def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None
 
 def rl_tokens(batch: Batch, algo) -> torch.Tensor:
     """[B, T] mask of the tokens RL trains: every response token but SFT-only demonstration tokens."""
-    demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
-    rows, own_mask = rl_part(batch.response_mask, demo, algo.demonstrations)
-    if rows is None:
-        return own_mask
-    out = torch.zeros_like(batch.response_mask)
-    out[rows, :own_mask.shape[1]] = own_mask
-    return out
+    return rl_token_mask(batch.response_mask, batch.is_expert, batch.hint_len, algo.demonstrations)
 
 
 def forking_tokens(batch: Batch, entropy: torch.Tensor, algo, metrics: dict[str, float]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rllava.algorithms import rl_token_mask
 from rllava.config import Config
 from rllava.data.types import Batch, PromptShare
 from rllava.engines import distributed as du
@@ -90,11 +91,16 @@ class Critic:
         return out * batch.response_mask
 
     def update(self, batch: Batch, seed: int = 0) -> dict[str, float]:
-        """Clipped value regression toward the returns (token-mean over the response, over all ranks)."""
+        """Clipped value regression toward the returns (token-mean over the response, over all ranks). Only
+        the tokens RL trains are regressed: SFT-only demonstration tokens have no return (it is 0 there)."""
         clip = self.cfg.critic.value_clip
         sums: dict[str, float] = defaultdict(float)
         n = 0
-        total_tokens = max(1.0, du.all_reduce_sum(batch.response_mask.sum()))
+
+        def value_mask(b: Batch) -> torch.Tensor:
+            return rl_token_mask(b.response_mask, b.is_expert, b.hint_len, self.cfg.algorithm.demonstrations)
+
+        total_tokens = max(1.0, du.all_reduce_sum(value_mask(batch).sum()))
         share_prompts = self.cfg.actor.share_prompt
         budget_shares = budget_shares_prompts(self.cfg, self.model.backbone, training=True)
         micros = du.pad_to_common_length(batch.split_by_tokens(self.cfg.actor.micro_token_budget, budget_shares))
@@ -110,7 +116,7 @@ class Critic:
                     if clip is not None:
                         v_clipped = m.values + (v - m.values).clamp(-clip, clip)
                         loss_tok = torch.maximum(loss_tok, (v_clipped - m.returns) ** 2)
-                    loss = 0.5 * (loss_tok * m.response_mask).sum() / total_tokens * float(real)
+                    loss = 0.5 * (loss_tok * value_mask(m)).sum() / total_tokens * float(real)
                     loss.backward()
                     value_loss += float(loss.detach())
             sums["critic/value_loss"] += du.all_reduce_sum(value_loss)
