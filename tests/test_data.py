@@ -1,10 +1,12 @@
 """Data loading, prompt rendering and processing with real tiny processors, and the prompt loader."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import logging
+import signal
 from pathlib import Path
 
 import pyarrow as pa
@@ -403,6 +405,38 @@ def test_undecodable_image_fails_at_access_and_the_loader_can_skip_it(tmp_path, 
     assert [p.meta["answer"] for p in batch] == ["1", "1"] and ds_skip.n_bad == 1 and loader.skipped == {1}
 
 
+def test_rows_the_processor_rejects_name_the_row_and_can_be_skipped(tmp_path, qwen_vl):
+    _, proc = qwen_vl
+    _png(tmp_path / "ok.png")
+    _png(tmp_path / "banner.png", (3000, 10))  # 300:1, over Qwen-VL's 200:1 limit
+    ok = {"prompt": "<image>a", "answer": "1", "images": ["ok.png"]}
+    f = _jsonl(tmp_path / "banner.jsonl", [ok, {**ok, "prompt": "<image>b", "images": ["banner.png"]}])
+    with pytest.raises(DataError, match=r"banner.jsonl, row 1, field 'images': the processor rejected .*aspect ratio"):
+        RLDataset(str(f), DataConfig(), proc)
+    ds = RLDataset(str(f), DataConfig(skip_bad_rows=True), proc)
+    assert len(ds) == 1 and ds.n_bad == 1
+    # Frames of different sizes pass construction (headers of the first frame only) and fail at access.
+    for i, size in enumerate([(56, 56), (56, 56), (80, 40), (80, 40)]):
+        _png(tmp_path / f"f{i}.png", size)
+    video = {"prompt": "<video>a", "answer": "2", "videos": [f"f{i}.png" for i in range(4)]}
+    f = _jsonl(tmp_path / "frames.jsonl", [video, {**ok, "answer": "3"}])
+    with pytest.raises(DataError, match=r"frames.jsonl, row 0, field 'videos': the processor rejected"):
+        RLDataset(str(f), DataConfig(), proc)[0]
+    ds = RLDataset(str(f), DataConfig(skip_bad_rows=True), proc)
+    loader = PromptLoader(ds, batch_size=2, shuffle=False)
+    assert [p.meta["answer"] for p in loader.next_batch()] == ["3", "3"] and loader.skipped == {0}
+
+
+def test_non_finite_answers_count_as_missing(tmp_path, text_tok):
+    rows = [{"prompt": "2+2?", "answer": 4.0}, {"prompt": "3+3?", "answer": float("nan")},
+            {"prompt": "1/0?", "answer": float("inf")}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nan.parquet")
+    with pytest.raises(DataError, match=r"nan.parquet, row 1, field 'answer': missing \(nan"):
+        RLDataset(str(tmp_path / "nan.parquet"), DataConfig(), text_tok)
+    ds = RLDataset(str(tmp_path / "nan.parquet"), DataConfig(skip_bad_rows=True), text_tok)
+    assert len(ds) == 1 and ds.n_bad == 2 and "row 2, field 'answer': missing (inf" in ds.bad_rows[1]
+
+
 def test_text_only_model_rejects_image_rows(tmp_path, text_tok):
     _png(tmp_path / "a.png")
     f = _jsonl(tmp_path / "r.jsonl", [{"prompt": "<image>x", "answer": "1", "images": ["a.png"]}])
@@ -475,7 +509,7 @@ def test_loader_resumes_exactly():
     resumed.load_state_dict(state)
     got += [resumed.next_batch() for _ in range(5)]
     assert got == expected
-    with pytest.raises(ValueError, match="data changed"):
+    with pytest.raises(DataError, match="data changed since the checkpoint. Start fresh with trainer.resume=none"):
         PromptLoader(_Numbers(8), batch_size=3).load_state_dict(state)
 
 
@@ -508,12 +542,57 @@ def test_loader_mix_draws_each_source_by_its_weight_and_resumes_exactly():
     resumed = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[1.0, 1.0], sources=sources)
     resumed.load_state_dict(state)
     assert got + [resumed.next_batch() for _ in range(3)] == [b for e in epochs for b in (e[:5], e[5:])]
-    with pytest.raises(ValueError, match="the mix changed"):
+    with pytest.raises(DataError, match="the mix changed since the checkpoint. Start fresh"):
         PromptLoader(_Numbers(10), batch_size=5, seed=3).load_state_dict(state)
     only_large = PromptLoader(_Numbers(10), batch_size=5, seed=3, weights=[0.0, 1.0], sources=sources)
     assert all(i >= 2 for _ in range(4) for i in only_large.next_batch())
     with pytest.raises(DataError, match="entry 0 has weight 1.0 but no usable prompts"):
         PromptLoader(_Numbers(8), batch_size=2, weights=[1.0, 1.0], sources=[1] * 8)
+
+
+class _Broken(_Numbers):
+    """Prompts below `bad` fail to load; the loader may skip them."""
+
+    skip_bad_rows = True
+
+    def __init__(self, n, bad):
+        super().__init__(n)
+        self.bad = bad
+
+    def __getitem__(self, i):
+        if i < self.bad:
+            raise DataError(f"row {i}: broken")
+        return i
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+    """Fail (instead of hanging the suite) when the block runs past `seconds`."""
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_loader_counts_only_the_sources_a_mix_draws():
+    """A weight-0 source (or one whose share rounds to 0 prompts) is never drawn: its prompts neither keep the
+    retire floor up nor stop the loader from seeing that every drawable prompt is gone."""
+    for weights, sources in (([1.0, 0.0], [0] * 5 + [1] * 5), ([1.0, 0.004], [0] * 99 + [1])):
+        n = len(sources)
+        loader = PromptLoader(_Numbers(n), batch_size=2, weights=weights, sources=sources)
+        assert loader.retire([i for i in range(n) if sources[i] == 0]) == sources.count(0) - 2  # the floor holds
+        with _deadline(5):
+            batch = loader.next_batch()
+        assert len(batch) == 2 and all(sources[i] == 0 and i not in loader.retired for i in batch)
+        broken = PromptLoader(_Broken(n, sources.count(0)), batch_size=2, weights=weights, sources=sources)
+        with _deadline(5), pytest.raises(DataError, match="every prompt that data.train_weights draws failed"):
+            broken.next_batch()
 
 
 def test_train_weights_in_a_run_and_in_rllava_check(counting, tiny_model_factory, tmp_path):

@@ -48,7 +48,7 @@ def test_workers_score_like_the_trainer_process(unruly):
     pool = RewardWorkers(functions, on_error=-1.0, workers=2, timeout_s=30)
     try:
         assert pool(responses, metas) == expected
-        assert expected[2] == 3  # the "raise" component failed three times
+        assert expected[2] == 9  # "raise" failed 3 times, count refused the non-integer truth "0.5" 6 times
         assert pool(responses[:2], metas[:2]) == RewardFunction(functions, on_error=-1.0)(responses[:2], metas[:2])
     finally:
         pool.close()
@@ -153,6 +153,41 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited (its parent, init here, reaps it later)
+
+
+def test_stopping_a_worker_ends_the_processes_its_reward_started(tmp_path):
+    """A reward that runs a child (a checker, the response's code): a timeout, a crash or close() ends the child
+    too, not just the worker."""
+    path = tmp_path / "spawner.py"
+    path.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys
+
+        def score(response, answer, **meta):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            with open({str(tmp_path)!r} + "/" + response, "w") as f:
+                f.write(str(child.pid))
+            if response == "hang":
+                child.wait()
+            if response == "die":
+                os._exit(3)
+            return 1.0  # "leave": returns with the child still running
+    """))
+    pool = RewardWorkers({f"{path}:score": 1.0}, on_error=-1.0, workers=1, timeout_s=1.0)
+    children = []
+    try:
+        assert pool(["hang", "die", "leave"], [{"answer": "1"}] * 3)[0] == [-1.0, -1.0, 1.0]
+        assert pool.n_timeouts == 1 and pool.n_crashes == 1
+        children = [int((tmp_path / name).read_text()) for name in ("hang", "die", "leave")]
+        pool.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.05)
+        assert [_alive(pid) for pid in children] == [False, False, False]
+    finally:
+        pool.close()
+        for pid in children:  # should the fix regress: do not leave sleepers behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_training_with_reward_workers_matches_in_process(short_counting_run, unruly):

@@ -122,6 +122,18 @@ def test_counting_difficulty_option(tmp_path):
         make_task("countin", tmp_path / "x", n=1)
 
 
+@pytest.mark.parametrize("task, options, message", [
+    ("grounding", {"difficulty": "trivial"}, r"difficulty='trivial' has no distractor objects; choose from \['easy'"),
+    ("motion", {"frames": 1}, "frames must be >= 2, got 1"),
+    ("motion", {"frames": 0}, "frames must be >= 2, got 0"),
+    ("motion", {"frames": 30}, "frames=30 is too many for size=64: .*at most 21 frames"),
+    ("motion", {"size": 20}, "size must be >= 26 pixels, got 20"),
+])
+def test_task_options_that_give_no_sample_are_named(tmp_path, task, options, message):
+    with pytest.raises(ValueError, match=f"{task}: {message}"):
+        make_task(task, tmp_path / task, n=2, **options)
+
+
 def test_grounding_box_is_the_described_object(made):
     out = made["grounding"]
     for r in _all_rows(out):
@@ -357,6 +369,17 @@ def test_search_corpus_answers_each_question_through_the_search_tool(made):
         query = parse_action(json.loads(r["demo_turns"])[0], "tags").arguments["query"]
         first = TOOLS.get("search")({"query": query, "k": 1}, ctx).text
         assert r["place"] in first and f"is {r['answer']}." in first
+
+
+def test_search_corpus_never_contradicts_itself(tmp_path):
+    """Made-up names repeat by chance (about 17 corpus ids in 1000 samples at seed 0): a sample whose passage
+    id was taken is redrawn, so each id has one passage, and no question comes back with another answer."""
+    out = make_task("search", tmp_path / "search", n=1000, seed=0)
+    docs = [json.loads(line) for line in (out / "corpus.jsonl").read_text().splitlines()]
+    assert len({d["id"] for d in docs}) == len(docs) == 2000
+    rows = _all_rows(out)
+    assert len({r["prompt"] for r in rows}) == len(rows) == 1000
+    assert all(r["place"] != d["title"] for r, d in zip(rows, docs[1::2]))  # the decoy is another place
 
 
 def test_calculate_demonstration_code_prints_the_answer_in_the_sandbox(made):

@@ -9,12 +9,14 @@ the processor expands its placeholder into. That number depends only on the (res
 size, so it is measured once per distinct size by processing a blank image of that size. It
 matches the processed length exactly for placeholder-expanding processors (Qwen-VL, LLaVA,
 Idefics3/SmolVLM, Gemma3); a prompt that still comes out too long is logged at access time. If a
-processor rejects the blank probe, each row with media is processed once instead (exact, slower).
+processor rejects the blank probe, each row with media is processed once instead (exact, slower). A row the
+processor rejects itself (an extreme aspect ratio, video frames of different sizes) is a bad row (`DataError`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,9 +167,13 @@ class RLDataset(torch.utils.data.Dataset):
             raise DataError(f"{ref.where(cfg.prompt_key)}: missing (row fields: {sorted(row)})")
         if not isinstance(row[cfg.prompt_key], str):
             raise DataError(f"{ref.where(cfg.prompt_key)}: expected text, got {type(row[cfg.prompt_key]).__name__}")
-        if cfg.answer_key and row.get(cfg.answer_key) is None and self.answer_template is None:
-            raise DataError(f"{ref.where(cfg.answer_key)}: missing (row fields: {sorted(row)}; "
-                            "set data.answer_key, or '' for rows without answers)")
+        if cfg.answer_key and self.answer_template is None:
+            value = row.get(cfg.answer_key)
+            if value is None:
+                raise DataError(f"{ref.where(cfg.answer_key)}: missing (row fields: {sorted(row)}; "
+                                "set data.answer_key, or '' for rows without answers)")
+            if isinstance(value, float) and not math.isfinite(value):  # a missing value in a float column
+                raise DataError(f"{ref.where(cfg.answer_key)}: missing ({value!r} is not an answer)")
         images = _as_list(row.get(cfg.image_key))
         videos = normalize_videos(row.get(cfg.video_key))
         for j, ref_j in enumerate(images):
@@ -309,10 +315,17 @@ class RLDataset(torch.utils.data.Dataset):
 
     def _encode(self, it: _Item, images: list[Image.Image], videos: list[list[Image.Image]]) -> Any:
         """The processor's (or tokenizer's) outputs for one prompt, batch dim 1."""
-        if not self.multimodal:
-            return self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
-        media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
-        return self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
+        try:
+            if not self.multimodal:
+                return self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
+            media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
+            return self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
+        except Exception as e:  # noqa: BLE001
+            # A row the processor rejects (a 300:1 banner, a video whose frames differ in size) is a bad row:
+            # name it, and let data.skip_bad_rows drop it like any other.
+            keys = [k for k, media in ((self.cfg.image_key, images), (self.cfg.video_key, videos)) if media]
+            raise DataError(f"{it.ref.where(', '.join(keys) or self.cfg.prompt_key)}: the processor rejected this "
+                            f"row: {type(e).__name__}: {e}") from None
 
     def __getitem__(self, i: int) -> Prompt:
         it = self.items[i]

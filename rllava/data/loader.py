@@ -22,6 +22,7 @@ import torch
 from rllava.data.rows import DataError
 
 logger = logging.getLogger(__name__)
+FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"  # what a changed-data resume needs
 
 
 class PromptLoader:
@@ -44,6 +45,10 @@ class PromptLoader:
         self.skipped: set[int] = set()  # indices that failed to load (with skip_bad_rows)
         self.retired: set[int] = set()  # indices taken out of later batches (`retire`)
         self._warned_floor = False
+        # The prompts an epoch can hold: a source whose share is 0 (weight 0, or one too small to round up to a
+        # prompt) is never drawn, so its prompts must not count as still in play.
+        self.drawable = set(range(len(dataset))) if self.pools is None else {
+            i for pool, count in zip(self.pools, shares(self.weights, len(dataset))) if count for i in pool}
         self._order = self._order_for(0)
 
     @property
@@ -80,14 +85,17 @@ class PromptLoader:
 
     def retire(self, indices: list[int]) -> int:
         """Pass over these prompts from now on; at least one batch's worth always stays. Returns how many were new."""
-        new = [i for i in sorted(set(indices)) if i not in self.retired and i not in self.skipped]
-        room = len(self.dataset) - len(self.skipped | self.retired) - self.batch_size
-        if len(new) > room and not self._warned_floor:
+        out = self.skipped | self.retired
+        new = [i for i in sorted(set(indices)) if i not in out]
+        room = len(self.drawable - out) - self.batch_size
+        if sum(i in self.drawable for i in new) > room and not self._warned_floor:
             self._warned_floor = True
             logger.warning("%d of %d prompts are retired; the last %d stay in play so that a batch can be drawn "
-                           "(solved ones among them keep coming back)", len(self.retired) + max(0, room),
-                           len(self.dataset), self.batch_size)
-        new = new[:max(0, room)]
+                           "(solved ones among them keep coming back)", len(self.retired & self.drawable) + max(0, room),
+                           len(self.drawable), self.batch_size)
+        # Undrawn prompts retire freely; drawable ones only down to the floor.
+        drawable = [i for i in new if i in self.drawable][:max(0, room)]
+        new = sorted(drawable + [i for i in new if i not in self.drawable])
         self.retired.update(new)
         return len(new)
 
@@ -112,8 +120,9 @@ class PromptLoader:
             prompt = self._load(self._next_index())
             if prompt is not None:
                 batch.append(prompt)
-            elif len(self.skipped | self.retired) >= len(self.dataset):
-                raise DataError("every prompt in the dataset failed to load" + (" or was retired" if self.retired else ""))
+            elif not self.drawable - self.skipped - self.retired:
+                which = "in the dataset" if len(self.drawable) == len(self.dataset) else "that data.train_weights draws"
+                raise DataError(f"every prompt {which} failed to load" + (" or was retired" if self.retired else ""))
         return batch
 
     def __iter__(self) -> Iterator[list[Any]]:
@@ -127,11 +136,11 @@ class PromptLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("size", len(self.dataset)) != len(self.dataset):
-            raise ValueError(f"loader state is for a dataset of {state['size']} prompts, this one has "
-                             f"{len(self.dataset)}: the data changed since the checkpoint")
+            raise DataError(f"loader state is for a dataset of {state['size']} prompts, this one has "
+                            f"{len(self.dataset)}: the data changed since the checkpoint{FRESH_START}")
         if state.get("weights") != self.weights:  # the order of every epoch depends on them
-            raise ValueError(f"loader state is for data.train_weights={state.get('weights') or []}, this run has "
-                             f"{self.weights or []}: the mix changed since the checkpoint")
+            raise DataError(f"loader state is for data.train_weights={state.get('weights') or []}, this run has "
+                            f"{self.weights or []}: the mix changed since the checkpoint{FRESH_START}")
         self.seed = state.get("seed", self.seed)
         self.shuffle = state.get("shuffle", self.shuffle)
         self.epoch = state["epoch"]

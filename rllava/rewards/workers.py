@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,8 +42,11 @@ class _Worker:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])  # rllava importable even when not installed
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # Its own session (and process group): stopping it also ends whatever its reward started (a checker, a
+        # sandboxed run of the response), which would otherwise outlive the killed worker.
         self.proc = subprocess.Popen([sys.executable, "-m", "rllava.rewards.workers", str(theirs.fileno()), str(os.getpid())],
-                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send(init)
@@ -52,7 +56,12 @@ class _Worker:
         self.seen: set[int] = set()  # meta keys this worker holds for the current call
 
     def stop(self) -> None:
-        self.proc.kill()
+        """Kill the worker's whole process group: the worker and anything its reward left running."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:  # the group is empty already (or, oddly, not ours): the worker itself at least
+            if self.proc.poll() is None:
+                self.proc.kill()
         self.proc.wait()
         self.conn.close()
 
@@ -176,10 +185,9 @@ class RewardWorkers:
         self._workers[self._workers.index(w)] = _Worker(self._init)
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes (a worker that exited may still leave its reward's children behind)."""
         for w in self._workers:
-            if w.proc.poll() is None:
-                w.stop()
+            w.stop()
         self._workers = []
 
     def __del__(self) -> None:
@@ -191,7 +199,6 @@ def _die_with(parent: int) -> None:
     """Linux: be killed when the trainer dies, even in the middle of a reward that never returns."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the closed socket still ends an idle worker

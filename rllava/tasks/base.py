@@ -60,6 +60,15 @@ def _write_split(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
+MAX_REDRAWS = 100  # per sample, for unique corpus document ids
+
+
+def _new_ids(documents: list[dict[str, str]], seen: set[str]) -> bool:
+    """True when the documents' ids differ from each other and from every id in `seen`."""
+    ids = [d["id"] for d in documents]
+    return len(set(ids)) == len(ids) and not seen.intersection(ids)
+
+
 def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **opts: Any) -> Path:
     """Generate `n` samples of task `name` into `out_dir`; the same seed gives the same files."""
     entry = TASKS.entry(name)  # unknown name: error naming the closest task
@@ -72,9 +81,20 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, documents = [], []
+    doc_ids: set[str] = set()
     for i in range(n):
         # One RNG per sample: sample i is the same whatever n is.
         sample: Sample = entry.fn(random.Random(f"{name}:{seed}:{i}"), **opts)
+        # A corpus id names one passage: a sample whose document ids repeat an earlier one's (a made-up name
+        # drawn twice) would contradict it, or ask its question again with another answer. Redraw it.
+        redraw = 0
+        while not _new_ids(sample.documents, doc_ids):
+            redraw += 1
+            if redraw > MAX_REDRAWS:
+                raise ValueError(f"task {name!r}: sample {i} repeats a corpus document id after {MAX_REDRAWS} "
+                                 f"redraws: n={n} is more than the task has distinct documents for")
+            sample = entry.fn(random.Random(f"{name}:{seed}:{i}:{redraw}"), **opts)
+        doc_ids.update(d["id"] for d in sample.documents)
         images = sample.images
         rels = [f"images/{i:06d}.png"] if len(images) == 1 else [f"images/{i:06d}_{j}.png" for j in range(len(images))]
         for img, rel in zip(images, rels):

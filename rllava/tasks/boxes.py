@@ -5,7 +5,7 @@ import json
 import random
 
 from rllava.tasks.base import TASKS, Sample
-from rllava.tasks.counting import _level, distractor_specs
+from rllava.tasks.counting import DIFFICULTY, _level, distractor_specs
 from rllava.tasks.draw import scene
 
 
@@ -13,6 +13,9 @@ from rllava.tasks.draw import scene
 def grounding(rng: random.Random, difficulty: str = "medium") -> Sample:
     """Find the one object of a given colour and shape; the answer is its box [x1, y1, x2, y2] in pixels."""
     lv = _level(difficulty)
+    if lv["max_distractors"] < 1:  # "trivial": one object, nothing to tell it from
+        raise ValueError(f"grounding: difficulty={difficulty!r} has no distractor objects; choose from "
+                         f"{sorted(k for k, v in DIFFICULTY.items() if v['max_distractors'] > 0)}")
     shape, color = rng.choice(lv["shapes"]), rng.choice(lv["colors"])
     specs = [(shape, color)] + distractor_specs(rng, lv, (shape, color), rng.randint(1, lv["max_distractors"]))
     img, objs = scene(rng, lv["size"], lv["grid"], specs, lv["radius"])

@@ -14,9 +14,17 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 @TASKS.register("motion", template="{{ prompt }} Answer left, right, up or down.", reward={"exact_match": 1.0})
 def motion(rng: random.Random, frames: int = 4, size: int = 64, distractors: int = 1) -> Sample:
     """Which way one shape moves across the frames of a short video (frames, size, distractors: still shapes)."""
+    r = 6
+    if frames < 2:  # one frame shows no motion (and zero, no video)
+        raise ValueError(f"motion: frames must be >= 2, got {frames}")
+    if size < 4 * r + 2:
+        raise ValueError(f"motion: size must be >= {4 * r + 2} pixels, got {size}")
+    step = (size - 4 * r) // (frames - 1) // 2
+    if step < 1:  # the circle would stand still
+        raise ValueError(f"motion: frames={frames} is too many for size={size}: the circle would not move "
+                         f"(at most {(size - 4 * r) // 2 + 1} frames at this size)")
     direction = rng.choice(sorted(DIRECTIONS))
     dx, dy = DIRECTIONS[direction]
-    r, step = 6, (size - 4 * 6) // max(1, frames - 1) // 2
     travel = step * (frames - 1)
     # Start where the whole path stays inside the frame.
     x0 = rng.randint(r + max(0, -dx * travel), size - r - 1 - max(0, dx * travel))

@@ -29,6 +29,8 @@ SEARCH_ENV = {"name": "tools", "tools": ["search"], "call_format": "tags", "obse
 def search(rng: random.Random) -> Sample:
     """Text only: the colour of a made-up place's flag, river or tower, found in the corpus (env.tools=[search])."""
     name, decoy = place_name(rng), place_name(rng)
+    while decoy == name:  # the decoy's passage would contradict the answer's
+        decoy = place_name(rng)
     thing, colour, other = rng.choice(FIELDS), rng.choice(COLOURS), rng.choice(COLOURS)
     docs = [{"id": f"{name}-{thing}", "title": name, "text": f"The {thing} of {name} is {colour}."},
             {"id": f"{decoy}-{thing}", "title": decoy, "text": f"The {thing} of {decoy} is {other}."}]
