@@ -103,17 +103,17 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # 0 disables the reference pass
     kl_in: str = "loss"  # loss | reward
     kl_estimator: str = "k3"  # KL estimator by registry name: k1, k2, k3, abs, ... (`rllava list`)
-    kl_ctrl: str = "fixed"  # fixed | adaptive
+    kl_ctrl: str = "fixed"  # fixed | adaptive (a controller other than fixed needs kl_in=reward)
     kl_target: float = 0.1  # adaptive KL controller: target KL
     kl_horizon: int = 10000  # adaptive KL controller: horizon in samples
     entropy_coef: float = 0.0  # entropy bonus weight (subtracted from the loss)
     group_filter: Optional[str] = None  # e.g. dapo_nonuniform
-    filter_reward_low: float = 0.0  # group filters: a group whose rewards are all <= low is uninformative
-    filter_reward_high: float = 1.0  # group filters: a group whose rewards are all >= high is uninformative
+    filter_reward_low: float = 0.0  # reward_range filter: a group whose mean reward is <= low is dropped (all wrong)
+    filter_reward_high: float = 1.0  # reward_range filter: a group whose mean reward is >= high is dropped (all right)
     max_filter_tries: int = 3  # dynamic sampling: extra rollout rounds at most per step
     reward_shaping: list[str] = field(default_factory=list)  # e.g. [overlong_penalty]
-    overlong_buffer_len: int = 16  # overlong_penalty: tokens before max_new_tokens where the penalty ramps up
-    overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at max_new_tokens
+    overlong_buffer_len: int = 16  # overlong_penalty: tokens before the length limit (rollout.max_new_tokens; multi-turn: env.max_total_tokens) where the penalty ramps up
+    overlong_penalty_factor: float = 1.0  # overlong_penalty: penalty at the length limit
     top_entropy_frac: float = 1.0  # share of RL tokens, highest entropy under the sampling policy, that carry the policy gradient (0.2: "Beyond the 80/20 rule"); 1 = all
     entropy_adv_coef: float = 0.0  # Cheng et al. 2025: advantage + min(coef * entropy, |advantage| / entropy_adv_kappa) on each token; 0 = off
     entropy_adv_kappa: float = 2.0  # the bonus is at most |advantage| / kappa (it never flips an advantage's sign)
@@ -324,9 +324,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):  # nan passes every range check
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp in (int, float, bool, str) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
@@ -433,7 +435,7 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
           ("actor", "micro_token_budget", 1, True), ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
           ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
-          ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True)]
+          ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True)]
 
 
 def check_ranges(cfg: Config) -> None:
@@ -446,6 +448,11 @@ def check_ranges(cfg: Config) -> None:
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
     alg = cfg.algorithm
+    if alg.kl_in not in ("loss", "reward"):
+        raise ConfigError(f"algorithm.kl_in={alg.kl_in!r}: must be loss or reward")
+    if alg.kl_ctrl != "fixed" and alg.kl_in != "reward":
+        raise ConfigError(f"algorithm.kl_ctrl={alg.kl_ctrl} moves the KL penalty in the reward: set algorithm.kl_in="
+                          "reward (with kl_in=loss the coefficient stays algorithm.kl_coef)")
     if cfg.data.drop_solved is not None and not 0 < cfg.data.drop_solved <= 1:
         raise ConfigError(f"data.drop_solved={cfg.data.drop_solved!r}: must be in (0, 1]")
     if cfg.reference.sync_steps:

@@ -84,6 +84,9 @@ def test_base_file_is_overlaid(tmp_path):
     ("rollout.top_p=0", r"rollout.top_p=0.0: must be > 0.0"),
     ("rollout.top_p=1.5", r"rollout.top_p=1.5: must be in \(0, 1\]"),
     ("actor.micro_token_budget=0", r"actor.micro_token_budget=0: must be >= 1"),
+    ("trainer.keep_last=0", r"trainer.keep_last=0: must be >= 1"),
+    ("actor.lr=nan", r"actor.lr: expected a finite number, got nan"),  # nan < 0 is False: no range check sees it
+    ("rollout.temperature=.inf", r"rollout.temperature: expected a finite number, got inf"),
 ])
 def test_out_of_range_numbers_name_the_key(override, message):
     with pytest.raises(ConfigError, match=r"<overrides>: " + message):
@@ -99,6 +102,8 @@ def test_out_of_range_numbers_name_the_key(override, message):
     (["reward.functions={}"], "reward.functions is empty"),
     (["env.max_turns=0"], "env.max_turns=0: must be >= 1"),
     (["env.reward_weights={answr: 1.0}"], r"env.reward_weights: unknown key\(s\) \['answr'\]"),
+    (["algorithm.kl_in=rewards"], "algorithm.kl_in='rewards': must be loss or reward"),
+    (["algorithm.kl_ctrl=adaptive"], "algorithm.kl_ctrl=adaptive moves the KL penalty in the reward: set algorithm.kl_in=reward"),
 ])
 def test_settings_that_would_fail_mid_run_fail_at_load(overrides, message):
     """Each of these used to surface as a ValueError deep in a training step, after the model had loaded."""

@@ -22,12 +22,15 @@ def test_dapo_nonuniform_with_interleaved_group_ids():
     assert keep.tolist() == [True, False, True, False]
 
 
-def test_reward_range_is_a_closed_interval_on_the_group_mean():
-    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.25, 0.75, 0.75, 0.0, 0.0])
-    groups = torch.tensor([0, 0, 1, 1, 2, 3, 3, 4, 4])  # means 0.5, 1, 0.25, 0.75, 0
+def test_reward_range_is_an_open_interval_on_the_group_mean():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.25, 0.75, 0.75, 0.0, 0.0, 0.5])
+    groups = torch.tensor([0, 0, 1, 1, 2, 3, 3, 4, 4, 5])  # means 0.5, 1, 0.25, 0.75, 0, 0.5
     cfg = replace(CFG, filter_reward_low=0.25, filter_reward_high=0.75)
     keep = GROUP_FILTERS["reward_range"](rewards, groups, cfg)
-    assert keep.tolist() == [True, True, False, False, True, True, True, False, False]
+    assert keep.tolist() == [True, True, False, False, False, False, False, False, False, True]
+    # The defaults (0, 1) drop the all-wrong and all-right groups of 0/1 rewards, and nothing else.
+    keep = GROUP_FILTERS["reward_range"](torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1, 2, 2]), CFG)
+    assert keep.tolist() == [False, False, False, False, True, True]
 
 
 def test_overlong_penalty_soft_buffer():

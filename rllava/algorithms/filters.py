@@ -24,6 +24,7 @@ def dapo_nonuniform(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: Any) ->
 
 @GROUP_FILTERS.register("reward_range")
 def reward_range(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: Any) -> torch.Tensor:
-    """Keep groups whose mean reward is in the closed interval [filter_reward_low, filter_reward_high]."""
+    """Keep groups whose mean reward lies strictly between filter_reward_low and filter_reward_high: with 0/1
+    rewards and the defaults (0, 1), every group but the all-wrong and the all-right ones."""
     mean = group_mean(rewards.float(), group_ids)
-    return (mean >= cfg.filter_reward_low) & (mean <= cfg.filter_reward_high)
+    return (mean > cfg.filter_reward_low) & (mean < cfg.filter_reward_high)
