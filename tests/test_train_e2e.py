@@ -409,3 +409,27 @@ def test_skipped_rows_need_no_old_logprobs(short_counting_run, tmp_path, monkeyp
     assert no_grad_rows["plain"] == 16 and no_grad_rows["skip"] == round(16 * (1 - skip["actor/skipped_rows"]))
     assert skip["actor/loss"] == pytest.approx(plain["actor/loss"], rel=1e-4, abs=1e-7)
     assert skip["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("extra, per_step", [
+    ([], 2),  # 2 prompts x 4 rollouts, mini-batches of 4
+    (["trainer.pipeline=sft", "data.response_template={{ answer }}"], 1),  # SFT trains on the 2 prompts' rows
+    (["algorithm.demonstrations=mix", "algorithm.policy_loss=luffy", "data.response_template={{ answer }}"], 3),  # 2 x (4 + 1)
+])
+def test_the_lr_schedule_spans_the_optimizer_steps_the_run_takes(short_counting_run, extra, per_step):
+    """A linear decay over the run's optimizer steps: the last update runs at lr / (its count), whatever the
+    pipeline trains on (it used to count batch_size x n rows for SFT and for demonstrations too)."""
+    import json
+    from pathlib import Path
+
+    from rllava.config import load_config
+    from rllava.pipelines.run import optimizer_steps_per_step, run_experiment
+
+    cfg = load_config(None, short_counting_run("actor.mini_batch_size=4", "actor.lr_scheduler=linear", *extra))
+    assert optimizer_steps_per_step(cfg) == per_step
+    run = Path(run_experiment(cfg)["run_dir"])
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["actor/lr"] for r in rows if "actor/lr" in r]  # each step's mean over its optimizer steps
+    total = 2 * per_step
+    expected = [sum(1 - k / total for k in range(s * per_step, (s + 1) * per_step)) / per_step * 1e-3 for s in (0, 1)]
+    assert lrs == pytest.approx(expected)

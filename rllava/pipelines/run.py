@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,19 @@ def training_model_config(cfg: Config, path: str | None = None):
     return dataclasses.replace(cfg.model, dtype=dtype, path=path or cfg.model.path)
 
 
+def sequences_per_step(cfg: Config) -> int:
+    """Rows one training step updates on: a prompt each for a supervised pipeline; else `rollout.n` rollouts a
+    prompt, plus its demonstration under `algorithm.demonstrations` mix or sft (switch: at most this many)."""
+    if PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"):
+        return cfg.data.batch_size
+    return cfg.data.batch_size * (cfg.rollout.n + (cfg.algorithm.demonstrations in ("mix", "sft")))
+
+
+def optimizer_steps_per_step(cfg: Config) -> int:
+    """Optimizer steps a training step takes (ppo epochs x mini-batches): the lr schedule's unit."""
+    return cfg.actor.ppo_epochs * max(1, math.ceil(sequences_per_step(cfg) / (cfg.actor.mini_batch_size or 10**9)))
+
+
 def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunContext:
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
@@ -211,7 +225,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     loader = PromptLoader(train_ds, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.trainer.seed,
                           weights=cfg.data.train_weights or None, sources=train_ds.entries())
     total_steps = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * max(1, loader.steps_per_epoch))
-    updates_per_step = cfg.actor.ppo_epochs * max(1, -(-cfg.data.batch_size * cfg.rollout.n // (cfg.actor.mini_batch_size or 10**9)))
+    updates_per_step = optimizer_steps_per_step(cfg)
     engine = TRAIN_ENGINES.get(a.strategy)(
         model, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas), warmup_steps=a.warmup_steps,
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
