@@ -134,3 +134,27 @@ def test_kl_loss_and_entropy_loss():
     torch.testing.assert_close(g, PEN_MASK / 5)
     assert float(entropy_loss(X, MASK, "token-mean")) == pytest.approx(7 / 3)
     assert float(entropy_loss(X, MASK, "seq-mean-token-sum-norm", norm_len=10)) == pytest.approx(0.35)
+
+
+def test_dr_grpo_divides_by_the_length_limit_not_the_longest_response(tiny_model_factory):
+    """seq-mean-token-sum-norm (Dr. GRPO) divides by a constant MAX_TOKENS: the rollouts' length limit. A row's
+    loss must not change with how long the other responses of its step are. On-policy, the PPO loss of a
+    3-token row with advantage 1 is -3 / limit, averaged over the 2 rows; the other row has advantage 0."""
+    from rllava.config import Config
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.engines.local import LocalTrainEngine
+    from rllava.models.load import load_model_and_processor
+    from rllava.roles.actor import Actor
+
+    cfg = Config()
+    cfg.model.path, cfg.algorithm.loss_agg_mode = str(tiny_model_factory("qwen2")), "seq-mean-token-sum-norm"
+    model, _ = load_model_and_processor(cfg.model)
+    actor = Actor(LocalTrainEngine(model, lr=0.0), cfg)
+    p = Prompt(input_ids=[11, 12, 13])
+    losses = []
+    for other in (3, 20):
+        batch = Batch.from_episodes([Episode(p, [20, 21, 22], [1, 1, 1]), Episode(p, [30] * other, [1] * other)], 0)
+        batch.advantages = torch.zeros(batch.response_mask.shape)
+        batch.advantages[0, :3] = 1.0
+        losses.append(actor.update(batch, length_limit=32)["actor/loss"])
+    assert losses == pytest.approx([-3 / 32 / 2] * 2, rel=1e-5)

@@ -7,8 +7,9 @@ sums back exactly with the weights in each entry's `unit` meta:
 `unit="token"` -> weight by the micro-batch's share of trained tokens, `unit="seq"` -> share of rows.
 
 `seq-mean-token-sum-norm` (Dr. GRPO) divides each sequence's token sum by a constant, the maximum
-response length. By default that is `mask.shape[1]`; pass `norm_len` when the tensor was trimmed
-(micro-batches) so the constant stays the same across micro-batches. Unlike veRL, which divides
+response length. By default that is `mask.shape[1]`; the actor passes `norm_len`, the rollouts' length
+limit (rollout.max_new_tokens; multi-turn: env.max_total_tokens), so the constant stays the same across
+micro-batches and steps. Unlike veRL, which divides
 the *batch* sum by that constant, we also average over sequences: the gradient direction is the
 same and the scale no longer grows with the batch size.
 """

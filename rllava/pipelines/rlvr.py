@@ -200,7 +200,8 @@ class RLVRPipeline:
                 sft_coef = sft_coef_at(algo, trainer.step)
                 if algo.demonstrations:
                     metrics["demo/sft_coef"] = sft_coef
-                metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef))
+                metrics.update(ctx.actor.update(batch, seed=self.cfg.trainer.seed + trainer.step, sft_coef=sft_coef,
+                                                length_limit=self.length_limit()))
         if ctx.critic is not None and batch.returns is not None:  # None: no rollout left to learn values from
             with timed(metrics, "critic_update"):
                 metrics.update(ctx.critic.update(batch, seed=self.cfg.trainer.seed + trainer.step))

@@ -154,13 +154,15 @@ class Actor:
         return self.cfg.actor.ppo_epochs > 1 or du.all_reduce_max(minis) > 1
 
     def update(self, batch: Batch, loss_name: str | None = None, seed: int = 0,
-               sft_coef: float | None = None) -> dict[str, float]:
+               sft_coef: float | None = None, length_limit: int = 0) -> dict[str, float]:
         """Policy-gradient update: epochs x mini-batches (one optimizer step each) x micro-batches.
 
         Every loss term is divided by its *global* denominator (summed over ranks), so the ranks'
         gradients sum to the single-process gradient of the whole batch; metrics are the mini-batch
         aggregates (weighted like the loss), averaged over optimizer steps. `sft_coef` is this step's
         weight of the SFT term on demonstrations (default `algorithm.sft_coef`; a schedule sets it).
+        `length_limit`: where rollouts are cut, the constant `seq-mean-token-sum-norm` divides by (Dr. GRPO's
+        MAX_TOKENS), unless this batch's responses are longer (a UFT hint before the generated tokens).
         """
         algo = self.cfg.algorithm
         loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
@@ -168,7 +170,9 @@ class Actor:
         # Rows with no advantage anywhere add nothing to a row-local loss (run.check_zero_advantage_skip).
         skip_zero = batch.advantages is not None and self.skips_zero_advantage(loss_name)
         mini_size = self.mini_batch_size(len(batch))
-        norm_len = int(du.all_reduce_max(batch.response_width))  # the same constant on every rank
+        # The same constant on every rank and at every step: a token's weight must not depend on how long
+        # the other responses of its step happen to be.
+        norm_len = int(du.all_reduce_max(max(batch.response_width, length_limit)))
         gen = torch.Generator().manual_seed(seed)
         history: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.cfg.actor.ppo_epochs):
