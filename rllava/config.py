@@ -254,9 +254,9 @@ class TrainerConfig:
     val_before_train: bool = True  # validate once at step 0
     save_freq: int = 0  # steps between checkpoints; 0 = only at the end
     save_every_min: Optional[float] = None  # also checkpoint when this many minutes have passed since the last one
-    keep_last: int = 2  # checkpoints kept (older ones are deleted)
+    keep_last: int = 2  # checkpoints kept, >= 1 (older ones are deleted)
     export_dtype: str = "auto"  # dtype of each checkpoint's HF folder: auto (the dtype model.path's config names, e.g. bfloat16 for Qwen, unless the trained weights are narrower) | float32 | bfloat16 | float16. Resume reads the engine state, which keeps fp32 masters
-    keep_best: bool = True  # also keep the checkpoint with the best validation score (trainer.best_metric)
+    keep_best: bool = True  # also keep the best checkpoint by trainer.best_metric, among those saved at a validation step
     best_metric: str = "val/accuracy"  # the validation metric that picks the best checkpoint (higher is better), e.g. val/pass@4 or val/<source>/accuracy; val/reward where a run has no accuracy
     resume: str = "auto"  # auto | none | path to a checkpoint folder
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])  # console | jsonl | tensorboard | wandb

@@ -143,3 +143,61 @@ def test_checkpoint_hf_folder_is_written_in_the_released_dtype(short_counting_ru
     assert all(torch.equal(state[n], engine[n]) for n in engine)
     with pytest.raises(ConfigError, match="trainer.export_dtype='int8' is not one of"):
         run_experiment(load_config(None, short_counting_run(f"model.path={bf16}", "trainer.export_dtype=int8")))
+
+
+def test_set_aside_after_moves_the_abandoned_runs_newer_checkpoints(tmp_path):
+    """Resuming from step 2 of a run that reached step 5: steps 3-5 move to checkpoints/abandoned/, so that neither
+    keep_last nor trainer.resume=auto sees them; an earlier branch's abandoned copy of a step is replaced."""
+    from rllava.pipelines.checkpoint import set_aside_after
+
+    m = TinyModel()
+    for step in (1, 2, 3, 4, 5):
+        save_checkpoint(tmp_path, step, m, None, {"step": step})
+    (tmp_path / "checkpoints" / "abandoned" / "step_4").mkdir(parents=True)  # left by an earlier branch
+    moved = set_aside_after(tmp_path, 2)
+    assert [p.name for p in moved] == ["step_3", "step_4", "step_5"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2]
+    assert find_resume_checkpoint("auto", tmp_path).name == "step_2"
+    assert load_state(tmp_path / "checkpoints" / "abandoned" / "step_4")["step"] == 4
+    save_checkpoint(tmp_path, 3, m, None, {"step": 3})  # the branch goes on
+    prune_checkpoints(tmp_path, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]  # the checkpoint resumed from is still there
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "abandoned").iterdir()) == ["step_3", "step_4", "step_5"]
+    assert set_aside_after(tmp_path, 3) == []
+
+
+def test_resume_drops_a_torn_last_line(tmp_path):
+    """A run killed while appending to metrics.jsonl / samples.jsonl leaves a torn last line: the resume drops it
+    (it is after the checkpoint) instead of failing on it."""
+    good = [json.dumps({"step": s, "reward/mean": 0.5}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(good) + '\n{"step": 4, "reward/me')
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"step": 2, "response": "7"}) + '\n{"step": 3, "resp')
+    log = RunLogger(tmp_path, ["jsonl"], total_steps=10, start_step=2, progress_bar=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == good[0] + "\n" + good[1] + "\n"  # kept lines unchanged
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "samples.jsonl").read_text().splitlines()] == [2]
+    log.log(3, {"reward/mean": 1.0})
+    assert [r["step"] for r in log.read_metrics()] == [1, 2, 3]
+    log.close()
+
+
+def test_a_fresh_start_clears_the_earlier_runs_tensorboard_events(tmp_path):
+    """metrics.jsonl starts empty on a fresh start in a used run folder; the TensorBoard events must too, or
+    TensorBoard draws both runs' curves over each other. A resume keeps the events up to its step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(start_step: int, steps: range) -> None:
+        log = RunLogger(tmp_path, ["jsonl", "tensorboard"], total_steps=5, start_step=start_step, progress_bar=False)
+        for s in steps:
+            log.log(s, {"reward/mean": float(s)})
+        log.close()
+
+    def tb_steps() -> list[int]:
+        acc = EventAccumulator(str(tmp_path / "tensorboard"))
+        acc.Reload()
+        return [e.step for e in acc.Scalars("reward/mean")]
+
+    run(0, range(1, 4))
+    run(0, range(1, 3))  # trainer.resume=none: start over
+    assert tb_steps() == [1, 2]
+    run(1, range(2, 4))  # a resume from step 1
+    assert tb_steps() == [1, 2, 3]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rllava.pipelines.evaluate import majority_correct, pass_at_k, pass_at_k_sums, task_overrides
+from rllava.pipelines.evaluate import majority_correct, metric_names, pass_at_k, pass_at_k_sums, task_overrides
 from rllava.tasks import TASKS
 
 
@@ -86,6 +86,37 @@ def test_training_validation_reports_pass_at_k(tiny_model_factory, counting, tmp
     run_experiment(cfg)
     first = json.loads((tmp_path / "default" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["val/pass@1"] == pytest.approx(first["val/accuracy"]) and first["val/pass@2"] >= first["val/pass@1"]
+    # What the up-front check of trainer.best_metric accepts is exactly what validation reports.
+    assert sorted(metric_names(2, ["counting"])) == sorted(k for k in first if k.startswith("val/"))
+
+
+def test_best_metric_is_checked_against_the_metrics_validation_will_report():
+    """trainer.best_metric is checked before training (it used to fail at the first validation, which may come
+    after the last step and before the final checkpoint): pass@k and maj@n need rollout.val_n, a source's own
+    metrics several sources, the agent's a multi-turn environment."""
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.evaluate import check_best_metric
+
+    def check(metric: str, sources: list[str], *extra: str) -> None:
+        check_best_metric(load_config(None, [f"trainer.best_metric={metric}", *extra]), sources)
+
+    check("val/accuracy", ["counting"])
+    check("val/reward", ["counting"])
+    with pytest.raises(ConfigError, match=r"trainer.best_metric='val/pass@1' is not among.*need rollout.val_n > 1"):
+        check("val/pass@1", ["counting"])
+    check("val/pass@4", ["counting"], "rollout.val_n=4")
+    check("val/maj@4", ["counting"], "rollout.val_n=4")
+    with pytest.raises(ConfigError, match="'val/pass@8' is not among"):
+        check("val/pass@8", ["counting"], "rollout.val_n=4")
+    with pytest.raises(ConfigError, match=r"'val/acuracy' is not among the validation metrics: \['val/reward'"):
+        check("val/acuracy", ["counting"])
+    check("val/hard/accuracy", ["counting", "hard", "hard"])
+    with pytest.raises(ConfigError, match="'val/hard/accuracy' is not among"):
+        check("val/hard/accuracy", ["hard", "hard"])  # one source: no per-source keys
+    check("val/agent/tool_call_rate", ["zoom"], "env.name=tools")
+    with pytest.raises(ConfigError, match="'val/agent/turns' is not among"):
+        check("val/agent/turns", ["zoom"])
+    check("val/nothing", [])  # no validation prompts: no best to pick
 
 
 def test_rllava_eval_runs_multi_turn_episodes_with_env_overrides(tiny_model_factory, tmp_path, capsys):
@@ -126,6 +157,7 @@ def test_validation_on_two_datasets_reports_each(tiny_model_factory, counting, t
         f"trainer.output_dir={tmp_path / 'runs'}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"])
     run_experiment(cfg)
     first = json.loads((tmp_path / "runs" / "default" / "metrics.jsonl").read_text().splitlines()[0])
+    assert sorted(metric_names(1, ["counting", "hard", "mine"])) == sorted(k for k in first if k.startswith("val/"))
     n = {s: len(pd.read_parquet(f)) for s, f in [("counting", counting / "val.parquet"), ("hard", other / "val.parquet"),
                                                  ("mine", tagged)]}
     weighted = sum(first[f"val/{s}/accuracy"] * k for s, k in n.items()) / sum(n.values())
@@ -146,10 +178,11 @@ def test_best_metric_picks_the_kept_checkpoint(tiny_model_factory, counting, tmp
             "trainer.loggers=[jsonl]"]
     result = run_experiment(load_config(None, over))
     rows = [json.loads(ln) for ln in (tmp_path / "default" / "metrics.jsonl").read_text().splitlines()]
-    scores = [(r["val/pass@2"], -r["step"]) for r in rows if "val/pass@2" in r]
+    # The best among the saved steps: step 0 (the model before training) has no checkpoint.
+    scores = [(r["val/pass@2"], -r["step"]) for r in rows if "val/pass@2" in r and r["step"] > 0]
     best_step = -max(scores)[1]  # the first step with the highest score
     kept = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "default" / "checkpoints").iterdir())
-    assert kept == sorted({best_step, 4} - {0}) and result["best_val_accuracy"] == max(scores)[0]
+    assert kept == sorted({best_step, 4}) and result["best_val_accuracy"] == max(scores)[0]
     with pytest.raises(ConfigError, match=r"trainer.best_metric='val/pass@8' is not among the validation metrics"):
         run_experiment(load_config(None, [*over, "trainer.best_metric=val/pass@8", "trainer.total_steps=1",
                                           "trainer.experiment_name=bad"]))
@@ -205,7 +238,10 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
     model = tiny_model_factory("qwen2_vl")
     for step in (100, 20):
         shutil.copytree(model, tmp_path / "run" / "checkpoints" / f"step_{step}" / "model")
-    pattern = str(tmp_path / "run" / "checkpoints" / "step_*" / "model")
+        (tmp_path / "run" / "checkpoints" / f"step_{step}" / "trainer_state.pt").write_bytes(b"")  # complete
+    # A checkpoint being written (or left by a crash mid-save) is no model of the run's.
+    shutil.copytree(model, tmp_path / "run" / "checkpoints" / "step_120.tmp" / "model")
+    pattern = str(tmp_path / "run" / "checkpoints" / "step_*[0-9]" / "model")
     steps = [tmp_path / "run" / "checkpoints" / f"step_{s}" / "model" for s in (20, 100)]
     assert model_folders(pattern) == [str(p) for p in steps]  # step_20 first, not by string order
     assert model_folders(f"{model}, {pattern}") == [str(model), *map(str, steps)]

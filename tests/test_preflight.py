@@ -73,6 +73,18 @@ def test_a_reward_that_always_raises_is_caught(tiny_model_factory, counting, tmp
 
 
 
+def test_best_metric_and_keep_last_are_checked(tiny_model_factory, counting, capsys):
+    """A misspelt trainer.best_metric (a run found it at the first validation, maybe after the last step) and
+    trainer.keep_last < 1 (every checkpoint deleted) are errors of `rllava check`."""
+    model = tiny_model_factory("qwen2_vl")
+    assert main(["check", *overrides(model, counting, "trainer.best_metric=val/pass@2")]) == 2
+    assert "trainer.best_metric='val/pass@2' is not among the validation metrics" in capsys.readouterr().err
+    assert main(["check", *overrides(model, counting, "trainer.best_metric=val/pass@2", "rollout.val_n=2")]) == 0
+    capsys.readouterr()
+    assert main(["check", *overrides(model, counting, "trainer.keep_last=0")]) == 2
+    assert "trainer.keep_last=0: must be >= 1" in capsys.readouterr().err
+
+
 def test_a_judge_is_checked_without_its_weights(tiny_model_factory, counting, capsys):
     """reward.model as an LM judge: its verdicts must be one token each, and every row must have the fields its
     template reads; both are found by `rllava check`."""

@@ -90,7 +90,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, keep: set[int] = frozenset()) -> None:
-    """Delete all but the newest `keep_last` checkpoints and the steps in `keep` (e.g. the best)."""
+    """Delete all but the newest `keep_last` checkpoints and the steps in `keep` (e.g. the best, the one just saved)."""
     ckpts = list_checkpoints(run_dir)
     newest = {s for s, _ in ckpts[-keep_last:]} if keep_last > 0 else set()
     for step, path in ckpts:
@@ -98,6 +98,29 @@ def prune_checkpoints(run_dir: Path, keep_last: int, keep: set[int] = frozenset(
             shutil.rmtree(path, ignore_errors=True)
     for stale in (Path(run_dir) / "checkpoints").glob("*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+ABANDONED_DIR = "abandoned"  # under checkpoints/: the newer checkpoints of a run resumed from an older one
+
+
+def set_aside_after(run_dir: Path, step: int) -> list[Path]:
+    """Move the run's checkpoints of steps after `step` to `checkpoints/abandoned/` (replacing what an earlier
+    branch left there); return their new places.
+
+    Resuming from an older checkpoint branches the run: the newer checkpoints belong to the abandoned branch. Left
+    in place, `keep_last` would count them (pruning the new branch's checkpoints, the one resumed from too) and
+    `trainer.resume=auto` would later continue the abandoned branch. Moved rather than deleted: they may have cost
+    hours, and the resume may have been a mistake."""
+    moved = []
+    for s, path in list_checkpoints(run_dir):
+        if s > step:
+            dest = Path(run_dir) / "checkpoints" / ABANDONED_DIR / path.name
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(path, dest)
+            moved.append(dest)
+    return moved
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

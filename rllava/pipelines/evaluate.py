@@ -104,6 +104,36 @@ def evaluate(rollout, reward, prompts: list[Prompt], batch_size: int, n_samples:
     return metrics, samples
 
 
+def metric_names(n: int, sources: list[str], multi_turn: bool = False, prefix: str = "val") -> list[str]:
+    """The metrics `evaluate` reports with `n` samples a prompt (`rollout.val_n`) on prompts from `sources` (each
+    prompt's data source), multi-turn episodes adding the agent's: known before any validation runs."""
+    keys = [k for k in _sums([], [], n) if k not in ("n", "n_prompts")]  # evaluate's own keys, from its own code
+    names = [f"{prefix}/{k}" for k in keys]
+    if multi_turn:
+        from rllava.pipelines.agentic import agent_metrics
+
+        names += [f"{prefix}/{k}" for k in agent_metrics([])]
+    distinct = sorted(set(sources))
+    if len(distinct) > 1:
+        names += [f"{prefix}/{source}/{k}" for source in distinct for k in keys]
+    return names
+
+
+def check_best_metric(cfg, val_sources: list[str]) -> None:
+    """`trainer.best_metric` is among the metrics a validation on prompts from `val_sources` (each validation
+    prompt's data source) will report: checked before training, not at the first validation (maybe after the
+    last step, before the final checkpoint). No validation prompts: nothing picks a best, nothing to check."""
+    from rllava.config import ConfigError
+
+    if not val_sources:
+        return
+    name = cfg.trainer.best_metric
+    names = metric_names(cfg.rollout.val_n, val_sources, multi_turn=bool(cfg.env.name))
+    if name not in names:
+        raise ConfigError(f"trainer.best_metric={name!r} is not among the validation metrics: {names}"
+                          + (" (pass@k and maj@n need rollout.val_n > 1)" if cfg.rollout.val_n == 1 else ""))
+
+
 def resolve_split(data: str, split: str) -> str:
     """A task folder (`rllava make-task` output) means its `<split>.parquet`, and a dataset repo (a folder or a
     hub name) or a saved DatasetDict folder its `@split`; anything else (a file, a single saved Dataset,
@@ -204,9 +234,12 @@ def model_folders(spec: str) -> list[str]:
                 raise ConfigError(f"--model {part!r} matches no folder")
             models += matches
         elif part and not (Path(part) / "config.json").exists() and (Path(part) / "checkpoints").is_dir():
-            found = sorted(glob.glob(str(Path(part) / "checkpoints" / "step_*" / "model")), key=natural)
+            from rllava.pipelines.checkpoint import list_checkpoints
+
+            # Complete checkpoints only, by step: not a step_N.tmp being written (or left by a crash mid-save).
+            found = [str(ckpt / "model") for _, ckpt in list_checkpoints(Path(part)) if (ckpt / "model").is_dir()]
             if not found:
-                raise ConfigError(f"--model {part!r}: a run folder with no checkpoints/step_*/model yet")
+                raise ConfigError(f"--model {part!r}: a run folder with no complete checkpoints/step_*/model yet")
             models += found
         elif part:
             models.append(part)

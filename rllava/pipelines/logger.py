@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class RunLogger:
         self._truncate_after(self.samples_path, start_step)
         self.console = "console" in loggers
         self.tb = None
+        if not start_step:  # a fresh start: an earlier run's events would show under this run's curves
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         if "tensorboard" in loggers:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -56,8 +59,8 @@ class RunLogger:
         line of an earlier run in this folder, its step-0 validation too."""
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and step > 0 and json.loads(ln).get("step", 0) <= step]
+        rows = [(ln, _parse(ln)) for ln in path.read_text().splitlines()] if step > 0 else []
+        keep = [ln for ln, row in rows if row is not None and row.get("step", 0) <= step]
         path.write_text("".join(ln + "\n" for ln in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -106,9 +109,7 @@ class RunLogger:
                 f.write(json.dumps({"step": step, **s}) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+        return _read_jsonl(self.metrics_path)
 
     def plot(self) -> Path:
         """curves.png: one panel per curve in CURVES that has data."""
@@ -141,6 +142,21 @@ class RunLogger:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """A jsonl line's row; None for a line that is not a JSON object (a run killed mid-write tears its last line)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [row for row in map(_parse, path.read_text().splitlines()) if row is not None]
 
 
 class NullLogger:

@@ -7,7 +7,8 @@ the train and validation files (templates rendered, media references and lengths
 first prompt processed in full; each train row's demonstration where the pipeline trains on
 them), the reward functions (each scores a few rows' own answers: one that raises on every one
 of them is an error, since a run would only count it and train on `on_error` scores), the reward
-model folder, and the pipeline's settings; it then reports the sizes a run would see.
+model folder, trainer.best_metric (one of the metrics validation will report), and the pipeline's
+settings; it then reports the sizes a run would see.
 """
 from __future__ import annotations
 
@@ -29,8 +30,15 @@ def preflight(cfg: Config) -> dict[str, Any]:
     from rllava.data.rows import DataError
     from rllava.models.introspect import is_vlm
     from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor
+    from rllava.pipelines.evaluate import check_best_metric
     from rllava.pipelines.registry import PIPELINES
-    from rllava.pipelines.run import check_demonstrations, check_settings, needs_critic
+    from rllava.pipelines.run import (
+        check_demonstrations,
+        check_settings,
+        needs_critic,
+        optimizer_steps_per_step,
+        sequences_per_step,
+    )
     from rllava.rewards import RewardFunction
     from rllava.roles.reward import check_sources
 
@@ -94,15 +102,13 @@ def preflight(cfg: Config) -> dict[str, Any]:
             report["train"]["mix"] = [{"entry": e, "prompts": len(pool), "per_epoch": k} for e, pool, k in zip(
                 file_entries(files), pools, shares(cfg.data.train_weights, len(ds)))]
     check_sources(cfg.reward, sources)
+    check_best_metric(cfg, sources.get("val", [])[: cfg.data.max_val_samples])  # the prompts a run validates on
     steps_per_epoch = max(1, math.ceil(report["train"]["prompts"] / cfg.data.batch_size))  # as PromptLoader
-    rollouts = cfg.data.batch_size * cfg.rollout.n
     supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
     report["steps"] = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * steps_per_epoch)
     report["epochs"] = report["steps"] / steps_per_epoch
-    report["per_step"] = {"prompts": cfg.data.batch_size,
-                          "sequences": cfg.data.batch_size if supervised else rollouts,
-                          "optimizer_steps": cfg.actor.ppo_epochs * math.ceil(
-                              (cfg.data.batch_size if supervised else rollouts) / (cfg.actor.mini_batch_size or 10**9))}
+    report["per_step"] = {"prompts": cfg.data.batch_size, "sequences": sequences_per_step(cfg),
+                          "optimizer_steps": optimizer_steps_per_step(cfg)}
     report["roles"] = [r for r, on in (("reference", cfg.algorithm.kl_coef > 0 and not supervised),
                                       ("critic", not supervised and needs_critic(cfg)),
                                       ("reward model", bool(cfg.reward.model))) if on]

@@ -6,6 +6,7 @@ loop around it is shared, never copied.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -24,10 +25,13 @@ from rllava.pipelines.checkpoint import (
     load_state,
     prune_checkpoints,
     rng_state,
+    set_aside_after,
     set_rng_state,
 )
-from rllava.pipelines.evaluate import evaluate
+from rllava.pipelines.evaluate import check_best_metric, evaluate
 from rllava.pipelines.logger import RunLogger, make_logger
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,8 +107,15 @@ class Trainer:
         self.cfg = ctx.cfg
         self.pipeline = pipeline
         self.step = 0
-        self.best: tuple[float, int] | None = None  # (trainer.best_metric, step)
+        self.best: tuple[float, int] | None = None  # (trainer.best_metric, step) of the best *saved* checkpoint
+        # (trainer.best_metric, step) of the latest validation: the score of a checkpoint saved at that step. A
+        # step validated but not saved has no checkpoint for keep_best to keep.
+        self.pending_score: tuple[float, int] | None = None
         self.last_val: dict[str, float] = {}
+
+    def reward_scorer(self) -> Any:
+        """The reward role that keeps the run's error counters (the agentic pipelines wrap it: `.scorer`)."""
+        return getattr(self.ctx.reward, "scorer", self.ctx.reward)
 
     # ---- state for exact resume
 
@@ -112,6 +123,7 @@ class Trainer:
         """The trainer's own state (engines save theirs into the checkpoint folder); every rank must call it."""
         return {"step": self.step, "best": self.best, "rng": du.gather_objects(rng_state()),  # one per rank
                 "loader": self.ctx.loader.state_dict(), "pipeline": self.pipeline.state_dict(),
+                "reward": du.gather_objects(self.reward_scorer().state_dict()),  # each rank counts its own errors
                 "world_size": du.world_size(), "config": to_dict(self.cfg)}
 
     def load(self, ckpt: Path) -> None:
@@ -122,6 +134,12 @@ class Trainer:
                              f"{du.world_size()}: resuming needs the same number")
         self.step = state["step"]
         self.best = state["best"]
+        if du.is_main():  # as the logs drop lines after the step resumed from, so do the checkpoints
+            moved = set_aside_after(self.ctx.run_dir, self.step)
+            if moved:
+                _log.warning("resuming from step %d: the newer checkpoints of the abandoned run (%s) were moved "
+                             "to %s; delete them once not needed", self.step, ", ".join(p.name for p in moved),
+                             moved[0].parent)
         self.ctx.loader.load_state_dict(state["loader"])
         try:
             self.ctx.engine.load(ckpt / "engine")
@@ -132,10 +150,16 @@ class Trainer:
             self.ctx.critic.load(ckpt / "critic")
         if self.cfg.reference.sync_steps:
             self.ctx.reference.load(ckpt / REFERENCE_FILE)
+        if state.get("reward"):  # absent in checkpoints written before the counters were saved
+            self.reward_scorer().load_state_dict(state["reward"][du.rank()])
         set_rng_state(state["rng"][du.rank()])
 
     def save(self) -> None:
         ctx = self.ctx
+        pending = self.pending_score
+        if pending is not None and pending[1] == self.step:  # before state_dict: the checkpoint records itself as best
+            if self.best is None or pending[0] > self.best[0]:
+                self.best = pending
         with checkpoint_folder(ctx.run_dir, self.step, self.state_dict()) as tmp:
             ctx.engine.export_hf(tmp / "model", ctx.processor, dtype=ctx.export_dtype)
             ctx.engine.save(tmp / "engine")
@@ -144,7 +168,9 @@ class Trainer:
             if self.cfg.reference.sync_steps and du.is_main():  # a moving reference is state (the same on every rank)
                 ctx.reference.save(tmp / REFERENCE_FILE)
         if du.is_main():
-            keep = {self.best[1]} if self.best and self.cfg.trainer.keep_best else set()
+            keep = {self.step}  # never the checkpoint just written
+            if self.best and self.cfg.trainer.keep_best:
+                keep.add(self.best[1])
             prune_checkpoints(ctx.run_dir, self.cfg.trainer.keep_last, keep)
 
     # ---- the loop
@@ -179,12 +205,14 @@ class Trainer:
             raise ConfigError(f"trainer.best_metric={name!r} is not among the validation metrics: "
                               f"{sorted(k for k in metrics if k.startswith('val/'))}")
         score = metrics.get(name, metrics.get("val/reward"))  # rewards without an accuracy: the mean reward
-        if score is not None and (self.best is None or score > self.best[0]):
-            self.best = (score, self.step)
+        if score is not None:
+            self.pending_score = (score, self.step)
         return metrics
 
     def fit(self, resume: Path | None = None) -> dict[str, Any]:
         tc = self.cfg.trainer
+        # A setting first read at the first validation (possibly the last step) fails before training.
+        check_best_metric(self.cfg, [p.meta.get("data_source", "") for p in self.ctx.val_prompts])
         if resume is not None:
             self.load(resume)
         total = min(tc.total_steps, tc.total_epochs * max(1, self.ctx.loader.steps_per_epoch))

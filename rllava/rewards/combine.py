@@ -59,8 +59,9 @@ def _as_dict(value: Any) -> dict[str, float]:
         out = {k: float(v) for k, v in value.items()}
     else:
         out = {"overall": float(value)}
-    if not math.isfinite(out["overall"]):
-        raise ValueError(f"non-finite reward {out['overall']}")
+    for key, v in out.items():  # every part: a non-finite accuracy or extra key poisons the metrics' means
+        if not math.isfinite(v):
+            raise ValueError(f"non-finite reward {v}" if key == "overall" else f"non-finite reward key {key!r}: {v}")
     return out
 
 

@@ -79,7 +79,7 @@ class RewardScorer:
             values = self.model.score([e.prompt.query for e in episodes], responses, [e.prompt.meta for e in episodes],
                                       [e.prompt.images for e in episodes])
             for i, value in enumerate(values):
-                if math.isnan(value):
+                if not math.isfinite(value):  # inf poisons the advantages as NaN does
                     value, n_errors = self.on_error, n_errors + 1
                 scores[i] += self.model_weight * value
                 infos[i]["reward_model"] = value
@@ -100,6 +100,18 @@ class RewardScorer:
             metrics[f"reward/{k}"] = sum(vals) / len(vals)
         metrics.update(source_means(episodes, self.accuracy_key))
         return metrics
+
+    def state_dict(self) -> dict[str, int]:
+        """The run-long counters (reward/errors_total, .../timeouts_total, .../crashes_total), for a resume."""
+        state = {"n_errors": self.n_errors}
+        if hasattr(self.fn, "n_timeouts"):
+            state.update(n_timeouts=self.fn.n_timeouts, n_crashes=self.fn.n_crashes)
+        return state
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.n_errors = int(state.get("n_errors", 0))
+        if hasattr(self.fn, "n_timeouts"):  # a run resumed without workers (reward.workers=0) drops their counts
+            self.fn.n_timeouts, self.fn.n_crashes = int(state.get("n_timeouts", 0)), int(state.get("n_crashes", 0))
 
     def close(self) -> None:
         """Stop reward worker processes, if any."""
