@@ -141,3 +141,59 @@ def test_environments_step_in_parallel_threads():
     assert len(MultiTurnRollout(None, None, None, 0, env_workers=1)._step(serial, ["a", "b"])) == 2
     with pytest.raises(threading.BrokenBarrierError):  # one at a time, a 2-party barrier never fills
         MultiTurnRollout(None, None, None, 0, env_workers=1)._step([BarrierEnv(threading.Barrier(2, timeout=0.2))], ["a"])
+
+
+class WordsEnv(Environment):
+    """Answers every turn with `words` words of text (a stand-in for a long tool output); never ends itself."""
+
+    def __init__(self, words):
+        self.words = words
+
+    def reset(self, sample_meta, images):
+        return None
+
+    def step(self, action_text):
+        return StepResult(Observation(text=" ".join(["apple"] * self.words)), 0.0, False,
+                          {"action": "tool", "turn_reward": 0.0})
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_model_factory):
+    from rllava.models.load import get_tokenizer, load_model_and_processor, pad_token_id
+
+    cfg = load_config(None, [f"model.path={tiny_model_factory('qwen2')}"])
+    model, processor = load_model_and_processor(cfg.model)
+    return model, processor, get_tokenizer(processor), pad_token_id(processor)
+
+
+@pytest.mark.parametrize("words, budget, max_new_tokens, one_token_turns", [
+    (60, 32, 4, True),  # the first observation alone is past the budget
+    (3, 24, 4, True),  # short observations: several turns, then one that would not fit
+    (3, 5, 12, False),  # a single turn longer than the whole budget is cut
+])
+def test_episode_never_exceeds_max_total_tokens(text_model, words, budget, max_new_tokens, one_token_turns):
+    from rllava.config import RolloutConfig
+    from rllava.data.types import Prompt
+    from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
+    from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
+    from rllava.roles.rollout import Rollout
+
+    model, processor, tok, pad = text_model
+    vocab = max(len(tok), model.get_output_embeddings().weight.shape[0])
+    eos = list(range(vocab)) if one_token_turns else [tok.eos_token_id]
+    engine = HFRolloutEngine(model, pad_id=pad, eos_ids=eos, suppress_ids=None if one_token_turns else eos)
+    mt = MultiTurnRollout(Rollout(engine, tok, RolloutConfig(max_new_tokens=max_new_tokens)), lambda: WordsEnv(words),
+                          ObservationRenderer(processor), max_total_tokens=budget)
+    torch.manual_seed(0)
+    ids = tok("hello", add_special_tokens=False)["input_ids"]
+    episodes = mt.generate([Prompt(input_ids=ids, text="hello")],
+                           Sampling(n=2, temperature=1.0, max_new_tokens=max_new_tokens))
+    for ep in episodes:
+        assert len(ep.response_ids) <= budget, (len(ep.response_ids), ep.info)
+        assert len(ep.response_mask) == len(ep.rollout_logp) == len(ep.response_ids)
+        assert ep.info["stop"] == "budget" and not ep.finished
+        assert ep.response_mask[-1] == 1  # it ends on a policy turn, never on an observation
+    if words == 3 and one_token_turns:
+        assert episodes[0].info["turns"] >= 2
+    if not one_token_turns:
+        assert len(episodes[0].response_ids) == budget and episodes[0].info["turns"] == 1

@@ -78,6 +78,33 @@ def test_parsing_never_raises_on_junk():
             assert parse_action(text, fmt).kind in ("tool", "answer", "invalid", "none")
 
 
+@pytest.mark.parametrize("fmt, text", [
+    ("xml", "Let me call the tool. <tool_call>" + "[" * 5000),
+    ("xml", '<tool_call>{"name": "zoom", "arguments": "' + "[" * 5000 + '"}</tool_call>'),  # OpenAI-style string
+    ("json", '{"name": "search", "arguments": ' + "[" * 5000),
+    ("tags", '<search>{"q": ' + "[" * 5000 + "</search>"),
+    ("tags", "<zoom>" + "[" * 5000 + "</zoom>"),
+    ("xml", '<tool_call>{"name": "zoom", "arguments": {"bbox": ' + "9" * 5000 + "}}</tool_call>"),  # int too long
+])
+def test_deeply_nested_or_huge_json_is_an_invalid_call_not_a_crash(fmt, text):
+    a = parse_action(text, fmt)
+    assert a.kind == "invalid" and "not valid" in a.error
+    env = make_env(tools=["zoom", "search"], call_format=fmt)
+    env.reset({"answer": "7"}, [])
+    r = env.step(text)  # a RecursionError here used to end the whole rollout
+    assert not r.done and r.observation.text.startswith("Your last message was not understood")
+
+
+@pytest.mark.parametrize("text", [
+    "Let me look it up.<br> <search>capital of France</search>",
+    "In Java a List<T> holds items; let me check. <search>capital of France</search>",
+    "<x> unclosed and <y>also <search>capital of France</search> trailing",
+])
+def test_tags_format_an_unclosed_non_tool_tag_does_not_hide_a_call(text):
+    a = parse_action(text, "tags")
+    assert (a.kind, a.name, a.arguments) == ("tool", "search", {"query": "capital of France"})
+
+
 def test_json_format():
     a = parse_action('Let me search. {"name": "search", "arguments": {"query": "cats", "k": 2}} done', "json")
     assert (a.kind, a.name, a.arguments) == ("tool", "search", {"query": "cats", "k": 2})
@@ -211,6 +238,14 @@ def test_unknown_tool_failing_tool_and_image_budget():
     r = env.step(call("zoom", bbox=[0, 0, 10, 10]))  # a third image would exceed max_images=2
     assert r.observation.text == "Error: image limit reached: at most 2 images per episode"
     assert r.observation.images == [] and len(env.ctx.images) == 2
+
+
+def test_an_unknown_tool_name_is_echoed_only_in_part():
+    env = make_env()
+    env.reset({"answer": "7"}, [])
+    r = env.step(call("z" * 50000))
+    assert r.observation.text.startswith("Error: unknown tool 'zzz") and len(r.observation.text) < 300
+    assert "(50002 characters)" in r.observation.text  # says how long the name was
 
 
 def test_reset_starts_a_fresh_episode():

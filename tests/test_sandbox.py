@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -240,3 +243,67 @@ def test_the_calling_process_keeps_going(tmp_path):
     assert run_python("print('again')", BOTH).stdout == "again\n"
     parent = _cgroup_parent()
     assert parent is None or list(parent.glob(f"rllava-sbx-{os.getpid()}-*")) == []  # every per-call cgroup removed
+
+
+def test_sparse_files_hard_links_and_inodes_count_against_the_disk_quota(tmp_path):
+    """Sparse files and hard links cost the tmpfs (almost) nothing but are copied back in full: the run
+    that made them is dropped and reported. Empty files are bounded by max_files (tmpfs inodes)."""
+    need("disk_quota")
+    work = tmp_path / "quota"
+    work.mkdir()
+    (work / "old.txt").write_text("old")
+    limits = SandboxLimits(**FAST, disk_mb=4, max_files=50)
+    sparse = "import os\nos.remove('old.txt')\nfor i in range(4):\n    open(f's{i}', 'wb').truncate(3 << 20)\nprint('made')"
+    links = ("import os\nopen('blob', 'wb').write(b'x' * (1 << 20))\n"
+             "for i in range(8):\n    os.link('blob', f'link{i}')\nprint('made')")
+    for code in (sparse, links):
+        res = run_python(code, limits, work_dir=work)
+        assert res.stdout == "made\n" and res.disk_exceeded, res.to_text()
+        assert "disk quota exceeded" in res.to_text() and "files written during this run were discarded" in res.to_text()
+        assert [p.name for p in work.iterdir()] == ["old.txt"]  # the folder is as it was before the run
+    res = run_python("import os\nos.remove('old.txt')\nfor i in range(200):\n    open(f'e{i}', 'w').close()",
+                     limits, work_dir=work)
+    assert "No space left on device" in res.stderr and "at most 50 files" in res.to_text()
+    assert 40 <= len(list(work.iterdir())) <= 50  # what fit was kept
+    assert run_python("print(len(__import__('os').listdir()))", limits, work_dir=work).ok  # and still fits
+
+
+def test_host_files_other_episodes_and_the_trainers_cwd_are_hidden(tmp_path, monkeypatch):
+    need("mount_namespace")
+    other = Path(tempfile.mkdtemp(prefix="rllava-episode-"))  # a sibling episode's folder
+    (other / "notes.txt").write_text("answer is 42")
+    # The trainer's cwd, outside /tmp (which is hidden anyway): its data holds the answers.
+    run_dir = Path(__file__).resolve().parent / f".sandbox-cwd-{os.getpid()}"
+    (run_dir / "data").mkdir(parents=True)
+    (run_dir / "data" / "answers.txt").write_text("42")
+    monkeypatch.chdir(run_dir)
+    try:
+        code = ("import math, os, sys\nimport numpy as np\n"
+                f"for p in ({str(other / 'notes.txt')!r}, {str(run_dir / 'data' / 'answers.txt')!r}):\n"
+                "    try:\n        print(open(p).read())\n    except OSError as e:\n        print('hidden', e.errno)\n"
+                "print(int(np.sqrt(16)), math.pi > 3, os.path.isdir(sys.base_prefix))")  # the interpreter still works
+        for limits in (BOTH, OS_ONLY):
+            res = run_python(code, limits, work_dir=tmp_path / "work")
+            assert res.ok and res.stdout.splitlines() == ["hidden 2", "hidden 2", "4 True True"], res.to_text()
+    finally:
+        shutil.rmtree(run_dir)
+        shutil.rmtree(other)
+    assert (tmp_path / "work").exists()  # the work folder itself (under the hidden /tmp) was bound back
+
+
+def test_unix_socket_on_the_host_filesystem_is_unreachable(tmp_path):
+    """The network namespace does not cover socket files; the audit hook is off, as if code had disabled it."""
+    need("mount_namespace")
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        code = (f"import os, socket\nprint(os.path.exists({path!r}))\n"
+                f"s = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('connected')")
+        res = run_python(code, OS_ONLY)
+        server.settimeout(0.05)
+        with pytest.raises(socket.timeout):  # nobody reached our listener
+            server.accept()
+    assert res.stdout == "False\n" and res.exit_code == 1, res.to_text()  # the socket file is hidden
+    if res.layers.get("unix_sockets_blocked"):  # and seccomp refuses the socket itself (x86_64, aarch64)
+        assert "PermissionError: [Errno 13]" in res.stderr, res.to_text()

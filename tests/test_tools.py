@@ -79,6 +79,17 @@ def test_zoom_rejects_bad_arguments_with_a_clear_message(args, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("args", [
+    {"bbox": list(range(20000))},  # a repetition loop: 20000 numbers
+    {"bbox": [10**300, 0, 10**300 + 1, 10**300]},  # huge but valid JSON integers
+    {"bbox": [0, 0, 10, 10], **{f"extra_{i}": i for i in range(5000)}},
+])
+def test_zoom_errors_repeat_only_a_short_piece_of_the_models_input(args):
+    with pytest.raises(ToolError) as e:
+        zoom(args, [quadrants()])
+    assert len(str(e.value)) < 300, str(e.value)[:400]
+
+
 def test_zoom_without_images():
     with pytest.raises(ToolError, match="no images"):
         zoom({"bbox": [0, 0, 1, 1]}, [])

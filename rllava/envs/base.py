@@ -25,6 +25,16 @@ class ToolError(Exception):
     """Bad tool input or a failed tool run; its message is shown to the model."""
 
 
+ECHO_CHARS = 80  # the most of the model's own text that an error message repeats back
+
+
+def echo(value: Any, max_chars: int = ECHO_CHARS) -> str:
+    """repr of model-written input for an error message, cut short: a 100 KB argument must not come back
+    as a 100 KB observation (it would blow the episode's token budget)."""
+    text = repr(value)
+    return text if len(text) <= max_chars else f"{text[:max_chars]}... ({len(text)} characters)"
+
+
 @dataclass
 class Observation:
     """What the environment shows the policy next: text and/or images, as a `tool` or `user` turn."""
@@ -150,7 +160,7 @@ def check_arguments(args: Any, schema: dict[str, Any], tool: str) -> dict[str, A
     props: dict[str, Any] = schema.get("properties", {})
     unknown = sorted(set(args) - set(props))
     if unknown:
-        raise ToolError(f"{tool}: unknown argument(s) {unknown}; expected {sorted(props)}")
+        raise ToolError(f"{tool}: unknown argument(s) {echo(unknown)}; expected {sorted(props)}")
     out = {}
     for key, spec in props.items():
         if key not in args:

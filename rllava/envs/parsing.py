@@ -13,14 +13,15 @@ In every format the final answer is `<answer>...</answer>`. If a turn holds both
 an answer, whichever starts first wins (text after a call is usually hallucinated). Only the
 first call of a turn is used. A closing tag may be missing at the very end of the text, so
 `</tool_call>` / `</answer>` work as stop strings. `arguments` may also be a JSON string that
-holds an object (the OpenAI style). Nothing here raises: a malformed call becomes
-`Action(kind="invalid", error=...)`, and the error text is meant to be shown to the model.
+holds an object (the OpenAI style). Nothing here raises: a malformed call (too deeply nested JSON
+included) becomes `Action(kind="invalid", error=...)`, and the error text is meant to be shown to the model.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, Optional
 
 from rllava.registry import Registry
@@ -31,6 +32,23 @@ _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
 _XML_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL)
 _MAX_JSON_STARTS = 200  # bound the scan for a bare JSON object in long texts
+
+
+class _JSONError(ValueError):
+    """Why a JSON text could not be decoded, as shown to the model."""
+
+
+def _loads(text: str) -> Any:
+    """json.loads that fails only with _JSONError: a JSONDecodeError, and also the RecursionError of deep nesting
+    (a repetition loop of '[' is common in rollouts) and the ValueError of an over-long integer."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _JSONError(_where(e)) from None
+    except RecursionError:
+        raise _JSONError("it is nested too deeply") from None
+    except ValueError as e:
+        raise _JSONError(str(e)) from None
 
 
 @dataclass
@@ -73,9 +91,9 @@ def decode_call(payload: Any, example: str) -> Action:
     args = payload.get("arguments", {})
     if isinstance(args, str):  # OpenAI style: arguments serialised as a string
         try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
-            return Action("invalid", name=payload["name"], error=f'"arguments" string is not valid JSON: {_where(e)}')
+            args = _loads(args) if args.strip() else {}
+        except _JSONError as e:
+            return Action("invalid", name=payload["name"], error=f'"arguments" string is not valid JSON: {e}')
     if not isinstance(args, dict):
         return Action("invalid", name=payload["name"], error=f'"arguments" must be a JSON object, e.g. {example}')
     return Action("tool", name=payload["name"], arguments=args)
@@ -88,7 +106,6 @@ def _where(e: json.JSONDecodeError) -> str:
 XML_EXAMPLE = '<tool_call>{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}</tool_call>'
 JSON_EXAMPLE = '{"name": "TOOL_NAME", "arguments": {"ARG": VALUE}}'
 TAGS_EXAMPLE = "<TOOL_NAME>ARGUMENT</TOOL_NAME>"
-_TAG = re.compile(r"<([A-Za-z_][\w-]*)>(.*?)(?:</\1>|\Z)", re.DOTALL)
 
 
 @CALL_FORMATS.register("xml", example=XML_EXAMPLE)
@@ -101,9 +118,9 @@ def parse_xml(text: str) -> Action:
         fenced = _FENCE.match(body)  # models sometimes wrap the JSON in a ``` block
         body = fenced.group(1) if fenced else body
         try:
-            action = decode_call(json.loads(body), XML_EXAMPLE)
-        except json.JSONDecodeError as e:
-            action = Action("invalid", error=f"the text inside <tool_call> is not valid JSON ({_where(e)}); "
+            action = decode_call(_loads(body), XML_EXAMPLE)
+        except _JSONError as e:
+            action = Action("invalid", error=f"the text inside <tool_call> is not valid JSON ({e}); "
                                              f"expected {XML_EXAMPLE}")
         call = (m.start(), action)
     return _first(text, call)
@@ -113,7 +130,7 @@ def parse_xml(text: str) -> Action:
 def parse_json(text: str) -> Action:
     """A bare {"name": ..., "arguments": {...}} object anywhere in the text; answer in <answer>...</answer>."""
     decoder = json.JSONDecoder()
-    errors: dict[int, json.JSONDecodeError] = {}
+    errors: dict[int, str] = {}
     call = None
     for n, m in enumerate(re.finditer(r"\{", text)):
         if n >= _MAX_JSON_STARTS:
@@ -121,7 +138,13 @@ def parse_json(text: str) -> Action:
         try:
             value, _ = decoder.raw_decode(text, m.start())
         except json.JSONDecodeError as e:
-            errors[m.start()] = e
+            errors[m.start()] = _where(e)
+            continue
+        except RecursionError:
+            errors[m.start()] = "it is nested too deeply"
+            continue
+        except ValueError as e:  # e.g. an integer with too many digits
+            errors[m.start()] = str(e)
             continue
         if isinstance(value, dict) and "name" in value:
             call = (m.start(), decode_call(value, JSON_EXAMPLE))
@@ -132,7 +155,7 @@ def parse_json(text: str) -> Action:
         starts = [s for s in errors if s < name_key.start()]
         if starts:
             err = errors[max(starts)]
-            call = (max(starts), Action("invalid", error=f"the tool call is not valid JSON ({_where(err)}); "
+            call = (max(starts), Action("invalid", error=f"the tool call is not valid JSON ({err}); "
                                                          f"expected {JSON_EXAMPLE}"))
     return _first(text, call)
 
@@ -142,18 +165,26 @@ def parse_tags(text: str) -> Action:
     """<search>query</search>: a tool's name as the tag, its one required argument (or a JSON object) inside."""
     from rllava.envs.base import TOOLS  # the tools define which tags are calls
 
-    call = next(((m.start(), _tag_call(m.group(1), m.group(2).strip(), TOOLS.entry(m.group(1)).meta))
-                 for m in _TAG.finditer(text) if m.group(1) in TOOLS), None)
+    # Only tags naming a tool are matched: an unclosed other tag (<br>, List<T>) would run to the end of
+    # the text and hide a call after it.
+    m = _tool_tags(tuple(sorted(TOOLS.names()))).search(text)
+    call = (m.start(), _tag_call(m.group(1), m.group(2).strip(), TOOLS.entry(m.group(1)).meta)) if m else None
     return _first(text, call)
+
+
+@lru_cache(maxsize=16)
+def _tool_tags(names: tuple[str, ...]) -> re.Pattern:
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"<({alternatives})>(.*?)(?:</\1>|\Z)", re.DOTALL)
 
 
 def _tag_call(name: str, body: str, meta: dict[str, Any]) -> Action:
     example = f"<{name}>ARGUMENT</{name}>"
     if body.startswith("{"):
         try:
-            return decode_call({"name": name, "arguments": json.loads(body)}, example)
-        except json.JSONDecodeError as e:
-            return Action("invalid", name=name, error=f"the JSON inside <{name}> is not valid ({_where(e)})")
+            return decode_call({"name": name, "arguments": _loads(body)}, example)
+        except _JSONError as e:
+            return Action("invalid", name=name, error=f"the JSON inside <{name}> is not valid ({e})")
     schema = meta.get("parameters", {})
     required = schema.get("required", [])
     if len(required) != 1:
@@ -163,9 +194,9 @@ def _tag_call(name: str, body: str, meta: dict[str, Any]) -> Action:
     if schema.get("properties", {}).get(arg, {}).get("type", "string") == "string":
         return Action("tool", name=name, arguments={arg: body})
     try:
-        return Action("tool", name=name, arguments={arg: json.loads(body)})
-    except json.JSONDecodeError as e:
-        return Action("invalid", name=name, error=f"the {arg} inside <{name}> is not valid JSON ({_where(e)})")
+        return Action("tool", name=name, arguments={arg: _loads(body)})
+    except _JSONError as e:
+        return Action("invalid", name=name, error=f"the {arg} inside <{name}> is not valid JSON ({e})")
 
 
 def instructions(schemas: list[dict[str, Any]], fmt: str = "xml") -> str:

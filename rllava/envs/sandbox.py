@@ -10,10 +10,11 @@ runs the code. What holds the code, and who enforces it:
 | CPU time | RLIMIT_CPU (SIGXCPU) | - |
 | memory | RLIMIT_AS per process (MemoryError) | - |
 | file size | RLIMIT_FSIZE (also caps stdout/stderr files) | - |
-| disk use | the work folder is a `disk_mb` tmpfs copy (RAM), synced back when the code exits, dropped on timeout; needs mount + PID namespaces | - |
+| disk use | the work folder is a tmpfs copy (RAM) of at most `disk_mb` and `max_files` inodes, synced back when the code exits if its apparent size (sparse files in full, each hard link counted) and entry count fit the quota; dropped otherwise and on timeout; needs mount + PID namespaces | - |
 | open files | RLIMIT_NOFILE | - |
 | processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` |
-| network | network namespace with no interfaces up | every `socket.*` event refused |
+| network | network namespace with no interfaces up; seccomp refuses socket(AF_UNIX) (socket files on the host); /tmp and /run hidden | every `socket.*` event refused |
+| reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev/shm, /root, /home, the trainer's cwd, /etc/shadow are covered by empty read-only mounts: other episodes' folders, the run's data and outputs, home folders are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
 | writes outside the work folder | mount namespace with every other mount read-only, capabilities dropped so it cannot be undone | `open` for writing and os.remove/rename/mkdir/chmod/... outside it refused |
 | leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
 | secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder | ctypes refused |
@@ -24,6 +25,8 @@ layer is verified by tests/test_sandbox.py). Where the kernel refuses one, it is
 attacker (see `_sandbox_guard.py`); for hostile code at scale, also run the trainer in a
 container or VM. Memory is per process (RLIMIT_AS), so the total is bounded by
 `max_processes x memory_mb`. As root without a pids cgroup, only the audit hook limits forks.
+Folders not in the hidden list (e.g. /srv/datasets given by absolute path) stay readable: keep
+answers and secrets under the trainer's cwd, the temp folder or a home folder.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class SandboxLimits:
     memory_mb: int = 512  # RLIMIT_AS of each process
     file_size_mb: int = 16  # RLIMIT_FSIZE (largest file, stdout and stderr included)
     disk_mb: int = 64  # all files in the work folder together (a tmpfs quota; needs mount and PID namespaces)
+    max_files: int = 4096  # files, folders and links in the work folder together (same quota)
     max_processes: int = 16  # tasks (processes and threads) the code may have, itself included
     max_open_files: int = 256
     max_output_chars: int = 4000  # stdout and stderr are each cut to this (head and tail kept)
@@ -78,6 +82,8 @@ class SandboxResult:
     duration_s: float
     limits: SandboxLimits
     layers: dict[str, Any] = field(default_factory=dict)  # which OS layers took effect
+    # {"bytes", "entries"} of the work folder when it broke the disk quota (the run's files were dropped)
+    disk_exceeded: Optional[dict[str, int]] = None
 
     @property
     def ok(self) -> bool:
@@ -96,8 +102,13 @@ class SandboxResult:
         if "[Errno 27]" in self.stderr:
             out.append(f"file size limit of {lim.file_size_mb} MB reached")
         if "[Errno 28]" in self.stderr and self.layers.get("disk_quota"):
-            out.append(f"disk quota of {lim.disk_mb} MB reached")
-        if self.timed_out and self.layers.get("disk_quota"):
+            out.append(f"disk quota of {lim.disk_mb} MB reached (it also allows at most {lim.max_files} files)")
+        if self.disk_exceeded:
+            used = self.disk_exceeded
+            out.append(f"disk quota exceeded: the work folder held {used['bytes'] / (1 << 20):.1f} MB in "
+                       f"{used['entries']} files and folders (sparse files count in full, each hard link "
+                       f"counts); the limit is {lim.disk_mb} MB and {lim.max_files} files")
+        if (self.timed_out or self.disk_exceeded) and self.layers.get("disk_quota"):
             out.append("files written during this run were discarded")
         return out
 
@@ -144,9 +155,11 @@ def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> S
     argv = [python, "-I", "-B", "-X", "utf8", str(GUARD), json.dumps(guard_cfg), str(ctl / "code.py")]
     r, w = os.pipe()
     (ctl / "host").mkdir()  # where init keeps the real work folder while a tmpfs copy stands in for it
+    keep = [*_interpreter_paths(python), str(GUARD), os.path.realpath(ctl / "code.py")]
     spec = {"status_fd": w, "cgroup": str(cgroup) if cgroup else None, "isolate": lim.os_isolation,
             "work_dir": str(work), "rlimits": _rlimits(lim, cgroup is not None), "argv": argv,
-            "disk_mb": lim.disk_mb, "host_view": str(ctl / "host")}
+            "disk_mb": lim.disk_mb, "max_files": lim.max_files, "host_view": str(ctl / "host"),
+            "hide": _host_paths_to_hide(work, keep), "keep": keep}
     start = time.monotonic()
     try:
         with open(ctl / "stdout", "wb") as out, open(ctl / "stderr", "wb") as err:
@@ -180,7 +193,7 @@ def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> S
         stderr=_read_clipped(ctl / "stderr", lim.max_output_chars),
         timed_out=timed_out, memory_exceeded=code == MEMORY_EXIT,
         cpu_exceeded=sig == signal.SIGXCPU, process_limit_hit=limit_hit,
-        duration_s=duration, limits=lim, layers=status.get("layers", {}))
+        duration_s=duration, limits=lim, layers=status.get("layers", {}), disk_exceeded=status.get("disk_exceeded"))
 
 
 def _wait_unreaped(pid: int, deadline: float) -> bool:
@@ -197,6 +210,54 @@ def _wait_unreaped(pid: int, deadline: float) -> bool:
             return False
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 0.02)
+
+
+# Host folders the code has no business reading: other episodes' work folders and the trainer's temp
+# files (/tmp, TMPDIR), service sockets (/run), home folders (keys, caches), plus the trainer's cwd
+# (the run's data with its answers, its outputs). Covered by empty read-only mounts in the sandbox.
+_PRIVATE_HOST_PATHS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm", "/root", "/home")
+_PRIVATE_HOST_FILES = ("/etc/shadow", "/etc/gshadow")  # the code runs as uid 0 (without capabilities): owner access
+# The trainer's cwd is not covered if it lies in or above the system the interpreter runs on, or above a
+# folder that commonly holds installed software.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/dev")
+_SOFTWARE_PATHS = ("/opt", "/nix", "/snap", "/var/lib", "/srv")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _host_paths_to_hide(work: Path, keep: list[str]) -> list[str]:
+    """The existing private folders (real paths, outermost only) that hold neither the work folder nor a kept path,
+    then the private files."""
+    found = [*_PRIVATE_HOST_PATHS, tempfile.gettempdir()]
+    cwd = os.path.realpath(os.getcwd())
+    if not (any(_inside(cwd, s) or _inside(s, cwd) for s in _SYSTEM_PATHS)
+            or any(_inside(s, cwd) for s in _SOFTWARE_PATHS)):
+        found.append(cwd)
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in found if os.path.isdir(p)}, key=len):
+        # A folder inside the work folder or a kept one cannot be covered (that would hide part of them);
+        # a folder that holds them is covered and they are bound back.
+        if p == "/" or any(_inside(p, k) for k in [str(work), *keep]) or any(_inside(p, o) for o in out):
+            continue
+        out.append(p)
+    return out + [f for f in _PRIVATE_HOST_FILES if os.path.isfile(f)]
+
+
+@lru_cache(maxsize=8)
+def _interpreter_paths(python: str) -> tuple[str, ...]:
+    """Folders the interpreter needs (venv, base install), as real paths, kept visible when home folders are hidden."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        prefixes = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    else:
+        out = subprocess.run([python, "-I", "-c", "import sys; print('\\n'.join([sys.prefix, sys.exec_prefix, "
+                              "sys.base_prefix, sys.base_exec_prefix]))"], capture_output=True, text=True, timeout=60)
+        prefixes = out.stdout.split("\n") if out.returncode == 0 else []
+    # the executable itself may sit outside its prefix (a venv's python is a link into the base install)
+    paths = {os.path.realpath(p) for p in prefixes if p} | {os.path.dirname(os.path.realpath(python)),
+                                                            os.path.realpath(os.path.dirname(os.path.abspath(python)))}
+    return tuple(sorted(p for p in paths if p and p != "/" and os.path.exists(p)))
 
 
 def _cpu_seconds(lim: SandboxLimits) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rllava.envs.base import TOOLS, Observation, ToolContext, ToolError, check_arguments
+from rllava.envs.base import TOOLS, Observation, ToolContext, ToolError, check_arguments, echo
 
 _TOKEN = re.compile(r"\w+")
 
@@ -121,7 +121,7 @@ def search(args: dict[str, Any], ctx: ToolContext) -> Observation:
     index = corpus_index(s.corpus_path)
     hits = index.search(args["query"], k)
     if not hits:
-        return Observation(text=f"No passage matches {args['query']!r}.")
+        return Observation(text=f"No passage matches {echo(args['query'])}.")
     blocks = []
     for rank, (i, _) in enumerate(hits, 1):
         p = index.passages[i]

@@ -29,12 +29,14 @@ from rllava.envs.base import (
     ToolContext,
     ToolError,
     ToolSettings,
+    echo,
     tool_schemas,
 )
 from rllava.envs.parsing import CALL_FORMATS, Action, instructions, parse_action
-from rllava.envs.sandbox import SandboxLimits
+from rllava.envs.sandbox import SandboxLimits, clip_text
 
 AnswerReward = Callable[[str, dict], float]  # fn(answer_text, sample_meta) -> reward
+MAX_ERROR_CHARS = 1000  # a tool's error message (which may quote its input) is cut to this in the observation
 
 
 @ENVIRONMENTS.register("tools", description="tool use (zoom, python, search, ...) until an <answer>; tools from env.tools")
@@ -123,7 +125,7 @@ class ToolEnv(Environment):
             return None, 0.0, {**info, "tool_skipped": True}
         try:
             if action.name not in self.tools:
-                raise ToolError(f"unknown tool {action.name!r}; available tools: {', '.join(self.tools)}")
+                raise ToolError(f"unknown tool {echo(action.name)}; available tools: {', '.join(self.tools)}")
             obs = TOOLS.get(action.name)(action.arguments, self.ctx)
             if len(self.ctx.images) + len(obs.images) > self.max_images:
                 raise ToolError(f"image limit reached: at most {self.max_images} images per episode")
@@ -136,6 +138,7 @@ class ToolEnv(Environment):
         return Observation(text=obs.text, images=list(obs.images), role="tool"), self.tool_reward, info
 
     def _tool_error(self, message: str, info: dict) -> tuple[Observation, float, dict]:
+        message = clip_text(message, MAX_ERROR_CHARS)
         return Observation(text=f"Error: {message}", role="tool"), -self.tool_error_penalty, {**info, "error": message}
 
     def _on_invalid(self, action: Action, last: bool) -> tuple[Optional[Observation], float, dict]:

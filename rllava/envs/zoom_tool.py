@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL import Image
 
-from rllava.envs.base import TOOLS, Observation, ToolContext, ToolError, check_arguments
+from rllava.envs.base import TOOLS, Observation, ToolContext, ToolError, check_arguments, echo
 
 ZOOM_PARAMETERS = {
     "type": "object",
@@ -24,15 +24,15 @@ def clip_bbox(bbox: Any, width: int, height: int) -> tuple[int, int, int, int]:
     """Integer (x1, y1, x2, y2) clipped to the image, x1 < x2 and y1 < y2; ToolError if not a usable box."""
     if not isinstance(bbox, list) or len(bbox) != 4 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
-        raise ToolError(f"zoom: bbox must be a list of 4 numbers [x1, y1, x2, y2], got {bbox!r}")
+        raise ToolError(f"zoom: bbox must be a list of 4 numbers [x1, y1, x2, y2], got {echo(bbox)}")
     x1, y1, x2, y2 = bbox
     if x2 <= x1 or y2 <= y1:
-        raise ToolError(f"zoom: bbox {bbox} is empty: need x1 < x2 and y1 < y2")
+        raise ToolError(f"zoom: bbox {echo(bbox)} is empty: need x1 < x2 and y1 < y2")
     # floor the start and ceil the end so a fractional box keeps every pixel it touches
     cx1, cy1 = max(0, math.floor(x1)), max(0, math.floor(y1))
     cx2, cy2 = min(width, math.ceil(x2)), min(height, math.ceil(y2))
     if cx2 <= cx1 or cy2 <= cy1:
-        raise ToolError(f"zoom: bbox {bbox} lies outside the image ({width} x {height} pixels)")
+        raise ToolError(f"zoom: bbox {echo(bbox)} lies outside the image ({width} x {height} pixels)")
     return cx1, cy1, cx2, cy2
 
 

@@ -8,6 +8,8 @@ images are processed once and kept in `Episode.extra_mm`, with their per-token e
 (e.g. Qwen's `mm_token_type_ids`) in `Episode.response_seq`, so a single forward pass over
 the whole episode reproduces the positions used during generation (M-RoPE included). A prompt may carry
 a UFT hint (`HINT_KEY`): the demonstration turns an episode starts from instead of the policy's.
+`max_total_tokens` bounds `response_ids`: a turn that would pass it is cut (stop "budget"), and an
+observation that would leave no room for another turn ends the episode before it is appended.
 """
 from __future__ import annotations
 
@@ -183,13 +185,28 @@ class MultiTurnRollout:
         with ThreadPoolExecutor(min(self.env_workers, len(envs))) as pool:
             return list(pool.map(lambda pair: pair[0].step(pair[1]), zip(envs, texts)))
 
+    def _fit(self, ep: Episode, turn: Episode) -> bool:
+        """Cut `turn` to the room left in `ep`'s token budget (the cut turn is unfinished); True if cut. The
+        engine samples every episode with one max_new_tokens, so the per-episode cap is applied here; the
+        kept tokens are exactly what a shorter generation would have sampled."""
+        room = max(0, self.max_total_tokens - len(ep.response_ids))
+        if len(turn.response_ids) <= room:
+            return False
+        turn.response_ids = turn.response_ids[:room]
+        if turn.rollout_logp is not None:
+            turn.rollout_logp = turn.rollout_logp[:room]
+        turn.hint_len = min(turn.hint_len, room)
+        turn.finished = False
+        return True
+
     def _advance(self, episodes: list[Episode], envs: list, active: list[int], turns: list[Episode]) -> list[int]:
         """Record one generated turn per active episode, step its environment; the indices still active."""
         tok = self.rollout.tokenizer
+        cut = [self._fit(episodes[i], turn) for i, turn in zip(active, turns)]
         texts = [tok.decode(turn.response_ids, skip_special_tokens=True) for turn in turns]
         results = self._step([envs[i] for i in active], texts)
         still = []
-        for i, turn, text, result in zip(active, turns, texts, results):
+        for i, turn, text, result, was_cut in zip(active, turns, texts, results, cut):
             ep, env = episodes[i], envs[i]
             if turn.hint_len:  # hints open an episode, so its hinted tokens (and observations) are a prefix
                 ep.hint_len = len(ep.response_ids) + turn.hint_len
@@ -202,14 +219,24 @@ class MultiTurnRollout:
             over_budget = len(ep.response_ids) >= self.max_total_tokens
             if result.done or not turn.finished or over_budget or result.observation is None:
                 ep.finished = bool(result.done and turn.finished)
-                ep.info["stop"] = result.info.get("stop", "length" if not turn.finished else "budget")
+                ep.info["stop"] = result.info.get("stop", "length" if not turn.finished and not was_cut else "budget")
                 ep.info["format_ok"] = env.outcome().format_ok
                 continue
             eos_ids = self.rollout.engine.eos_ids
+            close = []  # a stop string ended the turn: close it as the template does
             if not self.renderer.raw and turn.response_ids[-1:] and turn.response_ids[-1] not in eos_ids:
-                self._append(ep, [eos_ids[0]], False)  # a stop string ended the turn: close it as the template does
+                close = [eos_ids[0]]
             obs = result.observation
             ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
+            if len(ep.response_ids) + len(close) + len(ids) >= self.max_total_tokens:
+                # No room for the observation and a turn after it. Ending here keeps the observation whole
+                # (cutting it could split an image's tokens) and the episode within its budget.
+                ep.finished = False
+                ep.info["stop"] = "budget"
+                ep.info["format_ok"] = env.outcome().format_ok
+                continue
+            if close:
+                self._append(ep, close, False)
             self._append(ep, ids, False, seq=seq)
             if mm:
                 ep.extra_mm.append(mm)
