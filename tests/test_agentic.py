@@ -197,3 +197,27 @@ def test_episode_never_exceeds_max_total_tokens(text_model, words, budget, max_n
         assert episodes[0].info["turns"] >= 2
     if not one_token_turns:
         assert len(episodes[0].response_ids) == budget and episodes[0].info["turns"] == 1
+
+
+@pytest.mark.parametrize("family", [*MULTI_TURN_FAMILIES, "qwen2", "qwen3"])
+def test_observations_continue_the_chat_template_after_the_turn_end_token(tiny_model_factory, family):
+    """What follows an assistant turn's end token in the chat template (Qwen: "<|im_end|>" then a newline; Gemma 3:
+    "<end_of_turn>" then a newline, though its eos token is "<eos>") is what the renderer writes before an
+    observation; and the token a stopped turn is closed with is that end token."""
+    from transformers import AutoProcessor
+
+    from rllava.roles.multiturn import ObservationRenderer
+
+    processor = AutoProcessor.from_pretrained(tiny_model_factory(family))
+    tok = getattr(processor, "tokenizer", processor)
+    renderer = ObservationRenderer(processor, multimodal=family not in ("qwen2", "qwen3"))
+    end_id, _ = renderer.turn_close()
+    end = tok.decode([end_id])
+    conv = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "call"}]},
+            {"role": "user", "content": [{"type": "text", "text": "tool says 3"}]}]
+    if family in ("qwen2", "qwen3"):
+        conv = [{**m, "content": m["content"][0]["text"]} for m in conv]
+    text = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert text[text.rindex("call"):].startswith("call" + end)  # the template closes the turn with that token
+    assert renderer.render("tool says 3", 0) == text[text.rindex("call") + len("call" + end):]

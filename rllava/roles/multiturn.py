@@ -51,6 +51,7 @@ class ObservationRenderer:
         self.role = role
         self.multimodal = multimodal
         self.template = template
+        self._close: tuple[int | None, str] | None = None  # turn_close(), read off the template once
 
     @property
     def raw(self) -> bool:
@@ -73,9 +74,21 @@ class ObservationRenderer:
         if not after.startswith(before):
             raise ValueError("the chat template re-renders earlier turns when a message is added; "
                              "multi-turn episodes need a prefix-stable template")
-        eos = self.tokenizer.eos_token or ""
-        tail = before[before.rfind(eos) + len(eos):] if eos and eos in before else ""
-        return tail + after[len(before):]
+        return self.turn_close()[1] + after[len(before):]
+
+    def turn_close(self) -> tuple[int | None, str]:
+        """(the token that ends an assistant turn in the chat template, the text the template writes after it).
+
+        Read off the template, not the tokenizer's eos: Gemma 3's turns end with `<end_of_turn>` and a newline
+        while its eos is `<eos>`; Qwen's with `<|im_end|>` and a newline. (None, "") when the template writes
+        nothing after the assistant's text."""
+        if self._close is None:
+            before = self._render(_PROBE, False)
+            close = before[before.rfind("probe") + len("probe"):]  # e.g. "<|im_end|>\n"
+            ids = self.tokenizer(close, add_special_tokens=False)["input_ids"] if close else []
+            first = self.tokenizer.decode(ids[:1]) if ids else ""
+            self._close = (ids[0], close[len(first):]) if ids and close.startswith(first) else (None, "")
+        return self._close
 
     def encode(self, text: str, images: list) -> tuple[list[int], dict[str, Any], dict[str, list[int]]]:
         """(token ids, image tensors, per-token extras) of one observation turn."""
@@ -225,7 +238,8 @@ class MultiTurnRollout:
             eos_ids = self.rollout.engine.eos_ids
             close = []  # a stop string ended the turn: close it as the template does
             if not self.renderer.raw and turn.response_ids[-1:] and turn.response_ids[-1] not in eos_ids:
-                close = [eos_ids[0]]
+                end = self.renderer.turn_close()[0]
+                close = [end if end in eos_ids else eos_ids[0]]
             obs = result.observation
             ids, mm, seq = self.renderer.encode(obs.text, list(obs.images))
             if len(ep.response_ids) + len(close) + len(ids) >= self.max_total_tokens:
