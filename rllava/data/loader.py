@@ -22,7 +22,7 @@ import torch
 from rllava.data.rows import DataError
 
 logger = logging.getLogger(__name__)
-FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"  # what a changed-data resume needs
+FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"  # how to start over a run that cannot resume
 
 
 class PromptLoader:

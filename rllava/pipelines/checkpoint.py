@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rllava.config import Config, ConfigError, MissingFileError
+from rllava.data.loader import FRESH_START
 from rllava.engines import distributed as du
 from rllava.models.weights import save_hf_folder
 
@@ -127,7 +128,6 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
 
 
-FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"
 # What fixes the trained parameter set and the optimizer state's layout: a resume needs them unchanged.
 RESUME_KEYS = [("model", "lora_rank"), ("model", "lora_target_modules"), ("model", "freeze_vision_tower"),
                ("actor", "strategy"), ("actor", "optimizer"), ("actor", "optimizer_offload")]
