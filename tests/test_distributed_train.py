@@ -187,6 +187,25 @@ def test_two_ranks_match_one_process_on_the_sft_term(tiny_model_factory, countin
     assert abs(two["actor/grad_norm"] - one["actor/grad_norm"]) < 1e-5 and one["actor/grad_norm"] > 0
 
 
+
+def test_two_ranks_match_one_process_on_kl_cov_tokens(tiny_model_factory, counting_data, tmp_path):
+    """KL-Cov chooses its tokens by covariance over the step's batch, every rank's: with greedy (identical)
+    rollouts 2 ranks choose what one process does, and their second-epoch loss and gradient match it."""
+    plugin = tmp_path / "varied.py"
+    plugin.write_text("def reward(response, answer, **row):\n    return len(set(response)) / 10.0\n")
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "data.val_files=",
+            "data.batch_size=4", "data.shuffle=false", "rollout.n=2", "rollout.temperature=0", "rollout.max_new_tokens=6",
+            f"reward.functions={{'{plugin}:reward': 1.0}}", "algorithm.adv_estimator=reinforce_plus_plus",
+            "algorithm.policy_loss=kl_cov", "algorithm.kl_cov_ratio=0.1", "actor.ppo_epochs=2", "actor.lr=3e-2",
+            "actor.micro_token_budget=75", "trainer.total_steps=1", "trainer.val_before_train=false"]
+    run_experiment(load_config(None, over))
+    torchrun_train([o.replace("experiment_name=one", "experiment_name=two") for o in over], tmp_path / "two.log")
+    one, two = read_metrics(tmp_path / "one")[-1], read_metrics(tmp_path / "two")[-1]
+    assert one["actor/kl_cov_frac"] > 0 and two["actor/kl_cov_frac"] == pytest.approx(one["actor/kl_cov_frac"], abs=1e-9)
+    # the second epoch runs on weights a 3e-2 step moved, summed in another order on 2 ranks: float noise grows
+    assert two["actor/loss"] == pytest.approx(one["actor/loss"], rel=1e-3)
+    assert two["actor/grad_norm"] == pytest.approx(one["actor/grad_norm"], rel=1e-3) and one["actor/grad_norm"] > 0
+
 # An environment whose episodes last 1 + id % 3 turns whatever the policy writes, so the two ranks'
 # episodes end at different turns and the multi-turn rollout must keep them in lock-step.
 COUNTDOWN_ENV = '''

@@ -155,8 +155,12 @@ def test_kl_cov_penalises_top_cov_token():
     assert float(loss) == pytest.approx(0.129141, abs=1e-5)
     torch.testing.assert_close(grad, torch.tensor([[-0.226209, -0.226209, 0.226209, 0.555351]]), atol=1e-5, rtol=0)
     assert m["kl_cov_frac"] == 0.25
-    none, _, _ = run("kl_cov", logp, old, COV_ADV, [[1.0] * 4], replace(cfg, kl_cov_ratio=0.1))  # floor(0.4) = 0 tokens
-    assert float(none) == pytest.approx((-0.904837 + 1.221403) / 4, abs=1e-5)
+    one, m, _ = run("kl_cov", logp, old, COV_ADV, [[1.0] * 4], replace(cfg, kl_cov_ratio=0.1))  # 0.4 tokens: still 1
+    assert float(one) == pytest.approx(float(loss)) and m["kl_cov_frac"] == 0.25  # (0 would drop the trust region)
+    # Tokens chosen over the step's batch arrive as extra["token_pick"]: those, not a choice over these rows alone.
+    pick = torch.tensor([[True, False, False, False]])
+    _, m, grad = run("kl_cov", logp, old, COV_ADV, [[1.0] * 4], cfg, token_pick=pick)
+    assert m["kl_cov_frac"] == 0.25 and float(grad[0, 0]) == pytest.approx((-0.904837 - 1.0) / 4, abs=1e-5)  # lr = -0.1
 
 
 def test_cispo_keeps_gradient_through_clipped_weights():

@@ -433,3 +433,22 @@ def test_the_lr_schedule_spans_the_optimizer_steps_the_run_takes(short_counting_
     total = 2 * per_step
     expected = [sum(1 - k / total for k in range(s * per_step, (s + 1) * per_step)) / per_step * 1e-3 for s in (0, 1)]
     assert lrs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("loss, ratio", [("kl_cov", "algorithm.kl_cov_ratio=0.05"), ("clip_cov", "algorithm.clip_cov_ratio=0.05")])
+def test_covariance_losses_choose_tokens_over_the_step_not_the_micro_batch(short_counting_run, loss, ratio):
+    """Clip-Cov and KL-Cov choose their tokens by covariance over the step's batch, so one sequence per micro-batch
+    and all in one update alike (the choice used to be made per micro-batch: KL-Cov then chose no token at all
+    in micro-batches under 1 / kl_cov_ratio tokens)."""
+    rows = {}
+    for budget in (8, 4096):
+        over = short_counting_run(f"trainer.experiment_name={loss}{budget}", f"actor.micro_token_budget={budget}",
+                                  f"algorithm.policy_loss={loss}", ratio, "actor.ppo_epochs=2", "actor.lr=3e-2",
+                                  "algorithm.clip_cov_lb=-100", "algorithm.clip_cov_ub=100",
+                                  "reward.functions={count: 1.0, number_format: 1.0}", "trainer.total_steps=1")
+        run = Path(run_experiment(load_config(None, over))["run_dir"])
+        rows[budget] = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if "actor/loss" in ln][-1]
+    frac = f"actor/{loss}_frac"
+    assert rows[4096][frac] > 0
+    for key in ("actor/loss", frac, "actor/approx_kl"):
+        assert rows[8][key] == pytest.approx(rows[4096][key], rel=2e-3, abs=1e-6), key

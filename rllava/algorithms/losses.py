@@ -18,6 +18,9 @@ Conventions:
   gradient, and no row's loss depends on another's, so `actor.skip_zero_advantage` may leave such rows
   out of the update with the gradient unchanged. (Not Clip-Cov and KL-Cov: their token choice is
   batch-wide; not LUFFY and SRFT: demonstration rows.)
+- `token_choice=fn(cov [N], cfg, generator) -> bool [N]` in a loss's registration: the loss acts on tokens chosen
+  by their covariance (A - mean A)(logp - mean logp); the pipeline chooses them over the step's whole batch
+  (every rank's tokens) with the policy before the update and passes them as `extra["token_pick"]`.
 """
 from __future__ import annotations
 
@@ -110,44 +113,63 @@ def gmpo(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, **fracs))
 
 
-def _centered_cov(advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token covariance term (A - mean A) * (logp - mean logp) over trained tokens (detached)."""
+def centered_cov(advantages: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor,
+                 means: tuple[float, float] | None = None) -> torch.Tensor:
+    """Per-token covariance term (A - mean A) * (logp - mean logp), detached; the means over trained tokens, or
+    `means` = (mean A, mean logp) over a larger batch (the step's, every rank's)."""
     a, lp = advantages.detach(), logp.detach()
-    return (a - masked_mean(a, mask)) * (lp - masked_mean(lp, mask))
+    mean_a, mean_lp = means if means is not None else (masked_mean(a, mask), masked_mean(lp, mask))
+    return (a - mean_a) * (lp - mean_lp)
 
 
-@POLICY_LOSSES.register("clip_cov", requires=RATIO)
+def clip_cov_choice(cov: torch.Tensor, cfg: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Clip-Cov's tokens among `cov` (1-D, one per trained token): a random clip_cov_ratio share of all of them,
+    drawn from those with cov in [clip_cov_lb, clip_cov_ub] (at least one when any is)."""
+    cand = ((cov >= cfg.clip_cov_lb) & (cov <= cfg.clip_cov_ub)).nonzero().squeeze(-1)
+    n_pick = min(max(int(cfg.clip_cov_ratio * cov.numel()), 1), cand.numel())
+    picked = torch.zeros(cov.numel(), dtype=torch.bool)
+    picked[cand.cpu()[torch.randperm(cand.numel(), generator=generator)[:n_pick]]] = True
+    return picked.to(cov.device)
+
+
+def kl_cov_choice(cov: torch.Tensor, cfg: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    """KL-Cov's tokens among `cov` (1-D): the top kl_cov_ratio share by covariance (at least one)."""
+    picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    if cov.numel():
+        picked[cov.topk(min(cov.numel(), max(1, int(cfg.kl_cov_ratio * cov.numel())))).indices] = True
+    return picked
+
+
+def _picked(advantages, logp, mask, cfg, extra, choice) -> torch.Tensor:
+    """[B, T] bool: `extra["token_pick"]` (chosen over the step's whole batch by the pipeline, so that micro-batching
+    does not change it), else chosen here over these tokens alone."""
+    if extra.get("token_pick") is not None:
+        return extra["token_pick"].bool() & (mask > 0)
+    on = mask > 0
+    picked = torch.zeros_like(on)
+    picked[on] = choice(centered_cov(advantages, logp, mask)[on], cfg, extra.get("generator"))
+    return picked
+
+
+@POLICY_LOSSES.register("clip_cov", requires=RATIO, token_choice=clip_cov_choice)
 def clip_cov(logp, old_logp, advantages, mask, cfg, **extra):
-    """Clip-Cov: PPO clip, plus detach a random clip_cov_ratio share of tokens with cov in [lb, ub].
-
-    Candidates are trained tokens not already clipped by PPO. The choice uses torch's global
-    CPU generator (or `extra["generator"]`), so it is reproducible under `torch.manual_seed`.
-    """
+    """Clip-Cov (Cui et al. 2025, arXiv 2505.22617): PPO clip, and the gradient of a random clip_cov_ratio share of
+    tokens with covariance in [lb, ub] is detached. Chosen with the policy before the update (every token
+    unclipped), over the step's batch; the choice uses `extra["generator"]` (else torch's global one)."""
     lr = _log_ratio(logp, old_logp, mask)
     loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg, dual=False)
-    cov = _centered_cov(advantages, logp, mask)
-    unclipped = -advantages * lr.exp() >= loss
-    cand = ((mask > 0) & unclipped & (cov >= cfg.clip_cov_lb) & (cov <= cfg.clip_cov_ub)).flatten().nonzero().squeeze(-1)
-    n_pick = min(max(int(cfg.clip_cov_ratio * float(mask.sum())), 1), cand.numel())
-    perm = torch.randperm(cand.numel(), generator=extra.get("generator"))[:n_pick].to(cand.device)
-    picked = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    picked[cand[perm]] = True
-    picked = picked.view_as(mask)
+    picked = _picked(advantages, logp, mask, cfg, extra, clip_cov_choice)
     loss = torch.where(picked, loss.detach(), loss)
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, clip_cov_frac=picked, **fracs))
 
 
-@POLICY_LOSSES.register("kl_cov", requires=RATIO)
+@POLICY_LOSSES.register("kl_cov", requires=RATIO, token_choice=kl_cov_choice)
 def kl_cov(logp, old_logp, advantages, mask, cfg, **extra):
-    """KL-Cov: unclipped -A*ratio, plus kl_cov_coef*|logp - old_logp| on the top kl_cov_ratio tokens by cov."""
+    """KL-Cov: unclipped -A*ratio, plus kl_cov_coef*|logp - old_logp| on the top kl_cov_ratio tokens by covariance
+    (chosen over the step's batch, at least one)."""
     lr = _log_ratio(logp, old_logp, mask)
     loss = -advantages * lr.exp()
-    cov = torch.where(mask > 0, _centered_cov(advantages, logp, mask), torch.full_like(lr, -torch.inf))
-    k = int(cfg.kl_cov_ratio * float(mask.sum()))  # floor, so tiny batches may penalise no token
-    picked = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-    if k > 0:
-        picked[cov.flatten().topk(k).indices] = True
-    picked = picked.view_as(mask) & (mask > 0)
+    picked = _picked(advantages, logp, mask, cfg, extra, kl_cov_choice)
     loss = loss + picked.to(loss.dtype) * cfg.kl_cov_coef * lr.abs()
     return _finish(loss, mask, old_logp, cfg, extra, _ratio_metrics(lr, mask, kl_cov_frac=picked))
 

@@ -138,6 +138,7 @@ class Batch:
     baseline_rewards: Optional[torch.Tensor] = None  # [B] e.g. ReMax's greedy-rollout reward
     is_expert: Optional[torch.Tensor] = None  # [B] bool, for SFT-RL hybrids
     hint_len: Optional[torch.Tensor] = None  # [B] long, UFT hints: demonstration tokens at the start of each response
+    token_pick: Optional[torch.Tensor] = None  # [B, T] bool: tokens a covariance-based loss acts on (Clip-Cov, KL-Cov)
     episodes: list[Episode] = field(default_factory=list)
 
     # ---- construction

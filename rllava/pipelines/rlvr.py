@@ -12,6 +12,7 @@ import torch
 
 from rllava.algorithms import (
     ADVANTAGES,
+    POLICY_LOSSES,
     REWARD_SHAPERS,
     apply_kl_penalty,
     demonstration_tokens,
@@ -23,6 +24,7 @@ from rllava.algorithms import (
     sft_coef_at,
     top_entropy_mask,
 )
+from rllava.algorithms.losses import centered_cov
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
@@ -84,6 +86,22 @@ def forking_tokens(batch: Batch, entropy: torch.Tensor, algo, metrics: dict[str,
     if math.isfinite(threshold):  # inf: no RL token this step (all masked or demonstrations)
         metrics["adv/entropy_threshold"] = threshold
     return keep
+
+
+def covariance_tokens(batch: Batch, logp: torch.Tensor, choice: Callable, algo, seed: int) -> torch.Tensor:
+    """[B, T] bool: the tokens a covariance-based loss (Clip-Cov, KL-Cov) acts on, chosen by `choice` among the
+    RL tokens of the step's whole batch (every rank's) with the policy before the update, so that neither
+    mini- nor micro-batching nor the number of ranks changes them."""
+    mask = rl_tokens(batch, algo)
+    on = mask != 0
+    n = max(1.0, du.all_reduce_sum(float(on.sum())))
+    means = (du.all_reduce_sum(float((batch.advantages * mask).sum())) / n, du.all_reduce_sum(float((logp * mask).sum())) / n)
+    cov = centered_cov(batch.advantages, logp, mask, means)[on]
+    start = int(du.all_gather_cat(torch.tensor([cov.numel()]))[:du.rank()].sum())  # this rank's share of the step's
+    chosen = choice(du.all_gather_cat(cov), algo, torch.Generator().manual_seed(seed))
+    picked = torch.zeros_like(on)
+    picked[on] = chosen[start:start + cov.numel()].to(on.device)
+    return picked
 
 
 @contextlib.contextmanager
@@ -158,6 +176,7 @@ class RLVRPipeline:
             batch.set_scores(self.shape_scores(batch.rewards, episodes))
         needs_old, select_tokens = ctx.actor.needs_old_logprobs(len(batch)), algo.top_entropy_frac < 1
         needs_entropy = select_tokens or algo.entropy_adv_coef > 0
+        token_choice = POLICY_LOSSES.entry(algo.policy_loss).meta.get("token_choice")  # Clip-Cov, KL-Cov
         # Rows an update skips (actor.skip_zero_advantage) need no old log-probs: where the advantages depend on
         # nothing this pass gives (entropy, the KL penalty, values), they come first and the pass runs the rest.
         advantages_first = (ctx.actor.skips_zero_advantage() and not needs_entropy and self.kl_ctrl.value == 0
@@ -165,7 +184,7 @@ class RLVRPipeline:
         if advantages_first:
             batch.advantages, batch.returns = rl_advantages(batch, algo)
         before = entropy = None  # the policy's log-probs (and entropy) before the update, when a step needs them
-        if needs_old or needs_entropy:  # one pass serves both
+        if needs_old or needs_entropy or token_choice:  # one pass serves them all
             with timed(metrics, "old_logprobs"):
                 if needs_entropy:
                     before, entropy = ctx.actor.logprobs(batch, with_entropy=True)
@@ -194,6 +213,8 @@ class RLVRPipeline:
             metrics["adv/entropy_bonus_mean"] = float(((shaped - batch.advantages) * batch.response_mask).sum()
                                                       / batch.response_mask.sum().clamp(min=1))
             batch.advantages = shaped
+        if token_choice is not None:
+            batch.token_pick = covariance_tokens(batch, before, token_choice, algo, self.cfg.trainer.seed + trainer.step)
         metrics["adv/abs_mean"] = float((batch.advantages.abs() * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1))
         if ctx.critic is None or trainer.step >= self.cfg.critic.pretrain_steps:  # else the critic learns first
             with timed(metrics, "update"):

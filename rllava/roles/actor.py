@@ -239,7 +239,8 @@ class Actor:
                     old = take(m.old_logp, rl) if m.old_logp is not None else rl_logp.detach()
                     adv = take(m.advantages, rl) if m.advantages is not None else torch.zeros_like(rl_logp)
                     loss, metrics = loss_fn(rl_logp, old, adv, mask, algo, rollout_logp=take(m.rollout_logp, rl),
-                                            entropy=ent_rows, norm_len=norm_len, is_expert=take(m.is_expert, rl))
+                                            entropy=ent_rows, norm_len=norm_len, is_expert=take(m.is_expert, rl),
+                                            token_pick=take(m.token_pick, rl))
                     ent = entropy_loss(ent_rows, mask, mode, norm_len=norm_len)
                     if algo.entropy_coef:
                         loss = loss - algo.entropy_coef * ent
