@@ -12,7 +12,8 @@ Conventions:
   actions, so they neither discount nor reset it).
 - A group is the set of samples with the same `batch.group_ids`. Groups whose rewards are all
   equal (single-sample groups included) get advantage exactly 0 from every group-baseline
-  estimator: without a spread there is no baseline to learn against.
+  estimator: without a spread there is no baseline to learn against. (REINFORCE++-baseline then whitens over
+  the batch, as its paper does, which shifts them by the batch mean.)
 - Group std is unbiased (n - 1), like `torch.std`; whitening is over all trained tokens of the step's
   batch, and GPG's alpha counts its samples, over every rank under torchrun (`batch_sum`).
 Higher advantage = the action should become more likely (losses are minimised as -A * ...).
