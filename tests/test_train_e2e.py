@@ -452,3 +452,18 @@ def test_covariance_losses_choose_tokens_over_the_step_not_the_micro_batch(short
     assert rows[4096][frac] > 0
     for key in ("actor/loss", frac, "actor/approx_kl"):
         assert rows[8][key] == pytest.approx(rows[4096][key], rel=2e-3, abs=1e-6), key
+
+
+def test_data_chat_template_reaches_the_exported_checkpoint(short_counting_run, tmp_path):
+    """data.chat_template (the template a run trains with) is the processor's own, so the exported checkpoint
+    carries it: serving or evaluating the checkpoint formats prompts as training did."""
+    from transformers import AutoProcessor
+
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {% for c in m['content'] %}"
+                        "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                        "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    result = run_experiment(load_config(None, short_counting_run(f"data.chat_template={template}", "trainer.total_steps=1",
+                                                                 "trainer.save_freq=1")))
+    exported = AutoProcessor.from_pretrained(Path(result["run_dir"]) / "checkpoints" / "step_1" / "model")
+    assert exported.chat_template == template.read_text()

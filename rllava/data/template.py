@@ -30,6 +30,18 @@ def read_text_or_file(spec: str, what: str) -> str:
     return spec
 
 
+def set_chat_template(processor: Any, spec: str | None) -> None:
+    """Make `data.chat_template` (text or a file) the processor's own, and its tokenizer's: the dataset, the
+    multi-turn observations and every exported checkpoint then use the template the model trains with."""
+    if not spec:
+        return
+    text = read_text_or_file(spec, "data.chat_template")
+    processor.chat_template = text
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        tokenizer.chat_template = text
+
+
 def _last_boxed(text: Any) -> str:
     """The content of the last \\boxed{...} in `text` ('' if none): MATH-style solutions hold their answer there."""
     from rllava.rewards.extract import last_boxed

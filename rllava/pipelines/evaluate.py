@@ -156,6 +156,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     reward, as in `trainer.pipeline=agentic`."""
     from rllava.config import load_config
     from rllava.data.dataset import RLDataset
+    from rllava.data.template import set_chat_template
     from rllava.engines.hf_rollout import HFRolloutEngine
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
@@ -173,6 +174,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     dev = resolve_device(device)
     seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
+    set_chat_template(processor, cfg.data.chat_template)
     ds = RLDataset(data_files, cfg.data, processor)
     check_sources(cfg.reward, {"eval": ds.sources()})  # reward.by_source in the overrides routes by data source too
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]

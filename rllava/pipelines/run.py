@@ -189,6 +189,7 @@ def optimizer_steps_per_step(cfg: Config) -> int:
 def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunContext:
     # Imported here so `rllava list/config` stay light.
     from rllava.data.dataset import PromptLoader, RLDataset
+    from rllava.data.template import set_chat_template
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
@@ -212,6 +213,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     # (vLLM) starts from the checkpoint's HF folder, except under LoRA (that folder is merged, not the base).
     model_path = str(resume_ckpt / "model") if resume_ckpt is not None and cfg.model.lora_rank == 0 else None
     model, processor = load_model_and_processor(training_model_config(cfg), device=load_device)
+    set_chat_template(processor, cfg.data.chat_template)  # also what the checkpoints' processor carries
     tokenizer = get_tokenizer(processor)
     pad_id = pad_token_id(processor)
     eos_ids = eos_token_ids(model, processor)
