@@ -68,7 +68,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (passed to from_pretrained)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30 % more compute
-    freeze_vision_tower: bool = False  # train only the language model and the connector (Qwen-VL: its patch merger sits in the vision module and is frozen with it, as in EasyR1)
+    freeze_vision_tower: bool = False  # train only the language model and the connector (Qwen-VL: its patch merger sits in the vision module and is frozen with it)
     lora_rank: int = 0  # 0 disables LoRA
     lora_alpha: int = 16  # LoRA scale is lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the LoRA input
