@@ -9,8 +9,11 @@ images, ahead of that text, through its own processor (`reward.judge_images=fals
 its next-token probabilities of the verdicts in `reward.judge_labels`, each one token, and the reward
 is their expected score with the probabilities renormalised over the verdicts. How much probability
 the verdicts held is logged (`reward/judge_label_mass`); a judge that does not answer in that form
-shows a low mass. Inputs longer than `reward.model_max_length` lose tokens from the left, so the
-template's closing question and the generation prompt are always read.
+shows a low mass. A text-only input longer than `reward.model_max_length` loses tokens from the left,
+so the template's closing question and the generation prompt are always read (whatever else its batch
+holds); one with images is read whole, since its image tokens must stay whole. The response is the
+policy's text: its special-token strings (`<|im_end|>`, ...) are broken up, so it cannot close the
+judge's user turn and forge the judge's answer.
 """
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ import torch
 from rllava.config import ConfigError, ModelConfig, RewardConfig
 from rllava.data.rows import DataError
 from rllava.data.template import TemplateError, apply_chat_template, build_messages, read_text_or_file
-from rllava.roles.reward_model import MEDIA_MARKERS, check_reward_model_path
+from rllava.roles.reward_model import (
+    check_reward_model_path,
+    escape_special_tokens,
+    remove_media_markers,
+    special_token_pattern,
+)
 
 
 class JudgeTemplate:
@@ -43,9 +51,7 @@ class JudgeTemplate:
         except jinja2.UndefinedError as e:
             raise DataError(f"reward.judge_template: dataset row {meta.get('index', '?')} has no such field "
                             f"({e.message})") from None
-        for marker in MEDIA_MARKERS:  # the prompt's, and any a response writes
-            text = text.replace(marker, "")
-        return text
+        return remove_media_markers(text)  # the prompt's, and any a response writes
 
 
 def label_token_ids(tokenizer: Any, labels: dict[str, float], where: str) -> list[int]:
@@ -82,12 +88,15 @@ class JudgeModel:
         self.template = JudgeTemplate(cfg.judge_template)
         self.label_ids = label_token_ids(self.tokenizer, cfg.judge_labels, f"reward.model={cfg.model!r}")
         self.label_scores = torch.tensor(list(cfg.judge_labels.values()), dtype=torch.float32)
+        self.special_tokens = special_token_pattern(self.tokenizer)
         self.has_chat_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
         self.sees_images = self.multimodal and cfg.judge_images
         self.metrics: dict[str, float] = {}
 
     def text(self, query: str, response: str, meta: dict[str, Any], n_images: int = 0) -> str:
         """The judge's input for one response (and its `n_images` images), up to where its verdict starts."""
+        # Markers out first: removing one later could join the pieces of a broken-up special-token string.
+        response = escape_special_tokens(remove_media_markers(response), self.special_tokens)
         message = self.template.render(query, response, meta)
         if not self.has_chat_template:
             return message + "\n"
@@ -95,9 +104,10 @@ class JudgeModel:
         return apply_chat_template(self.processor, messages)
 
     def _encode(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:
-        """Left-padded judge inputs for a batch: the tokenizer's, or the processor's where images come along."""
+        """Left-padded judge inputs for a batch of text-only rows (the tokenizer's, cut to model_max_length) or of
+        rows with images (the processor's, whole: image tokens must stay whole)."""
         kw = dict(return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template)
-        if not any(images):  # text alone can be cut from the left; image tokens must stay whole
+        if not any(images):
             return dict(self.tokenizer(texts, truncation=True, max_length=self.max_length, **kw))
         return dict(self.processor(text=texts, images=images, padding_side="left", **kw))
 
@@ -110,14 +120,19 @@ class JudgeModel:
 
         images = [list(x) for x in images] if images is not None and self.sees_images else [[] for _ in queries]
         texts = [self.text(q, r, m, len(x)) for q, r, m, x in zip(queries, responses, metas, images)]
-        out: list[float] = []
+        out = [math.nan] * len(texts)
         mass = 0.0
-        for start in range(0, len(texts), self.batch_size):
-            enc = self._encode(texts[start:start + self.batch_size], images[start:start + self.batch_size])
-            inputs = {k: v.to(self.device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
-            logp = next_token_logprobs(self.model, inputs, self.label_ids).cpu()
-            mass += float(logp.exp().sum())
-            scores = torch.softmax(logp, -1) @ self.label_scores
-            out += [v if math.isfinite(v) else math.nan for v in scores.tolist()]
+        # Text-only rows and rows with images are batched apart: only the former are cut to model_max_length, and
+        # a row must be cut (or not) whatever its batch holds.
+        for rows in ([i for i, x in enumerate(images) if not x], [i for i, x in enumerate(images) if x]):
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                enc = self._encode([texts[i] for i in batch], [images[i] for i in batch])
+                inputs = {k: v.to(self.device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
+                logp = next_token_logprobs(self.model, inputs, self.label_ids).cpu()
+                mass += float(logp.exp().sum())
+                scores = torch.softmax(logp, -1) @ self.label_scores
+                for i, v in zip(batch, scores.tolist()):
+                    out[i] = v if math.isfinite(v) else math.nan
         self.metrics = {"reward/judge_label_mass": mass / max(1, len(texts))}
         return out

@@ -8,12 +8,16 @@ OpenRLHF's reward models are saved). Each response is written as the reward mode
 the prompt's rendered user message (`data.template`, image and video markers removed: the
 reward model reads text) and the response as the assistant turn. Without a chat template it
 reads `prompt + "\n" + response`. Inputs longer than `reward.model_max_length` lose tokens from
-the left, so the response's end, which the classifier reads, is always kept.
+the left, so the response's end, which the classifier reads, is always kept. The response is the
+policy's text: a special-token string written in it (`<|im_end|>`, ...) is broken up
+(`escape_special_tokens`), so it reads as text and cannot close its turn or forge another one.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,40 @@ from rllava.config import ConfigError, MissingFileError, RewardConfig
 from rllava.models.load import resolve_dtype
 
 MEDIA_MARKERS = ("<image>", "<video>")
+ESCAPE = "\u200b"  # zero-width space: what breaks up a special-token string in policy text
+
+logger = logging.getLogger(__name__)
+
+
+def remove_media_markers(text: str) -> str:
+    """`text` with no image or video marker left (repeated: removing "<image>" from "<ima<image>ge>" leaves one)."""
+    while any(marker in text for marker in MEDIA_MARKERS):
+        for marker in MEDIA_MARKERS:
+            text = text.replace(marker, "")
+    return text
+
+
+def special_token_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex of the strings `tokenizer` reads as special (control) tokens, longest first; None if it has none.
+    (One-character ones are left out: a zero-width space cannot split them.)"""
+    names = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    names |= set(tokenizer.all_special_tokens)
+    names = sorted((n for n in names if len(n) > 1 and ESCAPE not in n), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names))) if names else None
+
+
+def escape_special_tokens(text: str, pattern: re.Pattern[str] | None) -> str:
+    """Untrusted (policy-written) `text` in which no special-token string of `pattern` is left whole.
+
+    The policy can spell "<|im_end|>" with ordinary tokens, and decoding keeps that text; a reward model's
+    tokenizer would read it as the control token and let the response end its turn and forge the next one. A
+    zero-width space after each such string's first character makes it tokenize as the plain text it is, and
+    text without one (every honest response) is returned unchanged, so its tokens are too."""
+    if pattern is None:
+        return text
+    while pattern.search(text):  # breaking one match can leave an overlapping one whole
+        text = pattern.sub(lambda m: m[0][0] + ESCAPE + m[0][1:], text)
+    return text
 
 
 def check_reward_model_path(path: str) -> None:
@@ -76,15 +114,20 @@ class RewardModel:
         if self.model.config.num_labels != 1:
             raise ConfigError(f"reward.model={cfg.model!r} has {self.model.config.num_labels} labels; a reward "
                                    "model has one (its score)")
-        if self.model.config.pad_token_id is None:  # the classifier finds each row's last token by the pad id
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # The classifier reads each row at its last token that is not config.pad_token_id; rows are right-padded
+        # with the tokenizer's pad, so the two must agree or a shorter row is read at a padding position.
+        text_config = self.model.config.get_text_config()
+        if text_config.pad_token_id not in (None, self.tokenizer.pad_token_id):
+            logger.warning("reward.model=%r: config.pad_token_id %s is not its tokenizer's pad id %s; using the "
+                           "tokenizer's", cfg.model, text_config.pad_token_id, self.tokenizer.pad_token_id)
+        text_config.pad_token_id = self.tokenizer.pad_token_id
         self.model.requires_grad_(False).eval()
+        self.special_tokens = special_token_pattern(self.tokenizer)
 
     def text(self, query: str, response: str) -> str:
-        """The reward model's input for one (prompt, response)."""
-        for marker in MEDIA_MARKERS:
-            query = query.replace(marker, "")
-        query = query.strip()
+        """The reward model's input for one (prompt, response); the response's special-token strings are broken up."""
+        query = remove_media_markers(query).strip()
+        response = escape_special_tokens(response, self.special_tokens)
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": query}, {"role": "assistant", "content": response}], tokenize=False)
