@@ -104,6 +104,29 @@ def test_offload_save_and_load_resume_exactly(tiny_model_factory, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_offload_export_writes_the_fp32_masters(tiny_model_factory, tmp_path):
+    """An fp32 (or as-trained) HF export under offload holds the fp32 masters, not the bf16 device copy widened;
+    a bf16 export is the masters rounded once; the device parameters are left as they were."""
+    path = tiny_model_factory("qwen2")
+    model = load(path)
+    engine = LocalTrainEngine(model, **ENGINE_KW, compute_dtype="bfloat16", optimizer_offload=True)
+    train(model, engine, batches(1000, 2))
+    masters = dict(zip(engine.names, engine.offload.masters))
+    assert any(not torch.equal(m, m.to(torch.bfloat16).float()) for m in masters.values())  # bf16 would round them
+    for dtype in (torch.float32, None):
+        engine.export_hf(tmp_path / str(dtype), dtype=dtype)
+        exported = load_file(tmp_path / str(dtype) / "model.safetensors")
+        for name, master in masters.items():
+            assert torch.equal(exported[name], master), (dtype, name)
+        assert torch.equal(load(tmp_path / str(dtype)).model.norm.weight, masters["model.norm.weight"])
+    engine.export_hf(tmp_path / "bf16", dtype=torch.bfloat16)
+    exported = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(torch.equal(exported[n], m.to(torch.bfloat16)) for n, m in masters.items())
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p.detach(), m.to(torch.bfloat16))
+               for p, m in zip(engine.params, engine.offload.masters))
+    train(model, engine, batches(1000, 1))  # still trains after the export put the device weights back
+
+
 def test_optimizer_offload_is_for_the_local_engine():
     from rllava.engines.fsdp2 import FSDP2TrainEngine
 
@@ -122,5 +145,13 @@ def test_grpo_with_optimizer_offload(tiny_model_factory, short_counting_run, ext
     assert result["steps"] == 2
     model = tiny_model_factory("qwen2_vl")
     before, after = load_file(str(model / "model.safetensors")), load_file(f"{result['final_model']}/model.safetensors")
-    assert all(t.dtype == torch.bfloat16 for t in after.values())  # the device weights, as a bf16 HF folder
-    assert any(not torch.equal(before[k].to(torch.bfloat16), after[k]) for k in before)
+    # The tiny model is released in fp32, so export_dtype=auto writes the fp32 masters (not the bf16 device copy).
+    assert all(t.dtype == torch.float32 for t in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    if not extra:  # full fine-tuning: every trained weight is its master, at full precision
+        from transformers import AutoModelForImageTextToText
+
+        masters = torch.load(Path(result["final_model"]).parent / "engine" / "engine.pt", weights_only=False)["model"]
+        exported = AutoModelForImageTextToText.from_pretrained(result["final_model"]).state_dict()
+        assert exported["lm_head.weight"].dtype == torch.float32
+        assert all(torch.equal(exported[k], masters[k]) for k in masters)

@@ -154,8 +154,17 @@ class LocalTrainEngine:
         self.load_state_dict(state)
 
     def export_hf(self, folder: str | Path, processor: Any = None, dtype: torch.dtype | None = None) -> None:
-        """A plain HF folder (`from_pretrained` and vLLM load it) of the current weights."""
-        save_hf_folder(self.model, processor, folder, dtype=dtype)
+        """A plain HF folder (`from_pretrained` and vLLM load it) of the current weights.
+
+        Under optimizer offload the trained weights are the fp32 CPU masters, not the compute-dtype device
+        copy: they are what is written (cast to `dtype`; None writes them in fp32), so an fp32 export holds
+        the trained values and a narrower one is rounded once, from them.
+        """
+        if self.offload is None:
+            save_hf_folder(self.model, processor, folder, dtype=dtype)
+            return
+        with self.offload.masters_in_place():
+            save_hf_folder(self.model, processor, folder, dtype=dtype or torch.float32)
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """Full tensors for saving or syncing to a rollout engine."""

@@ -17,6 +17,9 @@ every time. Transfers cross in the compute dtype (half the bytes of fp32) throug
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -68,3 +71,16 @@ class CPUMasterWeights:
         for master, t in zip(self.masters, tensors):
             master.copy_(t)
         self.push_to_device()
+
+    @contextlib.contextmanager
+    def masters_in_place(self) -> Iterator[None]:
+        """While inside, the parameters hold their fp32 masters (on the CPU), so whatever reads the module's
+        weights (an fp32 HF export) gets the trained values rather than their compute-dtype rounding."""
+        on_device = [p.data for p in self.params]
+        try:
+            for p, master in zip(self.params, self.masters):
+                p.data = master  # no copy: the master itself, read-only by convention while swapped in
+            yield
+        finally:
+            for p, data in zip(self.params, on_device):
+                p.data = data

@@ -48,22 +48,32 @@ def resolve_dtype(name: str | torch.dtype, what: str = "model.dtype") -> torch.d
     return DTYPES[name]
 
 
+def local_path(path: str) -> str:
+    """`path` with a leading "~" expanded (a YAML config keeps it literal, and `from_pretrained` does not expand it)."""
+    return str(Path(path).expanduser()) if path and path.startswith("~") else path
+
+
 def released_dtype(path: str, trust_remote_code: bool = False) -> torch.dtype | None:
     """The dtype an HF model folder's config names (the one it was released in), or None if it names none."""
-    dtype = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).dtype
+    dtype = AutoConfig.from_pretrained(local_path(path), trust_remote_code=trust_remote_code).dtype
     if isinstance(dtype, str):
         dtype = DTYPES.get(dtype)
     return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def check_exists(path: str, key: str) -> None:
+    """A local-looking `path` (absolute, ./, ~, or not 'org/name') exists: else an error naming the config `key`."""
+    looks_local = Path(path).is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
+    if looks_local and not Path(local_path(path)).exists():
+        raise MissingFileError(f"{key} {path!r} does not exist (and is not an 'org/name' hub id)")
 
 
 def check_model_path(path: str) -> None:
     """`model.path` is an HF model folder or looks like a hub id: else a one-line error."""
     if not path:
         raise ConfigError("model.path is empty: give a local HF model folder or a hub name")
-    p = Path(path)
-    looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
-    if looks_local and not p.exists():
-        raise MissingFileError(f"model.path {path!r} does not exist (and is not an 'org/name' hub id)")
+    p = Path(local_path(path))
+    check_exists(path, "model.path")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
         raise MissingFileError(f"model.path {path!r} has no config.json: not an HF model folder")
 
@@ -83,21 +93,38 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+# Any real tokenizer turns this into ids; one built without its files (an empty vocabulary) gives none.
+_PROBE_TEXT = "How many apples are there? 3"
+
+
+def check_tokenizer(processor: Any, path: str) -> None:
+    """A usable tokenizer: from a folder without its tokenizer files transformers quietly builds an empty one
+    (1 token, every text -> []), and the run would fail much later with an error that points elsewhere."""
+    tok = get_tokenizer(processor)
+    if len(tok) <= 1 or not tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        raise MissingFileError(f"{path!r} has no usable tokenizer ({len(tok)} token(s), text encodes to no ids): "
+                               "are its tokenizer files (tokenizer.json, tokenizer_config.json) missing? "
+                               "model.tokenizer_path can name a folder that has them")
+
+
 def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any:
-    """The processor of a VLM, the tokenizer of a text-only model."""
+    """The processor of a VLM, the tokenizer of a text-only model; an error if the folder has no usable tokenizer."""
     loader = AutoProcessor if vlm else AutoTokenizer
-    return loader.from_pretrained(path, trust_remote_code=trust_remote_code)
+    processor = loader.from_pretrained(local_path(path), trust_remote_code=trust_remote_code)
+    check_tokenizer(processor, path)
+    return processor
 
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None) -> nn.Module:
     """The model alone, with dtype, attention, checkpointing, frozen vision tower and LoRA applied."""
     check_model_path(cfg.path)
+    path = local_path(cfg.path)
     try:
-        config = AutoConfig.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:  # unknown hub id, offline, unknown model_type without trust_remote_code
         raise OSError(f"model.path {cfg.path!r}: cannot load its config: {e}") from e
     auto = _auto_class_for(config)
-    model = auto.from_pretrained(cfg.path, dtype=resolve_dtype(dtype or cfg.dtype),
+    model = auto.from_pretrained(path, dtype=resolve_dtype(dtype or cfg.dtype),
                                  attn_implementation=cfg.attn_implementation,
                                  trust_remote_code=cfg.trust_remote_code)
     model.to(device)
@@ -115,6 +142,8 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
 def load_model_and_processor(cfg: ModelConfig, device: str | torch.device = "cpu",
                              dtype: str | torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """(model, processor) for `cfg`; `dtype` overrides `cfg.dtype` (e.g. fp32 master weights under autocast)."""
+    if cfg.tokenizer_path:
+        check_exists(cfg.tokenizer_path, "model.tokenizer_path")
     model = load_model(cfg, device, dtype)
     processor = load_processor(cfg.tokenizer_path or cfg.path, is_vlm(model), cfg.trust_remote_code)
     return model, processor

@@ -20,15 +20,20 @@ def language_lora_targets(model: nn.Module, targets: str = "all-linear") -> str:
     """
     prefix = decoder_module_name(model)
     wanted = None if targets.strip() == "all-linear" else {t.strip() for t in targets.split(",") if t.strip()}
-    leaves = set()
+    linear = set()  # leaf names of the decoder's linear layers
     for name, module in model.named_modules():
         inside = name.startswith(prefix + ".") if prefix else True
-        leaf = name.rsplit(".", 1)[-1]
-        if inside and isinstance(module, nn.Linear) and (wanted is None or leaf in wanted):
-            leaves.add(leaf)
-    if not leaves:
-        raise ConfigError(f"model.lora_target_modules={targets!r} matches no linear layer in the language model "
-                         f"({prefix or type(model).__name__})")
+        if inside and isinstance(module, nn.Linear):
+            linear.add(name.rsplit(".", 1)[-1])
+    leaves = linear if wanted is None else linear & wanted
+    # One misspelt name among good ones would otherwise just leave that layer without an adapter.
+    unknown = sorted(wanted - linear) if wanted is not None else []
+    if not leaves or unknown:
+        scope = prefix or type(model).__name__
+        what = f"no linear layer of the language decoder ({scope}) is named {' or '.join(unknown)}" if unknown \
+            else f"matches no linear layer of the language decoder ({scope})"
+        raise ConfigError(f"model.lora_target_modules={targets!r}: {what}; its linear layers are "
+                          f"{', '.join(sorted(linear)) or 'none'} (or use all-linear)")
     scope = re.escape(prefix) + r"\.(.*\.)?" if prefix else r"(.*\.)?"
     return scope + "(" + "|".join(sorted(map(re.escape, leaves))) + ")"
 
