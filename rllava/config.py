@@ -212,7 +212,7 @@ class RewardConfig:
     model: Optional[str] = None  # a reward model folder: a sequence classifier (one label) or an LM judge (model_type); its score of (prompt, response), times model_weight, is added
     model_weight: float = 1.0  # weight of the reward model's score in the reward
     model_batch_size: int = 16  # responses per reward-model forward
-    model_max_length: int = 2048  # reward-model input tokens at most (cut from the left: the response's end stays)
+    model_max_length: int = 2048  # reward-model input tokens at most (cut from the left: the response's end stays; a vision-language judge reads rows with images whole)
     model_device: Optional[str] = None  # where the reward model runs: default the trainer's device; e.g. cpu, cuda:1
     model_type: Optional[str] = None  # classifier (one-label sequence classifier) | judge (an LM asked judge_template); null: from the folder's architecture
     judge_template: str = DEFAULT_JUDGE_TEMPLATE  # judge's user message (jinja or a .jinja file): prompt, response and the row's fields
