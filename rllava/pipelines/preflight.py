@@ -29,7 +29,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
     from rllava.data.dataset import RLDataset
     from rllava.data.rows import DataError
     from rllava.models.introspect import is_vlm
-    from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor
+    from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor, local_path
     from rllava.pipelines.evaluate import check_best_metric
     from rllava.pipelines.registry import PIPELINES
     from rllava.pipelines.run import (
@@ -58,7 +58,7 @@ def preflight(cfg: Config) -> dict[str, Any]:
                             f"reward.model={cfg.reward.model!r}")
             judge = JudgeTemplate(cfg.reward.judge_template)
     check_model_path(cfg.model.path)
-    config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(local_path(cfg.model.path), trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = _auto_class_for(config).from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     vlm = is_vlm(model)

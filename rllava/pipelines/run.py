@@ -154,15 +154,16 @@ def check_zero_advantage_skip(cfg: Config) -> None:
 def export_dtype(cfg: Config) -> torch.dtype | None:
     """What checkpoints' HF folders are written in (trainer.export_dtype); None: as trained.
 
-    `auto` is the dtype the model was released in, unless the module's weights are narrower (model.dtype
-    weights: no fp32 masters, or the device copy under optimizer offload): widening them adds no precision.
+    `auto` is the dtype the model was released in, unless the trained weights are narrower (model.dtype weights
+    when actor.master_weights_fp32=false): widening them adds no precision. Under actor.optimizer_offload the
+    export reads the fp32 CPU masters.
     """
     from rllava.models.load import released_dtype, resolve_dtype
 
     if cfg.trainer.export_dtype != "auto":
         return resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     released = released_dtype(cfg.model.path, cfg.model.trust_remote_code)
-    narrow = cfg.actor.optimizer_offload or not cfg.actor.master_weights_fp32  # the module holds model.dtype weights
+    narrow = not cfg.actor.master_weights_fp32 and not cfg.actor.optimizer_offload  # only model.dtype weights exist
     trained = resolve_dtype(cfg.model.dtype if narrow else "float32")
     return released if released is not None and released.itemsize <= trained.itemsize else None
 
@@ -192,7 +193,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     from rllava.data.template import set_chat_template
     from rllava.engines import ROLLOUT_ENGINES, TRAIN_ENGINES
     from rllava.models.introspect import placeholder_token_ids
-    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
+    from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, local_path, pad_token_id
     from rllava.roles.actor import Actor
     from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
@@ -236,7 +237,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
         model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size,
         compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),
-        model_path=model_path or cfg.model.path, processor=processor, rollout_cfg=cfg.rollout)
+        model_path=model_path or local_path(cfg.model.path), processor=processor, rollout_cfg=cfg.rollout)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, model=model, processor=processor, tokenizer=tokenizer, pad_id=pad_id,
                      export_dtype=export_dtype(cfg),
                      device=device, engine=engine, actor=Actor(engine, cfg),
