@@ -221,3 +221,18 @@ def test_observations_continue_the_chat_template_after_the_turn_end_token(tiny_m
     text = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     assert text[text.rindex("call"):].startswith("call" + end)  # the template closes the turn with that token
     assert renderer.render("tool says 3", 0) == text[text.rindex("call") + len("call" + end):]
+
+
+def test_only_the_first_turns_context_carries_the_prompts_chat_text_and_raw_images():
+    """The vLLM engine reads an image prompt as chat text plus raw images: right for the first turn, wrong once the
+    context holds turns and observations (it would generate from the bare prompt), so later contexts carry none and
+    the engine refuses them instead of answering the wrong question."""
+    from rllava.data.types import Episode, Prompt
+    from rllava.roles.multiturn import MultiTurnRollout
+
+    ep = Episode(Prompt(input_ids=[1, 2], text="<chat>", images=["an image"]), info={"turns": 0})
+    first = MultiTurnRollout._context(ep)
+    assert (first.input_ids, first.text, first.images) == ([1, 2], "<chat>", ["an image"])
+    ep.response_ids, ep.response_mask, ep.info["turns"] = [5, 6], [1, 1], 1
+    later = MultiTurnRollout._context(ep)
+    assert (later.input_ids, later.text, later.images) == ([1, 2, 5, 6], "", [])

@@ -119,12 +119,15 @@ class MultiTurnRollout:
 
     @staticmethod
     def _context(ep: Episode) -> Prompt:
-        """The conversation so far as a prompt for the next turn."""
+        """The conversation so far as a prompt for the next turn. Its chat text and raw images (what the vLLM engine
+        reads for an image prompt) are the prompt's on the first turn only: later contexts hold more than them."""
         p = ep.prompt
         seq = {k: v + ep.response_seq.get(k, [0] * len(ep.response_ids)) for k, v in p.seq.items()}
         mm = concat_mm([d for d in [p.mm, *ep.extra_mm] if d]) if (p.mm or ep.extra_mm) else {}
-        return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text,
-                      meta={**p.meta, TURN_KEY: ep.info["turns"]}, index=p.index, where=p.where)
+        first = not ep.response_ids
+        return Prompt(input_ids=p.input_ids + ep.response_ids, mm=mm, seq=seq, text=p.text if first else "",
+                      images=list(p.images) if first else [], meta={**p.meta, TURN_KEY: ep.info["turns"]},
+                      index=p.index, where=p.where)
 
     def _append(self, ep: Episode, ids: list[int], trained: bool, logp: list[float] | None = None,
                 seq: dict[str, list[int]] | None = None) -> None:
@@ -178,7 +181,7 @@ class MultiTurnRollout:
                                      rollout_logp=[0.0] * len(ids), finished=True, hint_len=len(ids)))
                 continue
             ctx = self._context(ep)
-            contexts.append(dataclasses.replace(ctx, input_ids=ctx.input_ids + ids,
+            contexts.append(dataclasses.replace(ctx, input_ids=ctx.input_ids + ids, text=ctx.text if not ids else "",
                                                 seq={key: v + [0] * len(ids) for key, v in ctx.seq.items()}))
             asks.append((len(turns), ids))
             turns.append(None)
