@@ -24,6 +24,10 @@ REGISTRY_MODULES = [
 ]
 
 
+# rllava.models.tiny_families.SIZES, spelt out: importing it (torch, transformers) would slow every command's start.
+TINY_SIZES = ["tiny", "small", "2b", "4b", "7b"]
+
+
 def load_registries() -> dict:
     from rllava.registry import ALL_REGISTRIES
 
@@ -99,7 +103,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from rllava.models.tiny import make_tiny_model
 
-    out = make_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
+    try:
+        out = make_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
+    except (ValueError, OSError) as e:  # an --out that is a file or cannot be written
+        raise ConfigError(f"--out: {e}" if isinstance(e, OSError) else str(e)) from None
     print(out)
     return 0
 
@@ -124,6 +131,8 @@ def cmd_make_task(args: argparse.Namespace) -> int:
             out = make_task(args.name, args.out, n=args.n, seed=args.seed, **opts)
     except ValueError as e:  # an unknown option (the message lists the task's options) or a bad value
         raise ConfigError(str(e)) from None
+    except OSError as e:  # an --out that is a file or cannot be written
+        raise ConfigError(f"--out: {e}") from None
     print(out)
     return 0
 
@@ -173,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm = sub.add_parser("make-tiny-model", help="write a tiny random-weight HF model folder (offline)")
     tm.add_argument("--family", required=True, help="HF model_type, e.g. qwen2_vl")
     tm.add_argument("--out", required=True)
-    tm.add_argument("--size", default="tiny", help="tiny (~1 M params), small (~31 M), or 2b, 4b, 7b (Qwen2-VL-2B, Qwen2.5-VL-3B and -7B shapes, for GPU benchmarks)")
+    tm.add_argument("--size", default="tiny", choices=TINY_SIZES, help="tiny (~1 M params), small (~31 M), or 2b, 4b, 7b (Qwen2-VL-2B, Qwen2.5-VL-3B and -7B shapes, for GPU benchmarks)")
     tm.add_argument("--seed", type=int, default=0)
     tm.set_defaults(fn=cmd_make_tiny_model)
 
@@ -200,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError, DataError, TemplateError) as e:  # bad input: the message names what and where
         print(f"rllava: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why it stopped; a traceback from inside an import tells nothing
+        print("rllava: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

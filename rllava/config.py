@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import importlib.util
 import math
+import re
 import sys
 import types
 import typing
@@ -66,7 +68,7 @@ class ModelConfig:
     path: str = ""  # local HF folder or hub name
     tokenizer_path: Optional[str] = None  # tokenizer/processor folder if not the model's
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (passed to from_pretrained)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flash_attention_3 | flex_attention, or a hub kernel (org/name); passed to from_pretrained
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30 % more compute
     freeze_vision_tower: bool = False  # train only the language model and the connector (Qwen-VL: its patch merger sits in the vision module and is frozen with it)
     lora_rank: int = 0  # 0 disables LoRA
@@ -360,24 +362,62 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _parse_value(raw: str) -> Any:
-    """A command-line value as YAML (numbers, lists, mappings), else the raw string (e.g. a jinja template)."""
+def _field_type(keys: list[str], root: type) -> Any:
+    """The type hint of the setting at dotted `keys` under dataclass `root`; None where the keys leave the dataclasses
+    (an unknown key, or one inside a mapping setting such as reward.kwargs)."""
+    tp: Any = root
+    for k in keys:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if k not in hints:
+            return None
+        tp = hints[k]
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    """A str or Optional[str] setting."""
+    if tp is str:
+        return True
+    return typing.get_origin(tp) in (Union, types.UnionType) and set(typing.get_args(tp)) == {str, type(None)}
+
+
+NULL_WORDS = ("null", "Null", "NULL", "~")
+
+
+def _parse_value(raw: str, tp: Any = None) -> Any:
+    """A command-line value as YAML (numbers, lists, mappings), else the raw string (e.g. a jinja template).
+
+    For a text setting (`tp` str or Optional[str]) the text is kept as typed: YAML 1.1 would read 0715 as 461 and
+    1.10 as 1.1, and cut `Be brief #nofluff` at the comment. A quoted value still loses its quotes (YAML's
+    unquoting, as before), and null still clears an Optional[str]."""
     if raw == "":
         return ""
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if tp is None or not _is_text(tp) or isinstance(value, (list, dict)):
+        return value  # a list or mapping for a text setting stays an error that names the key, as before
+    if raw.strip() in NULL_WORDS and tp is not str:
+        return None
+    if isinstance(value, str) and raw.lstrip().startswith(("'", '"')):
+        return value
+    return raw
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """`["rollout.n=8", "reward.functions={count: 1.0}"]` -> nested dict; values parsed as YAML."""
+def parse_overrides(overrides: list[str], root: type | None = None) -> dict:
+    """`["rollout.n=8", "reward.functions={count: 1.0}"]` -> nested dict; values parsed as YAML, except that the
+    value of a text setting of `root` (default: Config) is kept as typed (see `_parse_value`)."""
+    root = root or Config
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), _parse_value(raw))
+        key = key.strip()
+        _set_dotted(tree, key, _parse_value(raw, _field_type(key.split("."), root)))
     return tree
 
 
@@ -395,20 +435,67 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content. A missing, unreadable, non-UTF-8 or malformed file is a ConfigError that names it (and
+    for a YAML error the line and column), not a traceback from inside the parser."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError(f"{what} {str(path)!r} not found")
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML {what}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def is_module_name(plugin: str) -> bool:
+    """Whether a `plugins` entry names a module (`my_pkg.rewards`) rather than a file (`rewards.py`, `lib/r.py`)."""
+    return _MODULE_NAME.fullmatch(plugin) is not None and not plugin.endswith(".py")
+
+
+def _plugin_ref(plugin: str, base_dir: Path) -> str:
+    """A config file's plugin entry: a file's absolute path (a relative one is taken from the config file's folder
+    unless it exists from here), a module name as it is."""
+    if is_module_name(plugin) and not Path(plugin).is_file() and not (base_dir / plugin).is_file():
+        return plugin
+    if not Path(plugin).is_absolute() and not Path(plugin).exists():
+        return str((base_dir / plugin).resolve())
+    return str(Path(plugin).resolve())
+
+
 def _read_yaml(path: str, seen: tuple = ()) -> dict:
     """A YAML file as a dict; `base: other.yaml` (relative to this file) is read first and overlaid."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {path!r} not found")
     if p.resolve() in seen:
         raise ConfigError(f"{path}: `base:` chain loops back to itself")
-    tree = yaml.safe_load(p.read_text()) or {}
+    tree = read_yaml_file(p) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base_dir = p.resolve().parent
-    tree["plugins"] = [str((base_dir / pl).resolve()) if not Path(pl).is_absolute() and not Path(pl).exists()
-                       else str(Path(pl).resolve()) for pl in tree.get("plugins", []) or []]
+    plugins = tree.get("plugins") or []
+    if isinstance(plugins, str):  # one plugin (else its characters would be taken one by one)
+        plugins = [plugins]
+    if not isinstance(plugins, list) or not all(isinstance(pl, str) and pl for pl in plugins):
+        raise ConfigError(f"{path}: plugins must be a list of .py files or module names, got {plugins!r}")
+    tree["plugins"] = [_plugin_ref(pl, base_dir) for pl in plugins]
     base = tree.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of one YAML file, got {base!r}")
     if base:
         parent = _read_yaml(str(base_dir / base), seen + (p.resolve(),))
         plugins = parent.get("plugins", []) + [pl for pl in tree["plugins"] if pl not in parent.get("plugins", [])]
@@ -438,6 +525,18 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True)]
 
 
+LR_SCHEDULERS = ("constant", "cosine", "linear")  # the decays of engines.local.lr_lambda (the fsdp2 engine's too)
+
+
+def check_choice(setting: str, value: str, choices: typing.Iterable[str]) -> None:
+    """`value` is one of `choices`: else a ConfigError naming `setting`, the choices and the closest one."""
+    choices = list(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{setting}={value!r} is not one of {', '.join(choices)}{hint}")
+
+
 def check_ranges(cfg: Config) -> None:
     """Reject out-of-range numbers at load time, naming the key (deep inside they fail obscurely or silently)."""
     for section, key, low, inclusive in RANGES:
@@ -447,6 +546,10 @@ def check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key}={value!r}: must be {bound}")
     if cfg.rollout.top_p > 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p!r}: must be in (0, 1]")
+    check_choice("actor.lr_scheduler", cfg.actor.lr_scheduler, LR_SCHEDULERS)
+    betas = cfg.actor.betas
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):  # AdamW reads two, each in [0, 1)
+        raise ConfigError(f"actor.betas={betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
     alg = cfg.algorithm
     if alg.kl_in not in ("loss", "reward"):
         raise ConfigError(f"algorithm.kl_in={alg.kl_in!r}: must be loss or reward")
@@ -537,11 +640,22 @@ def to_yaml(cfg: Config) -> str:
 
 
 def import_plugins(paths: list[str]) -> None:
-    """Import user files so their `@REGISTRY.register` decorators run."""
+    """Import user files and modules so their `@REGISTRY.register` decorators run."""
     for i, plugin in enumerate(paths):
         p = Path(plugin)
+        if is_module_name(plugin) and not p.is_file():
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as e:  # the plugin itself, not a module it imports, is missing
+                if e.name is None or not (plugin == e.name or plugin.startswith(e.name + ".")):
+                    raise
+                raise ConfigError(f"plugin {plugin!r} is neither a file nor an importable module (not installed "
+                                  "nor on PYTHONPATH)") from None
+            continue
         if not p.exists():
             raise ConfigError(f"plugin file {plugin!r} not found")
+        if p.is_dir():
+            raise ConfigError(f"plugin {plugin!r} is a folder: give a .py file, or a module name to import")
         name = f"rllava_plugin_{i}_{p.stem}"
         if name in sys.modules:
             continue

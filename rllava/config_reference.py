@@ -43,8 +43,13 @@ def config_reference() -> str:
     out = ["# Config reference", "",
            "Generated from `rllava/config.py` by `rllava config --reference`; do not edit by hand.",
            "Set a field in YAML (`section: {field: value}`) or on the command line (`section.field=value`).", "",
+           "A command-line value is read as YAML (`rollout.n=8`, `reward.functions={count: 1.0}`), except that a",
+           "`str` field keeps the text as typed (`trainer.experiment_name=0715`, `data.system_prompt=Be brief #1`);",
+           "quotes around it are removed (`data.template='{{ prompt }}'`) and `null` clears an optional one.", "",
            "`plugins` (top level): files or modules imported before the run, to register algorithms, rewards,",
-           "tasks or environments.", ""]
+           "tasks or environments: `.py` files (a relative path is taken from the config file's folder) or",
+           "dotted module names (`my_pkg.rewards`, imported from the installed packages and PYTHONPATH);",
+           "a single one may be a plain string.", ""]
     defaults = Config()
     for f in dataclasses.fields(Config):
         section = getattr(defaults, f.name)

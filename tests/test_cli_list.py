@@ -56,3 +56,28 @@ def test_list_with_config_imports_plugins(tmp_path):
                          check=True, cwd=tmp_path.parent).stdout
     assert "my_pg" in parse_list(out)["policy_loss"]
     assert "my own policy gradient" in out
+
+
+def test_list_imports_module_plugins(tmp_path):
+    """A plugin may be a module (docs/config.md: "files or modules"); one that is neither is one error line."""
+    import os
+
+    pkg = tmp_path / "my_plugins"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "losses.py").write_text(
+        "from rllava.algorithms import POLICY_LOSSES\n\n"
+        "@POLICY_LOSSES.register('my_module_pg', description='from a module plugin')\n"
+        "def my_module_pg(logp, old_logp, adv, mask, cfg, **extra):\n"
+        "    return -(adv * logp * mask).sum() / mask.sum(), {}\n")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("plugins: my_plugins.losses\n")  # a single one may be a string
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for args in ([str(cfg)], ["plugins=[my_plugins.losses]"]):
+        out = subprocess.run([sys.executable, "-m", "rllava", "list", *args], capture_output=True, text=True,
+                             check=True, env=env, cwd=tmp_path.parent).stdout
+        assert "my_module_pg" in parse_list(out)["policy_loss"]
+    bad = subprocess.run([sys.executable, "-m", "rllava", "list", "plugins=[my_plugins.nothing]"], capture_output=True,
+                         text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr == ("rllava: error: plugin 'my_plugins.nothing' is neither a file nor an "
+                                                  "importable module (not installed nor on PYTHONPATH)\n")

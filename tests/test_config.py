@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from rllava.config import Config, ConfigError, load_config, parse_overrides, to_yaml
+from rllava.cli import main
+from rllava.config import Config, ConfigError, import_plugins, load_config, parse_overrides, to_yaml
 
 
 def write(tmp_path, text):
@@ -104,8 +105,92 @@ def test_out_of_range_numbers_name_the_key(override, message):
     (["env.reward_weights={answr: 1.0}"], r"env.reward_weights: unknown key\(s\) \['answr'\]"),
     (["algorithm.kl_in=rewards"], "algorithm.kl_in='rewards': must be loss or reward"),
     (["algorithm.kl_ctrl=adaptive"], "algorithm.kl_ctrl=adaptive moves the KL penalty in the reward: set algorithm.kl_in=reward"),
+    (["actor.lr_scheduler=cosin"], "actor.lr_scheduler='cosin' is not one of constant, cosine, linear; did you mean 'cosine'"),
+    (["actor.betas=[0.9]"], r"actor.betas=\[0.9\]: give two numbers in \[0, 1\)"),  # AdamW: IndexError
+    (["actor.betas=[0.9, 1.5]"], r"actor.betas=\[0.9, 1.5\]: give two numbers in \[0, 1\)"),
 ])
 def test_settings_that_would_fail_mid_run_fail_at_load(overrides, message):
     """Each of these used to surface as a ValueError deep in a training step, after the model had loaded."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("data: [\n", r"line 2, column 1: invalid YAML: expected the node content"),
+    ("data:\n  batch_size: 4\n data: 3\n", r"line 3, column 2: invalid YAML: expected <block end>"),
+    ("# r\xe9glages\ndata: {batch_size: 4}\n".encode("latin-1"), r"line 1: not UTF-8 text \(byte 0xe9\)"),
+    ("plugins: 5\n", r"plugins must be a list of .py files or module names, got 5"),
+    ("plugins: [a.py, 3]\n", r"plugins must be a list of .py files or module names, got \['a.py', 3\]"),
+    ("base: [a.yaml]\n", r"base must be the path of one YAML file, got \['a.yaml'\]"),
+])
+def test_a_bad_config_file_is_one_error_line_naming_it(tmp_path, capsys, content, message):
+    """These were tracebacks from inside the YAML parser, read_text or Path (rc 1)."""
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+        load_config(str(path))
+    assert main(["config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rllava: error: {path}: ") and err.count("\n") == 1
+
+
+def test_a_folder_given_as_the_config_file_is_one_error_line(tmp_path, capsys):
+    assert main(["config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"rllava: error: {tmp_path}: is a folder, not a YAML config file\n"
+
+
+def test_a_single_plugin_may_be_given_as_a_string(tmp_path):
+    """`plugins: my_reward.py` used to be read a character at a time ("plugin file '.../m' not found")."""
+    (tmp_path / "my_reward.py").write_text("")
+    cfg = load_config(write(tmp_path, "plugins: my_reward.py\n"))
+    assert cfg.plugins == [str((tmp_path / "my_reward.py").resolve())]
+    import_plugins(cfg.plugins)
+
+
+def test_plugins_may_be_modules(tmp_path, monkeypatch):
+    """docs/config.md: plugins are "files or modules"; a module name used to be taken as a missing file."""
+    pkg = tmp_path / "rllava_test_plugin_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "rewards.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "file_plugin.py").write_text("")
+    cfg = load_config(write(tmp_path / "conf", "plugins: [rllava_test_plugin_pkg.rewards, file_plugin.py]\n"))
+    # A module name stays a name; a file is still resolved against the config file's folder.
+    assert cfg.plugins == ["rllava_test_plugin_pkg.rewards", str((tmp_path / "conf" / "file_plugin.py").resolve())]
+    import_plugins(cfg.plugins)
+    assert sys.modules["rllava_test_plugin_pkg.rewards"].LOADED
+    with pytest.raises(ConfigError, match="plugin 'no_such_plugin_module' is neither a file nor an importable module"):
+        import_plugins(load_config(None, ["plugins=[no_such_plugin_module]"]).plugins)
+    with pytest.raises(ConfigError, match=r"plugin file '.*/conf/missing.py' not found"):  # files: as before
+        import_plugins(load_config(write(tmp_path / "conf", "plugins: [missing.py]\n")).plugins)
+
+
+@pytest.mark.parametrize("override, value", [
+    # YAML 1.1 turned these into other text: 461 (octal), 1.1, 90 (sexagesimal), a cut at ' #' (a comment)
+    ("trainer.experiment_name=0715", "0715"),
+    ("trainer.experiment_name=1.10", "1.10"),
+    ("trainer.experiment_name=1:30", "1:30"),
+    ("trainer.experiment_name=yes", "yes"),
+    ("data.template=Look at the image. {{ prompt }} #1 answer with a number",
+     "Look at the image. {{ prompt }} #1 answer with a number"),
+    ("data.system_prompt=Be brief #nofluff", "Be brief #nofluff"),
+    ("model.path=2024-01-01", "2024-01-01"),
+    # as before: YAML quotes are removed, null clears an optional text, a template that is not YAML stays as typed
+    ("data.template='{{ prompt }} Answer.'", "{{ prompt }} Answer."),
+    ("data.template={{ prompt }} Answer with a number.", "{{ prompt }} Answer with a number."),
+    ('data.system_prompt="Be brief.\\nThink."', "Be brief.\nThink."),
+    ("data.template=null", None),
+    ("data.val_files=", ""),
+])
+def test_a_text_setting_keeps_the_text_typed(override, value):
+    section, key = override.split("=", 1)[0].split(".")
+    assert getattr(getattr(load_config(None, [override]), section), key) == value
+
+
+def test_non_text_settings_are_still_yaml():
+    cfg = load_config(None, ["rollout.n=010", "actor.lr=3e-5", "rollout.stop=[</a>, '#']", "trainer.save_every_min=1.5",
+                             "reward.functions={count: 1.0}", "reward.kwargs={count: {x: 0715}}"])
+    assert cfg.rollout.n == 8 and cfg.actor.lr == 3e-5 and cfg.rollout.stop == ["</a>", "#"]
+    assert cfg.trainer.save_every_min == 1.5 and cfg.reward.kwargs == {"count": {"x": 461}}

@@ -320,3 +320,59 @@ def test_task_overrides_find_the_task_folders_own_corpus(tmp_path, monkeypatch):
     cfg = load_config(None, task_overrides("../data/search"))
     assert Path(cfg.env.corpus_path).resolve() == tmp_path / "data" / "search" / "corpus.jsonl"
     assert cfg.rollout.stop == ["</search>"] and cfg.env.tools == ["search"]
+
+
+def test_a_broken_task_yaml_is_one_error_line(tiny_model_factory, tmp_path, capsys):
+    """`rllava eval --data FOLDER` read its task.yaml unguarded: a YAML traceback."""
+    from rllava.cli import main
+    from rllava.config import ConfigError
+
+    model = tiny_model_factory("qwen2_vl")
+    capsys.readouterr()  # (the model's writing bar, if this test made it)
+    (tmp_path / "task.yaml").write_text("data: {template: [\n")
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'task.yaml'}: line 2, column 1: invalid YAML"):
+        task_overrides(str(tmp_path))
+    assert main(["eval", "--model", str(model), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rllava: error: {tmp_path / 'task.yaml'}: line 2") and err.count("\n") == 1
+    for text, message in [("data: 5\n", "data must be a mapping of settings, got 5"),
+                          ("env: [a]\n", r"env must be a mapping of settings, got \['a'\]"),
+                          ("- data\n", r"the top level must be a mapping")]:
+        (tmp_path / "task.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=f"task.yaml: {message}"):
+            task_overrides(str(tmp_path))
+    (tmp_path / "task.yaml").write_text("data: {template: '{{ prompt }} #1'}\nreward:\nrollout: {stop: ['</a>']}\n")
+    assert task_overrides(str(tmp_path)) == ['data.template="{{ prompt }} #1"', 'rollout.stop=["</a>"]']
+
+
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--max-samples"])
+def test_rllava_eval_zero_is_an_error_not_the_default(tiny_model_factory, counting, flag, capsys):
+    """`x or default` replaced 0 by 128 new tokens, or by every row."""
+    from rllava.cli import main
+
+    model = tiny_model_factory("qwen2_vl")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--data", str(counting), flag, "0"]) == 2
+    assert capsys.readouterr().err == f"rllava: error: {flag} 0: must be >= 1\n"
+
+
+def test_rllava_eval_names_a_model_file(tiny_model_factory, counting, capsys):
+    from rllava.cli import main
+
+    weights = tiny_model_factory("qwen2_vl") / "model.safetensors"
+    capsys.readouterr()
+    assert main(["eval", "--model", str(weights), "--data", str(counting)]) == 2
+    assert capsys.readouterr().err.startswith(f"rllava: error: model.path '{weights}' is a file")
+
+
+def test_rllava_eval_keeps_the_model_path_and_template_as_typed(tiny_model_factory, counting, tmp_path, capsys):
+    """The overrides `rllava eval` builds from --model and --template were YAML: a ' #' began a comment."""
+    import shutil
+
+    from rllava.cli import main
+
+    model = shutil.copytree(tiny_model_factory("qwen2_vl"), tmp_path / "run #2")
+    assert main(["eval", "--model", str(model), "--data", str(counting), "--max-samples", "1", "--max-new-tokens", "1",
+                 "--template", "{{ prompt }} #1 answer with a number"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1])["n"] == 1 and "#1 answer with a number" in out

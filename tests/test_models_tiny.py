@@ -124,3 +124,18 @@ def test_cli_make_tiny_model(tmp_path, capsys):
     assert main(["make-tiny-model", "--family", "qwen2", "--out", str(tmp_path / "m")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "qwen2"
+
+
+def test_cli_make_tiny_model_rejects_a_bad_size_or_out(tmp_path, capsys):
+    """--size smal was a ValueError traceback, an --out that is a file a FileExistsError one."""
+    from rllava.cli import TINY_SIZES, main
+    from rllava.models.tiny_families import SIZES
+
+    assert TINY_SIZES == list(SIZES)  # the CLI's choices, spelt out to keep its start light
+    with pytest.raises(SystemExit) as exit_:
+        main(["make-tiny-model", "--family", "qwen2", "--out", str(tmp_path / "m"), "--size", "smal"])
+    assert exit_.value.code == 2 and "argument --size: invalid choice: 'smal'" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["make-tiny-model", "--family", "qwen2", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == f"rllava: error: --out: {afile} is a file: give a folder to write the model into\n"

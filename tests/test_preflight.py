@@ -137,3 +137,54 @@ def test_a_bad_demonstration_fails_before_training_naming_file_row_and_field(pip
     with pytest.raises(DataError, match=f"^{re.escape(where)}"):
         run_experiment(load_config(None, args))
     assert not (tmp_path / "default" / "metrics.jsonl").exists()  # no step ran
+
+
+@pytest.mark.parametrize("override, message", [
+    ("actor.lr_scheduler=cosin", "<overrides>: actor.lr_scheduler='cosin' is not one of constant, cosine, linear; "
+                                 "did you mean 'cosine'?"),
+    ("actor.betas=[0.9]", "<overrides>: actor.betas=[0.9]: give two numbers in [0, 1)"),
+    ("trainer.device=cdua", "trainer.device='cdua' is not a device: give auto, cpu, cuda or cuda:N"),
+    ("model.attn_implementation=sdp", "model.attn_implementation='sdp' is not one of eager, "),
+    ("trainer.loggers=[console,tensorbaord]", "trainer.loggers='tensorbaord' is not one of console, jsonl, tensorboard, "
+                                              "wandb; did you mean 'tensorboard'?"),
+    ("data.train_files=", "data.train_files is empty: give the training prompts' file(s)"),  # was KeyError: 'train'
+])
+def test_check_fails_where_a_run_would(tiny_model_factory, counting, capsys, override, message):
+    """`rllava check` said ok to each of these; `rllava train` then failed after loading the model, or (a misspelt
+    logger) quietly wrote nothing."""
+    model = tiny_model_factory("qwen2_vl")
+    capsys.readouterr()  # (the model's writing bar, if this test made it)
+    assert main(["check", *overrides(model, counting, override)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rllava: error: {message}") and err.count("\n") == 1, err
+
+
+def test_accepted_attention_implementations_and_devices():
+    from rllava.pipelines.run import check_attn_implementation, parse_device
+
+    for name in ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention",
+                 "kernels-community/flash-attn", "kernels-community/flash-attn@v2:flash_attn_func"):
+        check_attn_implementation(name)
+    assert parse_device("auto") is None and parse_device("cuda:1").index == 1 and parse_device("cpu").type == "cpu"
+
+
+def test_check_names_a_model_path_that_is_not_a_model_folder(tiny_model_factory, counting, tmp_path, capsys):
+    """A weights file, a broken config.json, a folder without processor files: OSError tracebacks from transformers."""
+    import shutil
+
+    model = tiny_model_factory("qwen2_vl")
+    weights = model / "model.safetensors"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    no_processor = tmp_path / "no_processor"
+    no_processor.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(model / name, no_processor / name)
+    capsys.readouterr()
+    for path, message in [(weights, f"model.path '{weights}' is a file: give the HF model folder"),
+                          (broken, f"model.path '{broken}': cannot load its config: "),
+                          (no_processor, f"'{no_processor}': cannot load its processor")]:
+        assert main(["check", *overrides(model, counting, f"model.path={path}")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"rllava: error: {message}") and err.count("\n") == 1, err

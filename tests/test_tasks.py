@@ -234,6 +234,16 @@ def test_cli_make_task(tmp_path, capsys):
     assert (tmp_path / "g" / "train.parquet").is_file() and len(_rows(tmp_path / "g")) == 2
 
 
+def test_cli_make_task_out_must_be_a_folder(tmp_path, capsys):
+    """An --out that is a file was a NotADirectoryError traceback."""
+    from rllava.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["make-task", "counting", "--out", str(afile), "--n", "2"]) == 2
+    assert capsys.readouterr().err == f"rllava: error: --out: {afile} is a file: give a folder to write the task into\n"
+
+
 def test_cli_make_task_passes_options(tmp_path, capsys):
     import pandas as pd
 
@@ -276,6 +286,12 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     ("rollout.engine=vllm", "rllava: error: rollout.engine=vllm needs vllm: pip install 'rllava[vllm]'"),
     ("trainer.loggers=[wandb]", "rllava: error: trainer.loggers=[wandb] needs wandb: pip install 'rllava[wandb]'"),
     ("trainer.pipeline=agentic", "rllava: error: trainer.pipeline=agentic needs env.name"),
+    # `rllava check` passed these; a run failed after loading the model, or quietly wrote no tensorboard
+    ("actor.lr_scheduler=cosin", "rllava: error: <overrides>: actor.lr_scheduler='cosin' is not one of constant"),
+    ("actor.betas=[0.9,1.5]", "rllava: error: <overrides>: actor.betas=[0.9, 1.5]: give two numbers in [0, 1)"),
+    ("trainer.device=cdua", "rllava: error: trainer.device='cdua' is not a device"),
+    ("model.attn_implementation=sdp", "rllava: error: model.attn_implementation='sdp' is not one of"),
+    ("trainer.loggers=[console,tensorbaord]", "rllava: error: trainer.loggers='tensorbaord' is not one of"),
 ])
 def test_cli_reports_bad_config_values_without_a_traceback(tmp_path, capsys, tiny_model_factory, override, message):
     import torch

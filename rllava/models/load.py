@@ -35,8 +35,8 @@ def _auto_class_for(config: Any) -> type:
     for auto in AUTO_CLASSES:
         if type(config) in auto._model_mapping or auto.__name__ in remote:
             return auto
-    raise ValueError(f"model type {config.model_type!r} is neither an image-text-to-text model nor a causal LM "
-                     f"(known to {', '.join(a.__name__ for a in AUTO_CLASSES)})")
+    raise ConfigError(f"model type {config.model_type!r} is neither an image-text-to-text model nor a causal LM "
+                      f"(known to {', '.join(a.__name__ for a in AUTO_CLASSES)})")
 
 
 def resolve_dtype(name: str | torch.dtype, what: str = "model.dtype") -> torch.dtype:
@@ -74,8 +74,25 @@ def check_model_path(path: str) -> None:
         raise ConfigError("model.path is empty: give a local HF model folder or a hub name")
     p = Path(local_path(path))
     check_exists(path, "model.path")
+    if p.is_file():  # the weights or config.json itself, say
+        raise ConfigError(f"model.path {path!r} is a file: give the HF model folder that holds it (config.json, "
+                          "weights, tokenizer)")
     if p.exists() and p.is_dir() and not (p / "config.json").exists():
         raise MissingFileError(f"model.path {path!r} has no config.json: not an HF model folder")
+
+
+def load_model_config(path: str, trust_remote_code: bool = False, key: str = "model.path") -> Any:
+    """The HF config of a model folder or hub id; one that cannot be read (broken config.json, an unknown hub id,
+    offline, an unknown model_type without trust_remote_code) is a MissingFileError naming `key` and the path."""
+    try:
+        return AutoConfig.from_pretrained(local_path(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # MissingFileError is still an OSError for callers that catch one
+        raise MissingFileError(f"{key} {path!r}: cannot load its config: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message up to its first line break (transformers' run on with advice about the hub)."""
+    return str(e).strip().split("\n")[0]
 
 
 def check_vision_tower(cfg: ModelConfig, model: nn.Module) -> None:
@@ -110,7 +127,12 @@ def check_tokenizer(processor: Any, path: str) -> None:
 def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any:
     """The processor of a VLM, the tokenizer of a text-only model; an error if the folder has no usable tokenizer."""
     loader = AutoProcessor if vlm else AutoTokenizer
-    processor = loader.from_pretrained(local_path(path), trust_remote_code=trust_remote_code)
+    try:
+        processor = loader.from_pretrained(local_path(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # a folder without its processor files, or with a broken one
+        raise MissingFileError(f"{path!r}: cannot load its {'processor' if vlm else 'tokenizer'} ({_first_line(e)}); "
+                               "are its processor/tokenizer files missing? model.tokenizer_path can name a folder "
+                               "that has them") from None
     check_tokenizer(processor, path)
     return processor
 
@@ -119,10 +141,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
     """The model alone, with dtype, attention, checkpointing, frozen vision tower and LoRA applied."""
     check_model_path(cfg.path)
     path = local_path(cfg.path)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:  # unknown hub id, offline, unknown model_type without trust_remote_code
-        raise OSError(f"model.path {cfg.path!r}: cannot load its config: {e}") from e
+    config = load_model_config(cfg.path, cfg.trust_remote_code)
     auto = _auto_class_for(config)
     model = auto.from_pretrained(path, dtype=resolve_dtype(dtype or cfg.dtype),
                                  attn_implementation=cfg.attn_implementation,

@@ -43,8 +43,10 @@ def tiny_config(family: str, size: str = "tiny", vocab: int = 0) -> tuple[Pretra
 
 def make_tiny_model(family: str, out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Build family `family` at `size` ("tiny" ~1 M params, "small" ~31 M) with weights from `seed` into `out`."""
-    model, processor = build_tiny_model(family, size, seed)
     out = Path(out)
+    if out.exists() and not out.is_dir():  # before building: a large size takes a while
+        raise NotADirectoryError(f"{out} is a file: give a folder to write the model into")
+    model, processor = build_tiny_model(family, size, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

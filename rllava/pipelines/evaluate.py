@@ -154,13 +154,13 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     Settings come from `config` (a training config, say) under the overrides; `rewards` (None: the config's, else
     math) score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
     reward, as in `trainer.pipeline=agentic`."""
-    from rllava.config import load_config
+    from rllava.config import import_plugins, load_config
     from rllava.data.dataset import RLDataset
     from rllava.data.template import set_chat_template
     from rllava.engines.hf_rollout import HFRolloutEngine
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
-    from rllava.pipelines.run import resolve_device, seed_everything
+    from rllava.pipelines.run import check_attn_implementation, resolve_device, seed_everything
     from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
@@ -171,7 +171,9 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
         cfg.reward.functions = dict(rewards)
     elif not (cfg.reward.functions or cfg.reward.by_source or cfg.reward.model):
         cfg.reward.functions = {"math": 1.0}  # nothing names a reward
-    dev = resolve_device(device)
+    import_plugins(cfg.plugins)  # first: a plugin may register an attention function
+    check_attn_implementation(cfg.model.attn_implementation)
+    dev = resolve_device(device, "--device")
     seed_everything(seed)
     model, processor = load_model_and_processor(cfg.model, device=dev)
     set_chat_template(processor, cfg.data.chat_template)
@@ -261,33 +263,45 @@ def task_overrides(data: str) -> list[str]:
     """A `rllava make-task` folder's own settings (task.yaml: template, rewards, environment, stop strings) as overrides."""
     import json
 
-    import yaml
+    from rllava.config import ConfigError, read_yaml_file
 
     path = Path(data) / "task.yaml"
     if not path.is_file():
         return []
-    info = yaml.safe_load(path.read_text()) or {}
-    env = info.get("env") or {}
+    info = read_yaml_file(path, "task file") or {}  # broken YAML: an error naming the file and line
+    if not isinstance(info, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (data, reward, env, rollout), got {info!r}")
+    sections = {section: info.get(section) or {} for section in ("data", "reward", "env", "rollout")}
+    for section, settings in sections.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping of settings, got {settings!r}")
+    env = dict(sections["env"])
     if env.get("corpus_path") and (Path(data) / "corpus.jsonl").is_file():  # the folder's own: task.yaml's path was
         env["corpus_path"] = str(Path(data) / "corpus.jsonl")              # relative to where make-task ran
-    out = [f"data.template={json.dumps(info['data']['template'])}"] if info.get("data", {}).get("template") else []
-    if info.get("reward", {}).get("functions"):
-        out.append(f"reward.functions={json.dumps(info['reward']['functions'])}")
-    return out + [f"{section}.{k}={json.dumps(v)}" for section, settings in (("env", env), ("rollout", info.get("rollout")))
-                  for k, v in (settings or {}).items()]
+    out = [f"data.template={json.dumps(sections['data']['template'])}"] if sections["data"].get("template") else []
+    if sections["reward"].get("functions"):
+        out.append(f"reward.functions={json.dumps(sections['reward']['functions'])}")
+    return out + [f"{section}.{k}={json.dumps(v)}" for section, settings in (("env", env), ("rollout", sections["rollout"]))
+                  for k, v in settings.items()]
 
 
 def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
     """`rllava eval`. Settings (template, rewards, environment, stop strings, ...) come from `--config`, else from
     the config.yaml of the run the models belong to, else from the data folder's task.yaml; flags override them."""
+    from rllava.config import ConfigError
+
     models = model_folders(args.model)
     config = getattr(args, "config", None) or run_config(models[0])
     overrides = [] if config else task_overrides(args.data)
     temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
+    for flag, value in (("--max-samples", args.max_samples), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:  # 0 is a value, not "unset": it must not fall back to the default
+            raise ConfigError(f"{flag} {value}: must be >= 1")
+    max_samples = args.max_samples if args.max_samples is not None else "null"  # all rows unless asked: not the run's cap
     overrides += [f"rollout.val_n={args.n}", f"rollout.val_temperature={temperature}",
-                  f"data.max_val_samples={args.max_samples or 'null'}"]  # all rows unless asked: not the run's cap
-    if args.max_new_tokens or not config:
-        overrides.append(f"rollout.max_new_tokens={args.max_new_tokens or 128}")
+                  f"data.max_val_samples={max_samples}"]
+    if args.max_new_tokens is not None or not config:
+        overrides.append(f"rollout.max_new_tokens={args.max_new_tokens if args.max_new_tokens is not None else 128}")
     if args.template:
         overrides.append(f"data.template={args.template}")
     overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win

@@ -24,12 +24,17 @@ from rllava.config import Config, ConfigError, import_plugins
 
 def preflight(cfg: Config) -> dict[str, Any]:
     """The run's sizes, or the first error a run would stop on (ConfigError, DataError, ...)."""
-    from transformers import AutoConfig
-
     from rllava.data.dataset import RLDataset
     from rllava.data.rows import DataError
     from rllava.models.introspect import is_vlm
-    from rllava.models.load import _auto_class_for, check_model_path, check_vision_tower, load_processor, local_path
+    from rllava.models.load import (
+        _auto_class_for,
+        check_exists,
+        check_model_path,
+        check_vision_tower,
+        load_model_config,
+        load_processor,
+    )
     from rllava.pipelines.evaluate import check_best_metric
     from rllava.pipelines.registry import PIPELINES
     from rllava.pipelines.run import (
@@ -44,6 +49,8 @@ def preflight(cfg: Config) -> dict[str, Any]:
 
     import_plugins(cfg.plugins)
     check_settings(cfg)
+    if not cfg.data.train_files:  # a run stops on this too; the report needs the train split
+        raise ConfigError("data.train_files is empty: give the training prompts' file(s)")
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)  # a pipeline checks its settings (hooks, demonstrations) when built
     rewards = (RewardFunction(cfg.reward.functions, cfg.reward.on_error, cfg.reward.kwargs, cfg.reward.by_source)
                if cfg.reward.functions or cfg.reward.by_source else None)
@@ -58,7 +65,9 @@ def preflight(cfg: Config) -> dict[str, Any]:
                             f"reward.model={cfg.reward.model!r}")
             judge = JudgeTemplate(cfg.reward.judge_template)
     check_model_path(cfg.model.path)
-    config = AutoConfig.from_pretrained(local_path(cfg.model.path), trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.tokenizer_path:
+        check_exists(cfg.model.tokenizer_path, "model.tokenizer_path")
+    config = load_model_config(cfg.model.path, cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = _auto_class_for(config).from_config(config, trust_remote_code=cfg.model.trust_remote_code)
     vlm = is_vlm(model)

@@ -2,29 +2,61 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rllava.config import Config, ConfigError, MissingPackageError, import_plugins, to_yaml
+from rllava.config import Config, ConfigError, MissingPackageError, check_choice, import_plugins, to_yaml
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import check_resumable, find_resume_checkpoint
+from rllava.pipelines.logger import LOGGERS
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.trainer import RunContext, Trainer
 
 
-def resolve_device(name: str) -> torch.device:
+def parse_device(name: str, what: str = "trainer.device") -> torch.device | None:
+    """The device `name` names (None for auto); a name torch does not know is a ConfigError naming `what`."""
     if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError, TypeError):  # torch.device("cdua"): RuntimeError listing every device type
+        raise ConfigError(f"{what}={name!r} is not a device: give auto, cpu, cuda or cuda:N") from None
+
+
+def resolve_device(name: str, what: str = "trainer.device") -> torch.device:
+    """The device to run on; `what` names the setting in errors (e.g. --device for `rllava eval`)."""
+    device = parse_device(name, what)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name}, but torch sees no CUDA device (trainer.device=auto picks the CPU)")
+        raise ConfigError(f"{what}={name}, but torch sees no CUDA device ({what}=auto picks the CPU)")
     return device
+
+
+# What transformers accepts besides its registered attention functions: a kernel from the hub, org/name[@rev][:fn].
+_HUB_KERNEL = re.compile(r"[^/:@\s]+/[^/:@\s]+(@[^/:@\s]+)?(:[^/:@\s]+)?")
+
+
+def check_attn_implementation(name: str) -> None:
+    """`model.attn_implementation` is one transformers loads: eager, a registered attention function (sdpa,
+    flash_attention_2/3, flex_attention, ...; a plugin may register its own) or a hub kernel: else a ConfigError,
+    before the model loads."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in known or _HUB_KERNEL.fullmatch(name):
+        return
+    close = difflib.get_close_matches(name, known, n=1)
+    raise ConfigError(f"model.attn_implementation={name!r} is not one of {', '.join(known)} or a hub kernel "
+                      f"(org/name)" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def installed(package: str) -> bool:
@@ -40,6 +72,12 @@ def check_settings(cfg: Config) -> None:
     resolve_dtype(cfg.model.dtype)
     if cfg.trainer.export_dtype != "auto":
         resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
+    parse_device(cfg.trainer.device)  # the name only: `rllava check` may run on a machine without the run's GPUs
+    if cfg.reward.model_device:
+        parse_device(cfg.reward.model_device, "reward.model_device")
+    check_attn_implementation(cfg.model.attn_implementation)
+    for name in cfg.trainer.loggers:
+        check_choice("trainer.loggers", name, LOGGERS)
     check_names(cfg)
     check_packages(cfg)
     check_mix(cfg)

@@ -79,6 +79,8 @@ def make_task(name: str, out_dir: str | Path, n: int = 1000, seed: int = 0, **op
     if n < 1:
         raise ValueError(f"make_task: n must be >= 1, got {n}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file: give a folder to write the task into")
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows, documents = [], []
     doc_ids: set[str] = set()
