@@ -53,3 +53,14 @@ def test_tilde_model_and_tokenizer_paths(tiny_model_factory, tmp_path, monkeypat
     assert released_dtype("~/qwen2") == torch.float32  # what trainer.export_dtype=auto reads
     with pytest.raises(MissingFileError, match="model.path '~/elsewhere' does not exist"):
         load_model_and_processor(ModelConfig(path="~/elsewhere"))
+
+
+def test_a_folder_without_weights_is_an_error_naming_it(tiny_model_factory, tmp_path):
+    """A config.json but no weights file: one error naming model.path, not transformers' OSError traceback."""
+    from rllava.models.load import load_model
+
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_factory("qwen2"), folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(MissingFileError, match=r"model.path .*no-weights.*cannot load its weights"):
+        load_model(ModelConfig(path=str(folder)))

@@ -114,3 +114,10 @@ def test_logged_lr_is_the_rate_the_update_used():
         used.append(engine.optimizer.param_groups[0]["lr"])
         logged.append(engine.step()["lr"])
     assert logged == used == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 0.75])
+
+
+def test_the_config_names_every_lr_schedule_the_engines_have():
+    from rllava.config import LR_SCHEDULERS
+    from rllava.engines.local import LR_DECAYS
+
+    assert set(LR_SCHEDULERS) == set(LR_DECAYS)

@@ -28,16 +28,19 @@ from rllava.models.weights import save_hf_folder
 ENGINE_FILE = "engine.pt"
 
 
+# actor.lr_scheduler: the multiplier after warm-up at progress p in [0, 1] (config.LR_SCHEDULERS names them).
+LR_DECAYS = {
+    "constant": lambda p: 1.0,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+    "linear": lambda p: 1.0 - p,
+}
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     """Multiplier on the base lr at step s: linear warm-up, then constant / cosine / linear decay."""
-    decays = {
-        "constant": lambda p: 1.0,
-        "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
-        "linear": lambda p: 1.0 - p,
-    }
-    if schedule not in decays:
-        raise ValueError(f"unknown lr_scheduler {schedule!r}; choose one of {sorted(decays)}")
-    decay = decays[schedule]
+    if schedule not in LR_DECAYS:
+        raise ValueError(f"unknown lr_scheduler {schedule!r}; choose one of {sorted(LR_DECAYS)}")
+    decay = LR_DECAYS[schedule]
 
     def fn(step: int) -> float:
         if warmup > 0 and step < warmup:

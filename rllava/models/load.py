@@ -143,9 +143,12 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
     path = local_path(cfg.path)
     config = load_model_config(cfg.path, cfg.trust_remote_code)
     auto = _auto_class_for(config)
-    model = auto.from_pretrained(path, dtype=resolve_dtype(dtype or cfg.dtype),
-                                 attn_implementation=cfg.attn_implementation,
-                                 trust_remote_code=cfg.trust_remote_code)
+    try:
+        model = auto.from_pretrained(path, dtype=resolve_dtype(dtype or cfg.dtype),
+                                     attn_implementation=cfg.attn_implementation,
+                                     trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:  # a config.json but no (readable) weights
+        raise MissingFileError(f"model.path {cfg.path!r}: cannot load its weights: {_first_line(e)}") from None
     model.to(device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
