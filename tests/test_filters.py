@@ -159,3 +159,47 @@ def test_remax_greedy_baseline_is_shaped_like_the_samples():
     batch.set_scores(pipe.shape_scores(batch.rewards, samples))
     adv, _ = compute_advantages(batch, cfg.algorithm)
     assert adv[:, 0].tolist() == pytest.approx([0.0, 0.8])
+
+
+@pytest.mark.parametrize("mode", ["switch", "mix"])
+def test_a_group_filter_with_switched_or_mixed_demonstrations_is_refused(mode):
+    """The filter drops all-wrong groups before HPT's switch or LUFFY's mix sees them, and those are the groups the
+    demonstration is for: HPT silently became plain DAPO."""
+    from rllava.config import ConfigError, load_config
+    from rllava.pipelines.hooks import hooks_for
+
+    cfg = load_config(None, [f"algorithm.demonstrations={mode}", "algorithm.sft_coef=1.0", "algorithm.policy_loss=luffy",
+                             "algorithm.group_filter=dapo_nonuniform"])
+    with pytest.raises(ConfigError, match=f"drops the all-wrong groups before algorithm.demonstrations={mode}"):
+        hooks_for(cfg)
+
+
+def test_dynamic_sampling_gives_every_round_fresh_group_ids():
+    """Extra rounds' group ids follow the largest id so far (a fixed offset of 10 000 merged groups of rounds
+    with more prompts than that). The rollout, reward and loader here are stand-ins: only the hook's own
+    bookkeeping runs."""
+    from types import SimpleNamespace
+
+    from rllava.config import load_config
+    from rllava.data.types import Episode, Prompt
+    from rllava.pipelines.hooks import DynamicSampling, group_list
+
+    size = 10_001
+    cfg = load_config(None, [f"data.batch_size={size}", "algorithm.group_filter=dapo_nonuniform",
+                             "algorithm.max_filter_tries=3"])
+
+    def generate(prompts, sampling, group_offset=0):
+        return [Episode(prompt=p, group_id=group_offset + i) for i, p in enumerate(prompts) for _ in range(2)]
+
+    def score(episodes):  # only prompts 0 and 10 000 of each round have a spread: 2 groups kept a round
+        for k, e in enumerate(episodes):
+            e.reward = float(k % 2) if e.prompt.index in (0, 10_000) else 0.0
+        return {}
+
+    prompts = [Prompt(input_ids=[1], index=i) for i in range(size)]
+    ctx = SimpleNamespace(rollout=SimpleNamespace(train_sampling=lambda: None, generate=generate),
+                          reward=SimpleNamespace(score=score), loader=SimpleNamespace(next_batch=lambda: prompts))
+    first = generate(prompts, None)
+    score(first)
+    kept = DynamicSampling().after_scoring(SimpleNamespace(cfg=cfg, ctx=ctx), first, {})
+    assert len(kept) == 16 and [len(g) for g in group_list(kept)] == [2] * 8  # 4 rounds x 2 groups, none merged

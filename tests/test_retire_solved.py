@@ -59,3 +59,15 @@ def test_solved_prompts_are_rolled_out_once(short_counting_run, tmp_path, monkey
     assert all(ids.count(i) > 4 for i in odd)  # back every epoch
     rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/retired"] == len(even)
+
+
+def test_hinted_rollouts_do_not_retire_their_prompt(short_counting_run):
+    """UFT: a rollout that starts from (here: all of) the reference answer is right for the hint's sake, not the
+    policy's; it must not retire a prompt the policy alone never solves."""
+    over = short_counting_run("data.drop_solved=1.0", "algorithm.demonstrations=hint", "algorithm.hint_steps=4",
+                              "algorithm.hint_ratio_high=1.0", "algorithm.hint_ratio_low=1.0", "algorithm.sft_coef=1.0",
+                              "data.response_template='<answer>{{ answer }}</answer>'", "trainer.experiment_name=hinted")
+    run = Path(run_experiment(load_config(None, over))["run_dir"])
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if "data/retired" in ln]
+    assert [r["reward/mean"] for r in rows] == [1.0, 1.0]  # the whole answer is hinted: every rollout is right
+    assert [r["data/retired"] for r in rows] == [0.0, 0.0]

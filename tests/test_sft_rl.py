@@ -405,6 +405,11 @@ def test_a_demonstration_template_naming_a_missing_field_fails_clearly():
 
     with pytest.raises(DataError, match=r"^dataset row 7, field 'data.response_template': .*'solution' is undefined.*\['answer'\]"):
         sft_episodes([Prompt(input_ids=[1], meta={"answer": "3", "index": 7}, index=7)], None, "{{ solution }}", 0)
+    # A null field (JSON null, a missing parquet value) would train the model to answer "None"; a blank one, nothing.
+    with pytest.raises(DataError, match=r"^dataset row 7, field 'data.response_template': .*null"):
+        sft_episodes([Prompt(input_ids=[1], meta={"answer": None, "index": 7}, index=7)], None, "{{ answer }}", 0)
+    with pytest.raises(DataError, match=r"^dataset row 7, field 'data.response_template': .*empty text"):
+        sft_episodes([Prompt(input_ids=[1], meta={"answer": " ", "index": 7}, index=7)], None, "{{ answer }}", 0)
 
 
 def test_uft_hints_reach_the_extra_rounds_of_dynamic_sampling(tiny_model_factory, counting_data, tmp_path):

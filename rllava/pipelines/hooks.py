@@ -100,7 +100,7 @@ class DynamicSampling:
             any_short = du.all_reduce_max(float(len(kept) < wanted))
             if not any_short or tries > algo.max_filter_tries:
                 break
-            offset += 10_000  # fresh group ids for the extra prompts
+            offset = max(e.group_id for e in episodes) + 1  # fresh group ids for the extra prompts
             extra = du.shard_prompts(ctx.loader.next_batch(), du.rank(), du.world_size())
             episodes = self._extra_round(trainer, extra, offset)
         metrics["filter/kept_groups"] = float(len(kept))
@@ -222,7 +222,7 @@ class RetireSolved:
         key = trainer.ctx.reward.accuracy_key
         scores: dict[int, list[float]] = {}
         for e in episodes:
-            if not e.is_expert:
+            if not e.is_expert and not e.hint_len:  # a UFT-hinted rollout starts from the answer: it proves nothing
                 scores.setdefault(e.prompt.index, []).append(e.reward_info.get(key, e.reward))
         solved = [i for i, v in scores.items() if sum(v) / len(v) >= trainer.cfg.data.drop_solved]
         everywhere = du.all_gather_cat(torch.tensor(solved, dtype=torch.long)).tolist()
@@ -262,6 +262,10 @@ def demonstration_hook(cfg: Config):
     if cfg.algorithm.tis_cap is not None:
         raise ConfigError("algorithm.demonstrations: demonstrations have no rollout log-probs, so "
                           "algorithm.tis_cap cannot be used with them")
+    if mode in ("switch", "mix") and cfg.algorithm.group_filter:
+        raise ConfigError(f"algorithm.group_filter={cfg.algorithm.group_filter} drops the all-wrong groups before "
+                          f"algorithm.demonstrations={mode} sees them, and those are the groups whose demonstration "
+                          "it is for: use one or the other")
     if mode == "hint" and cfg.algorithm.hint_steps <= 0:
         raise ConfigError("algorithm.demonstrations=hint anneals the hint over algorithm.hint_steps: set it > 0")
     if mode in ("switch", "sft") and not cfg.algorithm.sft_coef:

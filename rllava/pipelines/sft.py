@@ -12,18 +12,33 @@ from rllava.data.types import Batch, Episode, Prompt
 from rllava.pipelines.registry import PIPELINES
 
 
+def _no_null(value):
+    """jinja's `finalize`: a null field (a JSON null, a missing parquet value) must not render as the text "None"."""
+    if value is None:
+        raise jinja2.TemplateRuntimeError("a field it prints is null")
+    return value
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str) -> jinja2.Template:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template)
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, finalize=_no_null).from_string(template)
 
 
 def render_response(template: str, meta: dict, where: str) -> str:
-    """The row's target response (`data.response_template` rendered with its fields); `where` names the row."""
+    """The row's target response (`data.response_template` rendered with its fields); `where` names the row. A
+    row without a field the template names, with a null one, or whose response is blank is an error: it would
+    train the model to answer "None", or nothing."""
+    def fail(why: str) -> DataError:
+        return DataError(f"{where}, field 'data.response_template': {template!r}: {why} "
+                         f"(row fields: {sorted(k for k in meta if k != 'index')})")
+
     try:
-        return _compiled(template).render(**meta)
-    except jinja2.TemplateError as e:  # e.g. a row without the field the template names
-        raise DataError(f"{where}, field 'data.response_template': {template!r}: {e} "
-                        f"(row fields: {sorted(k for k in meta if k != 'index')})") from None
+        text = _compiled(template).render(**meta)
+    except jinja2.TemplateError as e:
+        raise fail(str(e)) from None
+    if not text.strip():
+        raise fail("renders to empty text")
+    return text
 
 
 def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -> list[Episode]:
