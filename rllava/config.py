@@ -240,6 +240,7 @@ class EnvConfig:
     tool_timeout_s: float = 5.0  # python tool: wall-time limit per call
     tool_memory_mb: int = 512  # python tool: address-space limit per call
     corpus_path: Optional[str] = None  # search tool: .jsonl {id, title, text} or one passage per line
+    zoom_box_frame: str = "pixels"  # zoom tool: how the model writes bbox, as the box rewards' box_frame: pixels (of the original image) | input (pixels of the image the model sees, after resizing: Qwen2.5-VL) | norm1000 (0-1000: Qwen2-VL, Qwen3-VL) | norm1 (0-1)
     workers: int = 8  # environments stepped at once, in threads (tool calls run in parallel); 1 for an environment that is not thread-safe
 
 
@@ -589,6 +590,7 @@ def check_ranges(cfg: Config) -> None:
             raise ConfigError(f"reward.by_source.{source}={weights!r}: give reward functions with weights, "
                               f"e.g. {{count: 1.0}}")
     from rllava.envs.episode_reward import DEFAULT_WEIGHTS  # light; envs/ sits below config
+    from rllava.envs.zoom_tool import ZOOM_BOX_FRAMES
 
     unknown = sorted(set(cfg.env.reward_weights) - set(DEFAULT_WEIGHTS))
     if unknown:
@@ -596,6 +598,7 @@ def check_ranges(cfg: Config) -> None:
     check_reward_kwargs(cfg.reward.functions, cfg.reward.kwargs, cfg.reward.by_source)
     if "{text}" not in cfg.env.observation_template:
         raise ConfigError(f"env.observation_template={cfg.env.observation_template!r} must hold {{text}}")
+    check_choice("env.zoom_box_frame", cfg.env.zoom_box_frame, ZOOM_BOX_FRAMES)
     if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
         raise ConfigError(f"rollout.stop={cfg.rollout.stop!r}: give non-empty strings")
     if cfg.reward.model_type not in (None, "classifier", "judge"):

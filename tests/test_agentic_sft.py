@@ -82,6 +82,69 @@ def test_demo_episode_layout_runs_the_real_zoom_tool(demo_setup):
         assert [i for i, t in enumerate(ep.response_seq["mm_token_type_ids"]) if t == 1] == image_positions
 
 
+def _demo_crop(rollout, prompt, original: str, bbox: list[int]) -> tuple:
+    """(the image inputs of the observation after the row's demonstrated zoom call, the processor's inputs for the
+    zoom of `bbox` on the `original` image file)."""
+    from rllava.engines.hf_rollout import Sampling
+
+    (ep,) = rollout.generate([prompt], Sampling(n=1, temperature=0.0))
+    assert ep.info["tool_calls"] == 1 and len(ep.extra_mm) == 1
+    processor = rollout.renderer.processor
+    return ep.extra_mm[0], processor.image_processor(images=[_zoomed(original, bbox)], return_tensors="pt")
+
+
+def test_zoom_crops_the_original_image_under_another_image_key(demo_setup, zoom_data, tmp_path):
+    """data.image_key=image: the zoom tool still gets the row's full-resolution original (192 px), not the prompt's
+    resized image (112 px), so the demonstration's box (original pixels) crops the label."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from rllava.data.dataset import RLDataset
+    from rllava.envs import parse_action
+    from rllava.pipelines.agentic import DemoEngine, multiturn_rollout
+    from rllava.roles.rollout import Rollout
+
+    _, _, processor, tok, eos, _, _, _ = demo_setup
+    data = shutil.copytree(zoom_data, tmp_path / "zoom")
+    table = pq.read_table(data / "train.parquet")
+    pq.write_table(table.rename_columns(["image" if c == "images" else c for c in table.column_names]),
+                   data / "renamed.parquet")
+    cfg = load_config(None, ["env.name=tools", "env.tools=[zoom]", "data.max_pixels=12544", "data.image_key=image"])
+    rollout = multiturn_rollout(cfg, processor, Rollout(DemoEngine(tok, eos), tok, cfg.rollout))
+    p = RLDataset(str(data / "renamed.parquet"), cfg.data, processor)[0]
+    assert p.images[0].size == (112, 112) and p.meta["image_sizes"] == [[192, 192]]
+    bbox = parse_action(p.meta["demo_turns"][0]).arguments["bbox"]
+    got, expected = _demo_crop(rollout, p, p.meta["image"][0], bbox)
+    assert torch.equal(got["image_grid_thw"], expected["image_grid_thw"])
+    assert torch.allclose(got["pixel_values"], expected["pixel_values"])
+
+
+def test_zoom_box_in_the_shown_images_pixels_crops_the_original(demo_setup):
+    """env.zoom_box_frame=input, through the dataset and the multi-turn rollout: a box in the pixels of the image
+    the model was shown (112 px, the processor's grid) crops that region of the 192 px original. Boxes on a 7 px
+    grid of the shown image are whole pixels of the original (x 12/7), so the crop is known exactly."""
+    import math
+
+    from rllava.pipelines.agentic import DemoEngine, multiturn_rollout
+    from rllava.roles.rollout import Rollout
+    from rllava.tasks.zoom import zoom_call
+
+    cfg, _, processor, tok, eos, _, prompts, _ = demo_setup
+    cfg = load_config(None, ["env.name=tools", "env.tools=[zoom]", "data.max_pixels=12544", "env.zoom_box_frame=input"])
+    rollout = multiturn_rollout(cfg, processor, Rollout(DemoEngine(tok, eos), tok, cfg.rollout))
+    p = prompts[0]
+    assert p.meta["image_sizes"] == [[192, 192]] and p.meta["input_image_sizes"] == [[112, 112]]
+    label = json.loads(p.meta["label_box"])
+    shown = [7 * math.floor(v * 112 / 192 / 7) for v in label[:2]] + [7 * math.ceil(v * 112 / 192 / 7) for v in label[2:]]
+    original = [v * 12 // 7 for v in shown]
+    assert original[:2] <= label[:2] and original[2:] >= label[2:]  # the label is inside
+    row = dataclasses.replace(p, meta={**p.meta, "demo_turns": [zoom_call(shown)]})
+    got, expected = _demo_crop(rollout, row, p.meta["images"][0], original)
+    assert torch.equal(got["image_grid_thw"], expected["image_grid_thw"])
+    assert torch.allclose(got["pixel_values"], expected["pixel_values"])
+
+
 def test_sft_loss_covers_only_demonstration_tokens(demo_setup):
     from rllava.algorithms import POLICY_LOSSES
     from rllava.engines.hf_rollout import Sampling

@@ -306,6 +306,24 @@ def test_make_environment_from_config(tmp_path):
     assert env.settings.corpus_path == str(tmp_path / "c.txt")
 
 
+def test_zoom_box_frame_from_config_reaches_the_tool():
+    """env.zoom_box_frame=input: the model's box in the pixels it saw (50 x 40) crops the original's region."""
+    from rllava.config import ConfigError, load_config
+    from rllava.envs import ToolSettings
+
+    cfg = load_config(None, ["env.name=tools", "env.tools=[zoom]", "env.zoom_box_frame=input"])
+    env = make_environment(cfg.env)
+    env.reset({"image_sizes": [[100, 80]], "input_image_sizes": [[50, 40]]}, [quadrants()])
+    r = env.step(call("zoom", bbox=[25, 0, 50, 20]))  # the blue quadrant, [50, 0, 100, 40] of the original
+    assert (np.asarray(r.observation.images[0]) == (0, 0, 255)).all() and r.observation.images[0].size == (224, 179)
+    assert r.observation.text.startswith("Zoomed into [25, 0, 50, 20] of image 0")
+    assert make_environment(EnvConfig(name="tools", tools=["zoom"])).settings.zoom_box_frame == "pixels"
+    with pytest.raises(ConfigError, match=r"env.zoom_box_frame='norm_1000' is not one of .*did you mean 'norm1000'"):
+        load_config(None, ["env.zoom_box_frame=norm_1000"])
+    with pytest.raises(ValueError, match=r"env.zoom_box_frame='px' is not one of"):
+        ToolEnv(settings=ToolSettings(zoom_box_frame="px"))
+
+
 def test_check_arguments_fills_defaults_and_types():
     schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 3}, "x": {"type": "number"},
                                                "s": {"type": "string"}}, "required": ["s"]}

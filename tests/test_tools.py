@@ -22,8 +22,8 @@ def quadrants(w: int = 100, h: int = 80) -> Image.Image:
     return Image.fromarray(a)
 
 
-def zoom(args: dict, images: list, **settings) -> tuple:
-    obs = TOOLS.get("zoom")(args, ToolContext(images=images, settings=ToolSettings(**settings)))
+def zoom(args: dict, images: list, meta: dict | None = None, **settings) -> tuple:
+    obs = TOOLS.get("zoom")(args, ToolContext(images=images, sample_meta=meta or {}, settings=ToolSettings(**settings)))
     return obs, np.asarray(obs.images[0])
 
 
@@ -93,6 +93,68 @@ def test_zoom_errors_repeat_only_a_short_piece_of_the_models_input(args):
 def test_zoom_without_images():
     with pytest.raises(ToolError, match="no images"):
         zoom({"bbox": [0, 0, 1, 1]}, [])
+
+
+# The quadrants image is the 100 x 80 original; the model was shown it at 50 x 40 (the row's input_image_sizes).
+SHOWN = {"image_sizes": [[100, 80]], "input_image_sizes": [[50, 40]]}
+
+
+@pytest.mark.parametrize("frame, bbox, told", [
+    ("input", [25, 0, 50, 20], "[25, 0, 50, 20]"),  # x2 to reach the original's pixels [50, 0, 100, 40]
+    ("norm1000", [500, 0, 1000, 500], "[500, 0, 1000, 500]"),
+    ("norm1", [0.5, 0, 1, 0.5], "[0.5, 0, 1, 0.5]"),
+])
+def test_zoom_reads_the_box_in_the_configured_frame(frame, bbox, told):
+    """The same region (the blue quadrant, [50, 0, 100, 40] in the original's pixels) in each frame crops the same
+    pixels as the pixel box; the text tells the region back in the model's frame."""
+    expected, _ = zoom({"bbox": [50, 0, 100, 40]}, [quadrants()], SHOWN)
+    obs, px = zoom({"bbox": bbox}, [quadrants()], SHOWN, zoom_box_frame=frame)
+    assert (px == BLUE).all() and np.array_equal(px, np.asarray(expected.images[0]))
+    assert obs.text.startswith(f"Zoomed into {told} of image 0;")
+
+
+def test_zoom_input_frame_rounds_outwards_and_clips_in_original_pixels():
+    # [10.3, 5, 30, 25.5] of the 50 x 40 view = [20.6, 10, 60, 51] of the original -> pixels [20, 10, 60, 51]
+    obs, _ = zoom({"bbox": [10.3, 5, 30, 25.5]}, [quadrants()], SHOWN, zoom_box_frame="input")
+    assert obs.images[0].size == (round(40 * 224 / 41), 224)  # a 40 x 41 crop, its longer side scaled to 224
+    assert "Zoomed into [10, 5, 30, 25.5]" in obs.text  # the cropped pixels, in the 50 x 40 view
+    obs, px = zoom({"bbox": [-5, -5, 10, 10]}, [quadrants()], SHOWN, zoom_box_frame="input")
+    assert "[0, 0, 10, 10]" in obs.text and obs.images[0].size == (224, 224) and (px == RED).all()
+    with pytest.raises(ToolError, match=r"lies outside the image \(50 x 40 pixels\)"):
+        zoom({"bbox": [60, 0, 70, 10]}, [quadrants()], SHOWN, zoom_box_frame="input")
+    with pytest.raises(ToolError, match=r"lies outside the image \(1000 x 1000 norm1000\)"):
+        zoom({"bbox": [1000, 0, 1100, 10]}, [quadrants()], SHOWN, zoom_box_frame="norm1000")
+
+
+def test_zoom_input_frame_on_a_tool_image_reads_it_as_returned():
+    # image 1 came from a tool: no recorded size, so the model saw it as it is (30 x 30)
+    second = Image.new("RGB", (30, 30), GREEN)
+    second.paste(RED, (0, 0, 15, 30))
+    _, px = zoom({"image_index": 1, "bbox": [15, 0, 30, 30]}, [quadrants(), second], SHOWN, zoom_box_frame="input")
+    assert (px == GREEN).all()
+    _, px = zoom({"image_index": 1, "bbox": [0.5, 0, 1, 1]}, [quadrants(), second], SHOWN, zoom_box_frame="norm1")
+    assert (px == GREEN).all()
+
+
+def test_zoom_input_frame_needs_the_rows_shown_sizes():
+    with pytest.raises(ValueError, match="env.zoom_box_frame=input needs the row's input_image_sizes"):
+        zoom({"bbox": [0, 0, 10, 10]}, [quadrants()], {"image_sizes": [[100, 80]]}, zoom_box_frame="input")
+    with pytest.raises(ValueError, match=r"env.zoom_box_frame='norm100' is not one of"):
+        zoom({"bbox": [0, 0, 10, 10]}, [quadrants()], SHOWN, zoom_box_frame="norm100")
+
+
+@pytest.mark.parametrize("frame", ["pixels", "input", "norm1000", "norm1"])
+def test_zoom_frames_are_the_box_rewards_frames(frame):
+    """The zoom tool and the box rewards read a box the same way (envs/ cannot import rewards/, so both keep
+    the frames; this keeps them equal)."""
+    from rllava.envs.zoom_tool import ZOOM_BOX_FRAMES, frame_size
+    from rllava.rewards.boxes import BOX_FRAMES, to_image_pixels
+
+    assert ZOOM_BOX_FRAMES == BOX_FRAMES
+    meta = {"image_sizes": [[638, 853]], "input_image_sizes": [[392, 504]]}
+    fw, fh = frame_size(frame, 0, Image.new("RGB", (638, 853)), meta)
+    box = (0.1 * fw, 0.25 * fh, 0.35 * fw, 0.5 * fh)
+    assert to_image_pixels([box], frame, meta)[0] == pytest.approx((63.8, 213.25, 223.3, 426.5))
 
 
 # ---- search

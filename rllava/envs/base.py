@@ -58,6 +58,7 @@ class ToolSettings:
 
     zoom_size: int = 224  # longer side of a zoomed crop, in pixels
     zoom_min_side: int = 28  # shorter side is never below this (VLM processors need a few patches)
+    zoom_box_frame: str = "pixels"  # how the model writes zoom's bbox: pixels (original image) | input | norm1000 | norm1
     python: SandboxLimits = field(default_factory=SandboxLimits)
     corpus_path: Optional[str] = None  # search corpus: .jsonl {"id","title","text"} or one passage per line
     search_max_k: int = 10

@@ -34,6 +34,7 @@ from rllava.envs.base import (
 )
 from rllava.envs.parsing import CALL_FORMATS, Action, instructions, parse_action
 from rllava.envs.sandbox import SandboxLimits, clip_text
+from rllava.envs.zoom_tool import ZOOM_BOX_FRAMES
 
 AnswerReward = Callable[[str, dict], float]  # fn(answer_text, sample_meta) -> reward
 MAX_ERROR_CHARS = 1000  # a tool's error message (which may quote its input) is cut to this in the observation
@@ -58,6 +59,8 @@ class ToolEnv(Environment):
         self.tool_reward, self.invalid_penalty, self.tool_error_penalty = tool_reward, invalid_penalty, tool_error_penalty
         self.no_action = no_action
         self.settings = settings or ToolSettings()
+        if self.settings.zoom_box_frame not in ZOOM_BOX_FRAMES:  # else every zoom call would fail mid-training
+            raise ValueError(f"env.zoom_box_frame={self.settings.zoom_box_frame!r} is not one of {list(ZOOM_BOX_FRAMES)}")
         self.ctx: Optional[ToolContext] = None
         self._outcome = EpisodeOutcome()
         self._done = False
@@ -65,9 +68,10 @@ class ToolEnv(Environment):
 
     @classmethod
     def from_config(cls, cfg: Any, answer_reward: Optional[AnswerReward] = None) -> ToolEnv:
-        """From an `EnvConfig` (tools, max_turns, max_images, call_format, tool_timeout_s, tool_memory_mb, corpus_path)."""
+        """From an `EnvConfig` (tools, max_turns, max_images, call_format, tool_timeout_s, tool_memory_mb, corpus_path,
+        zoom_box_frame)."""
         settings = ToolSettings(python=SandboxLimits(timeout_s=cfg.tool_timeout_s, memory_mb=cfg.tool_memory_mb),
-                                corpus_path=cfg.corpus_path)
+                                corpus_path=cfg.corpus_path, zoom_box_frame=cfg.zoom_box_frame)
         return cls(tools=list(cfg.tools), max_turns=cfg.max_turns, max_images=cfg.max_images,
                    call_format=cfg.call_format, answer_reward=answer_reward, tool_reward=cfg.tool_reward,
                    invalid_penalty=cfg.invalid_penalty, settings=settings)

@@ -36,7 +36,7 @@ def multiturn_rollout(cfg: Config, processor: Any, rollout: Any) -> MultiTurnRol
     renderer = ObservationRenderer(processor, role=cfg.env.observation_role, multimodal=multimodal,
                                    template=cfg.env.observation_template)
     return MultiTurnRollout(rollout, lambda: make_environment(cfg.env), renderer, cfg.env.max_total_tokens,
-                            cfg.env.workers)
+                            cfg.env.workers, image_key=cfg.data.image_key)
 
 
 def setup_agentic(ctx) -> None:

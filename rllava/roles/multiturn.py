@@ -107,12 +107,13 @@ class MultiTurnRollout:
     """Same interface as the `Rollout` role (generate + sampling presets); drives one environment per episode."""
 
     def __init__(self, rollout, make_env: Callable[[], Any], renderer: ObservationRenderer, max_total_tokens: int,
-                 env_workers: int = 1):
+                 env_workers: int = 1, image_key: str = "images"):
         self.rollout = rollout  # the single-turn Rollout role: engine + tokenizer + sampling config
         self.make_env = make_env
         self.renderer = renderer
         self.max_total_tokens = max_total_tokens
         self.env_workers = env_workers  # environments stepped at once (threads): tool calls wait in parallel
+        self.image_key = image_key  # the row field (data.image_key) holding the original images, which tools crop
 
     def __getattr__(self, name: str):  # train_sampling / val_sampling / greedy_sampling / cfg / tokenizer
         return getattr(self.rollout, name)
@@ -145,8 +146,10 @@ class MultiTurnRollout:
         envs = []
         for ep in episodes:
             env = self.make_env()
-            images = [load_image(x) for x in ep.prompt.meta.get("images", []) or []] or list(ep.prompt.images)
-            env.reset(ep.prompt.meta, images)  # full-resolution originals, for tools that crop them
+            # full-resolution originals, for tools that crop them; the prompt's resized images only where the row
+            # has none (a prompt built without a dataset row)
+            images = [load_image(x) for x in ep.prompt.meta.get(self.image_key) or []] or list(ep.prompt.images)
+            env.reset(ep.prompt.meta, images)
             envs.append(env)
             ep.info = {"turns": 0, "tool_calls": 0, "transcript": []}
         turn_sampling = Sampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
