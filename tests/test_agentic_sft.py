@@ -180,6 +180,9 @@ def test_demo_engine_ends_the_episode_when_the_demonstration_runs_out(demo_setup
     assert demo_turns({"d": '["a", "b"]'}, "d") == ["a", "b"]
     with pytest.raises(DataError, match=r"dataset row 4, field 'd' \(data.demo_key\): must hold a list .* got '\[\"a\", b'"):
         demo_turns({"d": '["a", b', "index": 4}, "d")
+    for empty in ([], ["", " "], "[]"):  # nothing to imitate: it trained on no token and crashed in backward
+        with pytest.raises(DataError, match=r"dataset row 4, field 'd' \(data.demo_key\): the demonstration is empty"):
+            demo_turns({"d": empty, "index": 4}, "d")
 
 
 def test_agentic_sft_trains_on_demonstrations_and_validates_the_policy(tiny_model_factory, zoom_data, tmp_path):

@@ -53,10 +53,12 @@ def demo_turns(meta: dict[str, Any], key: str, where: str = "") -> list[str]:
             turns = json.loads(turns)
         except json.JSONDecodeError:
             pass  # not JSON: reported below as not a list
+    row = where or f"dataset row {meta.get('index', '?')}"
     if not isinstance(turns, (list, tuple)) or not all(isinstance(t, str) for t in turns):
-        row = where or f"dataset row {meta.get('index', '?')}"
         raise DataError(f"{row}, field {key!r} (data.demo_key): must hold a list of assistant "
                         f"turn texts, got {turns!r}")
+    if not any(t.strip() for t in turns):  # nothing to imitate (an empty list trained on no token and crashed)
+        raise DataError(f"{row}, field {key!r} (data.demo_key): the demonstration is empty, got {turns!r}")
     return list(turns)
 
 
