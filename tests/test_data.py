@@ -310,12 +310,17 @@ def test_prompts_feed_the_model_through_batch(counting, qwen_vl):
 def test_length_estimate_is_exact(tmp_path, tiny_model_factory, family):
     for i, size in enumerate([(64, 64), (200, 90), (30, 300)]):
         _png(tmp_path / f"{i}.png", size)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone photo stored landscape, shown portrait: the estimate must use the upright size
+    Image.new("RGB", (200, 90), (0, 0, 255)).save(tmp_path / "rot.jpg", exif=exif.tobytes())
     rows = [{"prompt": "<image>one", "answer": "1", "images": ["0.png"]},
             {"prompt": "two <image> and <image>", "answer": "2", "images": ["1.png", "2.png"]},
-            {"prompt": "none at all", "answer": "0", "images": []}]
+            {"prompt": "none at all", "answer": "0", "images": []},
+            {"prompt": "<image>rotated", "answer": "3", "images": ["rot.jpg"]}]
     f = _jsonl(tmp_path / "rows.jsonl", rows)
     ds = RLDataset(str(f), DataConfig(max_pixels=128 * 128), AutoProcessor.from_pretrained(tiny_model_factory(family)))
-    assert [it.length for it in ds.items] == [len(ds[i].input_ids) for i in range(3)]
+    assert [it.length for it in ds.items] == [len(ds[i].input_ids) for i in range(len(rows))]
+    assert ds[3].meta["image_sizes"] == [[90, 200]]
 
 
 def test_length_falls_back_to_processing_when_the_probe_fails(tmp_path, qwen_vl, monkeypatch, caplog):

@@ -11,6 +11,10 @@ matches the processed length exactly for placeholder-expanding processors (Qwen-
 Idefics3/SmolVLM, Gemma3); a prompt that still comes out too long is logged at access time. If a
 processor rejects the blank probe, each row with media is processed once instead (exact, slower). A row the
 processor rejects itself (an extreme aspect ratio, video frames of different sizes) is a bad row (`DataError`).
+
+Videos reach the processor as frames rllava sampled, with video metadata (`FrameTimes`: the sampling rate and
+frame times) and the processor's own frame sampling off, padded to its temporal patch size; the blank probe of
+a video gets the same metadata, since Qwen3-VL and SmolVLM write frame timestamps into the prompt.
 """
 from __future__ import annotations
 
@@ -37,15 +41,16 @@ from rllava.data.template import (
 )
 from rllava.data.types import Prompt
 from rllava.data.vision import (
+    FrameTimes,
     MediaError,
     check_image_ref,
     fit_pixels,
     image_size,
     load_image,
-    load_video,
     normalize_videos,
     resize_image,
     resolve_path,
+    sample_video,
     video_shape,
 )
 
@@ -67,6 +72,7 @@ class _Item:
     videos: list[Any] = field(default_factory=list)
     length: int = 0  # estimated prompt tokens
     image_sizes: list[list[int]] = field(default_factory=list)  # [width, height] of each image before resizing
+    video_times: list[FrameTimes] = field(default_factory=list)  # of each video's sampled frames, once loaded
     query: str = ""  # the rendered user message, before the chat template
     answer: str | None = None  # the ground truth rewards get (data.answer_template or the answer_key field)
 
@@ -91,6 +97,25 @@ def is_multimodal(processor: Any) -> bool:
     return hasattr(processor, "image_processor") or hasattr(processor, "video_processor")
 
 
+def _takes_video_metadata(processor: Any) -> bool:
+    """Whether the processor's video processor takes `video_metadata` and `do_sample_frames` (transformers'
+    video processors do; a custom or older one may not, and then gets the frames alone)."""
+    kwargs = getattr(getattr(getattr(processor, "video_processor", None), "valid_kwargs", None), "__annotations__", {})
+    return {"video_metadata", "do_sample_frames"} <= set(kwargs)
+
+
+def _video_kwargs(processor: Any, times: list[FrameTimes]) -> dict[str, Any]:
+    """Processor arguments for videos of these frame times: their metadata, and no resampling of the frames
+    rllava already sampled (Qwen3-VL would otherwise resample them as if they were a 24 fps clip)."""
+    if not times or not _takes_video_metadata(processor) or any(t.fps <= 0 for t in times):
+        return {}
+    from transformers.video_utils import VideoMetadata
+
+    metadata = [VideoMetadata(total_num_frames=t.total, fps=t.fps, frames_indices=list(t.indices),
+                              duration=t.total / t.fps) for t in times]
+    return {"video_metadata": metadata, "do_sample_frames": False}
+
+
 SPLIT_NAMES = ("train", "val", "validation", "test", "dev")
 
 
@@ -108,6 +133,17 @@ def data_source(file: str) -> str:
     return p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem
 
 
+def _absolute(ref: Any, base_dir: Path | None) -> Any:
+    """An image reference with a relative path resolved against its row's folder (a path string, or the path
+    of a `{"bytes": None, "path": ...}` dict), so that it loads again without the row (multi-turn tools reload
+    the originals from meta); other references as they are."""
+    if isinstance(ref, str):
+        return str(resolve_path(ref, base_dir))
+    if isinstance(ref, dict) and ref.get("bytes") is None and isinstance(ref.get("path"), str):
+        return {**ref, "path": str(resolve_path(ref["path"], base_dir))}
+    return ref
+
+
 def _source(it: _Item) -> str:
     """A row's own `data_source` field wins (veRL's datasets carry one); else its file's name."""
     return str(it.row.get("data_source") or data_source(it.ref.file))
@@ -122,6 +158,8 @@ class RLDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.multimodal = is_multimodal(processor)
+        # Frames per temporal patch (Qwen-VL: 2): videos are padded to a multiple by repeating the last frame.
+        self.temporal_patch = int(getattr(getattr(processor, "video_processor", None), "temporal_patch_size", 1) or 1)
         self.skip_bad_rows = cfg.skip_bad_rows
         self.template = PromptTemplate(cfg.template, cfg.prompt_key)
         self.answer_template = RowTemplate(cfg.answer_template, "data.answer_template") if cfg.answer_template else None
@@ -129,7 +167,7 @@ class RLDataset(torch.utils.data.Dataset):
         self.n_bad = 0  # rows skipped as bad (construction and access time)
         self.n_too_long = 0  # rows dropped for exceeding max_prompt_length
         self.bad_rows: list[str] = []  # the reasons, first few
-        self._extra_tokens: dict[tuple, int] = {}  # (kind, frames, w, h) -> tokens a media item adds
+        self._extra_tokens: dict[tuple, int] = {}  # (kind, frames, w, h, frame times) -> tokens a media item adds
         self._warned_long = False
         self._probe_failed = False
         rows, refs = load_rows_with_refs(files, cfg)
@@ -237,20 +275,24 @@ class RLDataset(torch.utils.data.Dataset):
             total += self._extra("image", 1, *fit_pixels(*size, cfg.min_pixels, cfg.max_pixels))
         for j, video in enumerate(it.videos):
             try:
-                n, size = video_shape(video, it.ref.base_dir, cfg.max_frames, cfg.video_fps)
+                n, size, times = video_shape(video, it.ref.base_dir, cfg.max_frames, cfg.video_fps, self.temporal_patch)
             except MediaError as e:
                 raise DataError(f"{it.ref.where(cfg.video_key)}: video {j}: {e}") from None
-            total += self._extra("video", n, *fit_pixels(*size, cfg.min_pixels, cfg.max_pixels))
+            total += self._extra("video", n, *fit_pixels(*size, cfg.min_pixels, cfg.max_pixels), times)
         return total
 
-    def _extra(self, kind: str, frames: int, w: int, h: int) -> int:
-        """Tokens one image (or video of `frames` frames) of this size adds beyond its placeholder text."""
-        key = (kind, frames, w, h)
+    def _extra(self, kind: str, frames: int, w: int, h: int, times: FrameTimes | None = None) -> int:
+        """Tokens one image (or video of `frames` frames taken at `times`) of this size adds beyond its
+        placeholder text."""
+        key = (kind, frames, w, h, times)
         if key not in self._extra_tokens:
             probe = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": "?"}]}]
             chat = apply_chat_template(self.processor, probe, self.chat_template)
             blank = Image.new("RGB", (w, h))
-            media = {"images": [blank]} if kind == "image" else {"videos": [[blank] * frames]}
+            if kind == "image":
+                media = {"images": [blank]}
+            else:
+                media = {"videos": [[blank] * frames], **_video_kwargs(self.processor, [times] if times else [])}
             out = self.processor(text=[chat], return_tensors="pt", add_special_tokens=False, **media)
             plain = self.tokenizer(chat, add_special_tokens=False)["input_ids"]
             self._extra_tokens[key] = int(out["input_ids"].shape[1]) - len(plain)
@@ -286,8 +328,7 @@ class RLDataset(torch.utils.data.Dataset):
         cfg = self.cfg
         meta = dict(it.row)
         if cfg.image_key in meta and it.images:
-            meta[cfg.image_key] = [str(resolve_path(x, it.ref.base_dir)) if isinstance(x, str) else x
-                                   for x in it.images]
+            meta[cfg.image_key] = [_absolute(x, it.ref.base_dir) for x in it.images]
         if it.answer is not None:
             meta["answer"] = it.answer
         meta["index"] = index
@@ -303,10 +344,12 @@ class RLDataset(torch.utils.data.Dataset):
         except MediaError as e:
             raise DataError(f"{it.ref.where(cfg.image_key)}: {e}") from None
         try:
-            videos = [[resize_image(f, cfg.min_pixels, cfg.max_pixels)
-                       for f in load_video(v, it.ref.base_dir, cfg.max_frames, cfg.video_fps)] for v in it.videos]
+            clips = [sample_video(v, it.ref.base_dir, cfg.max_frames, cfg.video_fps, self.temporal_patch)
+                     for v in it.videos]
         except MediaError as e:
             raise DataError(f"{it.ref.where(cfg.video_key)}: {e}") from None
+        it.video_times = [times for _, times in clips]  # the processor's video metadata (_encode)
+        videos = [[resize_image(f, cfg.min_pixels, cfg.max_pixels) for f in frames] for frames, _ in clips]
         return images, videos
 
     def load_media(self, i: int) -> tuple[list[Image.Image], list[list[Image.Image]]]:
@@ -319,6 +362,8 @@ class RLDataset(torch.utils.data.Dataset):
             if not self.multimodal:
                 return self.tokenizer(it.text, return_tensors="pt", add_special_tokens=False)
             media = {k: v for k, v in (("images", images), ("videos", videos)) if v}
+            if videos:
+                media.update(_video_kwargs(self.processor, it.video_times))
             return self.processor(text=[it.text], return_tensors="pt", add_special_tokens=False, **media)
         except Exception as e:  # noqa: BLE001
             # A row the processor rejects (a 300:1 banner, a video whose frames differ in size) is a bad row:

@@ -1,16 +1,23 @@
 """Image and video helpers: read any image reference, resize into a pixel budget, sample video frames.
 
 An image reference is a path (relative to a base folder), raw bytes, a `{"bytes": ..., "path": ...}`
-dict (the HF `datasets` Image layout), a PIL image or an HxWxC uint8 array. A video is a list of
-frame references or a video file (decoded with PyAV, or torchvision's `read_video` where it exists).
+dict (the HF `datasets` Image layout), a PIL image or an HxWxC uint8 array. Images are turned
+the way a viewer shows them (EXIF orientation), transparent pixels are composited over white, and
+16-bit or float images are scaled to 8 bits before the RGB conversion.
+
+A video is a list of frame references or a video file (decoded with PyAV, or torchvision's
+`read_video` where it exists). Sampling returns the frames with `FrameTimes`, which the dataset
+hands to the processor as video metadata (its sampling rate and frame times).
 """
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -56,22 +63,65 @@ def check_image_ref(ref: Any, base_dir: Path | None) -> None:
     _source(ref, base_dir)
 
 
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose does).
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF (or XMP) orientation tag, 1 when absent. Read with the base `Image.getexif`, which only looks at
+    the header: PNG's own `getexif` decodes the whole file when the header has no EXIF, and `image_size` must
+    stay header-only and agree with `load_image` (the length estimate relies on it)."""
+    try:
+        value = Image.Image.getexif(im).get(0x0112, 1)
+    except Exception:  # noqa: BLE001  (a corrupt EXIF block: show the pixels as stored)
+        return 1
+    return value if value in _ORIENT else 1
+
+
 def image_size(ref: Any, base_dir: Path | None) -> tuple[int, int]:
-    """(width, height) from the file header alone; no pixel decoding."""
+    """(width, height) as `load_image` returns it (EXIF orientation applied), from the file header alone."""
     src = _source(ref, base_dir)
-    if isinstance(src, Image.Image):
-        return src.size
-    if hasattr(src, "__array_interface__"):
+    if hasattr(src, "__array_interface__") and not isinstance(src, Image.Image):
         return int(src.shape[1]), int(src.shape[0])
     try:
-        with Image.open(src) as im:
-            return im.size
+        if isinstance(src, Image.Image):
+            (w, h), orientation = src.size, _orientation(src)
+        else:
+            with Image.open(src) as im:
+                (w, h), orientation = im.size, _orientation(im)
     except Exception as e:
         raise MediaError(f"cannot read image: {type(e).__name__}: {e}") from None
+    return (h, w) if orientation >= 5 else (w, h)  # 5-8 turn the image by 90 degrees
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit int or float grayscale image as 8-bit "L" (`convert("RGB")` would clip it to white).
+    16-bit ("I;16*") maps 0..65535 onto 0..255 exactly (divide by 257). For "I" and "F" the range is unknown,
+    so the image's maximum becomes white (a contrast stretch from zero; negatives and NaN become black)."""
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if img.mode.startswith("I;16"):
+        arr = arr / 257.0
+    elif arr.size and arr.max() > 0:
+        arr = arr * (255.0 / arr.max())
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparency composited over white (as transformers' `convert_to_rgb` does): a plain
+    `convert("RGB")` drops alpha, so transparent pixels take their stored colour, usually black."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = _to_8bit(img)
+    alpha_palette = img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info or alpha_palette:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
-    """Decode an image reference to an RGB PIL image."""
+    """Decode an image reference to an upright (EXIF orientation applied) RGB PIL image."""
     src = _source(ref, base_dir)
     try:
         if isinstance(src, Image.Image):
@@ -80,8 +130,10 @@ def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
             img = Image.fromarray(src)
         else:
             img = Image.open(src)
-            img.load()
-        return img.convert("RGB") if img.mode != "RGB" else img
+        orientation = _orientation(img)  # before load(): from the header, as image_size reads it
+        img.load()
+        img = _to_rgb(img)
+        return img.transpose(_ORIENT[orientation]) if orientation != 1 else img
     except Exception as e:
         raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
 
@@ -185,14 +237,37 @@ def video_frame_refs(ref: Any) -> list[Any] | None:
     return None
 
 
-def load_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0) -> list[Image.Image]:
-    """Frames of a video: a list of frame references (sampled down to `max_frames`) or a video file
-    (sampled at `fps`, then down to `max_frames`)."""
+@dataclass(frozen=True)
+class FrameTimes:
+    """When a video's sampled frames were taken: frame `indices[i]` of a source of `total` frames at `fps`
+    frames per second (a frame list counts as a clip at data.video_fps). The processor gets this as video
+    metadata; without it transformers assumes 24 fps (Qwen2.5-VL's temporal positions, Qwen3-VL's and
+    SmolVLM's timestamps and Qwen3-VL's own frame sampling all read it). Padding frames are not listed."""
+
+    fps: float
+    total: int
+    indices: tuple[int, ...]
+
+
+def pad_frames(frames: list[Any], multiple: int) -> list[Any]:
+    """`frames` with the last one repeated up to a multiple of `multiple` (a processor's temporal patch size:
+    Qwen3-VL rejects a one-frame video; Qwen2-VL pads the same way itself)."""
+    if multiple > 1 and frames and len(frames) % multiple:
+        frames = frames + [frames[-1]] * (multiple - len(frames) % multiple)
+    return frames
+
+
+def sample_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0,
+                 temporal_patch: int = 1) -> tuple[list[Image.Image], FrameTimes]:
+    """Frames of a video and when they were taken: a list of frame references (sampled down to `max_frames`)
+    or a video file (sampled at `fps`, then down to `max_frames`); padded to a multiple of `temporal_patch`."""
     frames = video_frame_refs(ref)
     if frames is not None:
         if not frames:
             raise MediaError("video has no frames")
-        return [load_image(frames[i], base_dir) for i in sample_indices(len(frames), max_frames)]
+        picked = sample_indices(len(frames), max_frames)
+        loaded = [load_image(frames[i], base_dir) for i in picked]
+        return pad_frames(loaded, temporal_patch), FrameTimes(fps, len(frames), tuple(picked))
     path = resolve_path(ref.get("path") if isinstance(ref, dict) else str(ref), base_dir)
     decoded, native_fps = decode_video_file(path)
     if not decoded:
@@ -200,18 +275,30 @@ def load_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.
     wanted = len(decoded)
     if native_fps > 0 and fps > 0:  # frames the clip has at the requested rate
         wanted = max(1, round(len(decoded) / native_fps * fps))
-    return [decoded[i] for i in sample_indices(len(decoded), min(wanted, max_frames))]
+    picked = sample_indices(len(decoded), min(wanted, max_frames))
+    # A file without a frame rate: its frames count as sampled at `fps`.
+    times = FrameTimes(native_fps if native_fps > 0 else fps, len(decoded), tuple(picked))
+    return pad_frames([decoded[i] for i in picked], temporal_patch), times
 
 
-def video_shape(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0) -> tuple[int, tuple[int, int]]:
-    """(sampled frame count, (width, height)) of a video; frame lists are read from headers only,
-    video files are decoded."""
+def load_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0,
+               temporal_patch: int = 1) -> list[Image.Image]:
+    """The frames of `sample_video`."""
+    return sample_video(ref, base_dir, max_frames, fps, temporal_patch)[0]
+
+
+def video_shape(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0,
+                temporal_patch: int = 1) -> tuple[int, tuple[int, int], FrameTimes]:
+    """(frame count after sampling and padding, (width, height), FrameTimes) of a video, as `sample_video`
+    gives them; frame lists are read from headers only, video files are decoded."""
     frames = video_frame_refs(ref)
     if frames is not None:
         if not frames:
             raise MediaError("video has no frames")
         for f in frames:
             check_image_ref(f, base_dir)
-        return min(len(frames), max_frames), image_size(frames[0], base_dir)
-    loaded = load_video(ref, base_dir, max_frames, fps)
-    return len(loaded), loaded[0].size
+        picked = sample_indices(len(frames), max_frames)
+        n = len(pad_frames(picked, temporal_patch))
+        return n, image_size(frames[0], base_dir), FrameTimes(fps, len(frames), tuple(picked))
+    loaded, times = sample_video(ref, base_dir, max_frames, fps, temporal_patch)
+    return len(loaded), loaded[0].size, times
