@@ -54,7 +54,7 @@ class DataConfig:
     max_prompt_length: int = 1024  # prompts longer than this (in tokens, images included) are dropped with a warning
     min_pixels: int = 3136  # images smaller than this are upscaled (aspect kept) before the processor
     max_pixels: int = 200704  # images larger than this are downscaled (aspect kept) before the processor
-    video_fps: float = 2.0  # frames sampled per second of video
+    video_fps: float = 2.0  # frames sampled per second of a video file; a list of frames counts as a clip at this rate (the frame times the processor gets)
     max_frames: int = 8  # at most this many frames per video
     batch_size: int = 8  # prompts per training step
     val_batch_size: int = 64  # prompts per validation generate call
@@ -522,7 +522,7 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
           ("actor", "micro_token_budget", 1, True), ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
-          ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
+          ("data", "video_fps", 0.0, False), ("data", "max_frames", 1, True), ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
           ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True)]
 
 
