@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a task option (repeatable), e.g. --option difficulty=trivial; an unknown key lists the options")
     mt.add_argument("--layout", default=None, help="write it as a public dataset is laid out on the hub, for that "
-                    "dataset's recipes: geometry3k (task geometry), gsm8k (task arithmetic)")
+                    "dataset's recipes: geometry3k (task geometry), gsm8k (task arithmetic), scienceqa (task "
+                    "choice), clevr_cogen_a (task counting)")
     mt.set_defaults(fn=cmd_make_task)
     return p
 

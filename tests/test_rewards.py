@@ -186,6 +186,11 @@ def test_choice_reward_gold_forms():
     assert options.render({"choices": str(CHOICES[:2])}) == options.render({"choices": CHOICES[:2]}) == "(A) 3 cm (B) 4 cm "
     with pytest.raises(TemplateError, match="is text but not a list"):
         options.render({"choices": "3 cm, 4 cm"})
+    # The choice task's own template (and examples/choice_grpo.yaml's) reads both forms too.
+    from rllava.tasks.choice import OPTIONS_TEMPLATE
+
+    task = RowTemplate(OPTIONS_TEMPLATE, "t")
+    assert task.render({"prompt": "Q?", "choices": str(CHOICES)}) == task.render({"prompt": "Q?", "choices": CHOICES})
 
 
 def test_exact_match_reward():

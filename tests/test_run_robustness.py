@@ -125,3 +125,19 @@ def test_a_reward_model_score_of_inf_is_counted_like_nan():
     assert [e.reward for e in episodes] == [0.0, 0.0, 0.5]
     assert out["reward/errors"] == 2.0 and out["reward/errors_total"] == 2.0
     assert scorer.state_dict() == {"n_errors": 2}
+
+
+def test_a_fresh_start_sets_the_earlier_runs_checkpoints_aside(short_counting_run, tmp_path):
+    """trainer.resume=none in a used run folder: its logs are cleared, and its checkpoints move to
+    checkpoints/abandoned/, so a later resume=auto continues the new run, not the earlier one."""
+    run = tmp_path / "f"
+    common = ("trainer.experiment_name=f", "trainer.save_freq=1", *FAST)
+    run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=3", "trainer.keep_last=3")))
+    run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=1", "trainer.resume=none",
+                                                        "actor.lr=5e-4")))
+    assert [s for s, _ in list_checkpoints(run)] == [1]
+    assert sorted(p.name for p in (run / "checkpoints" / "abandoned").iterdir()) == ["step_1", "step_2", "step_3"]
+    result = run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=2", "trainer.resume=auto",
+                                                                 "actor.lr=5e-4")))
+    assert result["steps"] == 2 and [r["step"] for r in metrics(run)] == [1, 2]
+    assert load_state(latest_checkpoint(run))["config"]["actor"]["lr"] == 5e-4

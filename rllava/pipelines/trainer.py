@@ -81,7 +81,7 @@ class StoppedBySignal(Exception):
     def __init__(self, signum: int, step: int, checkpoint: Path):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
-                         "(the same command continues the run: trainer.resume=auto)")
+                         "(trainer.resume=auto, the default, continues the run)")
 
 
 @contextlib.contextmanager
@@ -215,6 +215,11 @@ class Trainer:
         check_best_metric(self.cfg, [p.meta.get("data_source", "") for p in self.ctx.val_prompts])
         if resume is not None:
             self.load(resume)
+        elif du.is_main():  # a fresh start: an earlier run's checkpoints here would be resumed by the next auto run
+            moved = set_aside_after(self.ctx.run_dir, 0)
+            if moved:
+                _log.warning("starting afresh: the earlier run's checkpoints in this folder (%s) were moved to %s",
+                             ", ".join(p.name for p in moved), moved[0].parent)
         total = min(tc.total_steps, tc.total_epochs * max(1, self.ctx.loader.steps_per_epoch))
         logger = make_logger(du.is_main(), self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar,
                              wandb_config=to_dict(self.cfg))

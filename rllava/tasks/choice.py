@@ -11,7 +11,7 @@ from rllava.tasks.base import TASKS, Sample
 from rllava.tasks.draw import COLORS, SHAPES, scene
 
 # The options under the question, lettered: a jinja loop over the row's `choices`.
-OPTIONS_TEMPLATE = ("{{ prompt }}{% for c in choices %}\n({{ 'ABCDEFGHIJ'[loop.index0] }}) {{ c }}{% endfor %}"
+OPTIONS_TEMPLATE = ("{{ prompt }}{% for c in choices | as_list %}\n({{ 'ABCDEFGHIJ'[loop.index0] }}) {{ c }}{% endfor %}"
                     "\nAnswer with the option's letter.")
 
 
