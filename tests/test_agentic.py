@@ -12,6 +12,7 @@ from rllava.config import load_config
 from rllava.data.types import Batch
 from rllava.envs import ENVIRONMENTS, Environment, Observation, StepResult
 from rllava.models.logprobs import response_logprobs
+from rllava.models.tiny_families import FAMILIES
 
 
 @ENVIRONMENTS.register("image_echo", description="test env: answers each turn with an image, ends after 2 observations")
@@ -31,8 +32,7 @@ class ImageEchoEnv(Environment):
 
 # Image-token layouts differ: M-RoPE grids (Qwen), tiles plus a global view (Idefics3/SmolVLM, 200x150 px
 # observations give 4 + 1 tiles), fixed soft tokens (Gemma3), a plain projector (LLaVA, TinyLLaVA).
-MULTI_TURN_FAMILIES = ["qwen2_vl", "qwen3_vl", "smolvlm", "gemma3", "llava", "internvl", "llava_onevision",
-                       "tinyllava"]
+MULTI_TURN_FAMILIES = [f for f, spec in FAMILIES.items() if spec.vision]  # every image family
 
 
 @pytest.fixture(scope="module", params=MULTI_TURN_FAMILIES)

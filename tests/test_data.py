@@ -21,6 +21,7 @@ from rllava.data.dataset import DataError, PromptLoader, RLDataset, load_rows
 from rllava.data.template import PromptTemplate, TemplateError, build_messages, content_parts
 from rllava.data.types import Batch, Episode
 from rllava.data.vision import fit_pixels, load_image, normalize_videos, resize_image, sample_indices
+from rllava.models.tiny_families import FAMILIES
 from rllava.tasks import make_task
 
 
@@ -306,7 +307,7 @@ def test_prompts_feed_the_model_through_batch(counting, qwen_vl):
     assert logits.shape[:2] == batch.input_ids.shape and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "idefics3", "internvl", "llava_onevision"])
+@pytest.mark.parametrize("family", [f for f, spec in FAMILIES.items() if spec.vision])  # every image family
 def test_length_estimate_is_exact(tmp_path, tiny_model_factory, family):
     for i, size in enumerate([(64, 64), (200, 90), (30, 300)]):
         _png(tmp_path / f"{i}.png", size)
