@@ -464,3 +464,20 @@ def test_choice_lists_the_options_and_the_letter_names_the_asked_shapes_colour(m
         img = Image.open(made["choice"] / r["images"][0]).convert("RGB")
         right = r["choices"]["ABCD".index(r["answer"])]
         assert COLORS[right] in {c for _, c in img.getcolors(maxcolors=1 << 16)}
+
+
+def test_squares_in_neighbouring_cells_never_meet():
+    """Two same-colour squares edge to edge read as one rectangle while the answer counts two (medium sample 438
+    of seed 0 showed 3 blue squares for an answer of 4). No two squares' boxes may come within a pixel."""
+    import json
+    import random
+
+    from rllava.tasks import TASKS
+
+    for i in range(1000):
+        sample = TASKS.get("counting")(random.Random(f"counting:0:{i}"), difficulty="medium")
+        boxes = [o["box"] for o in json.loads(sample.fields["objects"]) if o["shape"] == "square"]
+        for j, a in enumerate(boxes):
+            for b in boxes[j + 1:]:
+                apart = a[2] + 1 < b[0] or b[2] + 1 < a[0] or a[3] + 1 < b[1] or b[3] + 1 < a[1]
+                assert apart, (i, a, b)

@@ -217,6 +217,20 @@ def test_search_errors_name_the_problem(tmp_path):
         load_corpus(bad)
 
 
+def test_corpus_lines_end_at_newlines_only_and_null_fields_are_absent(tmp_path):
+    """U+2028 (written as is by json.dumps(ensure_ascii=False)) and form feeds are not line ends; a null id or title
+    is absent, not the text "None" (which a query for "none" would match); a byte-order mark is skipped."""
+    import json
+
+    rows = [{"id": "a", "title": "T", "text": "one\u2028line"}, {"id": None, "title": None, "text": "The flag is red."}]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\ufeff" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    assert load_corpus(corpus) == [Passage("a", "T", "one\u2028line"), Passage("1", "", "The flag is red.")]
+    text = tmp_path / "c.txt"
+    text.write_text("first passage with a form\x0cfeed\nsecond passage\n")
+    assert [p.text for p in load_corpus(text)] == ["first passage with a form\x0cfeed", "second passage"]
+
+
 # ---- python
 
 
@@ -251,3 +265,19 @@ def test_python_tool_does_not_follow_a_link_planted_in_its_folder(tmp_path):
         assert not target.exists()
     finally:
         ctx.cleanup()
+
+
+def test_only_calls_that_ran_count_as_tool_calls(tmp_path):
+    """agent/tool_calls counts calls that ran and returned: not one that failed (no corpus here) nor one skipped
+    because the turns ran out."""
+    from rllava.envs.tool_env import ToolEnv
+    from rllava.roles.multiturn import ran_a_tool
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The flag of Velmora is red.\n")
+    counts = []
+    for settings in (ToolSettings(), ToolSettings(corpus_path=str(corpus))):
+        env = ToolEnv(tools=["search"], call_format="tags", max_turns=2, settings=settings)
+        env.reset({}, [])
+        counts.append([ran_a_tool(env.step("<search>velmora flag</search>").info) for _ in range(2)])
+    assert counts == [[False, False], [True, False]]  # failed, failed | ran, skipped on the last turn

@@ -66,7 +66,9 @@ def load_corpus(path: str | Path) -> list[Passage]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"search corpus not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # "\n" alone ends a line: str.splitlines() would also split at U+2028, form feeds, ... inside a passage (and
+    # json.dumps(ensure_ascii=False) writes U+2028 as it is); utf-8-sig drops a byte-order mark.
+    lines = [ln.removesuffix("\r") for ln in path.read_text(encoding="utf-8-sig").split("\n")]
     if path.suffix != ".jsonl":
         return [Passage(str(i), "", line.strip()) for i, line in enumerate(lines) if line.strip()]
     out = []
@@ -79,7 +81,8 @@ def load_corpus(path: str | Path) -> list[Passage]:
             raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise ValueError(f"{path}:{n}: each row needs a string field 'text' (and optionally 'id', 'title')")
-        out.append(Passage(str(row.get("id", n - 1)), str(row.get("title", "")), row["text"]))
+        rid, title = row.get("id"), row.get("title")  # a null one is absent, not the text "None"
+        out.append(Passage(str(n - 1 if rid is None else rid), "" if title is None else str(title), row["text"]))
     return out
 
 

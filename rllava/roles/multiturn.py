@@ -39,6 +39,12 @@ def _text_only(messages: list[dict]) -> list[dict]:
     return [{**m, "content": "".join(p.get("text", "") for p in m["content"])} for m in messages]
 
 
+def ran_a_tool(info: dict) -> bool:
+    """Whether a step's `info` reports a tool call that ran and returned (not one that failed, or was skipped
+    because the turns ran out): what `agent/tool_calls` counts."""
+    return info.get("action") == "tool" and "error" not in info and not info.get("tool_skipped")
+
+
 class ObservationRenderer:
     """Turns an environment observation into tokens (and image inputs) that continue a conversation.
 
@@ -233,7 +239,7 @@ class MultiTurnRollout:
             ep.response_text = text  # the last turn's text: what reward functions score
             ep.info["transcript"].append(text)
             ep.info["turns"] += 1
-            ep.info["tool_calls"] += int(result.info.get("action") == "tool")
+            ep.info["tool_calls"] += int(ran_a_tool(result.info))
             ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
             over_budget = len(ep.response_ids) >= self.max_total_tokens
             if result.done or not turn.finished or over_budget or result.observation is None:

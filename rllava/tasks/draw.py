@@ -42,11 +42,21 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: str, cx: int, cy: i
     return [cx - r, cy - r, cx + r, cy + r]
 
 
+MAX_REDRAWS = 20  # positions tried for a square that meets another (the cell border leaves room for one)
+
+
+def _touch(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 1) -> bool:
+    """Whether two boxes (x1, y1, x2, y2, inclusive pixels) come within `gap` pixels of each other."""
+    return a[0] - gap <= b[2] and b[0] - gap <= a[2] and a[1] - gap <= b[3] and b[1] - gap <= a[3]
+
+
 def scene(rng: random.Random, size: int, grid: int, specs: list[tuple[str, str]], radius: tuple[int, int],
           background: tuple[int, int, int] = BACKGROUND) -> tuple[Image.Image, list[Obj]]:
     """Draw (shape, colour) specs in distinct cells of a grid x grid layout, jittered inside the cell.
 
-    Cells keep objects apart without rejection sampling; the cell size bounds the radius.
+    Cells keep objects apart; the cell size bounds the radius. Two squares in neighbouring cells may still meet
+    at the cell border and read as one rectangle, so such a square's position is drawn again (only those
+    samples change; round shapes that touch stay two shapes).
     """
     if len(specs) > grid * grid:
         raise ValueError(f"{len(specs)} objects do not fit a {grid}x{grid} grid")
@@ -56,11 +66,17 @@ def scene(rng: random.Random, size: int, grid: int, specs: list[tuple[str, str]]
     draw = ImageDraw.Draw(img)
     cells = rng.sample(range(grid * grid), len(specs))
     objs = []
+    squares: list[tuple[int, int, int, int]] = []
     for (shape, color), c in zip(specs, cells):
         r = rng.randint(min(radius[0], r_max), r_max)
         x0, y0 = (c % grid) * cell, (c // grid) * cell
-        cx = rng.randint(x0 + r, x0 + cell - r - 1)
-        cy = rng.randint(y0 + r, y0 + cell - r - 1)
+        for _ in range(MAX_REDRAWS if shape == "square" else 1):
+            cx = rng.randint(x0 + r, x0 + cell - r - 1)
+            cy = rng.randint(y0 + r, y0 + cell - r - 1)
+            if not any(_touch((cx - r, cy - r, cx + r, cy + r), b) for b in squares):
+                break
+        if shape == "square":
+            squares.append((cx - r, cy - r, cx + r, cy + r))
         objs.append(Obj(shape, color, draw_shape(draw, shape, color, cx, cy, r)))
     rng.shuffle(objs)  # the stored order says nothing about the position
     return img, objs
