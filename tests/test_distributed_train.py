@@ -229,8 +229,11 @@ class Countdown(Environment):
 '''
 
 
-def test_two_rank_agentic_episodes_of_different_lengths(tiny_model_factory, counting_data, tmp_path):
-    """Agentic rollouts under fsdp2: rank 0's episodes take 1 turn and rank 1's 2; the ranks stay in step."""
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_two_rank_agentic_episodes_of_different_lengths(tiny_model_factory, counting_data, tmp_path, chunk):
+    """Agentic rollouts under fsdp2: rank 0's episodes take 1 turn and rank 1's 2; the ranks stay in step, also
+    when rollout.batch_size splits a turn's generation into chunks (rank 1 then has more chunks than rank 0: the
+    ranks hung in mismatched collectives)."""
     plugin = tmp_path / "countdown_env.py"
     plugin.write_text(COUNTDOWN_ENV)
     # Every token ends a turn (all ids are EOS), so no episode stops early for running out of tokens.
@@ -241,7 +244,7 @@ def test_two_rank_agentic_episodes_of_different_lengths(tiny_model_factory, coun
     over = [*common(model, counting_data, tmp_path, "agent"), f"plugins=[{plugin}]",
             "trainer.pipeline=agentic", "env.name=countdown", "reward.functions={count: 1.0}", "data.batch_size=2",
             "data.shuffle=false", "data.val_files=", "rollout.n=2", "rollout.max_new_tokens=3",
-            "trainer.total_steps=2", "trainer.save_freq=0"]
+            "trainer.total_steps=2", "trainer.save_freq=0", f"rollout.batch_size={chunk}"]
     torchrun_train(over, tmp_path / "agent.log", timeout=180)
     rows = [r for r in read_metrics(tmp_path / "agent") if r["step"] > 0]
     assert [r["step"] for r in rows] == [1, 2]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rllava.data.types import Batch, Episode, Prompt
+from rllava.engines import distributed as du
 from rllava.engines.registry import ROLLOUT_ENGINES
 from rllava.models.introspect import get_tokenizer, unwrap
 from rllava.models.shared_prompt import _cache_kwarg
@@ -120,9 +121,16 @@ class HFRolloutEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         """n episodes per prompt, grouped consecutively; group ids start at `group_offset`."""
         episodes = [Episode(prompt=p, group_id=group_offset + i) for i, p in enumerate(prompts) for _ in range(sampling.n)]
-        step = self.batch_size or len(episodes)
-        for start in range(0, len(episodes), step):
-            self._generate_chunk(episodes[start:start + step], sampling)
+        step = self.batch_size or max(1, len(episodes))
+        chunks = -(-len(episodes) // step)
+        if du.is_initialized():  # a sharded model's generate is a collective: as many calls on every rank
+            chunks = int(du.all_reduce_max(chunks))
+        for c in range(chunks):
+            part = episodes[c * step:(c + 1) * step]
+            if not part and not episodes:
+                raise RuntimeError("a rank with no prompt cannot join the other ranks' generate calls")
+            # A rank with fewer chunks generates for a copy of its first episode and drops the result.
+            self._generate_chunk(part or [Episode(prompt=episodes[0].prompt)], sampling)
         return episodes
 
     def _prefill_once(self, text: dict[str, torch.Tensor], share) -> dict:
