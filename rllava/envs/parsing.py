@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Optional
@@ -38,17 +39,22 @@ class _JSONError(ValueError):
     """Why a JSON text could not be decoded, as shown to the model."""
 
 
-def _loads(text: str) -> Any:
-    """json.loads that fails only with _JSONError: a JSONDecodeError, and also the RecursionError of deep nesting
-    (a repetition loop of '[' is common in rollouts) and the ValueError of an over-long integer."""
+def _decode(decode: Callable[..., Any], *args: Any) -> Any:
+    """`decode(*args)` (json.loads, a decoder's raw_decode) failing only with _JSONError: a JSONDecodeError, and also
+    the RecursionError of deep nesting (a repetition loop of '[' is common in rollouts) and the ValueError of an
+    over-long integer."""
     try:
-        return json.loads(text)
+        return decode(*args)
     except json.JSONDecodeError as e:
         raise _JSONError(_where(e)) from None
     except RecursionError:
         raise _JSONError("it is nested too deeply") from None
     except ValueError as e:
         raise _JSONError(str(e)) from None
+
+
+def _loads(text: str) -> Any:
+    return _decode(json.loads, text)
 
 
 @dataclass
@@ -136,14 +142,8 @@ def parse_json(text: str) -> Action:
         if n >= _MAX_JSON_STARTS:
             break
         try:
-            value, _ = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError as e:
-            errors[m.start()] = _where(e)
-            continue
-        except RecursionError:
-            errors[m.start()] = "it is nested too deeply"
-            continue
-        except ValueError as e:  # e.g. an integer with too many digits
+            value, _ = _decode(decoder.raw_decode, text, m.start())
+        except _JSONError as e:
             errors[m.start()] = str(e)
             continue
         if isinstance(value, dict) and "name" in value:

@@ -134,12 +134,7 @@ class Trainer:
                              f"{du.world_size()}: resuming needs the same number")
         self.step = state["step"]
         self.best = state["best"]
-        if du.is_main():  # as the logs drop lines after the step resumed from, so do the checkpoints
-            moved = set_aside_after(self.ctx.run_dir, self.step)
-            if moved:
-                _log.warning("resuming from step %d: the newer checkpoints of the abandoned run (%s) were moved "
-                             "to %s; delete them once not needed", self.step, ", ".join(p.name for p in moved),
-                             moved[0].parent)
+        self._set_aside_checkpoints_after(self.step)  # as the logs drop lines after it, so do the checkpoints
         self.ctx.loader.load_state_dict(state["loader"])
         try:
             self.ctx.engine.load(ckpt / "engine")
@@ -153,6 +148,14 @@ class Trainer:
         if state.get("reward"):  # absent in checkpoints written before the counters were saved
             self.reward_scorer().load_state_dict(state["reward"][du.rank()])
         set_rng_state(state["rng"][du.rank()])
+
+    def _set_aside_checkpoints_after(self, step: int) -> None:
+        """Move the run folder's checkpoints after `step` (an abandoned branch or an earlier run) out of the way."""
+        if du.is_main():
+            moved = set_aside_after(self.ctx.run_dir, step)
+            if moved:
+                _log.warning("checkpoints after step %d (%s) belong to an earlier or abandoned run: moved to %s; delete "
+                             "them once not needed", step, ", ".join(p.name for p in moved), moved[0].parent)
 
     def save(self) -> None:
         ctx = self.ctx
@@ -215,11 +218,8 @@ class Trainer:
         check_best_metric(self.cfg, [p.meta.get("data_source", "") for p in self.ctx.val_prompts])
         if resume is not None:
             self.load(resume)
-        elif du.is_main():  # a fresh start: an earlier run's checkpoints here would be resumed by the next auto run
-            moved = set_aside_after(self.ctx.run_dir, 0)
-            if moved:
-                _log.warning("starting afresh: the earlier run's checkpoints in this folder (%s) were moved to %s",
-                             ", ".join(p.name for p in moved), moved[0].parent)
+        else:  # a fresh start: an earlier run's checkpoints here would be resumed by the next auto run
+            self._set_aside_checkpoints_after(0)
         total = min(tc.total_steps, tc.total_epochs * max(1, self.ctx.loader.steps_per_epoch))
         logger = make_logger(du.is_main(), self.ctx.run_dir, tc.loggers, total, self.step, tc.progress_bar,
                              wandb_config=to_dict(self.cfg))

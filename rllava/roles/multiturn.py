@@ -45,6 +45,13 @@ def ran_a_tool(info: dict) -> bool:
     return info.get("action") == "tool" and "error" not in info and not info.get("tool_skipped")
 
 
+def _end(ep: Episode, env: Any, finished: bool, stop: str) -> None:
+    """Close an episode: whether it ended by itself, why it stopped, and whether its format held."""
+    ep.finished = finished
+    ep.info["stop"] = stop
+    ep.info["format_ok"] = env.outcome().format_ok
+
+
 class ObservationRenderer:
     """Turns an environment observation into tokens (and image inputs) that continue a conversation.
 
@@ -243,9 +250,8 @@ class MultiTurnRollout:
             ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
             over_budget = len(ep.response_ids) >= self.max_total_tokens
             if result.done or not turn.finished or over_budget or result.observation is None:
-                ep.finished = bool(result.done and turn.finished)
-                ep.info["stop"] = result.info.get("stop", "length" if not turn.finished and not was_cut else "budget")
-                ep.info["format_ok"] = env.outcome().format_ok
+                _end(ep, env, bool(result.done and turn.finished),
+                     result.info.get("stop", "length" if not turn.finished and not was_cut else "budget"))
                 continue
             eos_ids = self.rollout.engine.eos_ids
             close = []  # a stop string ended the turn: close it as the template does
@@ -257,9 +263,7 @@ class MultiTurnRollout:
             if len(ep.response_ids) + len(close) + len(ids) >= self.max_total_tokens:
                 # No room for the observation and a turn after it. Ending here keeps the observation whole
                 # (cutting it could split an image's tokens) and the episode within its budget.
-                ep.finished = False
-                ep.info["stop"] = "budget"
-                ep.info["format_ok"] = env.outcome().format_ok
+                _end(ep, env, False, "budget")
                 continue
             if close:
                 self._append(ep, close, False)
