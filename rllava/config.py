@@ -265,6 +265,7 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])  # console | jsonl | tensorboard | wandb
     log_samples: int = 4  # samples written to samples.jsonl per validation
     progress_bar: bool = True  # tqdm bar on rank 0
+    profile_steps: list[int] = field(default_factory=list)  # steps run under torch.profiler, e.g. [3]: run_dir/profile/step_N/rank_R.trace.json (Perfetto, chrome://tracing) and rank_R.txt (the costliest ops)
 
 
 @dataclass
@@ -551,6 +552,10 @@ def check_ranges(cfg: Config) -> None:
     betas = cfg.actor.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):  # AdamW reads two, each in [0, 1)
         raise ConfigError(f"actor.betas={betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
+    tc = cfg.trainer
+    if any(not 1 <= s <= tc.total_steps for s in tc.profile_steps):  # a step never reached would profile nothing
+        raise ConfigError(f"trainer.profile_steps={tc.profile_steps!r}: steps run from 1 to trainer.total_steps="
+                          f"{tc.total_steps}")
     alg = cfg.algorithm
     if alg.kl_in not in ("loss", "reward"):
         raise ConfigError(f"algorithm.kl_in={alg.kl_in!r}: must be loss or reward")

@@ -5,6 +5,7 @@ machine and docs/benchmarks.md records the results.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,9 @@ def test_grpo_on_cuda_bf16(tiny_model_factory, counting_data, tmp_path):
     before, after = load_file(str(model / "model.safetensors")), load_file(f"{result['final_model']}/model.safetensors")
     assert all(t.dtype == torch.float32 for t in after.values())  # the exported master weights
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    step = [r for r in rows if "time/step" in r][-1]
+    assert 0 < step["perf/gpu_allocated_gb"] <= step["perf/gpu_peak_allocated_gb"] <= step["perf/gpu_peak_reserved_gb"]
 
 
 def _torchrun_train(overrides: list[str]) -> None:

@@ -51,7 +51,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def without_times(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith("time/")}
+    return {k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))}
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def assert_same_run(root: Path, name: str) -> None:
     a = model_weights(root / "straight" / "checkpoints" / "step_4" / "model")
     b = model_weights(root / name / "checkpoints" / "step_4" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]  # noqa: E731
     assert strip(read_metrics(root / "straight")) == strip(read_metrics(root / name))
 
 

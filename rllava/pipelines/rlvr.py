@@ -106,10 +106,11 @@ def covariance_tokens(batch: Batch, logp: torch.Tensor, choice: Callable, algo, 
 
 @contextlib.contextmanager
 def timed(metrics: dict[str, float], key: str) -> Iterator[None]:
-    """Add the wall time of the block to `metrics["time/<key>"]` (seconds)."""
+    """Add the wall time of the block to `metrics["time/<key>"]` (seconds); a profiler trace labels it `rllava/<key>`."""
     t0 = time.perf_counter()
     try:
-        yield
+        with torch.profiler.record_function(f"rllava/{key}"):
+            yield
     finally:
         metrics[f"time/{key}"] = metrics.get(f"time/{key}", 0.0) + time.perf_counter() - t0
 

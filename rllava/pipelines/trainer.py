@@ -30,6 +30,7 @@ from rllava.pipelines.checkpoint import (
 )
 from rllava.pipelines.evaluate import check_best_metric, evaluate
 from rllava.pipelines.logger import RunLogger, make_logger
+from rllava.pipelines.perf import PERF_REDUCTIONS, memory_metrics, profiled
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class Pipeline(Protocol):
 
 # How step metrics combine over ranks (the rest are averaged): totals add up, maxima stay maxima.
 METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "filter/kept_groups": "sum",
-                     **{f"reward/{k}": "sum" for k in ("errors", "errors_total", "timeouts_total", "crashes_total")}}
+                     **{f"reward/{k}": "sum" for k in ("errors", "errors_total", "timeouts_total", "crashes_total")},
+                     **PERF_REDUCTIONS}
 
 
 REFERENCE_FILE = "reference.safetensors"  # in a checkpoint, when reference.sync_steps moves the reference
@@ -183,10 +185,14 @@ class Trainer:
         tc = self.cfg.trainer
         # Every rank draws the same global batch and trains on its share (whole prompt groups).
         prompts = du.shard_prompts(self.ctx.loader.next_batch(), du.rank(), du.world_size())
+        profile = (profiled(self.ctx.run_dir, self.step + 1, self.ctx.device) if self.step + 1 in tc.profile_steps
+                   else contextlib.nullcontext())
         t0 = time.perf_counter()
-        metrics = self.pipeline.train_step(self, prompts)
+        with profile:
+            metrics = self.pipeline.train_step(self, prompts)
         self.step += 1
         metrics["time/step"] = time.perf_counter() - t0
+        metrics.update(memory_metrics(self.ctx.device))
         metrics = du.reduce_metrics(metrics, METRIC_REDUCTIONS)
         if "response/tokens" in metrics:
             metrics["time/tokens_per_s"] = metrics["response/tokens"] / metrics["time/step"]
