@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rllava.envs.sandbox import SandboxLimits, _cgroup_parent, run_python, sandbox_support
+import rllava.envs.sandbox as sandbox
+from rllava.envs.sandbox import SandboxLimits, _cgroup_parent, _host_paths_to_hide, _inside, run_python, sandbox_support
 
 # Programs expected to stop on their own get a generous timeout (it costs nothing and keeps a loaded
 # CI machine from failing them); programs that must be stopped get 1 s.
@@ -307,3 +308,116 @@ def test_unix_socket_on_the_host_filesystem_is_unreachable(tmp_path):
     assert res.stdout == "False\n" and res.exit_code == 1, res.to_text()  # the socket file is hidden
     if res.layers.get("unix_sockets_blocked"):  # and seccomp refuses the socket itself (x86_64, aarch64)
         assert "PermissionError: [Errno 13]" in res.stderr, res.to_text()
+
+
+def test_the_trainers_home_and_cache_folders_are_hidden_wherever_they_are(tmp_path, monkeypatch):
+    """On clusters HOME is often /fsx/home/u or /scratch/u, outside /home and /root, with ~/.netrc and
+    ~/.cache/huggingface/token in it; HF_HOME may lie elsewhere again."""
+    need("mount_namespace")
+    here = Path(__file__).resolve().parent  # outside every folder hidden by default (unless the repo is under one)
+    home, hf_home = here / f".sandbox-home-{os.getpid()}", here / f".sandbox-hf-{os.getpid()}"
+    monkeypatch.chdir(tmp_path)  # so that the cwd (the repo, hidden as such) does not cover them
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    try:
+        for folder, name in ((home, ".netrc"), (hf_home, "token")):
+            folder.mkdir()
+            (folder / name).write_text("hf_secret")
+        hidden = _host_paths_to_hide(tmp_path / "work", [])
+        assert any(_inside(str(home), h) for h in hidden) and any(_inside(str(hf_home), h) for h in hidden), hidden
+        code = (f"import os\nfor p in ({str(home / '.netrc')!r}, {str(hf_home / 'token')!r}):\n"
+                "    try:\n        print(open(p).read())\n    except OSError as e:\n        print('hidden', e.errno)\n"
+                f"print(os.listdir({str(home)!r}), os.listdir({str(hf_home)!r}))")
+        res = run_python(code, OS_ONLY, work_dir=tmp_path / "work")
+        assert res.ok and res.stdout.splitlines() == ["hidden 2", "hidden 2", "[] []"], res.to_text()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(hf_home, ignore_errors=True)
+
+
+def test_only_ip_sockets_can_be_made_and_io_uring_is_refused():
+    """The network namespace isolates IP only: a Unix socket reaches socket files on the host, vsock the host or
+    hypervisor, netlink the kernel, so seccomp refuses those families; io_uring is refused too, since its requests
+    (IORING_OP_SOCKET makes a socket without socket()) are not syscalls a filter sees. The audit hook is off, as
+    if code had got around it; ordinary code that uses socket pairs (asyncio) or subprocesses still works."""
+    need("unix_sockets_blocked")
+    code = """import asyncio, ctypes, errno, socket, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+print('io_uring_setup', libc.syscall(425, 4, params), errno.errorcode.get(ctypes.get_errno()))
+for family, kind in (('AF_UNIX', 'SOCK_STREAM'), ('AF_UNIX', 'SOCK_DGRAM'), ('AF_NETLINK', 'SOCK_RAW'),
+                     ('AF_VSOCK', 'SOCK_STREAM'), ('AF_PACKET', 'SOCK_RAW')):
+    try:
+        socket.socket(getattr(socket, family), getattr(socket, kind))
+        print(family, 'created')
+    except OSError as e:
+        print(family, errno.errorcode[e.errno])
+try:
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # an unconnected datagram socket could sendto() a socket file
+    print('datagram pair created')
+except OSError as e:
+    print('datagram pair', errno.errorcode[e.errno])
+socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+a, b = socket.socketpair()
+a.send(b'x')
+print('AF_INET created, stream pair', b.recv(1))
+asyncio.run(asyncio.sleep(0))
+print('asyncio', subprocess.run([sys.executable, '-c', 'print(1)'], capture_output=True, text=True).stdout.strip())
+"""
+    res = run_python(code, SandboxLimits(**FAST, python_guards=False, allow_subprocess=True))
+    assert res.stdout.splitlines() == [
+        "io_uring_setup -1 ENOSYS", "AF_UNIX EACCES", "AF_UNIX EACCES", "AF_NETLINK EACCES", "AF_VSOCK EACCES",
+        "AF_PACKET EACCES", "datagram pair EACCES", "AF_INET created, stream pair b'x'", "asyncio 1"], res.to_text()
+
+
+def _staging_leftovers(work: Path) -> list[str]:
+    return [p.name for p in work.parent.iterdir() if p.name.startswith(f".{work.name}.sandbox-")]
+
+
+def test_a_deep_folder_tree_is_dropped_whole_and_the_work_folder_kept(tmp_path):
+    """Copying back is iterative and bounded in depth: a 700-deep tree (far inside the quota's entry count)
+    neither breaks the copy halfway nor costs the folder its earlier files; the model is told."""
+    need("disk_quota")
+    work = tmp_path / "deep"
+    work.mkdir()
+    (work / "keep.txt").write_text("from an earlier call")
+    # (The audit hook is off only because its realpath checks make 700 nested mkdirs slow.)
+    res = run_python("import os\nos.remove('keep.txt')\nos.makedirs('/'.join(['a'] * 700))\nprint('made')", OS_ONLY,
+                     work_dir=work)
+    assert res.exit_code == 0 and res.stdout == "made\n", res.to_text()
+    text = res.to_text()
+    assert "nested more than 100 levels deep" in text and "files written during this run were discarded" in text
+    assert os.listdir(work) == ["keep.txt"] and (work / "keep.txt").read_text() == "from an earlier call"
+    # A tree within the limit is copied back; a path too long to copy is dropped whole with the reason.
+    res = run_python("import os\nos.makedirs('/'.join(['b'] * 50))\nopen('/'.join(['b'] * 50 + ['f.txt']), 'w').write('x')",
+                     BOTH, work_dir=work)
+    assert res.ok and res.notes() == [], res.to_text()
+    assert (work.joinpath(*["b"] * 50) / "f.txt").read_text() == "x" and (work / "keep.txt").exists()
+    long_path = "import os\nos.remove('keep.txt')\nfor i in range(20):\n    os.mkdir('c' * 250)\n    os.chdir('c' * 250)"
+    res = run_python(long_path, OS_ONLY, work_dir=work)
+    assert res.exit_code == 0 and "could not be updated" in res.to_text() and "files written during this run were discarded" in res.to_text()
+    assert sorted(os.listdir(work)) == ["b", "keep.txt"]
+    assert _staging_leftovers(work) == []
+
+
+def test_a_timeout_during_the_copy_back_leaves_the_work_folder_as_it_was(tmp_path, monkeypatch):
+    """The deadline may strike while the run's files are being copied back: the folder must then be exactly as it
+    was before the call (not emptied and half-filled), as the note says. A launcher whose file copies are slow
+    makes the deadline land there every time."""
+    need("disk_quota")
+    slow = tmp_path / "slow_launcher.py"
+    slow.write_text(f"import shutil, sys, time\nsys.path.insert(0, {str(sandbox.LAUNCHER.parent)!r})\n"
+                    "import _sandbox_launcher\ncopy2 = shutil.copy2\n\n\n"
+                    "def slow_copy2(*args, **kwargs):\n    time.sleep(0.1)\n    return copy2(*args, **kwargs)\n\n\n"
+                    "shutil.copy2 = slow_copy2\n_sandbox_launcher.main()\n")
+    monkeypatch.setattr(sandbox, "LAUNCHER", slow)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("from an earlier call")
+    code = "import os\nos.remove('keep.txt')\nfor i in range(60):\n    open(f'new{i}', 'w').write('x')\nprint('written')"
+    res = run_python(code, SandboxLimits(timeout_s=3.0, memory_mb=256), work_dir=work)  # copying takes >= 6 s
+    assert res.stdout == "written\n" and res.timed_out, res.to_text()  # the code finished; the copy-back did not
+    assert "files written during this run were discarded" in res.to_text()
+    assert os.listdir(work) == ["keep.txt"] and (work / "keep.txt").read_text() == "from an earlier call"
+    assert _staging_leftovers(work) == []

@@ -6,16 +6,18 @@ Process tree: trainer -> launcher -> init -> guard (the Python that runs the mod
   mount namespaces (each only if the kernel allows it), forks `init`, and exits with its code.
 - init: pid 1 of the new PID namespace. Dies with the launcher (PDEATHSIG). Puts a size- and
   inode-limited tmpfs over the work folder (a copy of it: the disk quota), makes every other mount
-  read-only, covers the host's private folders (/tmp, /run, /root, /home, the trainer's cwd, ...)
-  with empty read-only tmpfs mounts and binds back only what the code needs (its work folder,
-  the interpreter, the guard and code files), refuses socket(AF_UNIX) with a seccomp filter,
-  mounts a fresh /proc, forks the guard and reaps orphans. When the guard exits it kills the
-  rest of the namespace, checks the work folder against the quota (apparent sizes, each hard
-  link counted, and entries: what the copy would write), copies the tmpfs back into the real
-  work folder if it fits, and exits. (When a PID
-  namespace's init exits, the kernel kills every other process in it, so nothing the code
-  started outlives the call. If the call times out, init dies with the launcher and the
-  call's file changes are dropped.)
+  read-only, covers the host's private folders (/tmp, /run, /root, /home, the trainer's home and
+  cwd, ...) with empty read-only tmpfs mounts and binds back only what the code needs (its work
+  folder, the interpreter, the guard and code files), installs a seccomp filter (sockets other
+  than AF_INET/AF_INET6, and io_uring, refused), mounts a fresh /proc, forks the guard and reaps
+  orphans. When the guard exits it kills the rest of the namespace, checks the work folder against
+  the quota (apparent sizes, each hard link counted, entries and nesting depth: what the copy would
+  write), copies the tmpfs into the staging folder beside the real work folder if it fits, reports
+  `staged`, and exits. The trainer then swaps the staging folder in with renames, so the work
+  folder is always either as it was before the call or as the code left it: never half-copied.
+  (When a PID namespace's init exits, the kernel kills every other process in it, so nothing the
+  code started outlives the call. If the call times out, init dies with the launcher, nothing is
+  staged and the call's file changes are dropped.)
 - guard child: sets the rlimits, drops every capability (so root inside cannot remount, raise
   hard limits or leave the cgroup), sets no_new_privs, and execs the guard script.
 
@@ -91,21 +93,28 @@ def readonly_except(keep):
 
 
 def copy_entries(src, dst):
-    """Copy the files, folders and links in `src` into `dst` (other file types, e.g. FIFOs, are skipped)."""
-    def special(folder, names):
-        return [n for n in names if not (os.path.islink(os.path.join(folder, n)) or os.path.isfile(os.path.join(folder, n))
-                                         or os.path.isdir(os.path.join(folder, n)))]
-    for name in os.listdir(src):
-        a, b = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.isdir(a) and not os.path.islink(a):
-            shutil.copytree(a, b, symlinks=True, ignore=special, dirs_exist_ok=True)
-        elif os.path.islink(a) or os.path.isfile(a):
-            shutil.copy2(a, b, follow_symlinks=False)
+    """Copy the files, folders and links in `src` into the empty folder `dst` (other file types, e.g. FIFOs,
+    are skipped). Iterative, so a deep tree cannot hit Python's recursion limit halfway."""
+    todo, folders = [(src, dst)], []
+    while todo:
+        a_dir, b_dir = todo.pop()
+        with os.scandir(a_dir) as it:
+            for entry in it:
+                b = os.path.join(b_dir, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    os.mkdir(b)
+                    todo.append((entry.path, b))
+                    folders.append((entry.path, b))
+                elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                    shutil.copy2(entry.path, b, follow_symlinks=False)
+    for a, b in reversed(folders):  # modes and times last: filling a folder changes its mtime (and may need write access)
+        shutil.copystat(a, b, follow_symlinks=False)
 
 
-def quota_work_dir(work, host_view, size_mb, max_files):
-    """Put a size- and inode-limited tmpfs over the work folder, filled with its contents; the real folder stays at host_view."""
-    if not mount(work, host_view, None, MS_BIND):
+def quota_work_dir(work, host_view, stage, stage_view, size_mb, max_files):
+    """Put a size- and inode-limited tmpfs over the work folder, filled with its contents; the real folder stays
+    at host_view, and the (empty) staging folder the run's files are copied into afterwards at stage_view."""
+    if not (mount(work, host_view, None, MS_BIND) and mount(stage, stage_view, None, MS_BIND)):
         return False
     # nr_inodes: empty files cost no blocks, so without it the quota would not bound what is copied back
     if not mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,nr_inodes={max_files + 1},mode=0700"):
@@ -117,17 +126,24 @@ def quota_work_dir(work, host_view, size_mb, max_files):
     return True
 
 
-def work_usage(work):
-    """(bytes, entries) that copying `work` back would write: apparent sizes (a sparse file is copied
-    densely) and every hard link on its own (each becomes a separate copy). Links are not followed."""
-    size = entries = 0
-    for folder, dirs, files in os.walk(work):
-        for name in dirs + files:
-            st = os.lstat(os.path.join(folder, name))
-            entries += 1
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                size += st.st_size
-    return size, entries
+def work_usage(work, max_depth):
+    """(bytes, entries, depth) that copying `work` back would write: apparent sizes (a sparse file is copied
+    densely), every hard link on its own (each becomes a separate copy), and how deep folders nest (its own
+    entries are at depth 1; the walk goes no deeper than max_depth + 1). Links are not followed."""
+    size = entries = depth = 0
+    todo = [(work, 1)]  # an explicit stack: no recursion, however deep the tree
+    while todo:
+        folder, level = todo.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                entries += 1
+                depth = max(depth, level)
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    size += st.st_size
+                elif stat.S_ISDIR(st.st_mode) and level <= max_depth:
+                    todo.append((entry.path, level + 1))
+    return size, entries, depth
 
 
 def hide_host_paths(hide, keep):
@@ -183,11 +199,19 @@ def unhide_host_paths(hidden):
         libc.umount2(h.encode(), MNT_DETACH)
 
 
-# seccomp: refuse socket(AF_UNIX). The network namespace covers IP and abstract sockets, but a socket
-# file on a visible filesystem (read-only mounts do not stop connect()) would reach a host service.
+# seccomp: the network namespace isolates IP (and abstract Unix sockets), but not the other socket families:
+# a Unix socket file on a visible filesystem (read-only mounts do not stop connect()) reaches a host service,
+# AF_VSOCK reaches the host or hypervisor, AF_NETLINK talks to the kernel. So socket() is allowed only for
+# AF_INET and AF_INET6; socketpair() only for connected AF_UNIX stream/seqpacket pairs (asyncio and
+# multiprocessing.Pipe use them; a datagram pair could sendto() a socket file). io_uring is refused
+# altogether: its requests (IORING_OP_SOCKET, connect, openat, ...) are not syscalls, so no filter sees them.
 SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
-BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (AUDIT_ARCH_*, __NR_socket)
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_AND_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x54, 0x06
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}  # (AUDIT_ARCH_*, socket, socketpair)
+NR_IO_URING = (425, 426, 427)  # io_uring_setup, _enter, _register: the same numbers on every architecture
+AF_UNIX, AF_INET, AF_INET6, SOCK_STREAM, SOCK_SEQPACKET = 1, 2, 10, 1, 5
+# offsets in struct seccomp_data: nr, arch, then args[6] as u64 (low 32 bits first: both arches are little-endian)
+NR, ARCH, ARG0, ARG1 = 0, 4, 16, 24
 
 
 class SockFilter(ctypes.Structure):
@@ -198,46 +222,80 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def block_unix_sockets():
-    """Install a seccomp filter (inherited by every child) that fails socket(AF_UNIX, ...) with EACCES
-    and any syscall of a foreign ABI (x32, i386 socketcall) with ENOSYS. False where unsupported."""
+def assemble(prog):
+    """BPF instructions (code, jt, jf, k) with jump targets given as label names (strings in the list) or 0
+    (the next instruction); returns them with the relative offsets the kernel expects."""
+    labels, n = {}, 0
+    for item in prog:
+        if isinstance(item, str):
+            labels[item] = n
+        else:
+            n += 1
+    out = []
+    for item in prog:
+        if isinstance(item, str):
+            continue
+        code, jt, jf, k = item
+        here = len(out) + 1  # jumps count from the next instruction
+        jt, jf = (labels[j] - here if j else 0 for j in (jt, jf))
+        assert 0 <= jt < 256 and 0 <= jf < 256, "BPF jumps go forward, at most 255 instructions"
+        out.append(SockFilter(code, jt, jf, k))
+    return out
+
+
+def install_seccomp_filter():
+    """Install a seccomp filter (inherited by every child) that fails socket() of any family but AF_INET/AF_INET6,
+    and socketpair() but a connected AF_UNIX pair, with EACCES; io_uring and any syscall of a foreign ABI
+    (x32, i386) with ENOSYS (as on a kernel without them). False where unsupported."""
     arch = SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
         return False
-    audit_arch, nr_socket = arch
+    audit_arch, nr_socket, nr_socketpair = arch
     prog = [
-        (BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
-        (BPF_JEQ_K, 0, 7, audit_arch),  # foreign ABI -> ENOSYS
-        (BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
-        (BPF_JGE_K, 5, 0, 0x40000000),  # x32 syscall numbers -> ENOSYS
-        (BPF_JEQ_K, 0, 2, nr_socket),  # not socket() -> allow
-        (BPF_LD_W_ABS, 0, 0, 16),  # args[0] (low 32 bits): the address family
-        (BPF_JEQ_K, 1, 0, 1),  # AF_UNIX -> EACCES
+        (BPF_LD_W_ABS, 0, 0, ARCH),
+        (BPF_JEQ_K, 0, "nosys", audit_arch),
+        (BPF_LD_W_ABS, 0, 0, NR),
+        (BPF_JGE_K, "nosys", 0, 0x40000000),  # x32 syscall numbers
+        *[(BPF_JEQ_K, "nosys", 0, nr) for nr in NR_IO_URING],
+        (BPF_JEQ_K, "socket", 0, nr_socket),
+        (BPF_JEQ_K, "socketpair", "allow", nr_socketpair),
+        "socket",
+        (BPF_LD_W_ABS, 0, 0, ARG0),  # the address family
+        (BPF_JEQ_K, "allow", 0, AF_INET),
+        (BPF_JEQ_K, "allow", "deny", AF_INET6),
+        "socketpair",
+        (BPF_LD_W_ABS, 0, 0, ARG0),
+        (BPF_JEQ_K, 0, "deny", AF_UNIX),
+        (BPF_LD_W_ABS, 0, 0, ARG1),
+        (BPF_AND_K, 0, 0, 0xF),  # the type without SOCK_NONBLOCK / SOCK_CLOEXEC
+        (BPF_JEQ_K, "allow", 0, SOCK_STREAM),
+        (BPF_JEQ_K, "allow", "deny", SOCK_SEQPACKET),
+        "allow",
         (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        "deny",
         (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EACCES),
+        "nosys",
         (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
     ]
-    filters = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
-    fprog = SockFprog(len(prog), filters)
+    ins = assemble(prog)
+    filters = (SockFilter * len(ins))(*ins)
+    fprog = SockFprog(len(ins), filters)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # required to install a filter without CAP_SYS_ADMIN
     return libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) == 0
 
 
-def sync_back(work, host_view):
-    """After the run: make the real folder writable again and give it the tmpfs contents."""
+def copy_to_stage(work, stage_view):
+    """After the run: make the staging folder writable again (readonly_except covered it) and copy the tmpfs
+    into it. The real work folder is not touched: the trainer swaps the staging folder in once this process
+    has reported success and exited, so a kill or an error halfway leaves the folder as it was."""
     for point, opts in mount_points():
-        if point == host_view:
+        if point == stage_view:
             flags = MS_REMOUNT | MS_BIND
             for o in opts:
                 flags |= KEEP_FLAGS.get(o, 0)
-            mount(None, host_view, None, flags)
-    for name in os.listdir(host_view):
-        path = os.path.join(host_view, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    copy_entries(work, host_view)
+            if not mount(None, stage_view, None, flags):
+                raise OSError(ctypes.get_errno(), "cannot make the staging folder writable")
+    copy_entries(work, stage_view)
 
 
 def drop_capabilities():
@@ -275,7 +333,8 @@ def run_init(spec, layers, status_fd, launcher_pid):
     if layers.get("mount_namespace"):
         # The quota needs a PID namespace: before syncing back, init kills everything else in it (kill -1).
         if spec.get("disk_mb") and layers.get("pid_namespace"):
-            layers["disk_quota"] = quota_work_dir(work, spec["host_view"], spec["disk_mb"], spec["max_files"])
+            layers["disk_quota"] = quota_work_dir(work, spec["host_view"], spec["stage"], spec["stage_view"],
+                                                  spec["disk_mb"], spec["max_files"])
         failed = readonly_except(work)
         layers["readonly_fs"] = not failed
         if failed:
@@ -290,7 +349,7 @@ def run_init(spec, layers, status_fd, launcher_pid):
         if layers.get("pid_namespace"):
             layers["private_proc"] = mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     if spec["isolate"]:
-        layers["unix_sockets_blocked"] = block_unix_sockets()
+        layers["unix_sockets_blocked"] = install_seccomp_filter()  # the key predates the other families
     report(status_fd, layers=layers)
     child = os.fork()
     if child == 0:
@@ -321,16 +380,23 @@ def run_init(spec, layers, status_fd, launcher_pid):
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-        size, entries = work_usage(work)
-        limit_bytes = spec["disk_mb"] << 20
-        if size > limit_bytes or entries > spec["max_files"]:  # the run's files are dropped, the folder kept as it was
-            report(status_fd, disk_exceeded={"bytes": size, "entries": entries})
-        else:
-            unhide_host_paths(hidden)  # sync_back needs the real folder, which the hidden /tmp covers
-            # A backstop should the count above miss something: no file copied back exceeds the quota.
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-            sync_back(work, spec["host_view"])
+        # The run's files reach the real folder only if all of this succeeds (the trainer then swaps the staging
+        # folder in); anything else leaves the folder as it was and says why.
+        try:
+            size, entries, depth = work_usage(work, spec["max_depth"])
+            limit_bytes = spec["disk_mb"] << 20
+            if size > limit_bytes or entries > spec["max_files"] or depth > spec["max_depth"]:
+                report(status_fd, disk_exceeded={"bytes": size, "entries": entries, "depth": depth})
+            else:
+                unhide_host_paths(hidden)  # the staging folder's view lies under the hidden /tmp
+                # A backstop should the count above miss something: no file copied back exceeds the quota.
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+                copy_to_stage(work, spec["stage_view"])
+                report(status_fd, staged=True)
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+            report(status_fd, copy_back_failed=why if len(why) <= 300 else f"{why[:150]} ... {why[-150:]}")  # paths can be long
     os._exit(code)
 
 

@@ -6,15 +6,15 @@ runs the code. What holds the code, and who enforces it:
 
 | limit | OS (kernel) | Python audit hook (guard) |
 |---|---|---|
-| wall time | whole process group SIGKILLed at `timeout_s`; with a PID namespace every descendant dies too | - |
+| wall time | whole process group SIGKILLed at `timeout_s` (the copy-back of the work folder included); with a PID namespace every descendant dies too | - |
 | CPU time | RLIMIT_CPU (SIGXCPU) | - |
 | memory | RLIMIT_AS per process (MemoryError) | - |
 | file size | RLIMIT_FSIZE (also caps stdout/stderr files) | - |
-| disk use | the work folder is a tmpfs copy (RAM) of at most `disk_mb` and `max_files` inodes, synced back when the code exits if its apparent size (sparse files in full, each hard link counted) and entry count fit the quota; dropped otherwise and on timeout; needs mount + PID namespaces | - |
+| disk use | the work folder is a tmpfs copy (RAM) of at most `disk_mb` and `max_files` inodes; when the code exits, if its apparent size (sparse files in full, each hard link counted), entry count and nesting (`MAX_DEPTH` levels) fit, it is copied into a staging folder beside the work folder and renamed into place, so the folder is always either as before the call or as the code left it; dropped when it does not fit, on timeout and on any copy error (the note says so); needs mount + PID namespaces and a writable parent folder | - |
 | open files | RLIMIT_NOFILE | - |
 | processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` |
-| network | network namespace with no interfaces up; seccomp refuses socket(AF_UNIX) (socket files on the host); /tmp and /run hidden | every `socket.*` event refused |
-| reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev/shm, /root, /home, the trainer's cwd, /etc/shadow are covered by empty read-only mounts: other episodes' folders, the run's data and outputs, home folders are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
+| network | network namespace with no interfaces up; seccomp allows socket() only for AF_INET/AF_INET6 (no Unix socket files on the host, vsock, netlink, ...), socketpair() only for connected AF_UNIX pairs, and refuses io_uring (its requests bypass syscall filters); /tmp and /run hidden | every `socket.*` event refused |
+| reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev/shm, /root, /home, the trainer's cwd, its home wherever it is ($HOME and the passwd entry's, e.g. /fsx/home/u), $HF_HOME, $XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_DATA_HOME, /etc/shadow are covered by empty read-only mounts (a cwd or home at or above a system folder, e.g. HOME=/, is left alone): other episodes' folders, the run's data and outputs, tokens and keys are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
 | writes outside the work folder | mount namespace with every other mount read-only, capabilities dropped so it cannot be undone | `open` for writing and os.remove/rename/mkdir/chmod/... outside it refused |
 | leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
 | secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder | ctypes refused |
@@ -26,15 +26,17 @@ attacker (see `_sandbox_guard.py`); for hostile code at scale, also run the trai
 container or VM. Memory is per process (RLIMIT_AS), so the total is bounded by
 `max_processes x memory_mb`. As root without a pids cgroup, only the audit hook limits forks.
 Folders not in the hidden list (e.g. /srv/datasets given by absolute path) stay readable: keep
-answers and secrets under the trainer's cwd, the temp folder or a home folder.
+answers and secrets under the trainer's cwd, the temp folder or the trainer's home.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,9 @@ _HERE = Path(__file__).resolve().parent
 LAUNCHER = _HERE / "_sandbox_launcher.py"
 GUARD = _HERE / "_sandbox_guard.py"
 MEMORY_EXIT = 120  # the guard's exit status after an uncaught MemoryError (same constant there)
+# Deepest folder nesting copied back from the quota tmpfs: deeper trees break path-length limits and recursive
+# tools (the trainer's own shutil.rmtree of the episode folder), so such a run's files are dropped.
+MAX_DEPTH = 100
 _LAUNCHER_TASKS = 2  # launcher + init sit in the cgroup beside the code
 
 
@@ -82,8 +87,9 @@ class SandboxResult:
     duration_s: float
     limits: SandboxLimits
     layers: dict[str, Any] = field(default_factory=dict)  # which OS layers took effect
-    # {"bytes", "entries"} of the work folder when it broke the disk quota (the run's files were dropped)
+    # {"bytes", "entries", "depth"} of the work folder when it broke the disk quota (the run's files were dropped)
     disk_exceeded: Optional[dict[str, int]] = None
+    copy_back_error: Optional[str] = None  # why the run's files could not be copied back (they were dropped)
 
     @property
     def ok(self) -> bool:
@@ -103,12 +109,16 @@ class SandboxResult:
             out.append(f"file size limit of {lim.file_size_mb} MB reached")
         if "[Errno 28]" in self.stderr and self.layers.get("disk_quota"):
             out.append(f"disk quota of {lim.disk_mb} MB reached (it also allows at most {lim.max_files} files)")
-        if self.disk_exceeded:
-            used = self.disk_exceeded
+        used = self.disk_exceeded or {}
+        if used.get("bytes", 0) > lim.disk_mb << 20 or used.get("entries", 0) > lim.max_files:
             out.append(f"disk quota exceeded: the work folder held {used['bytes'] / (1 << 20):.1f} MB in "
                        f"{used['entries']} files and folders (sparse files count in full, each hard link "
                        f"counts); the limit is {lim.disk_mb} MB and {lim.max_files} files")
-        if (self.timed_out or self.disk_exceeded) and self.layers.get("disk_quota"):
+        if used.get("depth", 0) > MAX_DEPTH:
+            out.append(f"folders in the work folder were nested more than {MAX_DEPTH} levels deep, which is not allowed")
+        if self.copy_back_error:
+            out.append(f"the work folder could not be updated ({self.copy_back_error})")
+        if (self.timed_out or self.disk_exceeded or self.copy_back_error) and self.layers.get("disk_quota"):
             out.append("files written during this run were discarded")
         return out
 
@@ -129,36 +139,50 @@ class SandboxResult:
 
 
 def run_python(code: str, limits: Optional[SandboxLimits] = None, work_dir: Optional[Path] = None) -> SandboxResult:
-    """Run `code` as `__main__` in a sandboxed interpreter; `work_dir` (kept) or a fresh temp folder (removed)."""
+    """Run `code` as `__main__` in a sandboxed interpreter; `work_dir` (kept) or a fresh temp folder (removed).
+    With the disk quota, each call that ends in time replaces `work_dir` by a renamed copy (same path, new
+    folder): refer to it by path, not by an open descriptor or a process's cwd."""
     lim = limits or SandboxLimits()
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="rllava-sbx-")) if own_work else Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
     ctl = Path(tempfile.mkdtemp(prefix="rllava-sbx-ctl-"))  # code and output files, outside the code's reach
+    stage = None
+    if lim.os_isolation and lim.disk_mb:
+        # The run's files are copied here, beside the work folder (the same filesystem), and renamed into place.
+        # Without a writable parent there is no quota: the code then writes straight into the work folder.
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=f".{work.name}.sandbox-", dir=work.parent))
+        except OSError:
+            pass
     cgroup = _make_cgroup(lim.max_processes + _LAUNCHER_TASKS) if lim.os_isolation else None
     try:
         (ctl / "code.py").write_text(code, encoding="utf-8")
-        return _run(lim, work, ctl, cgroup)
+        return _run(lim, work, ctl, cgroup, stage)
     finally:
         if cgroup is not None:
             _remove_cgroup(cgroup)
         shutil.rmtree(ctl, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)  # the run's files when they were not swapped in
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> SandboxResult:
+def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path], stage: Optional[Path]) -> SandboxResult:
     python = lim.python or sys.executable
     guard_cfg = {"work_dir": str(work), "guards": lim.python_guards, "block_network": True,
                  "block_writes": True, "block_processes": not lim.allow_subprocess}
     argv = [python, "-I", "-B", "-X", "utf8", str(GUARD), json.dumps(guard_cfg), str(ctl / "code.py")]
     r, w = os.pipe()
     (ctl / "host").mkdir()  # where init keeps the real work folder while a tmpfs copy stands in for it
+    (ctl / "stage").mkdir()  # where init sees the staging folder (its own path may lie under a hidden folder)
     keep = [*_interpreter_paths(python), str(GUARD), os.path.realpath(ctl / "code.py")]
     spec = {"status_fd": w, "cgroup": str(cgroup) if cgroup else None, "isolate": lim.os_isolation,
             "work_dir": str(work), "rlimits": _rlimits(lim, cgroup is not None), "argv": argv,
-            "disk_mb": lim.disk_mb, "max_files": lim.max_files, "host_view": str(ctl / "host"),
+            "disk_mb": lim.disk_mb if stage else 0, "max_files": lim.max_files, "max_depth": MAX_DEPTH,
+            "host_view": str(ctl / "host"), "stage": str(stage), "stage_view": str(ctl / "stage"),
             "hide": _host_paths_to_hide(work, keep), "keep": keep}
     start = time.monotonic()
     try:
@@ -187,13 +211,40 @@ def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path]) -> S
         code, sig = (rc, None) if rc >= 0 else (None, -rc)
     if timed_out:
         code, sig = None, signal.SIGKILL
+    # With the quota, the run's files reach the work folder only here, after the sandbox has exited (so the
+    # deadline's kill cannot land halfway): a timed-out, over-quota or failed run leaves the folder as it was.
+    copy_error = status.get("copy_back_failed")
+    dropped = timed_out or status.get("disk_exceeded") or copy_error
+    if stage is not None and status.get("layers", {}).get("disk_quota") and not dropped:
+        copy_error = _swap_in(stage, work) if status.get("staged") else "the sandbox stopped before copying it back"
     return SandboxResult(
         exit_code=code, signal=sig,
         stdout=_read_clipped(ctl / "stdout", lim.max_output_chars),
         stderr=_read_clipped(ctl / "stderr", lim.max_output_chars),
         timed_out=timed_out, memory_exceeded=code == MEMORY_EXIT,
         cpu_exceeded=sig == signal.SIGXCPU, process_limit_hit=limit_hit,
-        duration_s=duration, limits=lim, layers=status.get("layers", {}), disk_exceeded=status.get("disk_exceeded"))
+        duration_s=duration, limits=lim, layers=status.get("layers", {}), disk_exceeded=status.get("disk_exceeded"),
+        copy_back_error=copy_error)
+
+
+def _swap_in(stage: Path, work: Path) -> Optional[str]:
+    """Put the staging folder (the run's files) in the work folder's place and remove the old one. Two renames
+    on one filesystem: the work folder is the old state until the second, the new one after it (only a kill
+    of this process between the two could leave neither in place). Returns why it failed, with the work
+    folder as it was, or None."""
+    old = stage.with_name(stage.name + "-old")
+    try:
+        os.chmod(stage, stat.S_IMODE(os.stat(work).st_mode))  # the folder keeps its own permissions
+        os.rename(work, old)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    try:
+        os.rename(stage, work)
+    except OSError as e:
+        os.rename(old, work)
+        return f"{type(e).__name__}: {e}"
+    shutil.rmtree(old, ignore_errors=True)
+    return None
 
 
 def _wait_unreaped(pid: int, deadline: float) -> bool:
@@ -214,11 +265,14 @@ def _wait_unreaped(pid: int, deadline: float) -> bool:
 
 # Host folders the code has no business reading: other episodes' work folders and the trainer's temp
 # files (/tmp, TMPDIR), service sockets (/run), home folders (keys, caches), plus the trainer's cwd
-# (the run's data with its answers, its outputs). Covered by empty read-only mounts in the sandbox.
+# (the run's data with its answers, its outputs) and its own home and cache/config folders wherever they
+# are (on clusters often /fsx/home/u, /scratch/u: ~/.netrc, ~/.cache/huggingface/token, ~/.ssh).
+# Covered by empty read-only mounts in the sandbox.
 _PRIVATE_HOST_PATHS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm", "/root", "/home")
 _PRIVATE_HOST_FILES = ("/etc/shadow", "/etc/gshadow")  # the code runs as uid 0 (without capabilities): owner access
-# The trainer's cwd is not covered if it lies in or above the system the interpreter runs on, or above a
-# folder that commonly holds installed software.
+_PRIVATE_ENV_PATHS = ("HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+# The trainer's cwd and home are not covered if they lie in or above the system the interpreter runs on (HOME=/
+# or /usr/...), or above a folder that commonly holds installed software.
 _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/dev")
 _SOFTWARE_PATHS = ("/opt", "/nix", "/snap", "/var/lib", "/srv")
 
@@ -227,14 +281,25 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def _trainer_home_folders() -> list[str]:
+    """The trainer's home (HOME, and the passwd entry's should HOME point elsewhere) and its cache/config folders."""
+    found = [os.path.expanduser("~"), *(os.environ.get(name) for name in _PRIVATE_ENV_PATHS)]
+    try:
+        found.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a uid without a passwd entry (containers)
+        pass
+    return [p for p in found if p]
+
+
 def _host_paths_to_hide(work: Path, keep: list[str]) -> list[str]:
     """The existing private folders (real paths, outermost only) that hold neither the work folder nor a kept path,
     then the private files."""
     found = [*_PRIVATE_HOST_PATHS, tempfile.gettempdir()]
-    cwd = os.path.realpath(os.getcwd())
-    if not (any(_inside(cwd, s) or _inside(s, cwd) for s in _SYSTEM_PATHS)
-            or any(_inside(s, cwd) for s in _SOFTWARE_PATHS)):
-        found.append(cwd)
+    for p in (os.getcwd(), *_trainer_home_folders()):
+        p = os.path.realpath(p)
+        if not (any(_inside(p, s) or _inside(s, p) for s in _SYSTEM_PATHS)
+                or any(_inside(s, p) for s in _SOFTWARE_PATHS)):
+            found.append(p)
     out: list[str] = []
     for p in sorted({os.path.realpath(p) for p in found if os.path.isdir(p)}, key=len):
         # A folder inside the work folder or a kept one cannot be covered (that would hide part of them);
