@@ -433,6 +433,29 @@ def test_rows_the_processor_rejects_name_the_row_and_can_be_skipped(tmp_path, qw
     assert [p.meta["answer"] for p in loader.next_batch()] == ["3", "3"] and loader.skipped == {0}
 
 
+def test_a_row_the_processor_rejects_is_not_blamed_on_the_blank_probe(tmp_path, qwen_vl, caplog):
+    _, proc = qwen_vl
+    _png(tmp_path / "ok.png", (64, 64))
+    _png(tmp_path / "banner.png", (4000, 10))  # 400:1: the probe of its size fails, and so does the row itself
+    rows = [{"prompt": "<image>a", "answer": "1", "images": ["ok.png"]},
+            {"prompt": "<image>b", "answer": "2", "images": ["banner.png"]},
+            {"prompt": "<image>c", "answer": "3", "images": ["ok.png"]}]
+    f = _jsonl(tmp_path / "rows.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="rllava.data.dataset"):
+        ds = RLDataset(str(f), DataConfig(skip_bad_rows=True, max_pixels=1_000_000), proc)
+    assert [ds.row(i)["answer"] for i in range(len(ds))] == ["1", "3"] and ds.n_bad == 1
+    assert "row 1, field 'images': the processor rejected" in ds.bad_rows[0]
+    assert "blank probe" not in caplog.text and "skipped 1 bad row" in caplog.text
+
+
+def test_an_image_named_with_a_leading_tilde_is_a_file_next_to_the_data(tmp_path, qwen_vl):
+    _png(tmp_path / "~draft.png", (56, 56), (0, 255, 0))  # no user "draft.png": not a home folder
+    f = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "<image>a", "answer": "1", "images": ["~draft.png"]}])
+    ds = RLDataset(str(f), DataConfig(), qwen_vl[1])
+    assert ds[0].images[0].getpixel((5, 5)) == (0, 255, 0)
+    assert load_image("~draft.png", tmp_path).size == (56, 56)
+
+
 def test_non_finite_answers_count_as_missing(tmp_path, text_tok):
     rows = [{"prompt": "2+2?", "answer": 4.0}, {"prompt": "3+3?", "answer": float("nan")},
             {"prompt": "1/0?", "answer": float("inf")}]

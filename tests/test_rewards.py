@@ -43,6 +43,9 @@ def test_extraction():
     assert last_integer("There are twenty-one circles") == 21
     assert last_integer("forty two") == 2  # two words: the last one
     assert last_integer("a five-sided shape") is None
+    assert last_integer("three five-pointed stars") == 3  # a compound adjective is not the count
+    assert last_integer("I see five-ish") == 5 and last_integer("twenty-odd dots") == 20  # approximately
+    assert last_integer("three-four circles") == 4  # a range: the last
     assert last_integer("about 1e999") is None  # not finite: no number, not an OverflowError
 
 
@@ -62,6 +65,11 @@ def test_extraction():
     ("The area is 1234567 square units", "1234567", 1.0),  # the last number as written, not rounded
     ("It grew to 2,500,001 people", "2500001", 1.0),
     ("The ratio comes to 3.1415926", "3.14159", 0.0),
+    ("about 12345678901234567 grains", "12345678901234567", 1.0), ("about 1,234,567 people", "1234567", 1.0),
+    # Scientific notation by its value (math-verify alone reads a lower-case 1e3 as 1*e*3).
+    ("we get 1e3", "1000", 1.0), ("the rate is 2.50e-3", "0.0025", 1.0), ("about 6.02e23 atoms", "6.02e23", 1.0),
+    ("<answer>6.02e23</answer>", "602000000000000000000000", 1.0), ("<answer>1000</answer>", "1e3", 1.0),
+    ("we get 2e3", "1000", 0.0), ("about 1e999", "1", 0.0),
     ("<answer>4</answer> and later 5", "4", 1.0),  # the tags win over later numbers
     ("<answer>3", "3", 1.0),  # unclosed tag: falls back to the last number
     ("", "3", 0.0),
@@ -122,6 +130,7 @@ def test_think_boxed_reward(response, expected):
     ("4", " 4 ", 1.0),
     ("There are twenty-one circles.", "21", 1.0),
     ("There are twenty-one circles.", "1", 0.0),
+    ("I see five-ish", "5", 1.0), ("There are three five-pointed stars.", "3", 1.0),
     ("I see 1e999 dots", "3", 0.0),
 ])
 def test_count_reward(response, answer, expected):
@@ -156,11 +165,29 @@ CHOICES = ["3 cm", "4 cm", "5 cm", "6 cm"]
     ("The answer is A or B.", 0.0), ("The answer is B or A.", 0.0), ("Answer: (B)/(C)", 0.0),
     ("The answer is A, not B.", 0.0),
     ("the answer is a triangle", 0.0),  # the article "a" is not option A
+    ("The answer is B, A is wrong.", 1.0), ("The answer is (B). Answer (A) is wrong.", 1.0),  # a rejected letter
+    ("Final answer B", 1.0), ("The answer is: B", 1.0),
     ("C", 0.0), ("<answer>5 cm</answer>", 0.0), ("4", 0.0), ("", 0.0),
 ])
 def test_choice_reward(response, expected):
     assert choice_reward(response, "B", choices=CHOICES)["accuracy"] == expected
     assert choice_reward(response, "4 cm", options=CHOICES)["accuracy"] == expected  # the gold as option text
+
+
+@pytest.mark.parametrize("response,gold", [
+    # The pronoun "I" and the article "A" are not option letters; a sentence rejecting an option is no answer.
+    ("The answer I picked is (B).", "B"), ("The final answer I got is (C).", "C"),
+    ("Looking at the figure, the answer is (C), I am fairly sure.", "C"),
+    ("The answer is B and I am confident about it.", "B"),
+    ("The answer is (B). Answer A is wrong because it ignores friction.", "B"),
+    ("After checking each option, the answer: A triangle has 3 sides, so (B).", "B"),
+    ("The answer is A because it is red.", "A"), ("Answer: A since the ball falls.", "A"),  # option A itself
+    ("The answer is I think (B).", "B"), ("The answer is (B), I'm sure.", "B"),
+])
+def test_choice_reward_reads_pronouns_articles_and_rejections(response, gold):
+    assert choice_reward(response, gold)["accuracy"] == 1.0
+    wrong = "D" if gold != "D" else "A"
+    assert choice_reward(response, wrong)["accuracy"] == 0.0
 
 
 def test_choice_reward_gold_forms():

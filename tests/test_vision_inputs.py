@@ -113,6 +113,22 @@ def test_exif_orientation_is_applied_and_image_size_agrees():
     assert load_image(raw).size == (20, 40) == image_size(raw, None)
 
 
+def test_an_upright_image_loads_again_unchanged():
+    # load_image applies the orientation to the pixels, so it drops the tag: a second load must not turn it again.
+    raw = _rotated_jpeg(6)
+    once = load_image(raw)
+    twice = load_image(once)
+    assert twice.size == once.size == (20, 40) == image_size(once, None)
+    assert np.array_equal(np.asarray(twice), np.asarray(once))
+    assert Image.Image.getexif(once).get(0x0112) is None
+    # An orientation stored in XMP (read when the EXIF has none) is dropped too; the caller's image keeps its own.
+    tagged = Image.new("RGB", (40, 20))
+    tagged.info["xmp"] = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    once = load_image(tagged)
+    assert once.size == load_image(once).size == load_image(once.copy()).size == (20, 40)
+    assert "xmp" in tagged.info
+
+
 def test_a_rotated_photo_reaches_the_prompt_upright(tmp_path, processors):
     (tmp_path / "photo.jpg").write_bytes(_rotated_jpeg(6, (200, 90)))
     f = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "<image>Where?", "answer": "1", "images": ["photo.jpg"]}])

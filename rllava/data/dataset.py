@@ -253,15 +253,16 @@ class RLDataset(torch.utils.data.Dataset):
                 it.length = -1
                 self._bad(e)
             except Exception as e:  # the processor rejected the blank probe: process the real row instead
-                if not self._probe_failed:
+                try:
+                    it.length = len(self._encode(it, *self._load_media(it))["input_ids"][0])
+                except DataError as bad:  # it rejects the row too (a 400:1 banner): the row is bad, not the probe
+                    it.length = -1
+                    self._bad(bad)
+                    continue
+                if not self._probe_failed:  # the real row passed where the probe failed: the probe is the problem
                     self._probe_failed = True
                     logger.warning("cannot estimate media tokens with a blank probe (%s: %s); processing each "
                                    "row once to measure its length", type(e).__name__, e)
-                try:
-                    it.length = len(self._encode(it, *self._load_media(it))["input_ids"][0])
-                except DataError as bad:
-                    it.length = -1
-                    self._bad(bad)
         items[:] = [it for it in items if it.length >= 0]
 
     def _media_tokens(self, it: _Item) -> int:

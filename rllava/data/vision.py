@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ def resolve_path(path: str, base_dir: Path | None) -> Path:
     """`path` as is when absolute, else relative to `base_dir` (a `file://` prefix is dropped)."""
     if path.startswith("file://"):
         path = path[len("file://"):]
-    p = Path(path).expanduser()
+    # Only "~" and "~/..." name the home folder: Path.expanduser() on "~draft.png" looks for a user "draft.png"
+    # and raises RuntimeError (not a MediaError, so a bad row could not be skipped) when there is none.
+    p = Path(path).expanduser() if path == "~" or path.startswith(("~/", "~" + os.sep)) else Path(path)
     return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
 
 
@@ -133,9 +136,22 @@ def load_image(ref: Any, base_dir: Path | None = None) -> Image.Image:
         orientation = _orientation(img)  # before load(): from the header, as image_size reads it
         img.load()
         img = _to_rgb(img)
-        return img.transpose(_ORIENT[orientation]) if orientation != 1 else img
+        return _drop_orientation(img.transpose(_ORIENT[orientation])) if orientation != 1 else img
     except Exception as e:
         raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
+
+
+def _drop_orientation(img: Image.Image) -> Image.Image:
+    """`img`, turned upright, without the orientation tag its metadata (`info`, copied by `transpose`) still
+    holds: loading it again would turn it again. Other EXIF tags stay; XMP, which may carry the orientation
+    too, is dropped (rllava reads nothing else from it)."""
+    exif = Image.Image.getexif(img)  # the EXIF block of info, plus an XMP orientation when it has none
+    exif.pop(0x0112, None)
+    img.info.pop("Raw profile type exif", None)  # PNG's text form of the EXIF block
+    img.info["exif"] = exif.tobytes()
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        img.info.pop(key, None)
+    return img
 
 
 def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

@@ -15,10 +15,18 @@ from rllava.rewards.registry import REWARDS
 
 _ALONE = re.compile(r"\(?([A-Za-z])\)?[.:]?")  # the whole answer is one letter: "B", "(b)", "B."
 _MARKED = re.compile(r"\(([A-Z])\)|(?:^|(?<=\s))([A-Z])[.:)](?=\s|$)")  # "(B)", "B.", "B:", "B)"
-# "the answer is B", "Answer: (B)"; else "the correct option is B" (not "Option C is wrong"). Letters upper-case.
-_STATED = (re.compile(r"(?i:answer)\s*(?i:is|:)?\s*\(?([A-Z])\)?(?![A-Za-z])"),
-           re.compile(r"(?i:option|choice)\s*(?i:is|:)\s*\(?([A-Z])\)?(?![A-Za-z])"))
-_HEDGE = re.compile(r"\s*(?:,|/|(?i:or|and))\s*\(?[A-Z]\)?(?![A-Za-z])")  # "... is A or B": a second letter
+_REJECTED = r"(?!\s*(?:is|was)\s+(?:not|wrong|incorrect)\b)"  # "A is wrong" rejects A: it is not picked
+# A capital "A" or "I" followed by a word is the article or the pronoun ("the answer: A triangle ...", "(C), I am
+# sure"), not an option letter, unless the word is one an option letter takes and an article or "I" does not
+# ("A or B", "A is right", "A because ...").
+_LETTER = r"(?![AI]\s+(?!(?:or|and|nor|is|because|since|as)\b)[a-z])\(?([A-Z])\)?(?![A-Za-z'])" + _REJECTED
+# "the answer is B", "Answer: (B)", "answer (B)", "Final answer B" (a bare letter only when it ends the response:
+# not "Answer A is wrong", nor the "I" of "the answer I picked"); else "the correct option is B" (not "Option C is
+# wrong"). Letters upper-case.
+_STATED = (re.compile(r"(?i:answer)\s*(?:(?:(?i:is)\s*:?|:)\s*" + _LETTER + r"|\(([A-Z])\)" + _REJECTED
+                      + r"|\s([A-Z])(?=[.!]?\s*$))"),
+           re.compile(r"(?i:option|choice)\s*(?:(?i:is)\s*:?|:)\s*" + _LETTER))
+_HEDGE = re.compile(r"\s*(?:,|/|(?i:or|and))\s*" + _LETTER)  # "... is A or B": a second letter
 
 
 def option_letter(index: int) -> str:
@@ -64,7 +72,8 @@ def picked_letter(response: str, choices: Optional[list]) -> Optional[str]:
     for phrase in _STATED:
         stated = list(phrase.finditer(span))
         if stated:
-            return None if _HEDGE.match(span, stated[-1].end()) else stated[-1].group(1)
+            last = stated[-1]
+            return None if _HEDGE.match(span, last.end()) else last[last.lastindex]
     marked = {a or b for a, b in _MARKED.findall(span)}
     return marked.pop() if len(marked) == 1 else None
 

@@ -55,12 +55,16 @@ def last_number_text(text: str) -> str | None:
 
 
 def _word_value(word: str) -> int | None:
-    """A number word ("three"), or a tens-unit compound ("twenty-one"); None for any other word."""
-    tens, _, unit = word.partition("-")
-    if not unit:
+    """A number word ("three"), a tens-unit compound ("twenty-one"), the last of a range ("three-four" is 4) or an
+    approximate number ("five-ish", "twenty-odd"); None for any other word. A number in a compound adjective
+    ("five-sided", "two-headed") describes a thing, not how many there are: "three five-pointed stars" is 3."""
+    first, _, second = word.partition("-")
+    if not second:
         return _NUMBER_WORDS.get(word)
-    if _NUMBER_WORDS.get(tens, 0) >= 20 and 0 < _NUMBER_WORDS.get(unit, 10) < 10:
-        return _NUMBER_WORDS[tens] + _NUMBER_WORDS[unit]
+    if _NUMBER_WORDS.get(first, 0) >= 20 and 0 < _NUMBER_WORDS.get(second, 10) < 10:
+        return _NUMBER_WORDS[first] + _NUMBER_WORDS[second]
+    if first in _NUMBER_WORDS and (second in _NUMBER_WORDS or second in ("ish", "odd")):
+        return _NUMBER_WORDS.get(second, _NUMBER_WORDS[first])
     return None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import threading
+from decimal import Decimal
 
 from rllava.rewards.extract import final_answer, last_number_text
 from rllava.rewards.registry import REWARDS
@@ -30,8 +31,25 @@ def _as_latex(text: str) -> str:
     return text if "$" in text or "\\boxed" in text else f"${text}$"
 
 
+# A plain number in scientific notation, "1e3", "-2.50E-3"; its exponent at most 3 digits (see _plain_decimal).
+_E_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d{1,3}\s*")
+
+
+def _plain_decimal(text: str) -> str:
+    """A number in scientific notation as a plain decimal ("1e3": "1000"); other text as it is. math-verify reads
+    a lower-case "1e3" as the product 1*e*3 (Euler's e), so a number written this way would never equal its
+    value. The exponent is capped at 3 digits so that "1e999" makes a 1000-digit string, not an unbounded one."""
+    return format(Decimal(text.strip()), "f") if _E_NUMBER.fullmatch(text) else text
+
+
 def math_equal(pred: str, gold: str) -> bool:
-    """True when `pred` and `gold` parse to equal values or expressions."""
+    """True when `pred` and `gold` parse to equal values or expressions (a number in scientific notation also
+    as its plain decimal: "1e3" == "1000")."""
+    plain = _plain_decimal(pred), _plain_decimal(gold)
+    return _math_equal(pred, gold) or (plain != (pred, gold) and _math_equal(*plain))
+
+
+def _math_equal(pred: str, gold: str) -> bool:
     from math_verify import verify
 
     gold_parsed = _parse(_as_latex(gold)) or _parse(gold)
