@@ -1,9 +1,12 @@
 """Aggregation modes, KL estimators (incl. straight-through "+"), KL controllers, KL penalty/loss, entropy."""
+import json
 import math
+import textwrap
 from dataclasses import replace
 
 import pytest
 import torch
+from dist_scripts.launch import start_torchrun, wait_torchrun
 
 from rllava.algorithms import (
     AGGREGATIONS,
@@ -124,6 +127,41 @@ def test_apply_kl_penalty_in_reward():
     new, mean_kl = apply_kl_penalty(token_rewards, DIFF, ref, PEN_MASK, coef=0.5, estimator="k1")
     torch.testing.assert_close(new, torch.tensor([[-0.05, -0.1, 0.85], [-0.2, 0.75, 0.0]]))
     assert mean_kl == pytest.approx((0.2 + 0.45) / 2)  # per-sequence mean, then batch mean
+
+
+# Rank 0 holds 2 sequences of KL 1.0, rank 1 six of KL 3.0 (k1, logp - ref on every trained token), of other
+# widths; then rank 1 holds none.
+KL_WORKER = '''
+import json
+import torch
+from rllava.algorithms import apply_kl_penalty
+from rllava.engines import distributed as du
+
+du.init_distributed()
+rows, kl, width = [(2, 1.0, 3), (6, 3.0, 5)][du.rank()]
+mask = torch.ones(rows, width)
+mask[:, -1] = 0.0  # padding: it does not count
+logp = torch.full((rows, width), kl)
+uneven = apply_kl_penalty(torch.zeros(rows, width), logp, torch.zeros(rows, width), mask, 0.1, "k1")[1]
+n = rows if du.rank() == 0 else 0
+empty = apply_kl_penalty(torch.zeros(n, 4), torch.ones(n, 4), torch.zeros(n, 4), torch.ones(n, 4), 0.1, "k1")[1]
+seen = du.gather_objects([uneven, empty])
+if du.rank() == 0:
+    open({out!r}, "w").write(json.dumps(seen))
+du.destroy_distributed()
+'''
+
+
+def test_kl_penalty_mean_is_the_steps_per_sequence_mean_over_ranks(tmp_path):
+    """The adaptive controller (and kl/mean) take the mean KL over every rank's sequences, as one process
+    gives: (2 * 1.0 + 6 * 3.0) / 8 = 2.5 on both ranks, not the mean of the ranks' means (2.0). A rank with
+    no sequence takes part in the collective and weighs nothing."""
+    script, out = tmp_path / "worker.py", tmp_path / "kl.json"
+    script.write_text(textwrap.dedent(KL_WORKER.format(out=str(out))))
+    wait_torchrun(start_torchrun([str(script)], tmp_path / "log.txt"), tmp_path / "log.txt", timeout=120)
+    seen = json.loads(out.read_text())
+    assert [s[0] for s in seen] == pytest.approx([2.5, 2.5])
+    assert [s[1] for s in seen] == pytest.approx([1.0, 1.0])
 
 
 def test_kl_loss_and_entropy_loss():

@@ -165,16 +165,60 @@ def test_hint_tokens_go_to_the_sft_term_and_the_rest_to_rl():
     hint_len = torch.tensor([2, 0, 1])
     demo = demonstration_tokens(None, hint_len, mask)
     assert demo.tolist() == [[True, True, False, False], [False] * 4, [True, False, False, False]]
-    rows, rl_mask = rl_part(mask, demo, "hint")
+    rows, rl_mask = rl_part(mask, demo, None, "hint")
     assert rows is None and rl_mask.tolist() == [[0, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]]
     sft_rows, sft_mask = sft_part(mask, demo, 1.0)
     assert sft_rows.tolist() == [0, 2] and sft_mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
     assert sft_part(mask, demo, 0.0) == (None, None)
     # a whole demonstration row (switch / sft) drops out of RL; under mix RL keeps every token
     expert = torch.tensor([False, True, False])
-    rows, rl_mask = rl_part(mask, demonstration_tokens(expert, None, mask), "sft")
+    rows, rl_mask = rl_part(mask, demonstration_tokens(expert, None, mask), expert, "sft")
     assert rows.tolist() == [0, 2] and torch.equal(rl_mask, mask[[0, 2]])
-    assert rl_part(mask, demonstration_tokens(expert, None, mask), "mix") == (None, mask)
+    assert rl_part(mask, demonstration_tokens(expert, None, mask), expert, "mix") == (None, mask)
+
+
+@pytest.mark.parametrize("other_len", [4, 8, 9])
+def test_an_all_hint_rollout_counts_in_its_group_whatever_the_batch_width(other_len):
+    """A multi-turn UFT episode cut inside its hint is all hint (8 of 8 tokens). It is a rollout: its reward
+    counts in its group however wide the other rows are (shorter, as long, longer). Group rewards
+    [1, 0, 0, 1]: mean 0.5, unbiased std 0.577, so rows 0..2 get +-0.866 on their own tokens."""
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.rlvr import rl_advantages, rl_tokens
+
+    p = Prompt(input_ids=[1, 2])
+    eps = [Episode(prompt=p, response_ids=[5] * other_len, response_mask=[1] * other_len, reward=r, hint_len=1)
+           for r in (1.0, 0.0, 0.0)]
+    eps.append(Episode(prompt=p, response_ids=[5] * 8, response_mask=[1] * 8, reward=1.0, hint_len=8, finished=False))
+    batch = Batch.from_episodes(eps, 0)
+    algo = cfg(adv_estimator="grpo", demonstrations="hint")
+    adv, _ = rl_advantages(batch, algo)
+    assert adv[:3, 1].tolist() == pytest.approx([0.866, -0.866, -0.866], abs=1e-3)
+    assert not adv[:, 0].any() and not adv[3].any()  # hint tokens have no advantage
+    demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
+    rows, own = rl_part(batch.response_mask, demo, batch.is_expert, "hint")
+    assert rows is None and not own[3].any()  # the row stays (an actor per-sequence mean counts it), untrained
+    assert torch.equal(rl_tokens(batch, algo), own)  # the critic's value mask
+
+
+@pytest.mark.parametrize("mode", ["switch", "sft"])
+@pytest.mark.parametrize("demo_len", [2, 4, 6])
+def test_a_whole_demonstration_row_stays_out_of_its_group_statistics(mode, demo_len):
+    """Under the SFT-only modes a demonstration row (is_expert) drops out of its group, narrower, as wide or
+    wider than the rollouts: group [1, 0, 0] alone has mean 1/3, unbiased std 0.577."""
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.rlvr import rl_advantages, rl_tokens
+
+    p = Prompt(input_ids=[1, 2])
+    eps = [Episode(prompt=p, response_ids=[5] * 4, response_mask=[1] * 4, reward=r) for r in (1.0, 0.0, 0.0)]
+    eps.append(Episode(prompt=p, response_ids=[9] * demo_len, response_mask=[1] * demo_len, reward=1.0, is_expert=True))
+    batch = Batch.from_episodes(eps, 0)
+    algo = cfg(adv_estimator="grpo", demonstrations=mode, sft_coef=0.5)
+    adv, _ = rl_advantages(batch, algo)
+    assert adv[:3, 0].tolist() == pytest.approx([1.155, -0.577, -0.577], abs=1e-3)
+    assert not adv[3].any() and not rl_tokens(batch, algo)[3].any()
+    demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
+    rows, _ = rl_part(batch.response_mask, demo, batch.is_expert, mode)
+    assert rows.tolist() == [0, 1, 2]
 
 
 def test_sft_only_demonstrations_stay_out_of_the_advantages():

@@ -68,26 +68,26 @@ def demonstration_tokens(is_expert: Optional[torch.Tensor], hint_len: Optional[t
     return demo
 
 
-def rl_part(mask: torch.Tensor, demo: Optional[torch.Tensor], mode: Optional[str]
+def rl_part(mask: torch.Tensor, demo: Optional[torch.Tensor], is_expert: Optional[torch.Tensor], mode: Optional[str]
             ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
-    """(rows RL trains, their token mask). Rows: None for all of them; under the SFT-only modes a row of
-    demonstration tokens only drops out (it must not count as an RL row in a per-sequence mean). A rollout
-    whose own tokens are all masked (a cut one under `mask_truncated`, after a UFT hint) stays: its reward
-    counts in its group."""
+    """(rows RL trains, their token mask). Rows: None for all of them; under the SFT-only modes a whole
+    demonstration row (`is_expert`) drops out (it must not count as an RL row in a per-sequence mean). A
+    rollout whose own tokens are all masked (a cut one under `mask_truncated`, one all UFT hint) stays: its
+    reward counts in its group. Rows are chosen by `is_expert`, not by the token masks: a row that is all hint
+    fills `demo` only as far as the batch's padding reaches, so the choice would depend on the batch's width."""
     if demo is None or not mode or RL_TRAINS_DEMONSTRATIONS[mode]:
         return None, mask
     own = mask * ~demo
-    keep = (own != 0).any(1) | ~demo.all(1)
-    if bool(keep.all()):
+    if is_expert is None or not bool(is_expert.any()):
         return None, own
-    rows = keep.nonzero().squeeze(1)
+    rows = (~is_expert.to(dtype=torch.bool)).nonzero().squeeze(1).to(mask.device)
     return rows, own[rows]
 
 
 def rl_token_mask(mask: torch.Tensor, is_expert: Optional[torch.Tensor], hint_len: Optional[torch.Tensor],
                   mode: Optional[str]) -> torch.Tensor:
     """[B, T] mask of the tokens RL trains: every response token but SFT-only demonstration tokens."""
-    rows, own = rl_part(mask, demonstration_tokens(is_expert, hint_len, mask), mode)
+    rows, own = rl_part(mask, demonstration_tokens(is_expert, hint_len, mask), is_expert, mode)
     if rows is None:
         return own
     out = torch.zeros_like(mask)

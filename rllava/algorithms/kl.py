@@ -8,9 +8,9 @@ k3 clamps x to [-20, 20] and its value to <= 10 so a diverged token cannot blow 
 and their gradient is k2's (grad = logp - ref_logp, an unbiased KL gradient), as veRL's "+" modes.
 
 KL can enter the reward (`apply_kl_penalty`, subtracted per token before advantages; coefficient
-from a `FixedKLController` or `AdaptiveKLController`) or the loss (`kl_loss`, added to the
-minimised loss as coef * kl). `entropy_loss` returns the aggregated entropy; the actor
-*subtracts* coef * entropy, since a bonus must lower the minimised loss.
+from a `FixedKLController` or `AdaptiveKLController`, fed the step's mean KL per sequence over all
+ranks) or the loss (`kl_loss`, added to the minimised loss as coef * kl). `entropy_loss` returns the
+aggregated entropy; the actor *subtracts* coef * entropy, since a bonus must lower the minimised loss.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from rllava.algorithms.aggregation import aggregate
+from rllava.algorithms.aggregation import aggregate, batch_sum
 from rllava.registry import Registry
 
 KL_ESTIMATORS = Registry("kl_estimator", "per-token KL(pi || ref) estimators (algorithm.kl_estimator): fn(logp, ref_logp) -> kl")
@@ -103,10 +103,14 @@ def make_kl_controller(cfg: Any) -> Any:
 @torch.no_grad()
 def apply_kl_penalty(token_rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
                      coef: float, estimator: str) -> tuple[torch.Tensor, float]:
-    """KL in the reward: r_t - coef * kl_t on trained tokens; also the mean KL (per sequence, then batch)."""
+    """KL in the reward: r_t - coef * kl_t on trained tokens; also the mean KL (per sequence, then over the
+    step's whole batch: every rank's sequences, as one process would see them). A collective under torchrun."""
     kl = KL_ESTIMATORS.get(estimator)(logp, ref_logp) * mask
-    mean_kl = (kl.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    return token_rewards - coef * kl, float(mean_kl)
+    seq_kl = (kl.sum(-1) / mask.sum(-1).clamp(min=1)).double()
+    # Sum and count over ranks, not a mean of rank means: ranks may hold different numbers of sequences
+    # (group filters, dynamic sampling), and each sequence must weigh the same.
+    total, n = batch_sum(torch.stack([seq_kl.sum(), seq_kl.new_tensor(float(seq_kl.numel()))])).tolist()
+    return token_rewards - coef * kl, total / max(1.0, n)
 
 
 def kl_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: str, agg_mode: str,

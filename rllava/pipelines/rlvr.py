@@ -51,9 +51,10 @@ def response_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 def rl_advantages(batch: Batch, algo) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Advantages (and returns) from what RL trains: SFT-only demonstration tokens (whole rows, UFT hints)
-    get 0 and stay out of the group and batch statistics."""
+    get 0; whole demonstration rows also stay out of the group and batch statistics, while a hinted
+    rollout, even one that is all hint, counts in its group."""
     demo = demonstration_tokens(batch.is_expert, batch.hint_len, batch.response_mask)
-    rows, own_mask = rl_part(batch.response_mask, demo, algo.demonstrations)
+    rows, own_mask = rl_part(batch.response_mask, demo, batch.is_expert, algo.demonstrations)
     if own_mask is batch.response_mask:  # RL trains every token
         return ADVANTAGES.get(algo.adv_estimator)(batch, algo)
     adv = torch.zeros_like(batch.response_mask, dtype=torch.float32)
@@ -199,9 +200,10 @@ class RLVRPipeline:
                 old = before if before is not None else ctx.actor.logprobs(batch)
                 batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
                                                            self.kl_ctrl.value, algo.kl_estimator)
-                # Every rank's controller sees the global batch, so the coefficient stays the same on all.
-                self.kl_ctrl.update(du.all_reduce_sum(kl) / du.world_size(), int(du.all_reduce_sum(len(batch))))
-                metrics.update({"kl/mean": float(kl), "kl/coef": self.kl_ctrl.value})
+                # kl is the whole step's (every rank's sequences): the controller, and so the coefficient, is the
+                # same on all ranks, and kl/mean (averaged over ranks by the trainer) is that same value.
+                self.kl_ctrl.update(kl, int(du.all_reduce_sum(len(batch))))
+                metrics.update({"kl/mean": kl, "kl/coef": self.kl_ctrl.value})
         if ctx.critic is not None:
             with timed(metrics, "values"):
                 batch.values = ctx.critic.values(batch)

@@ -200,7 +200,8 @@ class Actor:
         def parts(b: Batch) -> tuple:
             """(RL rows, their mask, SFT rows, their demonstration-token mask) of b."""
             demo = demonstration_tokens(b.is_expert, b.hint_len, b.response_mask)
-            return (*rl_part(b.response_mask, demo, algo.demonstrations), *sft_part(b.response_mask, demo, sft_coef))
+            return (*rl_part(b.response_mask, demo, b.is_expert, algo.demonstrations),
+                    *sft_part(b.response_mask, demo, sft_coef))
 
         rl_rows, rl_mask, sft, sft_mask = parts(mini)
         rl_den = max(1.0, du.all_reduce_sum(weight_size(mode, rl_mask) if real else 0.0))
