@@ -585,9 +585,6 @@ def check_ranges(cfg: Config) -> None:
         raise ConfigError(f"algorithm.tis_floor={alg.tis_floor!r} and tis_cap={alg.tis_cap!r}: need 0 <= tis_floor < tis_cap")
     if alg.clip_ratio_c is not None and alg.clip_ratio_c <= 1:
         raise ConfigError(f"algorithm.clip_ratio_c={alg.clip_ratio_c!r}: must be > 1 (dual clip), or null to disable it")
-    if "overlong_penalty" in alg.reward_shaping and not 0 < alg.overlong_buffer_len <= cfg.rollout.max_new_tokens:
-        raise ConfigError(f"algorithm.overlong_buffer_len={alg.overlong_buffer_len!r}: must be in "
-                          f"(0, rollout.max_new_tokens={cfg.rollout.max_new_tokens}]")
     if not cfg.reward.functions and not cfg.reward.by_source and not cfg.reward.model:
         raise ConfigError("reward.functions is empty and there is no reward.model: name at least one reward function")
     for source, weights in cfg.reward.by_source.items():

@@ -99,8 +99,6 @@ def test_out_of_range_numbers_name_the_key(override, message):
 @pytest.mark.parametrize("overrides, message", [
     (["algorithm.clip_ratio_c=1.0"], r"algorithm.clip_ratio_c=1.0: must be > 1"),
     (["algorithm.clip_ratio_low=-0.1"], r"algorithm.clip_ratio_low=-0.1: must be >= 0.0"),
-    (["algorithm.reward_shaping=[overlong_penalty]", "rollout.max_new_tokens=8", "algorithm.overlong_buffer_len=16"],
-     r"algorithm.overlong_buffer_len=16: must be in \(0, rollout.max_new_tokens=8\]"),
     (["reward.functions={}"], "reward.functions is empty"),
     (["env.max_turns=0"], "env.max_turns=0: must be >= 1"),
     (["env.reward_weights={answr: 1.0}"], r"env.reward_weights: unknown key\(s\) \['answr'\]"),
@@ -195,3 +193,23 @@ def test_non_text_settings_are_still_yaml():
                              "reward.functions={count: 1.0}", "reward.kwargs={count: {x: 0715}}"])
     assert cfg.rollout.n == 8 and cfg.actor.lr == 3e-5 and cfg.rollout.stop == ["</a>", "#"]
     assert cfg.trainer.save_every_min == 1.5 and cfg.reward.kwargs == {"count": {"x": 461}}
+
+
+@pytest.mark.parametrize("pipeline, limit, buffer, message", [
+    ("rlvr", ["rollout.max_new_tokens=8"], 16, r"algorithm.overlong_buffer_len=16: must be in \(0, rollout.max_new_tokens=8\]"),
+    # multi-turn: the penalty ramps up before the episode's token budget, not a turn's
+    ("agentic", ["rollout.max_new_tokens=128", "env.max_total_tokens=64"], 100,
+     r"algorithm.overlong_buffer_len=100: must be in \(0, env.max_total_tokens=64\]"),
+    ("agentic", ["rollout.max_new_tokens=48", "env.max_total_tokens=1024"], 256, None),
+])
+def test_overlong_buffer_is_bounded_by_the_pipelines_length_limit(pipeline, limit, buffer, message):
+    from rllava.pipelines.registry import PIPELINES
+
+    cfg = load_config(None, [f"trainer.pipeline={pipeline}", "env.name=tools", "env.tools=[python]",
+                             "algorithm.reward_shaping=[overlong_penalty]", f"algorithm.overlong_buffer_len={buffer}",
+                             *limit])
+    if message is None:
+        PIPELINES.get(pipeline)(cfg)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            PIPELINES.get(pipeline)(cfg)

@@ -1,4 +1,5 @@
-"""Reward shaping: `fn(scores [B], response_lengths [B], cfg, max_new_tokens) -> scores [B]`.
+"""Reward shaping: `fn(scores [B], response_lengths [B], cfg, max_new_tokens) -> scores [B]`, where
+`max_new_tokens` is the pipeline's length limit (rollout.max_new_tokens; multi-turn: env.max_total_tokens).
 
 Shapers run in config order after the reward functions and before advantages; each returns new
 scores (higher is better) and never edits its input.
@@ -19,7 +20,7 @@ def overlong_penalty(scores: torch.Tensor, response_lengths: torch.Tensor, cfg: 
     """DAPO soft overlong punishment: 0 up to Lmax - Lbuf, linear down to -factor at Lmax, -factor beyond."""
     buf, factor = cfg.overlong_buffer_len, cfg.overlong_penalty_factor
     if not 0 < buf <= max_new_tokens:
-        raise ValueError(f"algorithm.overlong_buffer_len must be in (0, max_new_tokens={max_new_tokens}], got {buf}")
+        raise ValueError(f"algorithm.overlong_buffer_len must be in (0, the length limit {max_new_tokens}], got {buf}")
     length = response_lengths.to(scores.dtype)
     # (Lmax - Lbuf - L) / Lbuf is 0 at the buffer's start and -1 at Lmax; clamping gives both flat parts.
     penalty = ((max_new_tokens - buf - length) / buf).clamp(-1.0, 0.0) * factor

@@ -161,8 +161,10 @@ class AgenticPipeline(RLVRPipeline):
             return None
         return lambda meta, where: demo_turns(meta, self.cfg.data.demo_key, where)
 
+    LENGTH_LIMIT_SETTING = "env.max_total_tokens"  # an episode ends once its response holds this many tokens
+
     def length_limit(self) -> int:
-        return self.cfg.env.max_total_tokens  # an episode ends once its response holds this many tokens
+        return self.cfg.env.max_total_tokens
 
     def rollout_lengths(self, episodes: list[Episode]) -> torch.Tensor:
         """Every response token of the episode, turns, observations and hints alike, as the budget counts them."""

@@ -25,6 +25,7 @@ from rllava.algorithms import (
     top_entropy_mask,
 )
 from rllava.algorithms.losses import centered_cov
+from rllava.config import ConfigError
 from rllava.data.types import Batch, Episode
 from rllava.engines import distributed as du
 from rllava.models.weights import hf_weights
@@ -119,10 +120,16 @@ def timed(metrics: dict[str, float], key: str) -> Iterator[None]:
 @PIPELINES.register("rlvr", description="single-turn RL with verifiable rewards (GRPO, PPO, DAPO, ...)",
                     demonstrations=DEMONSTRATION_HOOKS)
 class RLVRPipeline:
+    LENGTH_LIMIT_SETTING = "rollout.max_new_tokens"  # the setting `length_limit` reads, named in errors
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.hooks = hooks_for(cfg)
         self.kl_ctrl = make_kl_controller(cfg.algorithm)
+        algo, limit = cfg.algorithm, self.length_limit()
+        if "overlong_penalty" in algo.reward_shaping and not 0 < algo.overlong_buffer_len <= limit:
+            raise ConfigError(f"algorithm.overlong_buffer_len={algo.overlong_buffer_len!r}: must be in "
+                              f"(0, {self.LENGTH_LIMIT_SETTING}={limit}]")
 
     def state_dict(self) -> dict:
         return {"kl_coef": self.kl_ctrl.value}
