@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="dataset file(s), a make-task or downloaded dataset folder (--split "
                     "picks its split), or NAME@split")
     ev.add_argument("--config", default=None, help="a training config whose settings (template, rewards, environment, "
-                    "stop strings, ...) the evaluation uses; default: the models' run's config.yaml, else the data "
-                    "folder's task.yaml")
+                    "stop strings, ...) the evaluation uses; default: the settings each checkpoint was trained with (its "
+                    "config.yaml, else its run's), else the data folder's task.yaml")
     ev.add_argument("--reward", default=None, help="reward name or file.py:fn (comma-separated for several); default: "
                     "the config's or task's rewards, else math")
     ev.add_argument("--split", default="test", help="the split of a dataset folder")

@@ -146,24 +146,43 @@ def test_checkpoint_hf_folder_is_written_in_the_released_dtype(short_counting_ru
 
 
 def test_set_aside_after_moves_the_abandoned_runs_newer_checkpoints(tmp_path):
-    """Resuming from step 2 of a run that reached step 5: steps 3-5 move to checkpoints/abandoned/, so that neither
-    keep_last nor trainer.resume=auto sees them; an earlier branch's abandoned copy of a step is replaced."""
+    """Resuming from step 2 of a run that reached step 5: steps 3-5 move to a folder of their own under
+    checkpoints/abandoned/, so that neither keep_last nor trainer.resume=auto sees them."""
     from rllava.pipelines.checkpoint import set_aside_after
 
     m = TinyModel()
     for step in (1, 2, 3, 4, 5):
         save_checkpoint(tmp_path, step, m, None, {"step": step})
-    (tmp_path / "checkpoints" / "abandoned" / "step_4").mkdir(parents=True)  # left by an earlier branch
     moved = set_aside_after(tmp_path, 2)
     assert [p.name for p in moved] == ["step_3", "step_4", "step_5"]
+    batch = moved[0].parent
+    assert batch.parent == tmp_path / "checkpoints" / "abandoned" and batch.name.endswith("-after_step_2")
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2]
     assert find_resume_checkpoint("auto", tmp_path).name == "step_2"
-    assert load_state(tmp_path / "checkpoints" / "abandoned" / "step_4")["step"] == 4
+    assert load_state(batch / "step_4")["step"] == 4
     save_checkpoint(tmp_path, 3, m, None, {"step": 3})  # the branch goes on
     prune_checkpoints(tmp_path, keep_last=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]  # the checkpoint resumed from is still there
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / "abandoned").iterdir()) == ["step_3", "step_4", "step_5"]
+    assert sorted(p.name for p in batch.iterdir()) == ["step_3", "step_4", "step_5"]
     assert set_aside_after(tmp_path, 3) == []
+
+
+def test_a_second_set_aside_keeps_the_first(tmp_path):
+    """Two set-asides of the same steps (two fresh starts in one run folder, within the same second here): the
+    second used to replace the first's checkpoints/abandoned/step_N, deleting them."""
+    from rllava.pipelines.checkpoint import set_aside_after
+
+    m = TinyModel()
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, m, None, {"step": step, "run": "first"})
+    first = set_aside_after(tmp_path, 0)
+    save_checkpoint(tmp_path, 1, m, None, {"step": 1, "run": "second"})
+    second = set_aside_after(tmp_path, 0)
+    assert first[0].parent != second[0].parent and list_checkpoints(tmp_path) == []
+    assert [load_state(p)["run"] for p in first] == ["first", "first"]
+    assert [load_state(p)["run"] for p in second] == ["second"]
+    abandoned = tmp_path / "checkpoints" / "abandoned"
+    assert sorted(p.name for p in abandoned.iterdir()) == sorted([first[0].parent.name, second[0].parent.name])
 
 
 def test_resume_drops_a_torn_last_line(tmp_path):

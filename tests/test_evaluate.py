@@ -113,9 +113,13 @@ def test_best_metric_is_checked_against_the_metrics_validation_will_report():
     check("val/hard/accuracy", ["counting", "hard", "hard"])
     with pytest.raises(ConfigError, match="'val/hard/accuracy' is not among"):
         check("val/hard/accuracy", ["hard", "hard"])  # one source: no per-source keys
-    check("val/agent/tool_call_rate", ["zoom"], "env.name=tools")
+    check("val/agent/tool_call_rate", ["zoom"], "env.name=tools", "trainer.pipeline=agentic")
+    check("val/agent/turns", ["zoom"], "env.name=tools", "trainer.pipeline=agentic_sft")
     with pytest.raises(ConfigError, match="'val/agent/turns' is not among"):
         check("val/agent/turns", ["zoom"])
+    for pipeline in ("rlvr", "sft"):  # they ignore env.name: single-turn validation, no agent metrics
+        with pytest.raises(ConfigError, match="'val/agent/turns' is not among.*need trainer.pipeline=agentic"):
+            check("val/agent/turns", ["zoom"], "env.name=tools", "env.tools=[python]", f"trainer.pipeline={pipeline}")
     check("val/nothing", [])  # no validation prompts: no best to pick
 
 
@@ -232,13 +236,15 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
     same weights under two names score the same (each model gets the same prompts and sampling seed)."""
     import shutil
 
+    import torch
+
     from rllava.cli import main
     from rllava.pipelines.evaluate import model_folders
 
     model = tiny_model_factory("qwen2_vl")
     for step in (100, 20):
         shutil.copytree(model, tmp_path / "run" / "checkpoints" / f"step_{step}" / "model")
-        (tmp_path / "run" / "checkpoints" / f"step_{step}" / "trainer_state.pt").write_bytes(b"")  # complete
+        torch.save({"step": step}, tmp_path / "run" / "checkpoints" / f"step_{step}" / "trainer_state.pt")  # complete
     # A checkpoint being written (or left by a crash mid-save) is no model of the run's.
     shutil.copytree(model, tmp_path / "run" / "checkpoints" / "step_120.tmp" / "model")
     pattern = str(tmp_path / "run" / "checkpoints" / "step_*[0-9]" / "model")
@@ -264,7 +270,7 @@ def test_rllava_eval_compares_several_models(tiny_model_factory, counting, tmp_p
 
 
 def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_factory, counting, tmp_path, capsys):
-    """Evaluating a run's checkpoints uses the run's config.yaml (template, reward, max_new_tokens; not its cap on
+    """Evaluating a run's checkpoints uses the settings they were trained with (template, reward, max_new_tokens; not its cap on
     validation rows, nor its LoRA: a checkpoint's model folder is merged), and a bare model on a make-task folder its task.yaml (template, reward, environment, stop
     strings): each equals the same evaluation with those settings written out as flags and overrides."""
     import shutil
@@ -286,7 +292,8 @@ def test_rllava_eval_takes_its_settings_from_the_run_then_the_task(tiny_model_fa
         "rollout.max_new_tokens=3", "reward.functions={number_format: 1.0}", "trainer.total_steps=1", "model.lora_rank=4",
         f"trainer.output_dir={tmp_path}", "trainer.progress_bar=false", "trainer.loggers=[jsonl]"]))
     from_run, out = last_json("--model", run["run_dir"], "--data", str(counting))
-    assert f"settings from {Path(run['run_dir']) / 'config.yaml'}" in out and "Reply with digits." in out
+    own = Path(run["final_model"]).parent / "config.yaml"  # the checkpoint's own settings
+    assert f"settings from {own}" in out and "Reply with digits." in out
     bare = shutil.copytree(run["final_model"], tmp_path / "bare")  # outside the run: no config.yaml to find
     explicit, out = last_json("--model", str(bare), "--data", str(counting), "--reward", "number_format",
                               "--max-new-tokens", "3", "--template", template)
@@ -342,7 +349,7 @@ def test_a_broken_task_yaml_is_one_error_line(tiny_model_factory, tmp_path, caps
         with pytest.raises(ConfigError, match=f"task.yaml: {message}"):
             task_overrides(str(tmp_path))
     (tmp_path / "task.yaml").write_text("data: {template: '{{ prompt }} #1'}\nreward:\nrollout: {stop: ['</a>']}\n")
-    assert task_overrides(str(tmp_path)) == ['data.template="{{ prompt }} #1"', 'rollout.stop=["</a>"]']
+    assert task_overrides(str(tmp_path)) == ["data.template='{{ prompt }} #1'", "rollout.stop=[</a>]"]
 
 
 @pytest.mark.parametrize("flag", ["--max-new-tokens", "--max-samples"])
@@ -376,3 +383,75 @@ def test_rllava_eval_keeps_the_model_path_and_template_as_typed(tiny_model_facto
                  "--template", "{{ prompt }} #1 answer with a number"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["n"] == 1 and "#1 answer with a number" in out
+
+
+def test_a_glob_of_checkpoints_skips_unfinished_and_set_aside_ones(tmp_path):
+    """`--model 'RUN/checkpoints/step_*/model'` (the form --help suggests) took a step_N.tmp still being written (or
+    left by a crash mid-save); a wider pattern took the checkpoints set aside in checkpoints/abandoned/ too."""
+    from rllava.config import ConfigError
+    from rllava.pipelines.evaluate import model_folders
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    for folder in ("step_2", "step_4.tmp", "abandoned/20250101-000000-after_step_0/step_3"):
+        (ckpts / folder / "model").mkdir(parents=True)
+    assert model_folders(str(ckpts / "step_*" / "model")) == [str(ckpts / "step_2" / "model")]
+    set_aside = str(ckpts / "abandoned" / "20250101-000000-after_step_0" / "step_3" / "model")
+    assert model_folders(str(ckpts / "abandoned" / "*" / "step_*" / "model")) == [set_aside]  # asked for by name
+    with pytest.raises(ConfigError, match="matches no folder but checkpoints being written"):
+        model_folders(str(ckpts / "*" / "*" / "step_*" / "model"))
+    with pytest.raises(ConfigError, match="matches no folder but checkpoints being written"):
+        model_folders(str(ckpts / "step_4*" / "model"))
+
+
+def test_rllava_eval_of_a_checkpoint_uses_the_settings_it_was_trained_with(tmp_path, monkeypatch, capsys):
+    """The settings came from the config.yaml two folders above the checkpoint: the latest invocation's (a later
+    fresh start's, say), and none at all for a checkpoint set aside in checkpoints/abandoned/ (task.yaml, defaults).
+    Each checkpoint keeps the config it was trained with in its own config.yaml."""
+    import rllava.pipelines.evaluate as ev
+    from rllava.cli import main
+    from rllava.config import load_config, to_yaml
+
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    trained = {"step_1": "{{ prompt }} Old template.", "abandoned/20250101-000000-after_step_0/step_2": "{{ prompt }} Set aside."}
+    for folder, template in trained.items():
+        (ckpts / folder / "model").mkdir(parents=True)
+        cfg = load_config(None, [f"data.template={template}", "rollout.max_new_tokens=7", "reward.functions={count: 1.0}"])
+        (ckpts / folder / "config.yaml").write_text(to_yaml(cfg))
+    (run / "config.yaml").write_text(to_yaml(load_config(None, ["data.template={{ prompt }} The latest run's."])))
+    (tmp_path / "data").mkdir()
+    calls = []
+
+    def fake_evaluate_model(model, data, rewards, overrides, config=None, base=(), **kw):
+        calls.append(load_config(config, [*(base or []), f"model.path={model}", *overrides]))
+        return {"model": model}
+
+    monkeypatch.setattr(ev, "evaluate_model", fake_evaluate_model)
+    for folder, template in trained.items():
+        assert main(["eval", "--model", str(ckpts / folder / "model"), "--data", str(tmp_path / "data")]) == 0
+        cfg = calls.pop()
+        assert (cfg.data.template, cfg.rollout.max_new_tokens, cfg.reward.functions) == (template, 7, {"count": 1.0})
+        assert f"settings from {ckpts / folder / 'config.yaml'}" in capsys.readouterr().out
+    assert main(["eval", "--model", str(ckpts / "*" / "model"), "--data", str(tmp_path / "data"),
+                 "--max-new-tokens", "3"]) == 0  # a flag still wins
+    assert [(c.data.template, c.rollout.max_new_tokens) for c in calls] == [(trained["step_1"], 3)]
+    (ckpts / "step_3" / "model").mkdir(parents=True)  # written before checkpoints kept their config: the run's
+    assert main(["eval", "--model", str(ckpts / "step_3" / "model"), "--data", str(tmp_path / "data")]) == 0
+    assert calls[-1].data.template == "{{ prompt }} The latest run's."
+    assert f"settings from {run / 'config.yaml'}" in capsys.readouterr().out
+
+
+def test_task_overrides_keep_characters_beyond_the_basic_plane(tmp_path):
+    """json.dumps wrote an emoji as a surrogate pair, which YAML read as two lone surrogates (UnicodeEncodeError
+    later); U+2028 and U+0085, line breaks to YAML, must not fold into spaces either."""
+    import yaml
+
+    from rllava.config import load_config
+
+    template = "{{ prompt }} Count the \U0001F34E.\u2028Answer\x85with a number; stop at \u2029 \"#1\" '0715'\n"
+    stop = ["\U0001F6D1", "</a>", "\n"]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({"data": {"template": template}, "rollout": {"stop": stop},
+                                                        "reward": {"functions": {"count": 1.0}}}, allow_unicode=True),
+                                        encoding="utf-8")
+    cfg = load_config(None, task_overrides(str(tmp_path)))
+    assert cfg.data.template == template and cfg.rollout.stop == stop and cfg.reward.functions == {"count": 1.0}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from rllava.config import ConfigError, load_config
+from rllava.data.rows import DataError
 from rllava.pipelines.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from rllava.pipelines.run import run_experiment
 
@@ -19,22 +20,34 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def set_aside(run: Path) -> list[dict[str, float]]:
+    """Each set-aside batch under checkpoints/abandoned/, oldest first: step name -> the lr it was trained with."""
+    batches = sorted((run / "checkpoints" / "abandoned").iterdir())
+    return [{p.name: load_state(p)["config"]["actor"]["lr"] for p in sorted(b.iterdir())} for b in batches]
+
+
 def test_resuming_from_an_older_checkpoint_branches_the_run(short_counting_run, tmp_path):
     """Resume from step 2 of a run that reached step 4 (with another lr): the abandoned run's steps 3-4 are set
     aside, so keep_last counts only the branch's checkpoints (the one resumed from stays until the next save) and
-    trainer.resume=auto later continues the branch, not the abandoned run."""
+    trainer.resume=auto later continues the branch, not the abandoned run. A resume that is refused (here: the data
+    changed) sets nothing aside: it used to, before loading, leaving resume=auto to go on from step 2."""
     run = tmp_path / "r"
     common = ("trainer.experiment_name=r", "trainer.save_freq=1", *FAST)
     run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=4", "trainer.keep_last=4")))
     assert [s for s, _ in list_checkpoints(run)] == [1, 2, 3, 4]
+    small = tmp_path / "data" / "small.parquet"
+    pd.read_parquet(tmp_path / "data" / "train.parquet").head(6).to_parquet(small)
+    with pytest.raises(DataError, match="the data changed since the checkpoint"):
+        run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=4", f"data.train_files={small}",
+                                                            f"trainer.resume={run / 'checkpoints' / 'step_2'}")))
+    assert [s for s, _ in list_checkpoints(run)] == [1, 2, 3, 4] and not (run / "checkpoints" / "abandoned").exists()
     run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=3", "trainer.keep_last=2",
                                                         "actor.lr=5e-4",
                                                         f"trainer.resume={run / 'checkpoints' / 'step_2'}")))
     assert [s for s, _ in list_checkpoints(run)] == [2, 3]
     assert load_state(latest_checkpoint(run))["config"]["actor"]["lr"] == 5e-4  # what resume=auto continues
-    abandoned = run / "checkpoints" / "abandoned"
-    assert sorted(p.name for p in abandoned.iterdir()) == ["step_3", "step_4"]
-    assert load_state(abandoned / "step_4")["config"]["actor"]["lr"] == 1e-3
+    assert set_aside(run) == [{"step_3": 1e-3, "step_4": 1e-3}]
+    assert next((run / "checkpoints" / "abandoned").iterdir()).name.endswith("-after_step_2")
     assert [r["step"] for r in metrics(run)] == [1, 2, 3]
 
 
@@ -128,16 +141,24 @@ def test_a_reward_model_score_of_inf_is_counted_like_nan():
 
 
 def test_a_fresh_start_sets_the_earlier_runs_checkpoints_aside(short_counting_run, tmp_path):
-    """trainer.resume=none in a used run folder: its logs are cleared, and its checkpoints move to
-    checkpoints/abandoned/, so a later resume=auto continues the new run, not the earlier one."""
+    """trainer.resume=none in a used run folder: its logs are cleared, and its checkpoints move to a folder of their
+    own under checkpoints/abandoned/, so a later resume=auto continues the new run, not the earlier one. A second
+    fresh start keeps the first one's set-aside checkpoints: its own step_N used to replace theirs."""
+    from rllava.pipelines.evaluate import model_folders
+
     run = tmp_path / "f"
     common = ("trainer.experiment_name=f", "trainer.save_freq=1", *FAST)
     run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=3", "trainer.keep_last=3")))
     run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=1", "trainer.resume=none",
                                                         "actor.lr=5e-4")))
     assert [s for s, _ in list_checkpoints(run)] == [1]
-    assert sorted(p.name for p in (run / "checkpoints" / "abandoned").iterdir()) == ["step_1", "step_2", "step_3"]
+    assert set_aside(run) == [{"step_1": 1e-3, "step_2": 1e-3, "step_3": 1e-3}]
     result = run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=2", "trainer.resume=auto",
                                                                  "actor.lr=5e-4")))
     assert result["steps"] == 2 and [r["step"] for r in metrics(run)] == [1, 2]
     assert load_state(latest_checkpoint(run))["config"]["actor"]["lr"] == 5e-4
+    run_experiment(load_config(None, short_counting_run(*common, "trainer.total_steps=1", "trainer.resume=none",
+                                                        "actor.lr=2e-4")))
+    assert set_aside(run) == [{"step_1": 1e-3, "step_2": 1e-3, "step_3": 1e-3}, {"step_1": 5e-4, "step_2": 5e-4}]
+    assert [load_state(p)["config"]["actor"]["lr"] for _, p in list_checkpoints(run)] == [2e-4]
+    assert model_folders(str(run)) == [str(run / "checkpoints" / "step_1" / "model")]  # `rllava eval` of the run

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,23 +106,32 @@ ABANDONED_DIR = "abandoned"  # under checkpoints/: the newer checkpoints of a ru
 
 
 def set_aside_after(run_dir: Path, step: int) -> list[Path]:
-    """Move the run's checkpoints of steps after `step` to `checkpoints/abandoned/` (replacing what an earlier
-    branch left there); return their new places.
+    """Move the run's checkpoints of steps after `step` into a new folder of their own,
+    `checkpoints/abandoned/<UTC time>-after_step_<step>/`; return their new places.
 
     Resuming from an older checkpoint branches the run: the newer checkpoints belong to the abandoned branch. Left
     in place, `keep_last` would count them (pruning the new branch's checkpoints, the one resumed from too) and
     `trainer.resume=auto` would later continue the abandoned branch. Moved rather than deleted: they may have cost
-    hours, and the resume may have been a mistake."""
-    moved = []
-    for s, path in list_checkpoints(run_dir):
-        if s > step:
-            dest = Path(run_dir) / "checkpoints" / ABANDONED_DIR / path.name
-            if dest.exists():
-                shutil.rmtree(dest)
-            dest.parent.mkdir(exist_ok=True)
-            os.replace(path, dest)
-            moved.append(dest)
-    return moved
+    hours, and the resume may have been a mistake. A folder per set-aside: a later fresh start or branch sets aside
+    its own `step_N`s, which must not replace an earlier one's. Nothing looks inside `abandoned/` (not
+    `list_checkpoints`, so neither pruning, `trainer.resume=auto` nor `rllava eval` of the run folder)."""
+    newer = [path for s, path in list_checkpoints(run_dir) if s > step]
+    if not newer:
+        return []
+    root = Path(run_dir) / "checkpoints" / ABANDONED_DIR
+    root.mkdir(exist_ok=True)
+    name = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-after_step_{step}"
+    dest, n = root / name, 1
+    while True:  # two set-asides within a second (or a clock set back) get distinct folders
+        try:
+            dest.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            dest = root / f"{name}-{n}"
+    for path in newer:
+        os.replace(path, dest / path.name)
+    return [dest / path.name for path in newer]
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:

@@ -119,6 +119,10 @@ def metric_names(n: int, sources: list[str], multi_turn: bool = False, prefix: s
     return names
 
 
+# The pipelines whose validation episodes are multi-turn (and report agent/ metrics). Not env.name: the others ignore it.
+MULTI_TURN_PIPELINES = ("agentic", "agentic_sft")
+
+
 def check_best_metric(cfg, val_sources: list[str]) -> None:
     """`trainer.best_metric` is among the metrics a validation on prompts from `val_sources` (each validation
     prompt's data source) will report: checked before training, not at the first validation (maybe after the
@@ -128,10 +132,12 @@ def check_best_metric(cfg, val_sources: list[str]) -> None:
     if not val_sources:
         return
     name = cfg.trainer.best_metric
-    names = metric_names(cfg.rollout.val_n, val_sources, multi_turn=bool(cfg.env.name))
+    multi_turn = cfg.trainer.pipeline in MULTI_TURN_PIPELINES
+    names = metric_names(cfg.rollout.val_n, val_sources, multi_turn=multi_turn)
     if name not in names:
-        raise ConfigError(f"trainer.best_metric={name!r} is not among the validation metrics: {names}"
-                          + (" (pass@k and maj@n need rollout.val_n > 1)" if cfg.rollout.val_n == 1 else ""))
+        hint = (" (agent/ metrics need trainer.pipeline=agentic or agentic_sft)" if "/agent/" in name and not multi_turn
+                else " (pass@k and maj@n need rollout.val_n > 1)" if cfg.rollout.val_n == 1 else "")
+        raise ConfigError(f"trainer.best_metric={name!r} is not among the validation metrics: {names}{hint}")
 
 
 def resolve_split(data: str, split: str) -> str:
@@ -149,10 +155,11 @@ def resolve_split(data: str, split: str) -> str:
 
 
 def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] | None, overrides: list[str] | None = None,
-                   device: str = "auto", print_table: bool = True, seed: int = 0, config: str | None = None) -> dict[str, Any]:
+                   device: str = "auto", print_table: bool = True, seed: int = 0, config: str | None = None,
+                   base: list[str] | None = None) -> dict[str, Any]:
     """Load a model folder and report its accuracy on a dataset: what `rllava eval` runs. Sampling is seeded.
-    Settings come from `config` (a training config, say) under the overrides; `rewards` (None: the config's, else
-    math) score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
+    Settings come from `config` (a training config, say), then `base` (settings as overrides: a checkpoint's own
+    config, a task's), under the model and data and the overrides; `rewards` (None: the config's, else math) score. With `env.name` set, episodes are multi-turn against that environment and scored by the episode
     reward, as in `trainer.pipeline=agentic`."""
     from rllava.config import import_plugins, load_config
     from rllava.data.dataset import RLDataset
@@ -165,7 +172,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     from rllava.roles.rollout import Rollout
 
     # A checkpoint's model folder holds the merged weights: no new LoRA adapters on it (a LoRA run's config asks for them).
-    cfg = load_config(config, [f"model.path={model_path}", "model.lora_rank=0", "model.gradient_checkpointing=false",
+    cfg = load_config(config, [*(base or []), f"model.path={model_path}", "model.lora_rank=0", "model.gradient_checkpointing=false",
                                f"data.val_files={data_files}", *(overrides or [])])
     if rewards is not None:
         cfg.reward.functions = dict(rewards)
@@ -219,13 +226,26 @@ def eval_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _unfinished_or_set_aside(path: str, set_aside_too: bool) -> bool:
+    """Whether `path` lies in a checkpoint being written (`checkpoints/step_N.tmp/`, or one left by a crash mid-save)
+    or, with `set_aside_too`, in the checkpoints a branch or fresh start set aside (`checkpoints/abandoned/`)."""
+    from rllava.pipelines.checkpoint import ABANDONED_DIR
+
+    parts = Path(path).parts
+    return any(parent == "checkpoints" and (name.endswith(".tmp") or (set_aside_too and name == ABANDONED_DIR))
+               for parent, name in zip(parts, parts[1:]))
+
+
 def model_folders(spec: str) -> list[str]:
     """`--model` of `rllava eval`: comma-separated folders (or hub names) and glob patterns, a pattern's matches in
-    natural order (`step_20` before `step_100`). A run folder (`outputs/<experiment>`) means its checkpoints' models."""
+    natural order (`step_20` before `step_100`). A run folder (`outputs/<experiment>`) means its checkpoints' models.
+    Neither takes a checkpoint still being written, nor one set aside in `checkpoints/abandoned/` unless the pattern
+    names that folder."""
     import glob
     import re
 
     from rllava.config import ConfigError
+    from rllava.pipelines.checkpoint import ABANDONED_DIR
 
     def natural(path: str) -> list:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
@@ -233,10 +253,13 @@ def model_folders(spec: str) -> list[str]:
     models = []
     for part in (m.strip() for m in spec.split(",")):
         if part and any(c in part for c in "*?["):
-            matches = sorted(glob.glob(part), key=natural)
-            if not matches:
-                raise ConfigError(f"--model {part!r} matches no folder")
-            models += matches
+            matches = glob.glob(part)
+            set_aside_too = ABANDONED_DIR not in Path(part).parts
+            kept = sorted((m for m in matches if not _unfinished_or_set_aside(m, set_aside_too)), key=natural)
+            if not kept:
+                raise ConfigError(f"--model {part!r} matches no folder" + (
+                    " but checkpoints being written (step_N.tmp) or set aside (checkpoints/abandoned/)" if matches else ""))
+            models += kept
         elif part and not (Path(part) / "config.json").exists() and (Path(part) / "checkpoints").is_dir():
             from rllava.pipelines.checkpoint import list_checkpoints
 
@@ -252,17 +275,34 @@ def model_folders(spec: str) -> list[str]:
     return models
 
 
-def run_config(model: str) -> str | None:
-    """The config.yaml of the run a checkpoint's model folder (`<run>/checkpoints/step_N/model`) belongs to."""
-    path = Path(model)
-    found = path.parent.parent.parent / "config.yaml"
-    return str(found) if path.parent.parent.name == "checkpoints" and found.is_file() else None
+def yaml_value(value: Any) -> str:
+    """`value` as an override's value (`key=VALUE`) that the override parser reads back unchanged. YAML, every
+    non-ASCII character escaped: JSON writes a character beyond U+FFFF as a surrogate pair, which YAML reads as two
+    lone surrogates; and written raw, U+0085 or U+2028 in a quoted scalar is a line break, folded into a space."""
+    import math
+
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf, allow_unicode=False)
+    return text.removesuffix("\n").removesuffix("\n...").removesuffix("\n")  # a bare scalar's document end
+
+
+def trained_settings(model: str) -> tuple[str, str | None, list[str]] | None:
+    """The settings a checkpoint's model folder (`.../step_N/model`) was trained with, for `rllava eval`: (where they
+    come from, a config file, overrides), None for a model folder of no run.
+
+    The checkpoint's own config.yaml first: the run folder's is its latest invocation's, maybe a later fresh start's
+    with other settings, and a checkpoint set aside in `checkpoints/abandoned/...` has none nearby. Else (a checkpoint
+    written before checkpoints kept one) the config.yaml of the run (`<run>/checkpoints/step_N/model`)."""
+    ckpt = Path(model).parent
+    for found in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
+        if found.is_file() and (found.parent == ckpt or ckpt.parent.name == "checkpoints"):
+            return str(found), str(found), []
+    return None
 
 
 def task_overrides(data: str) -> list[str]:
     """A `rllava make-task` folder's own settings (task.yaml: template, rewards, environment, stop strings) as overrides."""
-    import json
-
     from rllava.config import ConfigError, read_yaml_file
 
     path = Path(data) / "task.yaml"
@@ -278,41 +318,46 @@ def task_overrides(data: str) -> list[str]:
     env = dict(sections["env"])
     if env.get("corpus_path") and (Path(data) / "corpus.jsonl").is_file():  # the folder's own: task.yaml's path was
         env["corpus_path"] = str(Path(data) / "corpus.jsonl")              # relative to where make-task ran
-    out = [f"data.template={json.dumps(sections['data']['template'])}"] if sections["data"].get("template") else []
+    out = [f"data.template={yaml_value(sections['data']['template'])}"] if sections["data"].get("template") else []
     if sections["reward"].get("functions"):
-        out.append(f"reward.functions={json.dumps(sections['reward']['functions'])}")
-    return out + [f"{section}.{k}={json.dumps(v)}" for section, settings in (("env", env), ("rollout", sections["rollout"]))
+        out.append(f"reward.functions={yaml_value(sections['reward']['functions'])}")
+    return out + [f"{section}.{k}={yaml_value(v)}" for section, settings in (("env", env), ("rollout", sections["rollout"]))
                   for k, v in settings.items()]
 
 
 def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
     """`rllava eval`. Settings (template, rewards, environment, stop strings, ...) come from `--config`, else from
-    the config.yaml of the run the models belong to, else from the data folder's task.yaml; flags override them."""
+    what each model's checkpoint was trained with, else from the data folder's task.yaml; flags override them."""
     from rllava.config import ConfigError
 
     models = model_folders(args.model)
-    config = getattr(args, "config", None) or run_config(models[0])
-    overrides = [] if config else task_overrides(args.data)
     temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
     for flag, value in (("--max-samples", args.max_samples), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:  # 0 is a value, not "unset": it must not fall back to the default
             raise ConfigError(f"{flag} {value}: must be >= 1")
     max_samples = args.max_samples if args.max_samples is not None else "null"  # all rows unless asked: not the run's cap
-    overrides += [f"rollout.val_n={args.n}", f"rollout.val_temperature={temperature}",
-                  f"data.max_val_samples={max_samples}"]
-    if args.max_new_tokens is not None or not config:
-        overrides.append(f"rollout.max_new_tokens={args.max_new_tokens if args.max_new_tokens is not None else 128}")
-    if args.template:
-        overrides.append(f"data.template={args.template}")
-    overrides += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
+    flags = [f"rollout.val_n={args.n}", f"rollout.val_temperature={temperature}", f"data.max_val_samples={max_samples}"]
+    after = [f"data.template={args.template}"] if args.template else []
+    after += getattr(args, "overrides", [])  # last: the user's own dotted overrides win
+    config = getattr(args, "config", None)
+    # Each model's own: a glob (or a run folder) may span checkpoints trained with other settings (a fresh start's).
+    found = {m: (config, config, []) if config else trained_settings(m) for m in models}
+    task = task_overrides(args.data) if None in found.values() else []
+    plans = []  # (model, config file, base settings, overrides)
+    for m in models:
+        source, config_file, base = found[m] or (None, None, task)
+        tokens = args.max_new_tokens if args.max_new_tokens is not None else (None if source else 128)
+        plans.append((m, config_file, base, [*flags, *([f"rollout.max_new_tokens={tokens}"] if tokens else []), *after]))
+    for source in dict.fromkeys(f[0] for f in found.values() if f):
+        print(f"settings from {source}")
     rewards = {name: 1.0 for name in args.reward.split(",") if name} if args.reward else None
-    if config:
-        print(f"settings from {config}")
     data = resolve_split(args.data, args.split)
     if len(models) == 1:
-        return evaluate_model(models[0], data, rewards, overrides, device=args.device, seed=args.seed, config=config)
+        m, config_file, base, overrides = plans[0]
+        return evaluate_model(m, data, rewards, overrides, device=args.device, seed=args.seed, config=config_file,
+                              base=base)
     # Several models (a run's checkpoints, say): the same prompts and sampling seed for each, one table.
     results = [evaluate_model(m, data, rewards, overrides, device=args.device, print_table=False, seed=args.seed,
-                              config=config) for m in models]
+                              config=config_file, base=base) for m, config_file, base, overrides in plans]
     print(eval_table(results))
     return results

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rllava.config import Config, ConfigError, to_dict
+from rllava.config import Config, ConfigError, to_dict, to_yaml
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import (
     FRESH_START,
@@ -136,7 +136,6 @@ class Trainer:
                              f"{du.world_size()}: resuming needs the same number")
         self.step = state["step"]
         self.best = state["best"]
-        self._set_aside_checkpoints_after(self.step)  # as the logs drop lines after it, so do the checkpoints
         self.ctx.loader.load_state_dict(state["loader"])
         try:
             self.ctx.engine.load(ckpt / "engine")
@@ -150,9 +149,13 @@ class Trainer:
         if state.get("reward"):  # absent in checkpoints written before the counters were saved
             self.reward_scorer().load_state_dict(state["reward"][du.rank()])
         set_rng_state(state["rng"][du.rank()])
+        # As the logs drop lines after the step resumed from, so do the checkpoints: only now, every load done. A
+        # resume refused above (other data, another model) leaves them in place, for the run to go on from its newest.
+        self._set_aside_checkpoints_after(self.step)
 
     def _set_aside_checkpoints_after(self, step: int) -> None:
         """Move the run folder's checkpoints after `step` (an abandoned branch or an earlier run) out of the way."""
+        du.barrier()  # every rank got here: a rank whose load failed exits, and torchrun ends the others waiting here
         if du.is_main():
             moved = set_aside_after(self.ctx.run_dir, step)
             if moved:
@@ -166,6 +169,8 @@ class Trainer:
             if self.best is None or pending[0] > self.best[0]:
                 self.best = pending
         with checkpoint_folder(ctx.run_dir, self.step, self.state_dict()) as tmp:
+            if du.is_main():  # what `rllava eval` of this checkpoint reads (the run's config.yaml may change later)
+                (tmp / "config.yaml").write_text(to_yaml(self.cfg))
             ctx.engine.export_hf(tmp / "model", ctx.processor, dtype=ctx.export_dtype)
             ctx.engine.save(tmp / "engine")
             if ctx.critic:
