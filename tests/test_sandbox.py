@@ -10,8 +10,10 @@ import os
 import resource
 import shutil
 import socket
+import stat
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -421,3 +423,117 @@ def test_a_timeout_during_the_copy_back_leaves_the_work_folder_as_it_was(tmp_pat
     assert "files written during this run were discarded" in res.to_text()
     assert os.listdir(work) == ["keep.txt"] and (work / "keep.txt").read_text() == "from an earlier call"
     assert _staging_leftovers(work) == []
+
+
+def test_copy_back_drops_setuid_and_setgid_bits(tmp_path):
+    """The tmpfs is nosuid, but chmod still stores the bits, and root copies the files back: without clearing
+    them, any program the code chmod'ed 06755 would land on the host as a root-owned setuid program."""
+    need("disk_quota")
+    work = tmp_path / "work"
+    code = ("import os, shutil\nshutil.copy('/bin/sh', 'sh')\nos.chmod('sh', 0o6755)\n"
+            "os.mkdir('shared')\nos.chmod('shared', 0o2775)\nopen('shared/f', 'w').close()\nos.chmod('shared/f', 0o4640)\n"
+            "print(oct(os.stat('sh').st_mode & 0o7777), oct(os.stat('shared').st_mode & 0o7777))")
+    res = run_python(code, BOTH, work_dir=work)
+    assert res.ok and res.stdout == "0o6755 0o2775\n" and res.copy_back_error is None, res.to_text()
+    modes = {name: stat.S_IMODE(os.lstat(work / name).st_mode) for name in ("sh", "shared", "shared/f")}
+    assert modes == {"sh": 0o755, "shared": 0o775, "shared/f": 0o640}, {k: oct(v) for k, v in modes.items()}
+
+
+def test_a_temp_folder_reached_through_a_symlink_keeps_the_runs_files(tmp_path, monkeypatch):
+    """TMPDIR (where the control folder goes) may lead through a symlink, here one under the hidden /tmp:
+    the launcher compares real paths with mountinfo, and the code file must be reachable by its real path."""
+    need("disk_quota")
+    (tmp_path / "realtmp").mkdir()
+    (tmp_path / "tmplink").symlink_to(tmp_path / "realtmp")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmplink"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # recomputed from TMPDIR; the old value is put back after
+    assert tempfile.gettempdir() == str(tmp_path / "tmplink")
+    work = tmp_path / "work"
+    res = run_python("open('a.txt', 'w').write('hello')\nprint('wrote')", BOTH, work_dir=work)
+    assert res.ok and res.stdout == "wrote\n" and res.copy_back_error is None, res.to_text()
+    assert os.listdir(work) == ["a.txt"]
+    res = run_python("print(open('a.txt').read())", BOTH, work_dir=work)
+    assert res.ok and res.stdout == "hello\n", res.to_text()
+    assert os.listdir(tmp_path / "realtmp") == []  # the control folders were removed
+
+
+def test_asyncio_and_pipes_pass_the_guard_only_where_seccomp_refuses_unix_sockets(tmp_path):
+    """socket.socketpair() (asyncio's event loop, multiprocessing.Pipe) makes AF_UNIX socket objects. The guard lets
+    them through only when the launcher's seccomp filter is in place, which refuses socket(AF_UNIX) itself: a Unix
+    socket file on the host stays unreachable either way, and other socket events stay refused."""
+    need("unix_sockets_blocked")
+    path = str(tmp_path / "host.sock")
+    code = f"""import asyncio, multiprocessing, socket
+async def f():
+    await asyncio.sleep(0)
+    return 3
+for name, act in (('asyncio', lambda: asyncio.run(f())), ('pipe', multiprocessing.Pipe),
+                  ('unix', lambda: socket.socket(socket.AF_UNIX).connect({path!r})),
+                  ('inet', lambda: socket.socket(socket.AF_INET)), ('resolve', lambda: socket.getaddrinfo('localhost', 80))):
+    try:
+        out = act()
+        print(name, 'ok', out if name == 'asyncio' else '')
+    except OSError as e:
+        print(name, e.errno, e)
+"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        with_filter = run_python(code, BOTH)
+        without = run_python(code, GUARDS_ONLY)
+        server.settimeout(0.05)
+        with pytest.raises(socket.timeout):  # nobody reached our listener
+            server.accept()
+    assert with_filter.layers["unix_sockets_blocked"] and not without.layers.get("unix_sockets_blocked")
+    lines = with_filter.stdout.splitlines()
+    assert lines[:3] == ["asyncio ok 3", "pipe ok ", "unix 13 [Errno 13] Permission denied"], with_filter.to_text()
+    assert [line.split(" ", 2)[:2] for line in lines[3:]] == [["inet", "None"], ["resolve", "None"]]
+    assert "network access is blocked (socket.__new__)" in lines[3], with_filter.to_text()
+    assert "network access is blocked (socket.getaddrinfo)" in lines[4], with_filter.to_text()
+    blocked = without.stdout.splitlines()
+    assert [line.split(" ", 2)[:2] for line in blocked] == [[n, "None"] for n in ("asyncio", "pipe", "unix", "inet", "resolve")]
+    assert all("network access is blocked" in line for line in blocked), without.to_text()
+
+
+def test_calls_at_once_on_one_work_folder_keep_every_file(tmp_path):
+    """Two threads running code on one work folder: the calls take turns, so no swap renames the folder away
+    while another call copies it (which lost files)."""
+    need("disk_quota")
+    work = tmp_path / "work"
+
+    def worker(t: int) -> list[str]:
+        errors = []
+        for c in range(4):
+            res = run_python(f"open('t{t}_{c}', 'w').write('x')", BOTH, work_dir=work)
+            if not res.ok or res.copy_back_error:
+                errors.append(res.to_text())
+        return errors
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(worker, range(2))) == [[], []]
+    assert sorted(os.listdir(work)) == sorted(f"t{t}_{c}" for t in range(2) for c in range(4))
+    assert _staging_leftovers(work) == [] and sandbox._WORK_LOCKS == {}
+
+
+def test_a_work_folder_that_cannot_be_copied_in_is_not_blamed_on_the_quota(tmp_path):
+    """Copying the work folder into the quota tmpfs can fail for reasons other than space (here a path longer
+    than PATH_MAX); only ENOSPC/EDQUOT are reported as the quota."""
+    need("disk_quota")
+    work = tmp_path / "work"
+    work.mkdir()
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 251 characters: deeper than any path the copy can name
+            os.mkdir("c" * 250, dir_fd=fd)
+            fd, old = os.open("c" * 250, os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+    finally:
+        os.close(fd)
+    res = run_python("print('ran')", BOTH, work_dir=work)
+    assert res.stdout == "" and "could not copy the work folder in ([Errno 36] File name too long" in res.stderr, res.to_text()
+    assert "quota" not in res.to_text()
+    shutil.rmtree(work / ("c" * 250))
+    for i in range(10):
+        (work / f"f{i}").touch()
+    res = run_python("print('ran')", SandboxLimits(**FAST, max_files=5), work_dir=work)
+    assert res.stdout == "" and "does not fit in the disk quota of 64 MB and 5 files" in res.stderr, res.to_text()

@@ -7,7 +7,11 @@ accidents, not a determined attacker: they cannot be removed, but code can get a
 audited, and C extensions do what they like). The OS layers set up by the launcher are
 the boundary that holds against such code.
 
-- network: every `socket.*` event (creating, connecting, binding, resolving).
+- network: every `socket.*` event (creating, connecting, binding, resolving), except making AF_UNIX
+  socket objects when the launcher says its seccomp filter is in place (`seccomp_sockets`): the
+  kernel then refuses socket(AF_UNIX) and unconnected pairs, so what is left are the connected
+  pairs of socket.socketpair() (asyncio's event loop, multiprocessing.Pipe), which reach nothing
+  outside the process. Without the filter they are refused like every other socket.
 - writes outside the work folder: `open` with a write flag, and os.remove/rmdir/mkdir/rename/
   link/symlink/chmod/chown/truncate/utime/setxattr/removexattr, shutil.rmtree, sqlite3.connect.
   Paths are resolved with realpath (symlinks followed); /dev/null stays writable.
@@ -21,6 +25,7 @@ import sys
 import traceback
 
 MEMORY_EXIT = 120  # exit status after an uncaught MemoryError (sandbox.py reads it)
+AF_UNIX = 1  # socket.AF_UNIX on Linux (the only system with the seccomp filter)
 
 PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.system",
                   "subprocess.Popen", "pty.spawn", "os.startfile"}
@@ -39,6 +44,7 @@ def make_hook(cfg):
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     realpath, readlink, getpid = os.path.realpath, os.readlink, os.getpid
     block_net, block_proc, block_write = cfg["block_network"], cfg["block_processes"], cfg["block_writes"]
+    unix_pairs = cfg.get("seccomp_sockets") is True  # set by the launcher only once its filter is installed
 
     def resolve(path, dir_fd=None):
         if isinstance(path, int):  # an open descriptor: where does it point?
@@ -60,7 +66,9 @@ def make_hook(cfg):
 
     def hook(event, args):
         if block_net and event.startswith("socket."):
-            raise PermissionError(f"sandbox: network access is blocked ({event})")
+            # args: (socket, family, type, proto); socket.socketpair() wraps each end this way
+            if not (unix_pairs and event == "socket.__new__" and args[1] == AF_UNIX):
+                raise PermissionError(f"sandbox: network access is blocked ({event})")
         if event == "open" and block_write:
             _, mode, flags = args
             # An int is an already-open descriptor: its access was checked when it was opened.

@@ -12,14 +12,16 @@ Process tree: trainer -> launcher -> init -> guard (the Python that runs the mod
   than AF_INET/AF_INET6, and io_uring, refused), mounts a fresh /proc, forks the guard and reaps
   orphans. When the guard exits it kills the rest of the namespace, checks the work folder against
   the quota (apparent sizes, each hard link counted, entries and nesting depth: what the copy would
-  write), copies the tmpfs into the staging folder beside the real work folder if it fits, reports
+  write), copies the tmpfs into the staging folder beside the real work folder if it fits (setuid and
+  setgid bits dropped: the copies are root's), reports
   `staged`, and exits. The trainer then swaps the staging folder in with renames, so the work
   folder is always either as it was before the call or as the code left it: never half-copied.
   (When a PID namespace's init exits, the kernel kills every other process in it, so nothing the
   code started outlives the call. If the call times out, init dies with the launcher, nothing is
   staged and the call's file changes are dropped.)
 - guard child: sets the rlimits, drops every capability (so root inside cannot remount, raise
-  hard limits or leave the cgroup), sets no_new_privs, and execs the guard script.
+  hard limits or leave the cgroup), sets no_new_privs, and execs the guard script, telling it in its
+  config whether the seccomp filter is in place (`seccomp_sockets`).
 
 Each layer reports whether it took effect on the status pipe (one JSON line per message).
 """
@@ -92,9 +94,19 @@ def readonly_except(keep):
     return failed
 
 
+def clear_setid(path):
+    """Drop the setuid and setgid bits of a file or folder just copied (its other mode bits stay). The copy is
+    made by root: a program the code chmod'ed 06755 in its tmpfs (nosuid there, but the bits are stored) would
+    otherwise reach the host as a root-owned setuid program."""
+    mode = stat.S_IMODE(os.lstat(path).st_mode)
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        os.chmod(path, mode & ~(stat.S_ISUID | stat.S_ISGID))
+
+
 def copy_entries(src, dst):
     """Copy the files, folders and links in `src` into the empty folder `dst` (other file types, e.g. FIFOs,
-    are skipped). Iterative, so a deep tree cannot hit Python's recursion limit halfway."""
+    are skipped), without setuid/setgid bits. Iterative, so a deep tree cannot hit Python's recursion limit
+    halfway."""
     todo, folders = [(src, dst)], []
     while todo:
         a_dir, b_dir = todo.pop()
@@ -105,10 +117,15 @@ def copy_entries(src, dst):
                     os.mkdir(b)
                     todo.append((entry.path, b))
                     folders.append((entry.path, b))
-                elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                elif entry.is_symlink():
                     shutil.copy2(entry.path, b, follow_symlinks=False)
+                elif entry.is_file(follow_symlinks=False):
+                    # (Under a 0700 folder, the staging folder or the tmpfs: nobody else reaches it before the bits go.)
+                    shutil.copy2(entry.path, b, follow_symlinks=False)
+                    clear_setid(b)
     for a, b in reversed(folders):  # modes and times last: filling a folder changes its mtime (and may need write access)
         shutil.copystat(a, b, follow_symlinks=False)
+        clear_setid(b)
 
 
 def quota_work_dir(work, host_view, stage, stage_view, size_mb, max_files):
@@ -122,7 +139,10 @@ def quota_work_dir(work, host_view, stage, stage_view, size_mb, max_files):
     try:
         copy_entries(host_view, work)
     except OSError as e:
-        raise OSError(f"the work folder does not fit in the disk quota of {size_mb} MB ({e})") from None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # tmpfs out of blocks or inodes
+            raise OSError(f"the work folder does not fit in the disk quota of {size_mb} MB and {max_files} files "
+                          f"({e})") from None
+        raise OSError(f"could not copy the work folder in ({e})") from None
     return True
 
 
@@ -203,7 +223,8 @@ def unhide_host_paths(hidden):
 # a Unix socket file on a visible filesystem (read-only mounts do not stop connect()) reaches a host service,
 # AF_VSOCK reaches the host or hypervisor, AF_NETLINK talks to the kernel. So socket() is allowed only for
 # AF_INET and AF_INET6; socketpair() only for connected AF_UNIX stream/seqpacket pairs (asyncio and
-# multiprocessing.Pipe use them; a datagram pair could sendto() a socket file). io_uring is refused
+# multiprocessing.Pipe use them; a datagram pair could sendto() a socket file). The guard is told whether this
+# filter is in place, and only then lets AF_UNIX socket objects (those pairs) be made. io_uring is refused
 # altogether: its requests (IORING_OP_SOCKET, connect, openat, ...) are not syscalls, so no filter sees them.
 SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_AND_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x54, 0x06
@@ -287,7 +308,8 @@ def install_seccomp_filter():
 def copy_to_stage(work, stage_view):
     """After the run: make the staging folder writable again (readonly_except covered it) and copy the tmpfs
     into it. The real work folder is not touched: the trainer swaps the staging folder in once this process
-    has reported success and exited, so a kill or an error halfway leaves the folder as it was."""
+    has reported success and exited, so a kill or an error halfway leaves the folder as it was. `stage_view`
+    must be a real path (mountinfo lists real paths)."""
     for point, opts in mount_points():
         if point == stage_view:
             flags = MS_REMOUNT | MS_BIND
@@ -317,7 +339,7 @@ def run_guard(spec):
         drop_capabilities()
     else:
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    argv = spec["argv"]
+    argv = [*spec["argv"], json.dumps(spec["guard_cfg"]), spec["code"]]
     os.execve(argv[0], argv, dict(os.environ))
 
 
@@ -325,6 +347,11 @@ def run_init(spec, layers, status_fd, launcher_pid):
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() not in (0, launcher_pid):  # the launcher died before PDEATHSIG was armed (0: parent outside our PID ns)
         os._exit(137)
+    # mountinfo lists real paths: compare it with real paths (a TMPDIR reached through a symlink would otherwise
+    # leave the staging folder read-only). Resolved now, while every path still leads where the trainer meant.
+    for key in ("work_dir", "host_view", "stage", "stage_view"):
+        if spec.get(key):
+            spec[key] = os.path.realpath(spec[key])
     work = spec["work_dir"]
     hidden = []
     if layers.get("mount_namespace"):
@@ -350,6 +377,9 @@ def run_init(spec, layers, status_fd, launcher_pid):
             layers["private_proc"] = mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     if spec["isolate"]:
         layers["unix_sockets_blocked"] = install_seccomp_filter()  # the key predates the other families
+    # The guard lets socket objects of AF_UNIX be made (socket pairs: asyncio, multiprocessing.Pipe) only when
+    # this filter, which it inherits, refuses socket(AF_UNIX) and unconnected pairs.
+    spec["guard_cfg"]["seccomp_sockets"] = bool(layers.get("unix_sockets_blocked"))
     report(status_fd, layers=layers)
     child = os.fork()
     if child == 0:

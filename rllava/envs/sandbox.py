@@ -10,10 +10,10 @@ runs the code. What holds the code, and who enforces it:
 | CPU time | RLIMIT_CPU (SIGXCPU) | - |
 | memory | RLIMIT_AS per process (MemoryError) | - |
 | file size | RLIMIT_FSIZE (also caps stdout/stderr files) | - |
-| disk use | the work folder is a tmpfs copy (RAM) of at most `disk_mb` and `max_files` inodes; when the code exits, if its apparent size (sparse files in full, each hard link counted), entry count and nesting (`MAX_DEPTH` levels) fit, it is copied into a staging folder beside the work folder and renamed into place, so the folder is always either as before the call or as the code left it; dropped when it does not fit, on timeout and on any copy error (the note says so); needs mount + PID namespaces and a writable parent folder | - |
+| disk use | the work folder is a tmpfs copy (RAM) of at most `disk_mb` and `max_files` inodes; when the code exits, if its apparent size (sparse files in full, each hard link counted), entry count and nesting (`MAX_DEPTH` levels) fit, it is copied (without setuid/setgid bits) into a staging folder beside the work folder and renamed into place, so the folder is always either as before the call or as the code left it (calls on one folder from several threads take turns); dropped when it does not fit, on timeout and on any copy error (the note says so); needs mount + PID namespaces and a writable parent folder | - |
 | open files | RLIMIT_NOFILE | - |
-| processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` |
-| network | network namespace with no interfaces up; seccomp allows socket() only for AF_INET/AF_INET6 (no Unix socket files on the host, vsock, netlink, ...), socketpair() only for connected AF_UNIX pairs, and refuses io_uring (its requests bypass syscall filters); /tmp and /run hidden | every `socket.*` event refused |
+| processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` (even then multiprocessing.Pool, Queue, Lock and ProcessPoolExecutor fail: their semaphores need a writable /dev/shm, which is hidden read-only; multiprocessing.Process with Pipe works) |
+| network | network namespace with no interfaces up; seccomp allows socket() only for AF_INET/AF_INET6 (no Unix socket files on the host, vsock, netlink, ...), socketpair() only for connected AF_UNIX pairs, and refuses io_uring (its requests bypass syscall filters); /tmp and /run hidden | every `socket.*` event refused, except AF_UNIX socket objects where that seccomp filter is in place (`layers["unix_sockets_blocked"]`): the socket pairs of asyncio's event loop and multiprocessing.Pipe (so those need `python_guards=False` where the filter is not) |
 | reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev/shm, /root, /home, the trainer's cwd, its home wherever it is ($HOME and the passwd entry's, e.g. /fsx/home/u), $HF_HOME, $XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_DATA_HOME, /etc/shadow are covered by empty read-only mounts (a cwd or home at or above a system folder, e.g. HOME=/, is left alone): other episodes' folders, the run's data and outputs, tokens and keys are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
 | writes outside the work folder | mount namespace with every other mount read-only, capabilities dropped so it cannot be undone | `open` for writing and os.remove/rename/mkdir/chmod/... outside it refused |
 | leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
@@ -40,8 +40,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -68,7 +71,9 @@ class SandboxLimits:
     max_processes: int = 16  # tasks (processes and threads) the code may have, itself included
     max_open_files: int = 256
     max_output_chars: int = 4000  # stdout and stderr are each cut to this (head and tail kept)
-    allow_subprocess: bool = False  # let the audit hook pass fork/exec (the OS limits still apply)
+    # let the audit hook pass fork/exec (the OS limits still apply); multiprocessing's Pool/Queue/Lock still fail
+    # (no writable /dev/shm for their semaphores), Process with Pipe works
+    allow_subprocess: bool = False
     os_isolation: bool = True  # namespaces, read-only mounts, pids cgroup, dropped capabilities
     python_guards: bool = True  # audit hooks
     python: str = ""  # interpreter for the code; "" = this one
@@ -141,46 +146,76 @@ class SandboxResult:
 def run_python(code: str, limits: Optional[SandboxLimits] = None, work_dir: Optional[Path] = None) -> SandboxResult:
     """Run `code` as `__main__` in a sandboxed interpreter; `work_dir` (kept) or a fresh temp folder (removed).
     With the disk quota, each call that ends in time replaces `work_dir` by a renamed copy (same path, new
-    folder): refer to it by path, not by an open descriptor or a process's cwd."""
+    folder): refer to it by path, not by an open descriptor or a process's cwd. Calls on the same `work_dir`
+    from several threads of this process run one after another (each waits for the folder before its
+    `timeout_s` starts); separate processes must not share a work folder."""
     lim = limits or SandboxLimits()
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="rllava-sbx-")) if own_work else Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     work = work.resolve()
-    ctl = Path(tempfile.mkdtemp(prefix="rllava-sbx-ctl-"))  # code and output files, outside the code's reach
-    stage = None
-    if lim.os_isolation and lim.disk_mb:
-        # The run's files are copied here, beside the work folder (the same filesystem), and renamed into place.
-        # Without a writable parent there is no quota: the code then writes straight into the work folder.
+    with _work_folder_lock(work):
+        # Real paths (a TMPDIR may be reached through a symlink): the launcher matches them against mountinfo,
+        # and the code file must stay reachable when the folders around it are hidden.
+        ctl = Path(tempfile.mkdtemp(prefix="rllava-sbx-ctl-")).resolve()  # code and output files, outside the code's reach
+        stage = None
+        if lim.os_isolation and lim.disk_mb:
+            # The run's files are copied here, beside the work folder (the same filesystem), and renamed into place.
+            # Without a writable parent there is no quota: the code then writes straight into the work folder.
+            try:
+                stage = Path(tempfile.mkdtemp(prefix=f".{work.name}.sandbox-", dir=work.parent)).resolve()
+            except OSError:
+                pass
+        cgroup = _make_cgroup(lim.max_processes + _LAUNCHER_TASKS) if lim.os_isolation else None
         try:
-            stage = Path(tempfile.mkdtemp(prefix=f".{work.name}.sandbox-", dir=work.parent))
-        except OSError:
-            pass
-    cgroup = _make_cgroup(lim.max_processes + _LAUNCHER_TASKS) if lim.os_isolation else None
+            (ctl / "code.py").write_text(code, encoding="utf-8")
+            return _run(lim, work, ctl, cgroup, stage)
+        finally:
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
+            shutil.rmtree(ctl, ignore_errors=True)
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)  # the run's files when they were not swapped in
+            if own_work:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+# One lock per work folder (real path) in use, so that two calls on it cannot interleave their copy-backs and
+# swaps (the second would rename the folder away while the first copies, and one call's files would be lost).
+# An entry lives while some call holds or waits for it.
+_WORK_LOCKS: dict[str, tuple[threading.Lock, list[int]]] = {}
+_WORK_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _work_folder_lock(work: Path) -> Iterator[None]:
+    key = str(work)
+    with _WORK_LOCKS_GUARD:
+        lock, users = _WORK_LOCKS.setdefault(key, (threading.Lock(), [0]))
+        users[0] += 1
     try:
-        (ctl / "code.py").write_text(code, encoding="utf-8")
-        return _run(lim, work, ctl, cgroup, stage)
+        with lock:
+            yield
     finally:
-        if cgroup is not None:
-            _remove_cgroup(cgroup)
-        shutil.rmtree(ctl, ignore_errors=True)
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)  # the run's files when they were not swapped in
-        if own_work:
-            shutil.rmtree(work, ignore_errors=True)
+        with _WORK_LOCKS_GUARD:
+            users[0] -= 1
+            if users[0] == 0:
+                del _WORK_LOCKS[key]
 
 
 def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path], stage: Optional[Path]) -> SandboxResult:
     python = lim.python or sys.executable
+    # The launcher appends the guard's config (adding whether its seccomp filter is in place) and the code file.
     guard_cfg = {"work_dir": str(work), "guards": lim.python_guards, "block_network": True,
-                 "block_writes": True, "block_processes": not lim.allow_subprocess}
-    argv = [python, "-I", "-B", "-X", "utf8", str(GUARD), json.dumps(guard_cfg), str(ctl / "code.py")]
+                 "block_writes": True, "block_processes": not lim.allow_subprocess, "seccomp_sockets": False}
+    argv = [python, "-I", "-B", "-X", "utf8", str(GUARD)]
     r, w = os.pipe()
     (ctl / "host").mkdir()  # where init keeps the real work folder while a tmpfs copy stands in for it
     (ctl / "stage").mkdir()  # where init sees the staging folder (its own path may lie under a hidden folder)
     keep = [*_interpreter_paths(python), str(GUARD), os.path.realpath(ctl / "code.py")]
     spec = {"status_fd": w, "cgroup": str(cgroup) if cgroup else None, "isolate": lim.os_isolation,
             "work_dir": str(work), "rlimits": _rlimits(lim, cgroup is not None), "argv": argv,
+            "guard_cfg": guard_cfg, "code": str(ctl / "code.py"),
             "disk_mb": lim.disk_mb if stage else 0, "max_files": lim.max_files, "max_depth": MAX_DEPTH,
             "host_view": str(ctl / "host"), "stage": str(stage), "stage_view": str(ctl / "stage"),
             "hide": _host_paths_to_hide(work, keep), "keep": keep}
