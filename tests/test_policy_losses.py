@@ -122,6 +122,20 @@ def test_gmpo_geometric_mean_with_sign_aware_log_clip():
     assert m["clip_frac_high"] == 0.25 and m["clip_frac_low"] == 0.25
 
 
+def test_gmpo_on_policy_with_zeroed_tokens_equals_ppo():
+    """Forking-token selection zeroes A on most tokens: GMPO must neither scale A down by the kept share nor move
+    the zeroed tokens (it did both: A was averaged over every token, and the ratio's gradient reached them all)."""
+    logp = leaf([[-1.0, -2.0, -0.5, -1.5], [-0.3, -1.0, -2.0, 0.0]])
+    adv = [[2.0, 0.0, 2.0, 0.0], [0.0, -1.0, 0.0, 0.0]]
+    mask = [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]
+    cfg = replace(CFG, loss_agg_mode="seq-mean-token-mean")
+    _, _, grad = run("gmpo", logp, logp.detach(), adv, mask, cfg)
+    _, _, ppo_grad = run("ppo", logp, logp.detach(), adv, mask, cfg)
+    torch.testing.assert_close(grad, ppo_grad)
+    # by hand: -A / (tokens in the sequence) / 2 sequences, on the kept tokens only
+    torch.testing.assert_close(grad, torch.tensor([[-0.25, 0.0, -0.25, 0.0], [0.0, 1 / 6, 0.0, 0.0]]))
+
+
 # cov = (A - mean A) * (logp - mean logp) for A = [1, 1, -1, -1], logp = [-1, -2, -1, -2]: [0.5, -0.5, -0.5, 0.5]
 COV_LOGP, COV_ADV = [[-1.0, -2.0, -1.0, -2.0]], [[1.0, 1.0, -1.0, -1.0]]
 

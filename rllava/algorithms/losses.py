@@ -100,13 +100,16 @@ def gmpo(logp, old_logp, advantages, mask, cfg, **extra):
     For A > 0 a token's log-ratio is min(lr, clip(lr)) (caps upward moves), for A < 0 it is
     max(lr, clip(lr)); clip range [-clip_ratio_low, clip_ratio_high]. The sequence loss is
     broadcast over the sequence's tokens: `seq-mean-token-mean` reproduces the paper exactly.
+    Tokens whose advantage is 0 (not forking tokens, `algorithm.top_entropy_frac`) carry no gradient and do not
+    dilute A: the log-mean keeps its 1/|sequence|, so on-policy the gradient equals PPO's with those tokens zeroed.
     """
     lr = _log_ratio(logp, old_logp, mask)
     sign = torch.sign(advantages)
     clipped = sign * torch.minimum(sign * lr, sign * lr.clamp(-cfg.clip_ratio_low, cfg.clip_ratio_high))
+    carry = mask * (advantages != 0)
     n = mask.sum(-1).clamp(min=1)
-    seq_ratio = ((clipped * mask).sum(-1) / n).exp()
-    seq_adv = (advantages * mask).sum(-1) / n
+    seq_ratio = ((clipped * carry).sum(-1) / n).exp()
+    seq_adv = (advantages * carry).sum(-1) / carry.sum(-1).clamp(min=1)
     loss = (-seq_adv * seq_ratio)[:, None].expand_as(mask)
     fracs = {"clip_frac_low": (advantages < 0) & (lr < -cfg.clip_ratio_low),
              "clip_frac_high": (advantages > 0) & (lr > cfg.clip_ratio_high)}
