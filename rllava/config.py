@@ -522,7 +522,8 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("rollout", "temperature", 0.0, True), ("rollout", "top_p", 0.0, False), ("rollout", "top_k", 0, True),
           ("rollout", "val_n", 1, True), ("actor", "lr", 0.0, True), ("critic", "lr", 0.0, True),
           ("actor", "ppo_epochs", 1, True), ("critic", "ppo_epochs", 1, True), ("actor", "mini_batch_size", 0, True),
-          ("actor", "micro_token_budget", 1, True), ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
+          ("actor", "micro_token_budget", 1, True), ("actor", "logprob_chunk_size", 1, True),
+          ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
           ("data", "video_fps", 0.0, False), ("data", "max_frames", 1, True), ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
           ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True)]
 

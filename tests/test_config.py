@@ -85,6 +85,8 @@ def test_base_file_is_overlaid(tmp_path):
     ("rollout.top_p=0", r"rollout.top_p=0.0: must be > 0.0"),
     ("rollout.top_p=1.5", r"rollout.top_p=1.5: must be in \(0, 1\]"),
     ("actor.micro_token_budget=0", r"actor.micro_token_budget=0: must be >= 1"),
+    ("actor.logprob_chunk_size=0", r"actor.logprob_chunk_size=0: must be >= 1"),
+    ("actor.logprob_chunk_size=-8", r"actor.logprob_chunk_size=-8: must be >= 1"),
     ("trainer.keep_last=0", r"trainer.keep_last=0: must be >= 1"),
     ("data.max_frames=0", r"data.max_frames=0: must be >= 1"), ("data.video_fps=0", r"data.video_fps=0.0: must be > 0.0"),
     ("actor.lr=nan", r"actor.lr: expected a finite number, got nan"),  # nan < 0 is False: no range check sees it

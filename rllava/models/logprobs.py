@@ -19,22 +19,47 @@ from rllava.models.introspect import unwrap
 from rllava.models.shared_prompt import shared_prompt_hidden_states
 
 
-def _logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's own post-LM-head logit transform (identity for most).
+# Image-text heads that apply their text config's logit transform (transformers 5.x forwards). Every other
+# composite head applies none even where its text config holds one (Gemma3ForConditionalGeneration with Gemma3's
+# softcap, LLaVA(-NeXT) with Granite's logits_scaling, AyaVision with Cohere's logit_scale), so for those the
+# composite config is read, and it holds none of these fields.
+_TEXT_CONFIG_HEADS = frozenset({
+    "PaliGemmaForConditionalGeneration", "Gemma3nForConditionalGeneration", "Gemma4ForConditionalGeneration",
+    "Gemma4UnifiedForConditionalGeneration", "Granite4VisionForConditionalGeneration",
+    "GraniteDoclingForConditionalGeneration", "CohereCompassForConditionalGeneration",
+    "HyperCLOVAXVisionV2ForConditionalGeneration", "Inkling2ForConditionalGeneration",
+    "Inkling2LoopForConditionalGeneration", "MistralLarge4ForConditionalGeneration",
+    "MuseGlimmerForConditionalGeneration", "MuseSparkForConditionalGeneration",
+})
+# HyperCLOVAX multiplies by logits_scaling where Granite (and MiniCPM3, on the hidden states) divides.
+_MULTIPLY_LOGITS_SCALING = frozenset({"HyperCLOVAXForCausalLM", "HyperCLOVAXVisionV2ForConditionalGeneration"})
+_UNAPPLIED = {"MptForCausalLM": {"logit_scale"}}  # config fields a head leaves unused
 
-    Read from the top-level config, as HF heads do: Gemma3ForCausalLM applies its softcap, while
-    Gemma3ForConditionalGeneration (whose config holds it only inside text_config) does not.
-    """
-    cfg = model.config
-    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma2/3: cap * tanh(logits / cap)
-    scale = getattr(cfg, "logit_scale", None)  # Cohere: logits * scale
-    divisor = getattr(cfg, "logits_scaling", None)  # Granite: logits / scaling
+
+def _logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The HF head's own post-LM-head logit transform (identity for most): the fields its forward reads, from
+    the config it reads them from (see `_TEXT_CONFIG_HEADS`)."""
+    # The class and its bases: FSDP2's fully_shard swaps the class for a subclass named FSDP<name>.
+    names = {c.__name__ for c in type(model).__mro__}
+    cfg = model.config.get_text_config() if names & _TEXT_CONFIG_HEADS else model.config
+    unapplied = set().union(*(_UNAPPLIED.get(n, set()) for n in names))
+
+    def field(key: str) -> float | None:
+        return None if key in unapplied else getattr(cfg, key, None)
+
+    scale = 1.0
+    # Cohere: logit_scale; Falcon-H1: lm_head_multiplier; MuseGlimmer/Spark: output_multiplier (before the cap).
+    for key in ("logit_scale", "lm_head_multiplier", "output_multiplier"):
+        if field(key) is not None:
+            scale *= field(key)
+    scaling = field("logits_scaling")
+    if scaling is not None:
+        scale = scale * scaling if names & _MULTIPLY_LOGITS_SCALING else scale / scaling
+    cap = field("final_logit_softcapping")  # Gemma2/3/3n/4 and others: cap * tanh(logits / cap)
 
     def transform(logits: torch.Tensor) -> torch.Tensor:
-        if scale is not None:
+        if scale != 1.0:
             logits = logits * scale
-        if divisor is not None:
-            logits = logits / divisor
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
@@ -128,6 +153,8 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    if chunk_size < 1:  # range(0, n, 0) would raise an opaque error; a negative step would skip every token
+        raise ValueError(f"chunk_size must be >= 1 (LM-head rows per chunk), got {chunk_size}")
     B, T = responses.shape
     L = model_inputs["input_ids"].shape[1]
     if T == 0:
