@@ -23,6 +23,7 @@ from rllava.envs import episode_reward, make_environment
 from rllava.pipelines.hooks import DEMONSTRATION_HOOKS, hint_lengths
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
+from rllava.pipelines.sft import demo_end_id
 from rllava.roles.multiturn import HINT_KEY, TURN_KEY, MultiTurnRollout, ObservationRenderer
 from rllava.roles.reward import source_means
 from rllava.roles.rollout import Rollout
@@ -98,7 +99,7 @@ class HintTurns:
 
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         cfg, tokenizer = trainer.cfg, trainer.ctx.tokenizer
-        eos, every = trainer.ctx.extra["eos_ids"][0], turns_end_with_eos(cfg)
+        eos, every = demo_end_id(trainer.ctx), turns_end_with_eos(cfg)
         demos = [demo_turn_ids(tokenizer, p, cfg.data.demo_key, eos, every) for p in prompts]
         lengths = hint_lengths(trainer, prompts, [sum(map(len, d)) - 1 for d in demos], metrics)
         return [dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns(d, n), self.UNHINTED: p}) if n else p
@@ -146,7 +147,7 @@ class DemoEngine:
 
 def demonstration_rollout(ctx) -> MultiTurnRollout:
     """A multi-turn rollout that plays the rows' demonstrations (`data.demo_key`) against the environment."""
-    engine = DemoEngine(ctx.tokenizer, ctx.extra["eos_ids"][0], ctx.cfg.data.demo_key, turns_end_with_eos(ctx.cfg))
+    engine = DemoEngine(ctx.tokenizer, demo_end_id(ctx), ctx.cfg.data.demo_key, turns_end_with_eos(ctx.cfg))
     return multiturn_rollout(ctx.cfg, ctx.processor, Rollout(engine, ctx.tokenizer, ctx.cfg.rollout))
 
 

@@ -18,7 +18,7 @@ from rllava.config import Config, ConfigError
 from rllava.data.types import Episode, Prompt
 from rllava.engines import distributed as du
 from rllava.pipelines.registry import PIPELINES
-from rllava.pipelines.sft import sft_episodes
+from rllava.pipelines.sft import demo_end_id, sft_episodes
 
 
 def run_hooks(hooks: list, name: str, trainer, items: list, metrics: dict) -> list:
@@ -118,7 +118,7 @@ def demonstration_episodes(trainer, groups: list[list[Episode]]) -> list[Episode
     prompts = [g[0].prompt for g in groups]
     play = ctx.extra.get("demonstrations")
     demos = play(prompts) if play else sft_episodes(prompts, ctx.tokenizer, trainer.cfg.data.response_template,
-                                                    ctx.extra["eos_ids"][0])
+                                                    demo_end_id(ctx))
     for g, d in zip(groups, demos):
         # In the group's id, with its baseline (ReMax's greedy reward): a group's samples share both.
         d.group_id, d.is_expert, d.baseline_reward = g[0].group_id, True, g[0].baseline_reward
@@ -176,7 +176,7 @@ class HintFromDemonstrations:
 
     def before_rollout(self, trainer, prompts: list[Prompt], metrics: dict) -> list[Prompt]:
         ctx, cfg = trainer.ctx, trainer.cfg
-        demos = sft_episodes(prompts, ctx.tokenizer, cfg.data.response_template, ctx.extra["eos_ids"][0])
+        demos = sft_episodes(prompts, ctx.tokenizer, cfg.data.response_template, demo_end_id(ctx))
         solutions = [d.response_ids[:-1] for d in demos]  # without EOS: the rollout must still end the answer itself
         out = []
         for prompt, solution, n in zip(prompts, solutions, hint_lengths(trainer, prompts, [len(s) for s in solutions], metrics)):

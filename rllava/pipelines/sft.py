@@ -10,6 +10,7 @@ import jinja2
 from rllava.data.rows import DataError
 from rllava.data.types import Batch, Episode, Prompt
 from rllava.pipelines.registry import PIPELINES
+from rllava.roles.multiturn import turn_end_id
 
 
 def _no_null(value):
@@ -39,6 +40,11 @@ def render_response(template: str, meta: dict, where: str) -> str:
     if not text.strip():
         raise fail("renders to empty text")
     return text
+
+
+def demo_end_id(ctx) -> int:
+    """The token a run's demonstrations end their turns with: see `turn_end_id`."""
+    return turn_end_id(ctx.processor, ctx.extra["eos_ids"])
 
 
 def sft_episodes(prompts: list[Prompt], tokenizer, template: str, eos_id: int) -> list[Episode]:
@@ -71,7 +77,7 @@ class SFTPipeline:
     def collect(self, trainer, prompts) -> tuple[list[Episode], dict[str, float]]:
         """The target episodes of a prompt batch (a multi-turn SFT pipeline overrides this)."""
         ctx = trainer.ctx
-        return sft_episodes(prompts, ctx.tokenizer, self.cfg.data.response_template, ctx.extra["eos_ids"][0]), {}
+        return sft_episodes(prompts, ctx.tokenizer, self.cfg.data.response_template, demo_end_id(ctx)), {}
 
     def train_step(self, trainer, prompts) -> dict[str, float]:
         ctx = trainer.ctx

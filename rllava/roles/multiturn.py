@@ -9,7 +9,8 @@ images are processed once and kept in `Episode.extra_mm`, with their per-token e
 the whole episode reproduces the positions used during generation (M-RoPE included). A prompt may carry
 a UFT hint (`HINT_KEY`): the demonstration turns an episode starts from instead of the policy's.
 `max_total_tokens` bounds `response_ids`: a turn that would pass it is cut (stop "budget"), and an
-observation that would leave no room for another turn ends the episode before it is appended.
+observation that would leave no room for another turn ends the episode before it is appended. A turn that did not
+finish (cut by max_new_tokens or the budget) ends the episode unstepped: the environment never reads it.
 """
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def ran_a_tool(info: dict) -> bool:
     return info.get("action") == "tool" and "error" not in info and not info.get("tool_skipped")
 
 
-def _end(ep: Episode, env: Any, finished: bool, stop: str) -> None:
-    """Close an episode: whether it ended by itself, why it stopped, and whether its format held."""
+def _end(ep: Episode, env: Any, finished: bool, stop: str, format_ok: bool = True) -> None:
+    """Close an episode: whether it ended by itself, why it stopped, and whether its format held (never for an
+    episode whose last turn was cut off: `format_ok=False`)."""
     ep.finished = finished
     ep.info["stop"] = stop
-    ep.info["format_ok"] = env.outcome().format_ok
+    ep.info["format_ok"] = format_ok and env.outcome().format_ok
 
 
 class ObservationRenderer:
@@ -65,6 +67,7 @@ class ObservationRenderer:
         self.multimodal = multimodal
         self.template = template
         self._close: tuple[int | None, str] | None = None  # turn_close(), read off the template once
+        self._close_text = ""  # all the template writes after an assistant's text (e.g. "<|im_end|>\n")
 
     @property
     def raw(self) -> bool:
@@ -82,12 +85,20 @@ class ObservationRenderer:
                 raise ValueError("env.observation_role=raw continues the assistant's text: it cannot show images")
             return text
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-        before = self._render(_PROBE, False)
         after = self._render(_PROBE + [{"role": self.role, "content": content}], True)
-        if not after.startswith(before):
-            raise ValueError("the chat template re-renders earlier turns when a message is added; "
-                             "multi-turn episodes need a prefix-stable template")
-        return self.turn_close()[1] + after[len(before):]
+        # Only what follows the probe's assistant text is compared, not the whole prefix: a template may re-render
+        # earlier turns once a message follows them (Qwen3 drops their <think> block). The probe's assistant text
+        # is the last "probe" of the conversation without the observation, so the same occurrence here.
+        at = -1
+        for _ in range(self._render(_PROBE, False).count("probe")):
+            at = after.find("probe", at + 1)
+        suffix = after[at + len("probe"):]
+        _, rest = self.turn_close()
+        head = self._close_text[:len(self._close_text) - len(rest)]  # the turn-close token's text, which the policy wrote
+        if not suffix.startswith(head):
+            raise ValueError("the chat template closes an assistant turn differently once a message follows it; "
+                             "multi-turn episodes need the same turn close in both")
+        return suffix[len(head):]
 
     def turn_close(self) -> tuple[int | None, str]:
         """(the token that ends an assistant turn in the chat template, the text the template writes after it).
@@ -97,7 +108,7 @@ class ObservationRenderer:
         nothing after the assistant's text."""
         if self._close is None:
             before = self._render(_PROBE, False)
-            close = before[before.rfind("probe") + len("probe"):]  # e.g. "<|im_end|>\n"
+            close = self._close_text = before[before.rfind("probe") + len("probe"):]  # e.g. "<|im_end|>\n"
             ids = self.tokenizer(close, add_special_tokens=False)["input_ids"] if close else []
             first = self.tokenizer.decode(ids[:1]) if ids else ""
             self._close = (ids[0], close[len(first):]) if ids and close.startswith(first) else (None, "")
@@ -108,12 +119,21 @@ class ObservationRenderer:
         rendered = self.render(text, len(images))
         if not images:
             return self.tokenizer(rendered, add_special_tokens=False)["input_ids"], {}, {}
-        out = self.processor(text=[rendered], images=images, return_tensors="pt")
+        # no BOS: the observation continues the episode (a BOS-adding tokenizer would put one mid-sequence)
+        out = self.processor(text=[rendered], images=images, return_tensors="pt", add_special_tokens=False)
         ids = out["input_ids"][0].tolist()
         seq = {k: v[0].tolist() for k, v in out.items() if k not in ("input_ids", "attention_mask")
                and hasattr(v, "dim") and v.dim() == 2 and v.shape[1] == len(ids) and v.shape[0] == 1}
         mm = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and k not in seq}
         return ids, mm, seq
+
+
+def turn_end_id(processor: Any, eos_ids: list[int]) -> int:
+    """The token that ends a demonstration's turn: the chat template's turn close where it is an eos id, so that
+    demonstrations end as the policy's own turns do (a real Gemma 3 lists `<eos>` first but closes its turns with
+    `<end_of_turn>`); else the first eos id."""
+    end = ObservationRenderer(processor, multimodal=hasattr(processor, "image_processor")).turn_close()[0]
+    return end if end in eos_ids else eos_ids[0]
 
 
 class MultiTurnRollout:
@@ -236,9 +256,12 @@ class MultiTurnRollout:
         tok = self.rollout.tokenizer
         cut = [self._fit(episodes[i], turn) for i, turn in zip(active, turns)]
         texts = [tok.decode(turn.response_ids, skip_special_tokens=True) for turn in turns]
-        results = self._step([envs[i] for i in active], texts)
+        # Only finished turns reach the environment: a turn cut by max_new_tokens or the budget holds a half-written
+        # action, which must earn no tool reward or format bonus, nor count as the episode's answer.
+        stepped = [k for k, turn in enumerate(turns) if turn.finished]
+        results = dict(zip(stepped, self._step([envs[active[k]] for k in stepped], [texts[k] for k in stepped])))
         still = []
-        for i, turn, text, result, was_cut in zip(active, turns, texts, results, cut):
+        for k, (i, turn, text, was_cut) in enumerate(zip(active, turns, texts, cut)):
             ep, env = episodes[i], envs[i]
             if turn.hint_len:  # hints open an episode, so its hinted tokens (and observations) are a prefix
                 ep.hint_len = len(ep.response_ids) + turn.hint_len
@@ -246,12 +269,16 @@ class MultiTurnRollout:
             ep.response_text = text  # the last turn's text: what reward functions score
             ep.info["transcript"].append(text)
             ep.info["turns"] += 1
+            if k not in results:
+                ep.turn_rewards.append(0.0)
+                _end(ep, env, False, "budget" if was_cut else "length", format_ok=False)
+                continue
+            result = results[k]
             ep.info["tool_calls"] += int(ran_a_tool(result.info))
             ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
             over_budget = len(ep.response_ids) >= self.max_total_tokens
-            if result.done or not turn.finished or over_budget or result.observation is None:
-                _end(ep, env, bool(result.done and turn.finished),
-                     result.info.get("stop", "length" if not turn.finished and not was_cut else "budget"))
+            if result.done or over_budget or result.observation is None:
+                _end(ep, env, bool(result.done), result.info.get("stop", "budget"))
                 continue
             eos_ids = self.rollout.engine.eos_ids
             close = []  # a stop string ended the turn: close it as the template does
