@@ -18,7 +18,6 @@ from rllava.data.types import PromptShare
 from rllava.models.introspect import unwrap
 from rllava.models.shared_prompt import shared_prompt_hidden_states
 
-
 # Image-text heads that apply their text config's logit transform (transformers 5.x forwards). Every other
 # composite head applies none even where its text config holds one (Gemma3ForConditionalGeneration with Gemma3's
 # softcap, LLaVA(-NeXT) with Granite's logits_scaling, AyaVision with Cohere's logit_scale), so for those the
