@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rllava.config import DataConfig
 from rllava.data.dataset import RLDataset
+from rllava.data.rows import DataError
 from rllava.data.vision import image_size, load_image
 
 
@@ -217,3 +218,18 @@ def test_one_frame_and_odd_frame_videos_load_and_estimate_exactly(tmp_path, proc
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **p.mm, **seq).logits
         assert logits.shape[1] == len(p.input_ids) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "qwen2_vl"])
+def test_an_image_and_a_video_in_one_prompt(tmp_path, processors, family):
+    """SmolVLM returns images and video frames both as pixel_values: a row with both kept only the frames, and
+    the rollout failed on the images' tokens mid-run. It is a bad row at load time; Qwen-VL keeps both."""
+    Image.new("RGB", (56, 84), (0, 90, 0)).save(tmp_path / "i.png")
+    f = _jsonl(tmp_path / "iv.jsonl", [{"prompt": "<image> then <video>: what moves?", "answer": "x",
+                                        "images": ["i.png"], "videos": [_frames(tmp_path, 2)]}])
+    if family == "smolvlm":
+        with pytest.raises(DataError, match=r"iv\.jsonl, row 0, field .videos.: SmolVLMProcessor.*cannot take images and videos"):
+            RLDataset(str(f), DataConfig(), processors(family))
+    else:
+        p = RLDataset(str(f), DataConfig(), processors(family))[0]
+        assert {"pixel_values", "pixel_values_videos"} <= set(p.mm)

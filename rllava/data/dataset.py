@@ -104,6 +104,15 @@ def _takes_video_metadata(processor: Any) -> bool:
     return {"video_metadata", "do_sample_frames"} <= set(kwargs)
 
 
+def _media_outputs_collide(processor: Any) -> bool:
+    """Whether the processor returns images and videos under the same names (SmolVLM's `pixel_values`), so that
+    one prompt holding both keeps only the videos' features."""
+    image, video = getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)
+    if image is None or video is None:
+        return False
+    return bool(set(getattr(image, "model_input_names", ())) & set(getattr(video, "model_input_names", ())))
+
+
 def _video_kwargs(processor: Any, times: list[FrameTimes]) -> dict[str, Any]:
     """Processor arguments for videos of these frame times: their metadata, and no resampling of the frames
     rllava already sampled (Qwen3-VL would otherwise resample them as if they were a 24 fps clip)."""
@@ -214,6 +223,9 @@ class RLDataset(torch.utils.data.Dataset):
                 raise DataError(f"{ref.where(cfg.answer_key)}: missing ({value!r} is not an answer)")
         images = _as_list(row.get(cfg.image_key))
         videos = normalize_videos(row.get(cfg.video_key))
+        if images and videos and _media_outputs_collide(self.processor):
+            raise DataError(f"{ref.where(cfg.video_key)}: {type(self.processor).__name__} cannot take images and "
+                            "videos in one prompt (its video frames replace the images' pixel_values)")
         for j, ref_j in enumerate(images):
             try:
                 check_image_ref(ref_j, ref.base_dir)
