@@ -252,21 +252,37 @@ class FSDP2TrainEngine:
 
     # ---- state
 
+    def _optimizer_fresh(self) -> bool:
+        """Whether the optimizer has not stepped yet (on every rank: they must write the same keys)."""
+        return du.all_reduce_max(float(bool(self.optimizer.state))) == 0.0
+
+    def _state(self, with_optimizer: bool) -> dict[str, Any]:
+        state = {"scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps}
+        if with_optimizer:  # (on an optimizer that has not stepped yet, DCP first takes a zero-lr step)
+            state["model"], state["optimizer"] = get_state_dict(self.model, self.optimizer)
+        else:
+            state["model"] = get_model_state_dict(self.model)
+        return state
+
     def state_dict(self) -> dict[str, Any]:
         """Sharded (DTensor) model and optimizer state plus schedule: what `dcp.save` writes.
 
-        On an optimizer that has not stepped yet, DCP first initialises its state with a zero-lr step.
+        An optimizer that has not stepped yet is written as `optimizer_fresh` instead: reading its state
+        through DCP would take a zero-lr step first, leaving AdamW a step count (and so a bias correction)
+        that the run would not have had without the save.
         """
         if self.local_steps:  # per-rank optimizer state: saved beside the checkpoint (`save`)
-            return {"model": get_model_state_dict(self.model), "scheduler": self.scheduler.state_dict(),
-                    "skipped_steps": self.skipped_steps}
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict(),
-                "skipped_steps": self.skipped_steps}
+            return self._state(with_optimizer=False)
+        if self._optimizer_fresh():
+            return {**self._state(with_optimizer=False), "optimizer_fresh": True}
+        return self._state(with_optimizer=True)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.local_steps:
             set_model_state_dict(self.model, state["model"])
+        elif "optimizer" not in state:  # saved before the first step: the optimizer starts afresh, as it did there
+            set_model_state_dict(self.model, state["model"])
+            self.optimizer.state.clear()
         else:  # strict=False: parameters that never had a gradient legitimately have no optimizer state (see `load`)
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
@@ -283,19 +299,22 @@ class FSDP2TrainEngine:
         """Restore what `save` wrote into this engine (built on the same model and optimizer settings)."""
         if not Path(folder, ".metadata").exists():
             raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
-        state = self.state_dict()
         if self.local_steps:
+            state = self._state(with_optimizer=False)
             dcp.load(state, checkpoint_id=str(folder))
             self.load_state_dict(state)
             self.optimizer.load_state_dict(torch.load(Path(folder) / f"optimizer_rank{du.rank()}.pt", weights_only=False))
             return
-        # A parameter that had no gradient before the save (an unused head, a vision tower on text-only
-        # data) has no optimizer state there; it must have none after loading either, as in the run saved.
+        # What the checkpoint holds decides the template, not this engine's optimizer (fresh when resuming).
         saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-        with_state = {k.rsplit(".", 1)[0] for k in saved if k.startswith("optimizer.state.")}
-        optim_state = state["optimizer"]["state"]
-        for fqn in [f for f in optim_state if f"optimizer.state.{f}" not in with_state]:
-            del optim_state[fqn]
+        state = self._state(with_optimizer="optimizer_fresh" not in saved)
+        if "optimizer" in state:
+            # A parameter that had no gradient before the save (an unused head, a vision tower on text-only
+            # data) has no optimizer state there; it must have none after loading either, as in the run saved.
+            with_state = {k.rsplit(".", 1)[0] for k in saved if k.startswith("optimizer.state.")}
+            optim_state = state["optimizer"]["state"]
+            for fqn in [f for f in optim_state if f"optimizer.state.{f}" not in with_state]:
+                del optim_state[fqn]
         dcp.load(state, checkpoint_id=str(folder))
         self.load_state_dict(state)
 

@@ -51,6 +51,11 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    """A count and the first few names, for an error message."""
+    return f"{len(names)} {names[:shown]}" + (" ..." if len(names) > shown else "")
+
+
 @TRAIN_ENGINES.register("local", description="one process, CPU or one GPU; fp32 master weights with autocast")
 class LocalTrainEngine:
     """Owns a module, its optimizer and lr schedule; knows nothing about RL."""
@@ -145,13 +150,20 @@ class LocalTrainEngine:
             raise FileNotFoundError(f"{path}: no local engine state here (written by actor.strategy=local?)")
         state = torch.load(path, weights_only=False, map_location="cpu")
         try:
-            unexpected = self.model.load_state_dict(state["model"], strict=False).unexpected_keys
+            self.model.load_state_dict(state["model"], strict=False)
         except RuntimeError as e:  # shape mismatches
             detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
             raise ConfigError(f"{path} was written for another model: {detail}") from e
-        if unexpected:
-            raise ConfigError(f"{path} was written for another model: it has parameters this model does not, "
-                              f"e.g. {unexpected[:3]}")
+        # The optimizer's state is per trained parameter: a different set (LoRA vs full, changed freeze settings)
+        # would otherwise fail deep inside torch, with a parameter-group size error or a KeyError.
+        missing = [n for n in self.names if n not in state["model"]]
+        trained = set(self.names)
+        unexpected = [n for n in state["model"] if n not in trained]
+        if missing or unexpected:
+            diff = ([f"trained here but not in it: {_some(missing)}"] if missing else []) + \
+                ([f"in it but not trained here: {_some(unexpected)}"] if unexpected else [])
+            raise ConfigError(f"{path} was written with other trained parameters (another model, LoRA vs full "
+                              f"fine-tuning, or changed freeze settings?): {'; '.join(diff)}")
         if self.offload:
             self.offload.load_masters([state["model"][n] for n in self.names])
         self.load_state_dict(state)

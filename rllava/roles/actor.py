@@ -139,19 +139,19 @@ class Actor:
         name = loss_name or self.cfg.algorithm.policy_loss
         return self.cfg.actor.skip_zero_advantage and bool(POLICY_LOSSES.entry(name).meta.get("row_local"))
 
-    def mini_batch_size(self, n_local: int) -> int:
-        """Sequences per optimizer step on this rank: this rank's share of actor.mini_batch_size (0 = all)."""
+    def mini_batch_count(self, n_local: int) -> int:
+        """Optimizer steps per epoch, the same on every rank: ceil(all ranks' rows / actor.mini_batch_size), or one
+        step for 0 (= all rows). Counted from the global rows: ranks may hold different numbers (group filters), and
+        counting local rows would give them different numbers of steps. (`n_local`: this rank's rows.)"""
         size, world = self.cfg.actor.mini_batch_size, du.world_size()
-        if not size:
-            return max(1, n_local)
         if size % world:
             raise ConfigError(f"actor.mini_batch_size={size} must be divisible by the number of ranks ({world})")
-        return size // world
+        rows = int(du.all_reduce_sum(n_local))
+        return math.ceil(rows / size) if size else min(rows, 1)
 
     def needs_old_logprobs(self, batch_size: int) -> bool:
-        """With one epoch and one mini-batch (on every rank) the update is exactly on-policy: old = current, detached."""
-        minis = math.ceil(batch_size / self.mini_batch_size(batch_size))
-        return self.cfg.actor.ppo_epochs > 1 or du.all_reduce_max(minis) > 1
+        """With one epoch and one mini-batch the update is exactly on-policy: old = current, detached."""
+        return self.cfg.actor.ppo_epochs > 1 or self.mini_batch_count(batch_size) > 1
 
     def update(self, batch: Batch, loss_name: str | None = None, seed: int = 0,
                sft_coef: float | None = None, length_limit: int = 0) -> dict[str, float]:
@@ -169,17 +169,21 @@ class Actor:
         sft_coef = algo.sft_coef if sft_coef is None else sft_coef
         # Rows with no advantage anywhere add nothing to a row-local loss (run.check_zero_advantage_skip).
         skip_zero = batch.advantages is not None and self.skips_zero_advantage(loss_name)
-        mini_size = self.mini_batch_size(len(batch))
+        n_minis = self.mini_batch_count(len(batch))
+        if n_minis and not len(batch):
+            raise ValueError("actor.update: this rank has no rows while another has some: every rank needs at least one")
         # The same constant on every rank and at every step: a token's weight must not depend on how long
         # the other responses of its step happen to be.
         norm_len = int(du.all_reduce_max(max(batch.response_width, length_limit)))
         gen = torch.Generator().manual_seed(seed)
         history: dict[str, list[float]] = defaultdict(list)
         for _ in range(self.cfg.actor.ppo_epochs):
-            order = torch.randperm(len(batch), generator=gen) if mini_size < len(batch) else torch.arange(len(batch))
-            minis = [batch.select(order[s:s + mini_size]) for s in range(0, len(batch), mini_size)]
-            # Ranks may hold different numbers of sequences (group filters): padding mini-batches weigh 0.
-            for mini, real in du.pad_to_common_length(minis):
+            order = torch.randperm(len(batch), generator=gen) if n_minis > 1 else torch.arange(len(batch))
+            # Each optimizer step takes its share of every rank's rows. A rank with fewer rows than the others may
+            # have none for a step: it then runs one row at zero weight, so every rank makes the same collectives.
+            for rows in torch.tensor_split(order, n_minis) if n_minis else []:
+                real = len(rows) > 0
+                mini = batch.select(rows if real else order[:1])
                 for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef, skip_zero).items():
                     history[k].append(v)
         return {k: sum(v) / len(v) for k, v in history.items()}
