@@ -72,6 +72,13 @@ def test_load_rows_formats_and_concatenation(tmp_path):
     assert len(load_rows(str(tmp_path / "d.*"))) == 2 * 4  # a glob: d.arrow, d.csv, d.jsonl, d.parquet
 
 
+def test_a_data_file_named_with_brackets_is_read_as_named(tmp_path):
+    _jsonl(tmp_path / "rows[1].jsonl", [{"prompt": "bracketed", "answer": "1"}])
+    _jsonl(tmp_path / "rows1.jsonl", [{"prompt": "what the pattern rows[1] matches", "answer": "2"}])
+    assert [r["prompt"] for r in load_rows(str(tmp_path / "rows[1].jsonl"))] == ["bracketed"]
+    assert len(load_rows(str(tmp_path / "rows[0-9].jsonl"))) == 1  # a name that is no file is still a pattern
+
+
 def test_load_rows_save_to_disk_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_list([{"prompt": "p", "answer": "1"}, {"prompt": "q", "answer": "2"}])

@@ -403,6 +403,14 @@ def test_a_glob_of_checkpoints_skips_unfinished_and_set_aside_ones(tmp_path):
         model_folders(str(ckpts / "step_4*" / "model"))
 
 
+def test_a_model_folder_named_with_brackets_is_taken_as_named(tmp_path):
+    from rllava.pipelines.evaluate import model_folders
+
+    (tmp_path / "model[1]").mkdir()
+    (tmp_path / "model1").mkdir()  # what the pattern model[1] matches
+    assert model_folders(str(tmp_path / "model[1]")) == [str(tmp_path / "model[1]")]
+
+
 def test_rllava_eval_of_a_checkpoint_uses_the_settings_it_was_trained_with(tmp_path, monkeypatch, capsys):
     """The settings came from the config.yaml two folders above the checkpoint: the latest invocation's (a later
     fresh start's, say), and none at all for a checkpoint set aside in checkpoints/abandoned/ (task.yaml, defaults).

@@ -125,3 +125,13 @@ def test_a_sources_set_is_replaced_whole_by_a_config_over_its_base(tmp_path):
     (tmp_path / "run.yaml").write_text("base: base.yaml\nreward:\n  by_source: {counting: {count: 0.5}}\n")
     cfg = load_config(str(tmp_path / "run.yaml"), ["reward.by_source.geometry={math: 0.9, think_boxed: 0.1}"])
     assert cfg.reward.by_source == {"counting": {"count": 0.5}, "geometry": {"math": 0.9, "think_boxed": 0.1}}
+
+
+def test_evaluation_accepts_routing_for_sources_it_does_not_use():
+    # A training config routes two datasets; an eval set of one of them is still scored by its route.
+    cfg = RewardConfig(functions={}, by_source={"counting": {"count": 1.0}, "geometry": {"math": 1.0}})
+    check_sources(cfg, {"eval": ["counting"]}, require_used=False)
+    with pytest.raises(ConfigError, match=r"reward.by_source names \['geometry'\]"):
+        check_sources(cfg, {"train": ["counting"]})  # training still catches a misspelt or unused entry
+    with pytest.raises(ConfigError, match=r"eval data source\(s\) \['other'\] have no reward"):
+        check_sources(cfg, {"eval": ["counting", "other"]}, require_used=False)

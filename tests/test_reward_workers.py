@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -72,13 +73,39 @@ def test_a_hung_reward_is_killed_and_scored_on_error(unruly):
         pool.close()
 
 
-def test_a_crashing_reward_costs_one_response(unruly):
+def test_a_crashing_reward_costs_one_response(unruly, caplog):
     pool = RewardWorkers({unruly: 1.0}, on_error=0.25, workers=1)
     try:
-        scores, _, n_errors = pool(["3", "die", "3"], [{"answer": "3"}] * 3)
+        with caplog.at_level(logging.WARNING, logger="rllava.rewards.workers"):
+            scores, _, n_errors = pool(["3", "die", "3"], [{"answer": "3"}] * 3)
         assert scores == [1.0, 0.25, 1.0] and n_errors == 1 and pool.n_crashes == 1
+        assert "crashed (status 3)" in caplog.text  # the worker's own exit status (os._exit(3)), not None
     finally:
         pool.close()
+
+
+def test_failed_rows_count_as_incorrect_under_the_accuracy_key(tmp_path):
+    """As in-process: a row whose accuracy-reporting reward raised, or whose worker died, is incorrect (0)."""
+    path = tmp_path / "graded.py"
+    path.write_text(textwrap.dedent("""
+        import os
+
+        def score(response, answer, **meta):
+            if response == "die":
+                os._exit(3)
+            if response == "raise":
+                raise RuntimeError("reward exploded")
+            return {"overall": 0.5, "correct": float(response == answer)}
+    """))
+    functions = {f"{path}:score": 1.0}
+    pool = RewardWorkers(functions, on_error=-1.0, workers=1, accuracy_key="correct")
+    try:
+        _, infos, n_errors = pool(["die", "raise", "3", "4", "3"], [{"answer": "3"}] * 5)
+    finally:
+        pool.close()
+    assert n_errors == 2 and [info["correct"] for info in infos] == [0.0, 0.0, 1.0, 0.0, 1.0]
+    local = RewardFunction(functions, on_error=-1.0, accuracy_key="correct")
+    assert [i["correct"] for i in local(["raise", "3", "4", "3"], [{"answer": "3"}] * 4)[1]] == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_plugin_rewards_reach_the_workers():

@@ -390,3 +390,41 @@ def test_reward_function_survives_errors_and_nan(tmp_path, caplog):
 def test_reward_function_length_mismatch():
     with pytest.raises(ValueError, match="2 responses but 1"):
         RewardFunction({"count": 1.0})(["1", "2"], [{"answer": "1"}])
+
+
+def _episodes(responses: list[str], answer: str, source: str = "") -> list:
+    from rllava.data.types import Episode, Prompt
+
+    prompt = Prompt(input_ids=[1], meta={"answer": answer, "data_source": source})
+    return [Episode(prompt, response_text=r) for r in responses]
+
+
+def test_accuracy_key_names_a_components_key(tmp_path):
+    from rllava.config import RewardConfig
+    from rllava.roles.reward import RewardScorer
+
+    plugin = tmp_path / "graded.py"
+    plugin.write_text("def graded(response, answer, **meta):\n"
+                      "    return {'overall': 0.5, 'correct': float(response == answer)}\n")
+    scorer = RewardScorer(RewardConfig(functions={f"{plugin}:graded": 1.0}, accuracy_key="correct"))
+    episodes = _episodes(["3", "4", "3", "5"], "3")
+    metrics = scorer.score(episodes)
+    # What evaluation and drop_solved read: the configured key, not the score (0.5 for every row).
+    assert [e.reward_info.get(scorer.accuracy_key, e.reward) for e in episodes] == [1.0, 0.0, 1.0, 0.0]
+    assert metrics["reward/correct"] == 0.5 and metrics[f"reward/{plugin}:graded/correct"] == 0.5
+
+
+def test_a_failed_row_counts_as_incorrect(tmp_path):
+    plugin = tmp_path / "flaky.py"
+    plugin.write_text("def flaky(response, answer, **meta):\n"
+                      "    if response == 'boom':\n"
+                      "        raise RuntimeError('parser bug')\n"
+                      "    return {'overall': 1.0, 'accuracy': float(response == answer)}\n")
+    fn = RewardFunction({f"{plugin}:flaky": 1.0}, on_error=-1.0)
+    # The failing row comes first: before the function has ever said it reports accuracy.
+    scores, infos, n_errors = fn(["boom", "3", "3", "4"], [{"answer": "3"}] * 4)
+    assert n_errors == 1 and scores[0] == -1.0
+    accuracy = [info["accuracy"] for info in infos]  # every row has one: 2 correct of 4
+    assert accuracy == [0.0, 1.0, 1.0, 0.0] and sum(accuracy) / len(accuracy) == 0.5
+    # A later failure of a function known to report accuracy: 0 too, not the score (on_error).
+    assert fn(["boom"], [{"answer": "3"}])[1][0]["accuracy"] == 0.0

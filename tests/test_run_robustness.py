@@ -116,7 +116,7 @@ def test_a_non_finite_reward_part_is_a_failure(tmp_path):
     fn = RewardFunction({f"{plugin}:reward": 1.0}, on_error=-1.0)
     scores, infos, n_errors = fn(["inf", "nan", "1"], [{"answer": "1"}] * 3)
     assert scores == [-1.0, -1.0, 1.0] and n_errors == 2
-    assert [i.get("accuracy") for i in infos] == [None, None, 1.0]
+    assert [i.get("accuracy") for i in infos] == [0.0, 0.0, 1.0]  # a failed row is not a correct one
 
 
 def test_a_reward_model_score_of_inf_is_counted_like_nan():

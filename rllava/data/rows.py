@@ -221,7 +221,8 @@ def split_specs(files: str) -> list[str]:
     for spec in (s.strip() for s in files.split(",")):
         if not spec:
             continue
-        if any(c in spec for c in "*?[") and split_suffix(spec)[1] is None:  # a pattern, not `NAME@train[:-500]`
+        # A pattern, not `NAME@train[:-500]`, nor a file that exists under its own name (`rows[1].jsonl`).
+        if any(c in spec for c in "*?[") and split_suffix(spec)[1] is None and not Path(spec).expanduser().exists():
             matches = sorted(glob.glob(spec))
             if not matches:
                 raise DataError(f"data pattern {spec!r} matches no file")

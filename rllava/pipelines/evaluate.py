@@ -185,7 +185,8 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     model, processor = load_model_and_processor(cfg.model, device=dev)
     set_chat_template(processor, cfg.data.chat_template)
     ds = RLDataset(data_files, cfg.data, processor)
-    check_sources(cfg.reward, {"eval": ds.sources()})  # reward.by_source in the overrides routes by data source too
+    # reward.by_source routes by data source here too; an eval set may use only some of its sources.
+    check_sources(cfg.reward, {"eval": ds.sources()}, require_used=False)
     prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor), rollout_cfg=cfg.rollout,
@@ -252,7 +253,7 @@ def model_folders(spec: str) -> list[str]:
 
     models = []
     for part in (m.strip() for m in spec.split(",")):
-        if part and any(c in part for c in "*?["):
+        if part and any(c in part for c in "*?[") and not Path(part).exists():  # `run[1]` may be a folder's name
             matches = glob.glob(part)
             set_aside_too = ABANDONED_DIR not in Path(part).parts
             kept = sorted((m for m in matches if not _unfinished_or_set_aside(m, set_aside_too)), key=natural)

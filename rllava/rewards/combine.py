@@ -1,7 +1,8 @@
 """`RewardFunction`: a weighted sum of named reward functions that never stops a run on one bad sample.
 
 Names are built-ins (`math`, `count`, ...) or `path/to/file.py:fn`. A component that raises
-or returns a non-finite score is scored `on_error`, counted, and logged once per component.
+or returns a non-finite score is scored `on_error`, counted, and logged once per component; where it
+reports accuracy, the row's accuracy is 0 (a row that could not be scored is not a correct one).
 """
 from __future__ import annotations
 
@@ -71,11 +72,12 @@ class RewardFunction:
     `kwargs` gives components keyword arguments from the config (`reward.kwargs`), over the row's
     fields of the same name, e.g. `{"detection": {"iou_threshold": 0.75}}`. `by_source` gives the rows
     of some datasets (their `data_source`) a weighted set of their own, e.g. `{"counting": {"count": 1.0}}`;
-    the other rows get `functions`."""
+    the other rows get `functions`. `accuracy_key` (`reward.accuracy_key`): a component's key that is the row's
+    accuracy, kept under that bare name as `accuracy` is."""
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0,
                  kwargs: dict[str, dict[str, Any]] | None = None,
-                 by_source: dict[str, dict[str, float]] | None = None):
+                 by_source: dict[str, dict[str, float]] | None = None, accuracy_key: str = "accuracy"):
         self.by_source = {source: dict(weights) for source, weights in (by_source or {}).items()}
         if not functions and not self.by_source:
             raise ConfigError("reward.functions is empty: name at least one reward function")
@@ -85,6 +87,10 @@ class RewardFunction:
         self.fns = {name: resolve_reward(name) for name in names}
         self.kwargs = {name: dict((kwargs or {}).get(name) or {}) for name in names}
         self.on_error = float(on_error)
+        # Kept bare in `info` (not `name/key`): the key readers of accuracy (`reward.accuracy_key`) look up.
+        self.accuracy_keys = {"accuracy", accuracy_key} - {"overall"}  # "overall" is the score itself
+        # Component -> the accuracy keys it reports: built-ins say so up front, a user's function by returning one.
+        self.reports: dict[str, set[str]] = {name: {"accuracy"} for name in names if _reports_accuracy(name)}
         self._logged: set[str] = set()
 
     def weights_for(self, meta: dict[str, Any]) -> dict[str, float]:
@@ -121,17 +127,29 @@ class RewardFunction:
         return total, info
 
     def _failed_parts(self, name: str) -> dict[str, float]:
-        return {"overall": self.on_error, "accuracy": 0.0} if _reports_accuracy(name) else {"overall": self.on_error}
+        return {"overall": self.on_error, **{key: 0.0 for key in self.reports.get(name, ())}}
 
     def _add(self, info: dict[str, float], name: str, parts: dict[str, float]) -> float:
         """Record one component's parts in `info`; return its score."""
         info[name] = parts["overall"]
         for key, value in parts.items():
-            if key == "accuracy":
-                info.setdefault("accuracy", value)  # from the first component that reports it
-            elif key != "overall":
+            if key in self.accuracy_keys:
+                self.reports.setdefault(name, set()).add(key)
+                info.setdefault(key, value)  # from the first component that reports it
+            if key not in ("overall", "accuracy"):
                 info[f"{name}/{key}"] = value
         return parts["overall"]
+
+    def zero_failed_accuracy(self, info: dict[str, float], failed: list[str]) -> None:
+        """A failed component that reports accuracy leaves its row incorrect: its accuracy keys become 0.
+
+        Done once a batch is scored, so a user function's failure counts even on a row scored before the
+        function first returned its accuracy (else the row drops out of the accuracy mean, biasing it up)."""
+        for name in failed:
+            for key in self.reports.get(name, ()):
+                info[key] = 0.0
+                if key != "accuracy":
+                    info[f"{name}/{key}"] = 0.0
 
     def log_failures(self, failures: list[tuple[str, str]]) -> None:
         """Log each failing component's first error; later ones are only counted."""
@@ -144,13 +162,16 @@ class RewardFunction:
     def __call__(self, responses: list[str], prompts_meta: list[dict[str, Any]]) -> tuple[list[float], list[dict], int]:
         """Score each response against its prompt's metadata: (scores, infos, number of failed components)."""
         check_lengths(responses, prompts_meta)
-        scores, infos, n_errors = [], [], 0
+        scores, infos, failed, n_errors = [], [], [], 0
         for response, meta in zip(responses, prompts_meta):
             total, info, failures = self.score_one(response, meta)
             self.log_failures(failures)
             scores.append(total)
             infos.append(info)
+            failed.append([name for name, _ in failures])
             n_errors += len(failures)
+        for info, names in zip(infos, failed):
+            self.zero_failed_accuracy(info, names)
         return scores, infos, n_errors
 
     def close(self) -> None:

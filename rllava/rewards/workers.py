@@ -55,15 +55,16 @@ class _Worker:
         self.job: Optional[tuple[int, float]] = None  # (response index, start time)
         self.seen: set[int] = set()  # meta keys this worker holds for the current call
 
-    def stop(self) -> None:
-        """Kill the worker's whole process group: the worker and anything its reward left running."""
+    def stop(self) -> Optional[int]:
+        """Kill the worker's whole process group: the worker and anything its reward left running; its exit status."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:  # the group is empty already (or, oddly, not ours): the worker itself at least
             if self.proc.poll() is None:
                 self.proc.kill()
-        self.proc.wait()
+        code = self.proc.wait()
         self.conn.close()
+        return code
 
 
 class RewardWorkers:
@@ -71,12 +72,13 @@ class RewardWorkers:
 
     def __init__(self, functions: dict[str, float], on_error: float = 0.0, workers: int = 2,
                  timeout_s: Optional[float] = None, plugins: Optional[list[str]] = None,
-                 kwargs: Optional[dict[str, dict]] = None, by_source: Optional[dict[str, dict[str, float]]] = None):
+                 kwargs: Optional[dict[str, dict]] = None, by_source: Optional[dict[str, dict[str, float]]] = None,
+                 accuracy_key: str = "accuracy"):
         # Names are resolved here first: errors come before any spawn.
-        self.local = RewardFunction(functions, on_error, kwargs, by_source)
+        self.local = RewardFunction(functions, on_error, kwargs, by_source, accuracy_key)
         self.timeout_s = timeout_s
         self._init = (dict(functions), float(on_error), [str(Path(p).resolve()) for p in plugins or []],
-                      dict(kwargs or {}), dict(by_source or {}))
+                      dict(kwargs or {}), dict(by_source or {}), accuracy_key)
         self._workers = [_Worker(self._init) for _ in range(workers)]
         self._calls = 0
         self.n_timeouts = 0  # responses over timeout_s, over the whole run
@@ -84,6 +86,7 @@ class RewardWorkers:
         self._results: list[Optional[tuple[float, dict]]] = []  # the current call's, by response index
         self._metas: list[dict[str, Any]] = []  # the current call's prompt metadata, by response index
         self._errors = 0  # the current call's failed components and lost responses
+        self._failed: list[list[str]] = []  # the current call's failed components, by response index
         try:
             while not all(w.ready for w in self._workers):
                 self._receive([w for w in self._workers if not w.ready], self._next_deadline())
@@ -101,7 +104,7 @@ class RewardWorkers:
         keys = [key_of.setdefault(id(m), len(key_of)) for m in prompts_meta]
         for w in self._workers:
             w.seen = set()
-        self._results, self._errors = [None] * len(responses), 0
+        self._results, self._errors, self._failed = [None] * len(responses), 0, [[] for _ in responses]
         todo: dict[int, deque[int]] = {}  # meta key -> its responses not sent yet
         owner: dict[int, _Worker] = {}  # meta key -> the worker that scores its responses
         for i, k in enumerate(keys):
@@ -129,6 +132,8 @@ class RewardWorkers:
             self._receive([w for w in self._workers if w.job or not w.ready], self._next_deadline())
             self._kill_overdue()
         results = self._results
+        for (_, info), names in zip(results, self._failed):  # as in-process: a failed accuracy reporter counts as 0
+            self.local.zero_failed_accuracy(info, names)
         return [r[0] for r in results], [r[1] for r in results], self._errors
 
     def _next_deadline(self) -> Optional[float]:
@@ -152,9 +157,12 @@ class RewardWorkers:
             elif msg[0] == "init_error":
                 raise ConfigError(f"reward worker: {msg[1]}")
             else:
-                _, i, total, info, failures = msg
+                _, i, total, info, failures, reports = msg
                 self.local.log_failures(failures)
+                for name, keys in reports.items():  # which components report accuracy: learnt in the workers
+                    self.local.reports.setdefault(name, set()).update(keys)
                 self._results[i] = (total, info)
+                self._failed[i] = [name for name, _ in failures]
                 self._errors += len(failures)
                 w.job = None
 
@@ -168,11 +176,19 @@ class RewardWorkers:
 
     def _replace(self, w: _Worker, why: str) -> None:
         """Kill `w`, score its response as failed, and start a fresh worker in its place."""
-        code = w.proc.poll()
-        w.stop()
+        code = None
+        if why == "crashed":  # its socket closes as it exits: wait for the exit to read its real status
+            try:
+                code = w.proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:  # alive with its socket closed: the kill below gives the status
+                pass
+        killed = w.stop()
+        code = killed if code is None else code
         if w.job is None:  # died while idle or booting: nothing to score, but something is wrong
             raise RuntimeError(f"a reward worker exited (status {code}) outside scoring; see its output above")
-        self._results[w.job[0]] = self.local.failed(self._metas[w.job[0]])
+        meta = self._metas[w.job[0]]
+        self._results[w.job[0]] = self.local.failed(meta)
+        self._failed[w.job[0]] = list(self.local.weights_for(meta))
         self._errors += 1
         if why == "timed out":
             self.n_timeouts += 1
@@ -211,7 +227,7 @@ def _serve(fd: int, parent: int) -> None:
     """A worker's life: build the reward function, then score one response per message until the socket closes."""
     _die_with(parent)
     conn = Connection(fd)
-    functions, on_error, plugins, kwargs, by_source = conn.recv()
+    functions, on_error, plugins, kwargs, by_source, accuracy_key = conn.recv()
     try:
         from rllava.config import import_plugins, reward_names
         from rllava.rewards import REWARDS
@@ -219,7 +235,7 @@ def _serve(fd: int, parent: int) -> None:
         names = [n for n in reward_names(functions, by_source) if not n.rpartition(":")[0].endswith(".py")]
         if any(n not in REWARDS for n in names):  # registered by a plugin file: import them (maybe heavy) only then
             import_plugins(plugins)
-        fn = RewardFunction(functions, on_error, kwargs, by_source)
+        fn = RewardFunction(functions, on_error, kwargs, by_source, accuracy_key)
     except Exception as e:  # noqa: BLE001 (sent back to the trainer, which raises it as a config error)
         hint = " (a reward registered only in the calling script cannot reach a worker process: " \
                "put it in a plugins file, or name it path/to/file.py:function)"
@@ -239,7 +255,7 @@ def _serve(fd: int, parent: int) -> None:
         if meta is not None:
             metas[key] = meta
         total, info, failures = fn.score_one(response, metas[key])
-        conn.send(("scored", i, total, info, failures))
+        conn.send(("scored", i, total, info, failures, {name: sorted(keys) for name, keys in fn.reports.items()}))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ from rllava.data.types import Episode
 from rllava.rewards.combine import RewardFunction
 
 
-def check_sources(cfg: RewardConfig, sources: dict[str, list[str]]) -> None:
-    """Every data source of the data (split -> each prompt's source) has a reward, and every `reward.by_source`
-    entry names one of them (a misspelt name would silently leave its rows to `reward.functions`)."""
+def check_sources(cfg: RewardConfig, sources: dict[str, list[str]], require_used: bool = True) -> None:
+    """Every data source of the data (split -> each prompt's source) has a reward, and (`require_used`) every
+    `reward.by_source` entry names one of them (a misspelt name would silently leave its rows to `reward.functions`).
+    Evaluation passes `require_used=False`: a training config's routing may cover more datasets than one eval set."""
     seen = sorted({s for split in sources.values() for s in split})
     unmatched = sorted(set(cfg.by_source) - set(seen))
-    if unmatched:
+    if unmatched and require_used:
         raise ConfigError(f"reward.by_source names {unmatched}, which no prompt comes from; the data's sources are "
                           f"{seen} (a row's data_source field, else its file's or folder's name)")
     if cfg.functions or cfg.model:
@@ -53,9 +54,10 @@ class RewardScorer:
             from rllava.rewards.workers import RewardWorkers
 
             self.fn = RewardWorkers(cfg.functions, cfg.on_error, cfg.workers, cfg.timeout_s, plugins, cfg.kwargs,
-                                    cfg.by_source)
+                                    cfg.by_source, cfg.accuracy_key)
         elif cfg.functions or cfg.by_source:
-            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error, kwargs=cfg.kwargs, by_source=cfg.by_source)
+            self.fn = RewardFunction(cfg.functions, on_error=cfg.on_error, kwargs=cfg.kwargs, by_source=cfg.by_source,
+                                     accuracy_key=cfg.accuracy_key)
         self.model = None
         if cfg.model:
             from rllava.roles.reward_model import load_reward_model
