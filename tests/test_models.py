@@ -192,6 +192,37 @@ def test_rollout_prefills_each_prompt_once_with_the_same_outputs(tiny_model_fact
     assert outputs[(True, 4)] == outputs[(False, 0)]
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_shared_prefill_positions_of_text_only_chunks(tiny_model_factory, family):
+    """M-RoPE models, n > 1: a text-only chunk of prompts of different lengths (left padding), before and
+    after an image chunk, gives the same log-probs and greedy tokens with the shared prefill as without."""
+    from types import SimpleNamespace
+
+    from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
+
+    model, processor = load_plain(tiny_model_factory(family))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # default init gives near-uniform log-probs that hide shifted positions
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.08)
+    text_only = [make_prompt(processor, text="Short?"),
+                 make_prompt(processor, text="A much longer question about counting apples and oranges in a basket.")]
+    with_images = [family_prompt(processor, family, seed=1), family_prompt(processor, family, seed=2, size=(56, 84))]
+    sampling = Sampling(n=2, temperature=0.0, max_new_tokens=6, logprobs=True)
+    results = {}
+    for share in (False, True):
+        engine = HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor),
+                                 suppress_ids=placeholder_token_ids(model, processor),
+                                 rollout_cfg=SimpleNamespace(share_prefill=share, generate_kwargs={}))
+        # The second text-only chunk finds the image chunk's M-RoPE offsets stored in the model.
+        results[share] = [engine.generate(chunk, sampling) for chunk in (text_only, with_images, text_only)]
+    for plain, shared in zip(results[False], results[True]):
+        assert [e.response_ids for e in shared] == [e.response_ids for e in plain]
+        for a, b in zip(plain, shared):
+            torch.testing.assert_close(torch.tensor(b.rollout_logp), torch.tensor(a.rollout_logp), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_backward_reaches_vision_tower(tiny_model_factory, family):
     model, processor = load_plain(tiny_model_factory(family))

@@ -16,7 +16,7 @@ from rllava.data.types import Batch, Episode, Prompt
 from rllava.engines import distributed as du
 from rllava.engines.registry import ROLLOUT_ENGINES
 from rllava.models.introspect import get_tokenizer, unwrap
-from rllava.models.shared_prompt import _cache_kwarg
+from rllava.models.shared_prompt import _cache_kwarg, position_ids
 
 
 @dataclass
@@ -139,19 +139,27 @@ class HFRolloutEngine:
         chunk's ids, mask and per-token extras (all [B, P]); the images come from `share`."""
         from transformers import DynamicCache
 
-        pre = {k: v[share.rows, :-1] for k, v in text.items()}
+        prefix = {k: v[:, :-1] for k, v in text.items()}  # every row's; the prefill runs the distinct ones
+        pre = {k: v[share.rows] for k, v in prefix.items()}
         pre.update(share.images)
         base = unwrap(self.model).base_model  # no LM head: the prefill's logits are not needed
-        if not hasattr(base, "get_rope_index"):  # left padding: positions as generate counts them (M-RoPE
-            pre["position_ids"] = (pre["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)  # models do it)
+        # Positions as the plain forward has them. Left padding does not count; an M-RoPE model left alone
+        # would count it in a text-only chunk (no grids: it falls back to column positions).
+        pos = position_ids(base, prefix, share)  # [B, P-1], or M-RoPE's [3, B, P-1]
+        pre["position_ids"] = pos[..., share.rows, :]
         cache_arg = _cache_kwarg(base)
         cache = DynamicCache(config=self.model.config)
         base(**pre, **{cache_arg: cache}, use_cache=True)
         cache.batch_select_indices(share.of_row)
-        for module in base.modules():  # M-RoPE offsets kept from the prefill: one per sample, too
-            deltas = vars(module).get("rope_deltas")
-            if isinstance(deltas, torch.Tensor) and deltas.shape[0] == len(share.rows):
-                module.rope_deltas = deltas[share.of_row]
+        if pos.dim() == 3:
+            # M-RoPE: `generate` places the next tokens at their mask-based text position plus the model's stored
+            # `rope_deltas`. Set them for this chunk, one per sample: a previous chunk's may still be stored.
+            mask = prefix["attention_mask"].bool()
+            last = pos.masked_fill(~mask, -1).amax(dim=(0, 2))  # -1: a row with no prefix token
+            deltas = (last + 1 - mask.sum(-1)).unsqueeze(1)
+            for module in base.modules():
+                if "rope_deltas" in vars(module):
+                    module.rope_deltas = deltas
         return {cache_arg: cache}
 
     def _generate_chunk(self, episodes: list[Episode], sampling: Sampling) -> None:
