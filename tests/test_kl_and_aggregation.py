@@ -129,6 +129,36 @@ def test_apply_kl_penalty_in_reward():
     assert mean_kl == pytest.approx((0.2 + 0.45) / 2)  # per-sequence mean, then batch mean
 
 
+def test_kl_mean_leaves_out_rows_without_trained_tokens():
+    """A cut rollout under mask_truncated trains no token: it has no KL to average in (it pulled the mean, and
+    the adaptive coefficient, toward 0)."""
+    logp = torch.full((2, 2), 0.2)
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    _, mean_kl = apply_kl_penalty(torch.zeros(2, 2), logp, torch.zeros(2, 2), mask, coef=0.1, estimator="k1")
+    assert mean_kl == pytest.approx(0.2)
+
+
+def test_kl_in_reward_leaves_hint_tokens_alone():
+    """UFT: hint tokens were forced from the demonstration, not sampled from the policy, so they carry no KL
+    sample (the objective's KL covers the generated part). Two hinted rollouts of reward 1 that differ from the
+    reference only on row 0's hint: their scores stay equal, so GRPO's advantages are 0."""
+    from rllava.config import AlgorithmConfig
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.pipelines.rlvr import kl_in_reward, rl_advantages
+
+    algo = AlgorithmConfig(adv_estimator="grpo", demonstrations="hint", kl_in="reward", kl_coef=0.1)
+    episodes = [Episode(prompt=Prompt(input_ids=[1, 2]), response_ids=[5, 6, 7, 8], response_mask=[1, 1, 1, 1],
+                        reward=1.0, group_id=0, hint_len=2) for _ in range(2)]
+    batch = Batch.from_episodes(episodes, 0)
+    logp = torch.full((2, 4), -1.0)
+    batch.ref_logp = logp.clone()
+    batch.ref_logp[0, :2] = -3.0
+    assert kl_in_reward(batch, logp, 0.1, algo) == pytest.approx(0.0)
+    torch.testing.assert_close(batch.token_rewards, torch.tensor([[0.0, 0.0, 0.0, 1.0]] * 2))
+    advantages, _ = rl_advantages(batch, algo)
+    assert torch.equal(advantages, torch.zeros_like(advantages))
+
+
 # Rank 0 holds 2 sequences of KL 1.0, rank 1 six of KL 3.0 (k1, logp - ref on every trained token), of other
 # widths; then rank 1 holds none.
 KL_WORKER = '''

@@ -104,12 +104,14 @@ def make_kl_controller(cfg: Any) -> Any:
 def apply_kl_penalty(token_rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
                      coef: float, estimator: str) -> tuple[torch.Tensor, float]:
     """KL in the reward: r_t - coef * kl_t on trained tokens; also the mean KL (per sequence, then over the
-    step's whole batch: every rank's sequences, as one process would see them). A collective under torchrun."""
+    step's sequences with a trained token: every rank's, as one process would see them). A collective under
+    torchrun."""
     kl = KL_ESTIMATORS.get(estimator)(logp, ref_logp) * mask
     seq_kl = (kl.sum(-1) / mask.sum(-1).clamp(min=1)).double()
+    trained = (mask.sum(-1) > 0).double()  # a row with no trained token (cut, masked) has no KL to average in
     # Sum and count over ranks, not a mean of rank means: ranks may hold different numbers of sequences
     # (group filters, dynamic sampling), and each sequence must weigh the same.
-    total, n = batch_sum(torch.stack([seq_kl.sum(), seq_kl.new_tensor(float(seq_kl.numel()))])).tolist()
+    total, n = batch_sum(torch.stack([(seq_kl * trained).sum(), trained.sum()])).tolist()
     return token_rewards - coef * kl, total / max(1.0, n)
 
 

@@ -78,6 +78,16 @@ def rl_tokens(batch: Batch, algo) -> torch.Tensor:
     return rl_token_mask(batch.response_mask, batch.is_expert, batch.hint_len, algo.demonstrations)
 
 
+def kl_in_reward(batch: Batch, logp: torch.Tensor, coef: float, algo) -> float:
+    """Subtract coef * KL(policy || reference) from `batch.token_rewards`; return the step's mean KL.
+
+    Over the tokens RL trains, as KL in the loss: a hint's or an SFT-only demonstration's tokens were not sampled
+    from the policy, so they hold no KL sample (UFT's objective takes the KL over the generated part only)."""
+    batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, logp, batch.ref_logp, rl_tokens(batch, algo),
+                                               coef, algo.kl_estimator)
+    return kl
+
+
 def forking_tokens(batch: Batch, entropy: torch.Tensor, algo, metrics: dict[str, float]) -> torch.Tensor:
     """[B, T] 0/1: the top `algorithm.top_entropy_frac` of RL tokens by entropy, over the whole step's batch
     (every rank's tokens), so the choice does not depend on mini- or micro-batching."""
@@ -205,8 +215,7 @@ class RLVRPipeline:
                 batch.ref_logp = ctx.reference.logprobs(batch)
             if algo.kl_in == "reward":
                 old = before if before is not None else ctx.actor.logprobs(batch)
-                batch.token_rewards, kl = apply_kl_penalty(batch.token_rewards, old, batch.ref_logp, batch.response_mask,
-                                                           self.kl_ctrl.value, algo.kl_estimator)
+                kl = kl_in_reward(batch, old, self.kl_ctrl.value, algo)
                 # kl is the whole step's (every rank's sequences): the controller, and so the coefficient, is the
                 # same on all ranks, and kl/mean (averaged over ranks by the trainer) is that same value.
                 self.kl_ctrl.update(kl, int(du.all_reduce_sum(len(batch))))
