@@ -11,6 +11,7 @@ import resource
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,17 @@ def test_normal_code_prints_its_output():
     assert res.stdout == "45\n"
     assert res.stderr == "careful\n"
     assert res.to_text() == "exit status: 0\nstdout:\n45\nstderr:\ncareful"
+
+
+def test_a_venv_reached_through_a_link_in_a_hidden_folder_runs(tmp_path):
+    """The temp folder is hidden and only real paths are bound back: an interpreter named through a link there (a
+    checkout under /tmp whose .venv links elsewhere) could not be started."""
+    need("hidden_host_paths")
+    link = tmp_path / "venv"
+    link.symlink_to(os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))))
+    res = run_python("import sys\nprint(sys.prefix != sys.base_prefix)",
+                     SandboxLimits(**FAST, python=str(link / "bin" / os.path.basename(sys.executable))))
+    assert res.ok and res.stdout == "True\n", res.stderr
 
 
 def test_errors_show_only_the_users_traceback():

@@ -204,7 +204,11 @@ def _work_folder_lock(work: Path) -> Iterator[None]:
 
 
 def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path], stage: Optional[Path]) -> SandboxResult:
-    python = lim.python or sys.executable
+    # Through its folder's real path: only real paths are kept visible, and a venv reached through a link (a linked
+    # checkout under /tmp, say) would be hidden. Not the file's own real path: a venv's python links to the base
+    # install's, which started as itself would not find the venv.
+    given = lim.python or sys.executable
+    python = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(given))), os.path.basename(given))
     # The launcher appends the guard's config (adding whether its seccomp filter is in place) and the code file.
     guard_cfg = {"work_dir": str(work), "guards": lim.python_guards, "block_network": True,
                  "block_writes": True, "block_processes": not lim.allow_subprocess, "seccomp_sockets": False}
