@@ -236,3 +236,54 @@ def test_only_the_first_turns_context_carries_the_prompts_chat_text_and_raw_imag
     ep.response_ids, ep.response_mask, ep.info["turns"] = [5, 6], [1, 1], 1
     later = MultiTurnRollout._context(ep)
     assert (later.input_ids, later.text, later.images) == ([1, 2, 5, 6], "", [])
+
+
+def tool_env_episode(turns: list[str], max_turns: int, gold: str):
+    """An episode as the multi-turn rollout closes it (finished, stop, format_ok, turn rewards) after a ToolEnv
+    stepped each turn; its response_text is the last turn's, as reward functions read it."""
+    from rllava.data.types import Episode, Prompt
+    from rllava.envs import ToolEnv
+
+    env = ToolEnv(tools=["zoom"], max_turns=max_turns, tool_reward=0.1)
+    env.reset({"answer": gold}, [Image.new("RGB", (64, 64))])
+    results = [env.step(t) for t in turns]
+    ep = Episode(prompt=Prompt(input_ids=[0], meta={"answer": gold}), response_text=turns[-1], finished=results[-1].done,
+                 turn_rewards=[r.info["turn_reward"] for r in results])
+    ep.info = {"stop": results[-1].info.get("stop"), "format_ok": env.outcome().format_ok, "turns": len(turns)}
+    return ep
+
+
+ZOOM = '<tool_call>{"name": "zoom", "arguments": {"bbox": [0, 0, 64, 3]}}</tool_call>'  # a count reward reads 3 in it
+
+
+@pytest.mark.parametrize("turns, stop, answer_reward", [
+    ([ZOOM, ZOOM], "max_turns", 0.0),  # the turns ran out on a (skipped) tool call: no answer, though it holds a 3
+    ([ZOOM, "<answer>3</answer>"], "answer", 1.0),
+    ([ZOOM, "There are \\boxed{3}."], "no_action", 1.0),  # a plain final message ends the episode as its answer
+])
+def test_only_an_episode_that_ended_with_an_answer_gets_the_answer_reward(turns, stop, answer_reward):
+    from rllava.pipelines.agentic import EpisodeRewardScorer
+    from rllava.roles.reward import RewardScorer
+
+    cfg = load_config(None, ["reward.functions={count: 1.0}"])
+    ep = tool_env_episode(turns, max_turns=2, gold="3")
+    assert ep.info["stop"] == stop
+    metrics = EpisodeRewardScorer(RewardScorer(cfg.reward), cfg.env.reward_weights).score([ep])
+    assert ep.reward_info["answer_reward"] == ep.reward_info["accuracy"] == answer_reward
+    assert ep.reward == pytest.approx(answer_reward + 0.1)  # plus the first turn's tool reward
+    assert metrics["reward/accuracy"] == answer_reward and metrics["agent/answer_rate"] == float(answer_reward > 0)
+
+
+@pytest.mark.parametrize("stop", ["length", "budget"])
+def test_a_cut_off_last_turn_gets_no_answer_reward(stop):
+    """A turn cut by max_new_tokens or the token budget never reached the environment: even a right answer in it
+    scores nothing."""
+    from rllava.data.types import Episode, Prompt
+    from rllava.pipelines.agentic import EpisodeRewardScorer
+    from rllava.roles.reward import RewardScorer
+
+    cfg = load_config(None, ["reward.functions={count: 1.0}"])
+    ep = Episode(prompt=Prompt(input_ids=[0], meta={"answer": "3"}), response_text="<answer>3</answer> and more",
+                 finished=False, turn_rewards=[0.0], info={"stop": stop, "format_ok": False, "turns": 1})
+    metrics = EpisodeRewardScorer(RewardScorer(cfg.reward), cfg.env.reward_weights).score([ep])
+    assert ep.reward == ep.reward_info["answer_reward"] == ep.reward_info["accuracy"] == metrics["reward/accuracy"] == 0.0

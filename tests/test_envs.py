@@ -55,6 +55,34 @@ def test_answer_and_which_comes_first():
     assert parse_action("just some text with {braces}").kind == "none"
 
 
+@pytest.mark.parametrize("fmt, text, expected", [
+    # an unclosed <answer> mentioned before a complete call: the call is the action
+    ("xml", "I should not give the <answer> yet; first zoom.\n" + call("zoom", bbox=[0, 0, 10, 10]),
+     ("tool", "zoom", {"bbox": [0, 0, 10, 10]}, "")),
+    ("tags", "Before writing <answer> I must look it up.\n<search>Velmora flag</search>",
+     ("tool", "search", {"query": "Velmora flag"}, "")),
+    ("json", 'No <answer> yet: {"name": "search", "arguments": {"query": "cats"}}',
+     ("tool", "search", {"query": "cats"}, "")),
+    # symmetric: an unclosed call mentioned before a complete answer
+    ("xml", "The <tool_call> format is not needed here. <answer>7</answer>", ("answer", "", {}, "7")),
+    ("tags", "I could <search> but I know it. <answer>Paris</answer>", ("answer", "", {}, "Paris")),
+    # with nothing complete after it, an unclosed one is still read (a stop string ate its closing tag)
+    ("xml", "The code is <answer>AB12", ("answer", "", {}, "AB12")),
+    ("tags", "<search>flag of <answer>", ("tool", "search", {"query": "flag of <answer>"}, "")),
+])
+def test_an_unclosed_tag_before_a_complete_one_is_a_mention(fmt, text, expected):
+    a = parse_action(text, fmt)
+    assert (a.kind, a.name, a.arguments, a.answer) == expected
+
+
+def test_an_answer_mentioned_before_a_call_runs_the_call():
+    env = make_env(max_turns=3)
+    env.reset({"answer": "7"}, [quadrants()])
+    r = env.step("I should not give the <answer> yet; first zoom.\n" + call("zoom", bbox=[0, 0, 10, 10]))
+    assert not r.done and r.info["action"] == "tool" and env.outcome().num_tool_calls == 1
+    assert env.outcome().answer is None and not env.outcome().format_ok
+
+
 @pytest.mark.parametrize("text, message", [
     ('<tool_call>{"name": "zoom", "arguments": {"bbox": [1, 2,}}</tool_call>',
      "not valid JSON (Expecting value at line 1 column 46)"),  # the "}" after "2,"

@@ -318,6 +318,26 @@ def test_detection_matching_is_one_to_one_and_optimal():
     assert out["f1"] == pytest.approx(0.5)  # only the IoU-0.5 match counts as a true positive
 
 
+def test_detection_true_positives_are_the_most_pairs_over_the_threshold():
+    # The total-IoU matching pairs pred 0 with gold 0 (0.782) and pred 1 with gold 1 (0.412): one true positive.
+    # Crossed, both pairs pass 0.5 (0.526, 0.590): two, so every box is found.
+    gold = [(15, 4, 28, 20), (16, 3, 36, 18)]
+    pred = [(15, 2, 29, 21), (19, 4, 29, 22)]
+    out = detection_reward(str([list(b) for b in pred]), str([list(b) for b in gold]))
+    assert (out["f1"], out["precision"], out["recall"], out["accuracy"]) == (1.0, 1.0, 1.0, 1.0)
+    assert out["mean_iou"] == pytest.approx((iou(pred[0], gold[0]) + iou(pred[1], gold[1])) / 2)  # total-IoU pairs
+    rng = random.Random(0)  # and against brute force over small random sets
+    for _ in range(300):
+        boxes = [(x, y, x + rng.randint(4, 20), y + rng.randint(4, 20))
+                 for x, y in ((rng.randint(0, 20), rng.randint(0, 20)) for _ in range(rng.randint(2, 7)))]
+        k = rng.randint(1, len(boxes) - 1)
+        pred, gold = boxes[:k], boxes[k:]
+        small, large = sorted((pred, gold), key=len)
+        best = max(sum(iou(a, b) >= 0.5 for a, b in zip(small, perm)) for perm in itertools.permutations(large, len(small)))
+        out = detection_reward(str([list(b) for b in pred]), str([list(b) for b in gold]))
+        assert out["recall"] * len(gold) == pytest.approx(best)
+
+
 def test_hungarian_matches_brute_force():
     rng = random.Random(0)
     for _ in range(200):

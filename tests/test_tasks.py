@@ -223,6 +223,31 @@ def test_zoom_options_make_an_easy_variant(tmp_path):
         make_task("zoom", tmp_path / "bad", n=1, min_size=20, max_size=20, font_size=40)
 
 
+@pytest.mark.parametrize("options", [
+    dict(length=1, font_size=8, min_size=108, max_size=108, grid=9),  # 12 px labels in 12 px cells: edge rounding
+    dict(min_size=448, max_size=448, grid=10),  # the default 44 px code in 44 px cells: fits, so no error
+])
+def test_zoom_grid_labels_lie_inside_the_image(options):
+    import random
+
+    from rllava.tasks.zoom import zoom
+
+    for seed in range(150):
+        s = zoom(random.Random(seed), clutter=0, **options)
+        x1, y1, x2, y2 = json.loads(s.fields["label_box"])  # the outline is drawn on x2 and y2 too
+        assert 0 <= x1 < x2 <= s.fields["width"] - 1 and 0 <= y1 < y2 <= s.fields["height"] - 1
+
+
+def test_zoom_grid_too_fine_for_the_label_is_an_error():
+    import random
+
+    from rllava.tasks.zoom import zoom
+
+    # the 44 px code in 37 px cells would run into its neighbours, and off the image from an edge cell
+    with pytest.raises(ValueError, match=r"label does not fit a grid cell \(37 px: min_size=448 / grid=12\)"):
+        zoom(random.Random(0), min_size=448, max_size=448, grid=12, clutter=0)
+
+
 def darkest(img: Image.Image) -> int:
     return img.convert("L").getextrema()[0]
 

@@ -10,11 +10,13 @@ Call formats (registry `CALL_FORMATS`, chosen by `env.call_format`):
   name no registered tool (`<think>`) are text.
 
 In every format the final answer is `<answer>...</answer>`. If a turn holds both a call and
-an answer, whichever starts first wins (text after a call is usually hallucinated). Only the
-first call of a turn is used. A closing tag may be missing at the very end of the text, so
-`</tool_call>` / `</answer>` work as stop strings. `arguments` may also be a JSON string that
-holds an object (the OpenAI style). Nothing here raises: a malformed call (too deeply nested JSON
-included) becomes `Action(kind="invalid", error=...)`, and the error text is meant to be shown to the model.
+an answer, whichever starts first wins (text after a call is usually hallucinated), unless the first
+one is unclosed and the later one complete: then the first is a mention in prose ("before I give the
+<answer> ...") and the complete one is the action. Only the first call of a turn is used. A closing
+tag may be missing at the very end of the text, so `</tool_call>` / `</answer>` work as stop strings.
+`arguments` may also be a JSON string that holds an object (the OpenAI style). Nothing here raises: a malformed
+call (too deeply nested JSON included) becomes `Action(kind="invalid", error=...)`, and the error text is meant to be
+shown to the model.
 """
 from __future__ import annotations
 
@@ -23,14 +25,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from rllava.registry import Registry
 
 CALL_FORMATS = Registry("call_format", "tool-call syntaxes the policy writes: fn(text) -> Action")
 
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL)
-_XML_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+# The last group is the closing tag, empty where the text ended first.
+_ANSWER = re.compile(r"<answer>(.*?)(</answer>|\Z)", re.DOTALL)
+_XML_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.DOTALL)
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.DOTALL)
 _MAX_JSON_STARTS = 200  # bound the scan for a bare JSON object in long texts
 
@@ -78,15 +81,30 @@ def format_example(fmt: str) -> str:
     return CALL_FORMATS.entry(fmt).meta["example"]
 
 
-def _answer_at(text: str) -> Optional[tuple[int, Action]]:
+class _Found(NamedTuple):
+    """A call or answer found in a turn: where it starts, whether it is complete (closed by its closing tag, or a
+    whole JSON object, rather than cut by the end of the text), and what it is."""
+
+    start: int
+    closed: bool
+    action: Action
+
+
+def _answer_at(text: str) -> Optional[_Found]:
     m = _ANSWER.search(text)
-    return (m.start(), Action("answer", answer=m.group(1).strip())) if m else None
+    return _Found(m.start(), bool(m.group(2)), Action("answer", answer=m.group(1).strip())) if m else None
 
 
-def _first(text: str, call: Optional[tuple[int, Action]]) -> Action:
-    """The earlier of the call and the answer; plain text if neither."""
-    found = [c for c in (call, _answer_at(text)) if c is not None]
-    return min(found, key=lambda c: c[0])[1] if found else Action("none")
+def _first(text: str, call: Optional[_Found]) -> Action:
+    """The earlier of the call and the answer, unless the earlier is unclosed and the later complete; plain text
+    if neither."""
+    found = sorted((c for c in (call, _answer_at(text)) if c is not None), key=lambda c: c.start)
+    if not found:
+        return Action("none")
+    if len(found) == 2 and not found[0].closed and found[1].closed:
+        # The unclosed one runs to the end of the text, over the complete one: it is a mention, not the action.
+        return found[1].action
+    return found[0].action
 
 
 def decode_call(payload: Any, example: str) -> Action:
@@ -128,7 +146,7 @@ def parse_xml(text: str) -> Action:
         except _JSONError as e:
             action = Action("invalid", error=f"the text inside <tool_call> is not valid JSON ({e}); "
                                              f"expected {XML_EXAMPLE}")
-        call = (m.start(), action)
+        call = _Found(m.start(), bool(m.group(2)), action)
     return _first(text, call)
 
 
@@ -147,7 +165,7 @@ def parse_json(text: str) -> Action:
             errors[m.start()] = str(e)
             continue
         if isinstance(value, dict) and "name" in value:
-            call = (m.start(), decode_call(value, JSON_EXAMPLE))
+            call = _Found(m.start(), True, decode_call(value, JSON_EXAMPLE))
             break
     name_key = re.search(r'"name"\s*:', text)
     if call is None and name_key:
@@ -155,8 +173,8 @@ def parse_json(text: str) -> Action:
         starts = [s for s in errors if s < name_key.start()]
         if starts:
             err = errors[max(starts)]
-            call = (max(starts), Action("invalid", error=f"the tool call is not valid JSON ({err}); "
-                                                         f"expected {JSON_EXAMPLE}"))
+            call = _Found(max(starts), False, Action("invalid", error=f"the tool call is not valid JSON ({err}); "
+                                                                     f"expected {JSON_EXAMPLE}"))
     return _first(text, call)
 
 
@@ -168,14 +186,17 @@ def parse_tags(text: str) -> Action:
     # Only tags naming a tool are matched: an unclosed other tag (<br>, List<T>) would run to the end of
     # the text and hide a call after it.
     m = _tool_tags(tuple(sorted(TOOLS.names()))).search(text)
-    call = (m.start(), _tag_call(m.group(1), m.group(2).strip(), TOOLS.entry(m.group(1)).meta)) if m else None
+    call = None
+    if m:
+        action = _tag_call(m.group(1), m.group(2).strip(), TOOLS.entry(m.group(1)).meta)
+        call = _Found(m.start(), bool(m.group(3)), action)
     return _first(text, call)
 
 
 @lru_cache(maxsize=16)
 def _tool_tags(names: tuple[str, ...]) -> re.Pattern:
     alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.compile(rf"<({alternatives})>(.*?)(?:</\1>|\Z)", re.DOTALL)
+    return re.compile(rf"<({alternatives})>(.*?)(</\1>|\Z)", re.DOTALL)
 
 
 def _tag_call(name: str, body: str, meta: dict[str, Any]) -> Action:

@@ -25,7 +25,7 @@ from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.rlvr import RLVRPipeline
 from rllava.pipelines.sft import demo_end_id
 from rllava.roles.multiturn import HINT_KEY, TURN_KEY, MultiTurnRollout, ObservationRenderer
-from rllava.roles.reward import source_means
+from rllava.roles.reward import info_means, source_means
 from rllava.roles.rollout import Rollout
 
 
@@ -178,8 +178,23 @@ class AgenticPipeline(RLVRPipeline):
             ctx.extra["demonstrations"] = lambda prompts: demos.generate(prompts, demos.greedy_sampling())
 
 
+# Stop reasons (`Episode.info["stop"]`) of an episode whose last turn the environment took as its final answer: an
+# `<answer>`, or ToolEnv's plain-text message where `no_action=end` lets one end the episode. Not `max_turns` (the
+# turns ran out, e.g. on a skipped tool call) nor `length`/`budget` (a cut-off turn the environment never read): the
+# last turn is then no answer, and numbers in a tool call must not score as one.
+ANSWER_STOPS = frozenset({"answer", "no_action"})
+
+
+def answered(episode: Episode) -> bool:
+    """Whether the environment ended the episode on a final answer (see `ANSWER_STOPS`)."""
+    return episode.finished and episode.info.get("stop") in ANSWER_STOPS
+
+
 class EpisodeRewardScorer:
-    """Wraps the reward role: answer reward from the reward functions, plus format and tool terms."""
+    """Wraps the reward role: answer reward from the reward functions, plus format and tool terms.
+
+    The reward functions score the last turn's text, and only of an episode that ended with an answer; any other
+    episode's answer reward and all its reward parts (accuracy included) are 0."""
 
     def __init__(self, scorer, weights: dict[str, float]):
         self.scorer = scorer
@@ -189,10 +204,14 @@ class EpisodeRewardScorer:
     def score(self, episodes) -> dict[str, float]:
         metrics = self.scorer.score(episodes)  # scores each episode's last turn
         for e in episodes:
+            if not answered(e):
+                e.reward = 0.0
+                e.reward_info = {k: 0.0 for k in e.reward_info}
             e.reward_info["answer_reward"] = e.reward
             e.reward = episode_reward(e.reward, bool(e.info.get("format_ok", False)), e.turn_rewards, self.weights)
         n = max(1, len(episodes))
         metrics["reward/mean"] = sum(e.reward for e in episodes) / n
+        metrics.update(info_means(episodes))  # the parts as scored above, not as the reward functions gave them
         metrics.update(source_means(episodes, self.accuracy_key))  # of the episode rewards, over the answer rewards
         metrics.update(agent_metrics(episodes))
         return metrics
@@ -202,8 +221,10 @@ class EpisodeRewardScorer:
 
 
 def agent_metrics(episodes) -> dict[str, float]:
-    """Turns, successful tool calls per episode, and the share of episodes with at least one call."""
+    """Turns, successful tool calls per episode, the share of episodes with at least one call, and the share that
+    ended with an answer."""
     n = max(1, len(episodes))
     return {"agent/turns": sum(e.info.get("turns", 0) for e in episodes) / n,
             "agent/tool_calls": sum(e.info.get("tool_calls", 0) for e in episodes) / n,
-            "agent/tool_call_rate": sum(e.info.get("tool_calls", 0) > 0 for e in episodes) / n}
+            "agent/tool_call_rate": sum(e.info.get("tool_calls", 0) > 0 for e in episodes) / n,
+            "agent/answer_rate": sum(answered(e) for e in episodes) / n}

@@ -101,14 +101,24 @@ def match_boxes(pred: list[Box], gold: list[Box]) -> list[tuple[int, int, float]
     return [(i, j, iou(pred[i], gold[j])) for i, j in pairs]
 
 
+def count_true_positives(pred: list[Box], gold: list[Box], threshold: float) -> int:
+    """The most one-to-one pairs with IoU >= `threshold`. The total-IoU matching can have fewer: one near-perfect
+    pair may take the box that two fair pairs would have shared out."""
+    if not pred or not gold:
+        return 0
+    hit = [[iou(p, g) >= threshold for g in gold] for p in pred]
+    return sum(hit[i][j] for i, j in hungarian([[-float(h) for h in row] for row in hit]))
+
+
 @REWARDS.register("detection", accuracy=True)
 def detection_reward(response: str, answer: str, iou_threshold: float = 0.5, box_frame: str = "pixels",
                      **meta) -> dict[str, float]:
-    """Set-of-boxes reward. Boxes are matched one-to-one to maximise total IoU (Hungarian).
+    """Set-of-boxes reward.
 
-    overall = sum of matched IoUs / max(#pred, #gold): a smooth score that is 1 only for a
-    perfect set, and that extra or missed boxes lower. f1/precision/recall count a match as a
-    true positive when its IoU >= `iou_threshold` (0.5). accuracy = 1 when f1 == 1.
+    overall = sum of matched IoUs / max(#pred, #gold), boxes matched one-to-one to maximise total
+    IoU (Hungarian): a smooth score that is 1 only for a perfect set, and that extra or missed
+    boxes lower. f1/precision/recall count as true positives the most one-to-one pairs with
+    IoU >= `iou_threshold` (0.5), a matching of its own. accuracy = 1 when f1 == 1.
     Both sets empty scores 1 (nothing there, nothing predicted).
     """
     gold = parse_gold_boxes(answer)
@@ -116,7 +126,7 @@ def detection_reward(response: str, answer: str, iou_threshold: float = 0.5, box
     if not gold and not pred:
         return {"overall": 1.0, "accuracy": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "mean_iou": 1.0}
     matches = match_boxes(pred, gold)
-    tp = sum(1 for _, _, v in matches if v >= iou_threshold)
+    tp = count_true_positives(pred, gold, iou_threshold)
     precision = tp / len(pred) if pred else 0.0
     recall = tp / len(gold) if gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if tp else 0.0

@@ -46,6 +46,16 @@ def source_means(episodes: list[Episode], accuracy_key: str = "accuracy") -> dic
     return out
 
 
+def info_means(episodes: list[Episode]) -> dict[str, float]:
+    """`reward/KEY`: the mean of each reward part (`reward_info` key but "overall") over the episodes that have it."""
+    keys = sorted({k for e in episodes for k in e.reward_info if k != "overall"})
+    out = {}
+    for k in keys:
+        vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
+        out[f"reward/{k}"] = sum(vals) / len(vals)
+    return out
+
+
 class RewardScorer:
     def __init__(self, cfg: RewardConfig, plugins: Optional[list[str]] = None, device: torch.device | str = "cpu",
                  dtype: str = "float32"):
@@ -96,10 +106,7 @@ class RewardScorer:
         if hasattr(self.fn, "n_timeouts"):  # worker processes: responses lost to the time limit or a crash
             metrics["reward/timeouts_total"] = float(self.fn.n_timeouts)
             metrics["reward/crashes_total"] = float(self.fn.n_crashes)
-        keys = sorted({k for e in episodes for k in e.reward_info if k != "overall"})
-        for k in keys:
-            vals = [e.reward_info[k] for e in episodes if k in e.reward_info]
-            metrics[f"reward/{k}"] = sum(vals) / len(vals)
+        metrics.update(info_means(episodes))
         metrics.update(source_means(episodes, self.accuracy_key))
         return metrics
 

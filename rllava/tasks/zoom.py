@@ -34,12 +34,14 @@ def label_size(draw: ImageDraw.ImageDraw, f, alphabet: str, length: int) -> tupl
 
 
 def label_corner(rng: random.Random, w: int, h: int, bw: int, bh: int, grid: int) -> tuple[int, int]:
-    """Top-left corner of the label: anywhere (grid=0) or centred in one of grid x grid cells."""
+    """Top-left corner of the label: anywhere (grid=0) or centred in one of grid x grid cells. The label (outline
+    included: columns bx..bx+bw, rows by..by+bh) always lies inside the image."""
     if grid <= 0:
         return rng.randint(0, w - bw - 1), rng.randint(0, h - bh - 1)
     cell = rng.randrange(grid * grid)
     cx, cy = (2 * (cell % grid) + 1) * w // (2 * grid), (2 * (cell // grid) + 1) * h // (2 * grid)
-    return cx - bw // 2, cy - bh // 2
+    # A label that fits a cell (checked by `zoom`) can still pass an edge cell's outer side by a pixel of rounding.
+    return min(max(0, cx - bw // 2), w - bw - 1), min(max(0, cy - bh // 2), h - bh - 1)
 
 
 @TASKS.register("zoom", template="{{ prompt }}", reward={"exact_match": 1.0})
@@ -66,6 +68,10 @@ def zoom(rng: random.Random, min_size: int = 448, max_size: int = 896, length: i
     bw, bh = label_size(draw, f, alphabet, length)
     if bw >= w or bh >= h:
         raise ValueError(f"zoom: a {bw}x{bh} label does not fit a {w}x{h} image")
+    if grid > 0 and (bw > min_size // grid or bh > min_size // grid):
+        # Centred in its cell, it would run into the next cells, or off the image from an edge cell.
+        raise ValueError(f"zoom: a {bw}x{bh} label does not fit a grid cell ({min_size // grid} px: min_size={min_size} "
+                         f"/ grid={grid}); use a smaller grid, a shorter code or a smaller font_size")
     bx, by = label_corner(rng, w, h, bw, bh, grid)
     draw.rectangle([bx, by, bx + bw, by + bh], fill=(255, 255, 255), outline=(60, 60, 60))
     # the code centred in the label (anchor "mm": middle of the text's box)
