@@ -72,6 +72,25 @@ def test_logger_warns_once_when_learning_stalls(tmp_path, caplog):
     assert "Reward 0, entropy 0.02" in warnings[0] and "actor.betas=[0.9,0.95]" in warnings[0]
 
 
+def test_a_stall_warning_counts_the_steps_before_a_resume(tmp_path, caplog):
+    """A run resumed part-way through a stall warns when the stall reaches STALL_STEPS, as an unbroken run does
+    (the count started again from 0, so it warned late or never)."""
+    from rllava.pipelines.logger import STALL_STEPS
+
+    log = RunLogger(tmp_path, ["jsonl"], total_steps=40, progress_bar=False)
+    half = STALL_STEPS // 2
+    for step in range(1, half + 2):  # the step after `half` is written after the checkpoint: dropped on resume
+        log.log(step, {"reward/zero_std_frac": 1.0})
+    log.close()
+    log = RunLogger(tmp_path, ["jsonl"], total_steps=40, start_step=half, progress_bar=False)
+    with caplog.at_level("WARNING", logger="rllava.pipelines.logger"):
+        for step in range(half + 1, STALL_STEPS + 1):
+            log.log(step, {"reward/zero_std_frac": 1.0})
+    log.close()
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "scored alike" in r.getMessage()] == [
+        f"step {STALL_STEPS}"]
+
+
 def test_resume_with_settings_that_change_what_is_trained_is_refused(short_counting_run, tiny_model_factory, monkeypatch):
     """trainer.resume=auto on a run folder written with other settings: a clear error, not a failure deep in loading."""
     import rllava.pipelines.run as run_module
@@ -83,6 +102,12 @@ def test_resume_with_settings_that_change_what_is_trained_is_refused(short_count
     monkeypatch.setattr(run_module, "build_context", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
     with pytest.raises(ConfigError, match=r"model.lora_rank: 0 in the checkpoint, 4 now.*trainer.resume=none"):
         run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "model.lora_rank=4")))
+    # state this run needs and the checkpoint lacks (it failed after a whole rollout, inside the critic's load)
+    with pytest.raises(ConfigError, match=r"trains a critic \(algorithm.adv_estimator=gae\), the checkpoint holds none"):
+        run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "algorithm.adv_estimator=gae")))
+    with pytest.raises(ConfigError, match=r"reference.sync_steps=1 moves the reference.*trainer.resume=none"):
+        run_experiment(load_config(None, short_counting_run("trainer.experiment_name=r", "algorithm.kl_coef=0.01",
+                                                            "reference.sync_steps=1")))
     assert loads == []
     monkeypatch.undo()
     other = tiny_model_factory("qwen2_vl", "small")  # the same family, other shapes: caught when the weights load

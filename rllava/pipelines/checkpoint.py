@@ -141,14 +141,24 @@ def load_state(ckpt: Path) -> dict[str, Any]:
 # What fixes the trained parameter set and the optimizer state's layout: a resume needs them unchanged.
 RESUME_KEYS = [("model", "lora_rank"), ("model", "lora_target_modules"), ("model", "freeze_vision_tower"),
                ("actor", "strategy"), ("actor", "optimizer"), ("actor", "optimizer_offload")]
+CRITIC_DIR = "critic"  # in a checkpoint, when the run trains a critic
+REFERENCE_FILE = "reference.safetensors"  # in a checkpoint, when reference.sync_steps moves the reference
 
 
-def check_resumable(ckpt: Path, cfg: Config) -> None:
-    """Refuse, before any model loads, a checkpoint written with settings that change what is trained."""
+def check_resumable(ckpt: Path, cfg: Config, critic: bool = False) -> None:
+    """Refuse, before any model loads, a checkpoint written with settings that change what is trained, or without
+    the state this run needs (`critic`: this run trains one)."""
     saved = load_state(ckpt).get("config") or {}
     changed = [f"{sec}.{key}: {saved[sec][key]!r} in the checkpoint, {getattr(getattr(cfg, sec), key)!r} now"
-               for sec, key in RESUME_KEYS
+               for sec, key in RESUME_KEYS + ([("critic", "optimizer")] if critic else [])
                if key in saved.get(sec, {}) and saved[sec][key] != getattr(getattr(cfg, sec), key)]
+    # A run that did not train a critic, or did not move its reference, saved none to go on from.
+    if critic and not (Path(ckpt) / CRITIC_DIR).exists():
+        changed.append(f"this run trains a critic (algorithm.adv_estimator={cfg.algorithm.adv_estimator}), the "
+                       "checkpoint holds none")
+    if cfg.reference.sync_steps and not (Path(ckpt) / REFERENCE_FILE).exists():
+        changed.append(f"reference.sync_steps={cfg.reference.sync_steps} moves the reference, the checkpoint holds "
+                       "no moved reference (written with reference.sync_steps=0)")
     if changed:
         raise ConfigError(f"cannot resume from {ckpt}: " + "; ".join(changed) + FRESH_START)
 

@@ -47,7 +47,10 @@ class RunLogger:
             import wandb  # run.check_packages has made sure it is installed
 
             self.wandb = wandb.init(project="rllava", name=self.run_dir.name, config=wandb_config, resume="allow")
-        self.stalled_steps = 0  # steps in a row with reward/zero_std_frac = 1
+        self.stalled_steps = 0  # steps in a row with reward/zero_std_frac = 1; a resumed run counts on from its log
+        for row in self.read_metrics() if start_step else []:
+            if isinstance(row.get("reward/zero_std_frac"), (int, float)):
+                self.stalled_steps = self.stalled_steps + 1 if row["reward/zero_std_frac"] >= 1.0 else 0
         self.bar = None
         if progress_bar:
             from tqdm.auto import tqdm

@@ -332,7 +332,7 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)
     ckpt = du.broadcast_object(find_resume_checkpoint(cfg.trainer.resume, run_dir) if du.is_main() else None)
     if ckpt is not None:
-        check_resumable(ckpt, cfg)
+        check_resumable(ckpt, cfg, critic=needs_critic(cfg))
     ctx = build_context(cfg, run_dir, ckpt)
     check_demonstrations(pipeline, ctx.loader.dataset)
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context

@@ -20,7 +20,9 @@ import torch
 from rllava.config import Config, ConfigError, to_dict, to_yaml
 from rllava.engines import distributed as du
 from rllava.pipelines.checkpoint import (
+    CRITIC_DIR,
     FRESH_START,
+    REFERENCE_FILE,
     checkpoint_folder,
     load_state,
     prune_checkpoints,
@@ -72,7 +74,6 @@ METRIC_REDUCTIONS = {"response/tokens": "sum", "response/length_max": "max", "fi
                      **PERF_REDUCTIONS}
 
 
-REFERENCE_FILE = "reference.safetensors"  # in a checkpoint, when reference.sync_steps moves the reference
 # What a cluster sends before it stops a job (SLURM: SIGTERM, or SIGUSR1 with `--signal=USR1@120`).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -143,7 +144,7 @@ class Trainer:
             raise ConfigError(f"{e}{FRESH_START}") from e
         self.pipeline.load_state_dict(state["pipeline"])
         if self.ctx.critic:
-            self.ctx.critic.load(ckpt / "critic")
+            self.ctx.critic.load(ckpt / CRITIC_DIR)
         if self.cfg.reference.sync_steps:
             self.ctx.reference.load(ckpt / REFERENCE_FILE)
         if state.get("reward"):  # absent in checkpoints written before the counters were saved
@@ -174,7 +175,7 @@ class Trainer:
             ctx.engine.export_hf(tmp / "model", ctx.processor, dtype=ctx.export_dtype)
             ctx.engine.save(tmp / "engine")
             if ctx.critic:
-                ctx.critic.save(tmp / "critic")
+                ctx.critic.save(tmp / CRITIC_DIR)
             if self.cfg.reference.sync_steps and du.is_main():  # a moving reference is state (the same on every rank)
                 ctx.reference.save(tmp / REFERENCE_FILE)
         if du.is_main():
