@@ -72,7 +72,8 @@ def test_multiturn_layout_and_logprob_consistency(setup):
 
     model, processor, prompts, pad, tok, _ = setup
     torch.manual_seed(0)
-    episodes = make_rollout(model, processor, pad, tok).generate(prompts, Sampling(n=2, temperature=1.0, max_new_tokens=4))
+    episodes = make_rollout(model, processor, pad, tok).generate(prompts, Sampling(n=2, temperature=1.0, max_new_tokens=4,
+                                                                                  logprobs=True))
     assert len(episodes) == 4
     for ep in episodes:
         assert ep.info["turns"] == 3 and len(ep.extra_mm) == 2  # two observations, each with an image
@@ -166,6 +167,28 @@ def text_model(tiny_model_factory):
     return model, processor, get_tokenizer(processor), pad_token_id(processor)
 
 
+def test_multiturn_rollout_keeps_no_logits_unless_asked(text_model, monkeypatch):
+    """Recording rollout log-probs makes HF generate keep every step's full-vocab fp32 logits ([B, T, V]); a
+    multi-turn rollout asked for them on every turn though nothing reads them without algorithm.tis_cap."""
+    from rllava.config import RolloutConfig
+    from rllava.data.types import Prompt
+    from rllava.engines.hf_rollout import HFRolloutEngine, Sampling
+    from rllava.roles.multiturn import MultiTurnRollout, ObservationRenderer
+    from rllava.roles.rollout import Rollout
+
+    model, processor, tok, pad = text_model
+    calls = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(k) or generate(*a, **k))
+    engine = HFRolloutEngine(model, pad_id=pad, eos_ids=[tok.eos_token_id])
+    mt = MultiTurnRollout(Rollout(engine, tok, RolloutConfig(max_new_tokens=4)), lambda: WordsEnv(3),
+                          ObservationRenderer(processor), max_total_tokens=64)
+    ids = tok("hello", add_special_tokens=False)["input_ids"]
+    episodes = mt.generate([Prompt(input_ids=ids, text="hello")], Sampling(n=2, temperature=1.0, max_new_tokens=4))
+    assert calls and not any(k.get("output_logits") for k in calls)
+    assert all(ep.rollout_logp is None for ep in episodes)  # none recorded: TIS is not fed zeros as log-probs
+
+
 @pytest.mark.parametrize("words, budget, max_new_tokens, one_token_turns", [
     (60, 32, 4, True),  # the first observation alone is past the budget
     (3, 24, 4, True),  # short observations: several turns, then one that would not fit
@@ -187,7 +210,7 @@ def test_episode_never_exceeds_max_total_tokens(text_model, words, budget, max_n
     torch.manual_seed(0)
     ids = tok("hello", add_special_tokens=False)["input_ids"]
     episodes = mt.generate([Prompt(input_ids=ids, text="hello")],
-                           Sampling(n=2, temperature=1.0, max_new_tokens=max_new_tokens))
+                           Sampling(n=2, temperature=1.0, max_new_tokens=max_new_tokens, logprobs=True))
     for ep in episodes:
         assert len(ep.response_ids) <= budget, (len(ep.response_ids), ep.info)
         assert len(ep.response_mask) == len(ep.rollout_logp) == len(ep.response_ids)

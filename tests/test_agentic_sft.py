@@ -294,7 +294,7 @@ def test_hinted_episode_replays_the_demonstration_then_the_policy_continues(demo
         call, answer = demo_turn_ids(tok, p, "demo_turns", eos)
         hinted.append(dataclasses.replace(p, meta={**p.meta, HINT_KEY: hint_turns([call, answer], len(call) + 2)}))
     torch.manual_seed(0)
-    episodes = policy.generate(hinted, Sampling(n=2, temperature=1.0, max_new_tokens=5))
+    episodes = policy.generate(hinted, Sampling(n=2, temperature=1.0, max_new_tokens=5, logprobs=True))
     assert len(episodes) == 6
     for ep in episodes:
         demo = demos[ep.group_id]

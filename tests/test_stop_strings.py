@@ -89,7 +89,7 @@ def test_multi_turn_closes_a_stopped_turn_with_an_untrained_eos(tiny_model_facto
                                renderer, max_total_tokens=256)
     prompt = Prompt(input_ids=tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
     torch.manual_seed(0)
-    episodes = rollout.generate([prompt], Sampling(n=2, temperature=1.0, max_new_tokens=8))
+    episodes = rollout.generate([prompt], Sampling(n=2, temperature=1.0, max_new_tokens=8, logprobs=True))
     for ep, env in zip(episodes, envs):
         assert ep.info["turns"] == 3
         policy = [i for i, m in enumerate(ep.response_mask) if m]

@@ -171,7 +171,11 @@ class MultiTurnRollout:
             ep.response_seq[k] += (seq or {}).get(k, [0] * len(ids))
         ep.response_ids += ids
         ep.response_mask += [int(trained)] * len(ids)
-        ep.rollout_logp = (ep.rollout_logp or []) + (logp if logp is not None else [0.0] * len(ids))
+        if ep.rollout_logp is not None:
+            if trained and logp is None:  # the engine recorded none (HF, unasked): the episode has none
+                ep.rollout_logp = None
+            else:
+                ep.rollout_logp += logp if logp is not None else [0.0] * len(ids)
 
     def generate(self, prompts: list[Prompt], sampling: Sampling, group_offset: int = 0) -> list[Episode]:
         episodes = [Episode(prompt=p, group_id=group_offset + i, rollout_logp=[]) for i, p in enumerate(prompts)
@@ -186,7 +190,7 @@ class MultiTurnRollout:
             envs.append(env)
             ep.info = {"turns": 0, "tool_calls": 0, "transcript": []}
         turn_sampling = Sampling(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                 max_new_tokens=sampling.max_new_tokens, logprobs=True)
+                                 max_new_tokens=sampling.max_new_tokens, logprobs=sampling.logprobs)
         engine = self.rollout.engine
         engine.wake()  # a vLLM engine sleeps outside rollouts
         try:
@@ -224,7 +228,8 @@ class MultiTurnRollout:
         generated = self.rollout.engine.generate(contexts or [self._context(spare)], sampling)
         for (j, prefix), turn in zip(asks, generated):
             turn.response_ids = prefix + turn.response_ids
-            turn.rollout_logp = [0.0] * len(prefix) + (turn.rollout_logp or [])
+            if turn.rollout_logp is not None:
+                turn.rollout_logp = [0.0] * len(prefix) + turn.rollout_logp
             turn.hint_len = len(prefix)
             turns[j] = turn
         return turns
