@@ -604,6 +604,9 @@ def check_ranges(cfg: Config) -> None:
     check_choice("env.zoom_box_frame", cfg.env.zoom_box_frame, ZOOM_BOX_FRAMES)
     if any(not isinstance(x, str) or not x for x in cfg.rollout.stop):
         raise ConfigError(f"rollout.stop={cfg.rollout.stop!r}: give non-empty strings")
+    for key in ("gpu_memory_utilization", "enforce_eager"):  # vllm.LLM arguments with a setting of their own
+        if key in (cfg.rollout.vllm_kwargs or {}):
+            raise ConfigError(f"rollout.vllm_kwargs.{key}: set rollout.{key} instead")
     if cfg.reward.model_type not in (None, "classifier", "judge"):
         raise ConfigError(f"reward.model_type={cfg.reward.model_type!r}: must be classifier, judge or null (from the folder)")
     labels = cfg.reward.judge_labels

@@ -109,6 +109,8 @@ def test_out_of_range_numbers_name_the_key(override, message):
     (["actor.lr_scheduler=cosin"], "actor.lr_scheduler='cosin' is not one of constant, cosine, linear; did you mean 'cosine'"),
     (["actor.betas=[0.9]"], r"actor.betas=\[0.9\]: give two numbers in \[0, 1\)"),  # AdamW: IndexError
     (["actor.betas=[0.9, 1.5]"], r"actor.betas=\[0.9, 1.5\]: give two numbers in \[0, 1\)"),
+    # vllm.LLM: "got multiple values for keyword argument 'enforce_eager'"
+    (["rollout.vllm_kwargs={enforce_eager: true}"], r"rollout.vllm_kwargs.enforce_eager: set rollout.enforce_eager"),
 ])
 def test_settings_that_would_fail_mid_run_fail_at_load(overrides, message):
     """Each of these used to surface as a ValueError deep in a training step, after the model had loaded."""
