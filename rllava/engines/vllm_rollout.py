@@ -152,6 +152,9 @@ class VLLMRolloutEngine:
     def wake(self) -> None:
         """Bring weights back, copy the current training weights in, then reallocate the KV cache."""
         if self.sleep_enabled and not self._awake:
+            # Memory the training step freed is still held by torch's caching allocator, where vLLM's allocator
+            # cannot reach it: give it back before vLLM takes its weights and KV cache again.
+            torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])  # weights first, so the copy runs before the KV cache takes the room
         self.sync_weights()
         if self.sleep_enabled and not self._awake:
