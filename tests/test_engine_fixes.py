@@ -29,7 +29,8 @@ worker = _import_worker()
 @pytest.fixture(scope="module")
 def dist_results(tiny_model_factory, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine_fixes")
-    proc = start_torchrun([str(WORKER_PATH), str(out), str(tiny_model_factory("qwen2"))], out / "torchrun.log")
+    proc = start_torchrun([str(WORKER_PATH), str(out), str(tiny_model_factory("qwen2")), str(tiny_model_factory("qwen2_vl"))],
+                          out / "torchrun.log")
     wait_torchrun(proc, out / "torchrun.log", timeout=240)  # a rank stuck in a collective fails here (both stopped)
     return torch.load(out / "results.pt", weights_only=False)
 
@@ -104,3 +105,56 @@ def test_local_checkpoint_of_other_trained_parameters_is_refused_by_name(tiny_mo
     assert str(tmp_path / "engine") in msg
     assert (f"trained here but not in it: {layers} " if saved_frozen else f"in it but not trained here: {layers} ") in msg
     assert "'model.layers.0." in msg and "..." in msg  # the first few names
+
+
+def test_critic_drops_an_untied_lm_head_and_keeps_a_tied_one(tiny_model_factory):
+    """A value model never calls the LM head: the critic builds without an untied one (its parameters are not
+    trained, mastered or checkpointed); a tied head is the input embedding and stays."""
+    from transformers import AutoModelForImageTextToText
+
+    from rllava.roles.critic import drop_lm_head
+
+    vlm = AutoModelForImageTextToText.from_pretrained(tiny_model_factory("qwen2_vl"))
+    head = vlm.get_output_embeddings().weight.numel()
+    assert drop_lm_head(vlm) == head > 0
+    assert not any("lm_head" in n for n, _ in vlm.named_parameters())
+    with pytest.raises(RuntimeError, match="no LM head"):
+        vlm.lm_head(torch.zeros(1, 4))
+    text = AutoModelForCausalLM.from_pretrained(tiny_model_factory("qwen2"))
+    before = sum(p.numel() for p in text.parameters())
+    assert drop_lm_head(text) == 0
+    assert sum(p.numel() for p in text.parameters()) == before
+
+
+def test_critic_checkpoint_written_with_the_lm_head_resumes_exactly(dist_results, tiny_model_factory, tmp_path):
+    """Critic checkpoints written before the critic dropped its LM head (which never had a gradient, so no
+    optimizer state) resume into a critic without it: the next step equals the run that kept the head, with the
+    local engine (its optimizer's parameter numbering is renumbered) and with FSDP2 on 2 ranks."""
+    local = worker.critic_head(lambda m: LocalTrainEngine(m, **worker.ENGINE_KW), str(tiny_model_factory("qwen2_vl")),
+                               tmp_path / "critic")
+    for res in (local, dist_results["critic_head"]):
+        assert res["freed"] > 0
+        assert set(res["old"]) == set(res["new"]) and "value_head.weight" in res["new"]
+        _assert_same(res["new"], res["old"])
+    assert float(local["new"]["value_head.weight"].abs().max()) > 0  # the steps trained something
+
+
+def test_critic_checkpoint_whose_lm_head_was_stepped_is_refused(tiny_model_factory, tmp_path):
+    """Only a parameter the optimizer never stepped can be left behind: one with optimizer state is refused."""
+    from transformers import AutoModelForImageTextToText
+
+    from rllava.roles.critic import ValueModel, drop_lm_head, hidden_size_of
+
+    path = tiny_model_factory("qwen2_vl")
+
+    def engine(drop: bool) -> LocalTrainEngine:
+        backbone = AutoModelForImageTextToText.from_pretrained(path)
+        if drop:
+            drop_lm_head(backbone)
+        return LocalTrainEngine(ValueModel(backbone, hidden_size_of(backbone)), **worker.ENGINE_KW)
+
+    old = engine(False)
+    worker.value_steps(old, 1, touch_head=True)
+    old.save(tmp_path / "critic")
+    with pytest.raises(ConfigError, match=r"in it but not trained here: 1 \['backbone.lm_head.weight'\]"):
+        engine(True).load(tmp_path / "critic")

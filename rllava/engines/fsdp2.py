@@ -303,7 +303,13 @@ class FSDP2TrainEngine:
             state = self._state(with_optimizer=False)
             dcp.load(state, checkpoint_id=str(folder))
             self.load_state_dict(state)
-            self.optimizer.load_state_dict(torch.load(Path(folder) / f"optimizer_rank{du.rank()}.pt", weights_only=False))
+            saved_optimizer = torch.load(Path(folder) / f"optimizer_rank{du.rank()}.pt", weights_only=False)
+            saved_count = sum(len(g["params"]) for g in saved_optimizer["param_groups"])
+            if saved_count != len(self.stepped):  # torch would fail with a parameter-group size error
+                raise ConfigError(f"{folder}: its optimizer state is for {saved_count} parameters, this engine trains "
+                                  f"{len(self.stepped)} (another model or changed freeze settings; or a critic saved with "
+                                  "its LM head, before rllava dropped it: resume that one with the rllava that wrote it)")
+            self.optimizer.load_state_dict(saved_optimizer)
             return
         # What the checkpoint holds decides the template, not this engine's optimizer (fresh when resuming).
         saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata

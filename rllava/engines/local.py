@@ -56,6 +56,28 @@ def _some(names: list[str], shown: int = 3) -> str:
     return f"{len(names)} {names[:shown]}" + (" ..." if len(names) > shown else "")
 
 
+def _drop_unstepped(state: dict[str, Any], names: list[str]) -> bool:
+    """Remove `names` (parameters the model no longer has) from a saved engine state if the optimizer never
+    stepped them; whether it did.
+
+    A parameter that never had a gradient (the LM head of a critic written before the critic dropped it)
+    still holds its initial value and has no optimizer state, so a model built without it resumes exactly.
+    The optimizer numbers its parameters in the order they were written: the survivors are renumbered.
+    """
+    written = list(state["model"])  # `save` writes them in the optimizer's order
+    drop = {written.index(n) for n in names}
+    optimizer = state["optimizer"]
+    if any(i in optimizer["state"] for i in drop):
+        return False
+    new_index = {old: new for new, old in enumerate(i for i in range(len(written)) if i not in drop)}
+    optimizer["state"] = {new_index[i]: v for i, v in optimizer["state"].items()}
+    for group in optimizer["param_groups"]:
+        group["params"] = [new_index[i] for i in group["params"] if i not in drop]
+    for n in names:
+        del state["model"][n]
+    return True
+
+
 @TRAIN_ENGINES.register("local", description="one process, CPU or one GPU; fp32 master weights with autocast")
 class LocalTrainEngine:
     """Owns a module, its optimizer and lr schedule; knows nothing about RL."""
@@ -159,6 +181,9 @@ class LocalTrainEngine:
         missing = [n for n in self.names if n not in state["model"]]
         trained = set(self.names)
         unexpected = [n for n in state["model"] if n not in trained]
+        has = {n for n, _ in self.model.named_parameters()}
+        if unexpected and not missing and not has.intersection(unexpected) and _drop_unstepped(state, unexpected):
+            unexpected = []  # parameters this model no longer has, which the run saved never changed
         if missing or unexpected:
             diff = ([f"trained here but not in it: {_some(missing)}"] if missing else []) + \
                 ([f"in it but not trained here: {_some(unexpected)}"] if unexpected else [])

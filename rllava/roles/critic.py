@@ -33,6 +33,36 @@ class ValueModel(nn.Module):
         return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float().clone()
 
 
+class _NoLMHead(nn.Module):
+    """Stands where a value model's backbone had its untied LM head: the critic reads hidden states only."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("the critic's backbone has no LM head (dropped at build: a value model never calls it)")
+
+
+def drop_lm_head(model: nn.Module) -> int:
+    """Replace `model`'s untied output layer by a stub; the number of parameters freed (0 when tied or absent).
+
+    A value model reads the backbone's last hidden state, so the LM head is dead weight: at Qwen2.5-VL-7B's
+    152,064 x 3,584 it is 545 M parameters, 2.2 GB as fp32 master weights. A tied head is the input embedding,
+    which the backbone still needs.
+    """
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    if weight is None:
+        return 0
+    embed = model.get_input_embeddings()
+    if embed is not None and getattr(embed, "weight", None) is weight:
+        return 0
+    for name, module in model.named_modules():
+        if module is head:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, _NoLMHead())
+            return sum(p.numel() for p in head.parameters())
+    return 0
+
+
 def hidden_size_of(model: nn.Module) -> int:
     cfg = model.config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -59,6 +89,7 @@ class Critic:
         load_device = load_device or device
         mcfg = dataclasses.replace(training_model_config(cfg, cfg.critic.model_path), lora_rank=0)
         backbone, _ = load_model_and_processor(mcfg, device=load_device)
+        drop_lm_head(backbone)
         model = ValueModel(backbone, hidden_size_of(backbone)).to(load_device)
         c = cfg.critic
         engine = TRAIN_ENGINES.get(cfg.actor.strategy)(

@@ -1,9 +1,10 @@
 """torchrun entry for tests/test_engine_fixes.py: two FSDP2 scenarios on 2 ranks (gloo, CPU).
 
-`torchrun --nproc_per_node=2 engine_fixes_worker.py OUT MODEL_PATH` writes what rank 0 saw to OUT/results.pt:
+`torchrun --nproc_per_node=2 engine_fixes_worker.py OUT MODEL_PATH VLM_PATH` writes what rank 0 saw to OUT/results.pt:
 - "fresh": a checkpoint saved before the first optimizer step must not change the training that follows;
 - "uneven": an actor update with 2 rows on rank 0 and 6 on rank 1 takes as many optimizer steps on each rank
-  as the global row count asks for.
+  as the global row count asks for;
+- "critic_head": a critic checkpoint written with the (never trained) LM head resumes into a critic without it.
 """
 from __future__ import annotations
 
@@ -84,6 +85,51 @@ def fresh_checkpoint(path: str, out: Path) -> dict:
     return res
 
 
+def weights(engine) -> dict[str, torch.Tensor]:
+    """Full weights of either engine (FSDP2 gathers its shards)."""
+    if hasattr(engine, "iter_full_state"):
+        return full_weights(engine)
+    return {k: v.detach().cpu().clone() for k, v in engine.model_state_dict().items()}
+
+
+def value_steps(engine, n: int, touch_head: bool = False) -> None:
+    """`n` optimizer steps regressing the values of fixed per-rank tokens toward 1. `touch_head` puts the
+    backbone's LM head into the loss with weight 0: a gradient (of zeros), so the optimizer keeps state for it."""
+    ids = torch.randint(300, 900, (2, 9), generator=torch.Generator().manual_seed(du.rank()))
+    for _ in range(n):
+        with engine.compute(train=True):
+            v = engine.model({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 4)
+            loss = ((v - 1.0) ** 2).mean()
+            if touch_head:
+                loss = loss + 0.0 * engine.model.backbone.lm_head.weight.sum()
+            loss.backward()
+        engine.step()
+
+
+def critic_head(make_engine, vlm_path: str, ckpt: Path) -> dict:
+    """A critic trained 2 steps with its LM head still in place (as rllava built it before dropping the head)
+    and saved; a critic built without the head loads that checkpoint; both take one more step."""
+    from transformers import AutoModelForImageTextToText
+
+    from rllava.roles.critic import ValueModel, drop_lm_head, hidden_size_of
+
+    def value_model(drop: bool) -> tuple[ValueModel, int]:
+        backbone = AutoModelForImageTextToText.from_pretrained(vlm_path)
+        freed = drop_lm_head(backbone) if drop else 0
+        return ValueModel(backbone, hidden_size_of(backbone)), freed
+
+    old = make_engine(value_model(False)[0])
+    value_steps(old, 2)
+    old.save(ckpt)
+    model, freed = value_model(True)
+    new = make_engine(model)
+    new.load(ckpt)
+    value_steps(old, 1)
+    value_steps(new, 1)
+    return {"freed": freed, "old": {k: v for k, v in weights(old).items() if "lm_head" not in k},
+            "new": weights(new)}
+
+
 def uneven_rows(path: str) -> dict:
     from rllava.engines.fsdp2 import FSDP2TrainEngine
     from rllava.roles.actor import Actor
@@ -99,11 +145,15 @@ def uneven_rows(path: str) -> dict:
 
 
 def main() -> None:
-    out, path = Path(sys.argv[1]), sys.argv[2]
+    from rllava.engines.fsdp2 import FSDP2TrainEngine
+
+    out, path, vlm_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)  # two ranks on two cores
     du.init_distributed()
     try:
-        results = {"fresh": fresh_checkpoint(path, out), "uneven": uneven_rows(path)}
+        results = {"fresh": fresh_checkpoint(path, out), "uneven": uneven_rows(path),
+                   "critic_head": critic_head(lambda m: FSDP2TrainEngine(m, **ENGINE_KW, device="cpu"), vlm_path,
+                                              out / "critic-dcp")}
         if du.is_main():
             torch.save(results, out / "results.pt")
         du.barrier()
