@@ -173,7 +173,11 @@ class HFRolloutEngine:
             kwargs.update(return_dict_in_generate=True, output_logits=True)
         ctx = self.compute(train=False) if self.compute else torch.no_grad()
         with ctx, sampling_config_only(self.model):
-            share = batch.prompt_share(self.device) if self.share_prefill and batch.prompt_width > 1 else None
+            # The prefill leaves out each prompt's last token: not where that token is an image placeholder
+            # (a raw template ending in <image>), whose features the prefill's images would then not match.
+            ends_in_image = any(t in self.suppress_ids for p in batch.prompts for t in p.input_ids[-1:])
+            share = (batch.prompt_share(self.device) if self.share_prefill and batch.prompt_width > 1
+                     and not ends_in_image else None)
             inputs = batch.model_inputs(self.device, images=share is None)  # shared: the images go into the cache
             if share is not None:
                 kwargs.update(self._prefill_once(inputs, share))

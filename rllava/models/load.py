@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -95,6 +96,27 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().split("\n")[0]
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _lfs_hint(path: str) -> str:
+    """Where a local folder holds Git LFS pointers instead of its files (a clone without git-lfs, the usual cause
+    of an unreadable weights or tokenizer file), a note naming them; else ""."""
+    folder = Path(local_path(path))
+    if not folder.is_dir():
+        return ""
+    pointers = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.stat().st_size < 1024:
+            with f.open("rb") as fh:
+                if fh.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                    pointers.append(f.name)
+    if not pointers:
+        return ""
+    return (f"; {', '.join(pointers)} {'is a Git LFS pointer' if len(pointers) == 1 else 'are Git LFS pointers'}, "
+            "not the file itself: run `git lfs pull` in the folder (it was cloned without git-lfs)")
+
+
 def check_vision_tower(cfg: ModelConfig, model: nn.Module) -> None:
     """`model.freeze_vision_tower` needs a model that has one."""
     if cfg.freeze_vision_tower and not is_vlm(model):
@@ -130,9 +152,9 @@ def load_processor(path: str, vlm: bool, trust_remote_code: bool = False) -> Any
     try:
         processor = loader.from_pretrained(local_path(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:  # a folder without its processor files, or with a broken one
-        raise MissingFileError(f"{path!r}: cannot load its {'processor' if vlm else 'tokenizer'} ({_first_line(e)}); "
-                               "are its processor/tokenizer files missing? model.tokenizer_path can name a folder "
-                               "that has them") from None
+        raise MissingFileError(f"{path!r}: cannot load its {'processor' if vlm else 'tokenizer'} ({_first_line(e)})"
+                               f"{_lfs_hint(path)}; are its processor/tokenizer files missing? model.tokenizer_path "
+                               "can name a folder that has them") from None
     check_tokenizer(processor, path)
     return processor
 
@@ -147,8 +169,9 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: str 
         model = auto.from_pretrained(path, dtype=resolve_dtype(dtype or cfg.dtype),
                                      attn_implementation=cfg.attn_implementation,
                                      trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:  # a config.json but no (readable) weights
-        raise MissingFileError(f"model.path {cfg.path!r}: cannot load its weights: {_first_line(e)}") from None
+    except (OSError, SafetensorError) as e:  # a config.json but no (readable) weights: missing, truncated, LFS pointers
+        raise MissingFileError(f"model.path {cfg.path!r}: cannot load its weights: {_first_line(e)}"
+                               f"{_lfs_hint(cfg.path)}") from None
     model.to(device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
