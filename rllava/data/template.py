@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,33 @@ def read_text_or_file(spec: str, what: str) -> str:
     return spec
 
 
+def read_chat_template(spec: str) -> str:
+    """`data.chat_template`: a template text or file; a .json file (a model folder's chat_template.json or
+    tokenizer_config.json) gives its "chat_template", a string or the "default" of a list of named ones (its
+    JSON text is not a template)."""
+    text = read_text_or_file(spec, "data.chat_template")
+    if not spec.lower().endswith(".json"):
+        return text
+    if text is spec:  # not a file: a template is no file name
+        raise TemplateError(f"data.chat_template file {spec!r} not found")
+    try:
+        value = json.loads(text).get("chat_template")
+    except (ValueError, AttributeError):
+        value = None
+    if isinstance(value, list):
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    if not isinstance(value, str):
+        raise TemplateError(f"data.chat_template file {spec!r} is JSON without a \"chat_template\" string (or a "
+                            "list holding one named \"default\"); give a template text or a .jinja file")
+    return value
+
+
 def set_chat_template(processor: Any, spec: str | None) -> None:
     """Make `data.chat_template` (text or a file) the processor's own, and its tokenizer's: the dataset, the
     multi-turn observations and every exported checkpoint then use the template the model trains with."""
     if not spec:
         return
-    text = read_text_or_file(spec, "data.chat_template")
+    text = read_chat_template(spec)
     processor.chat_template = text
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:
@@ -155,11 +177,18 @@ def build_messages(text: str, n_images: int = 0, n_videos: int = 0, system_promp
     return messages
 
 
-def apply_chat_template(processor: Any, messages: list[dict[str, Any]], chat_template: str | None = None) -> str:
-    """The prompt string with the generation prompt appended (`chat_template` overrides the processor's)."""
-    kwargs = {"chat_template": chat_template} if chat_template else {}
+def apply_chat_template(processor: Any, messages: list[dict[str, Any]], chat_template: str | None = None,
+                        **template_kwargs: Any) -> str:
+    """The prompt string with the generation prompt appended (`chat_template` overrides the processor's;
+    `template_kwargs` are variables for the template, e.g. `enable_thinking`)."""
+    kwargs = {"chat_template": chat_template, **template_kwargs} if chat_template else dict(template_kwargs)
+    which = "data.chat_template" if chat_template else "the model's chat template"
     try:
         return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"{which}: jinja syntax error on line {e.lineno}: {e.message}") from None
+    except jinja2.TemplateError as e:  # the template's own raise_exception ("System role not supported"), a bad field
+        raise TemplateError(f"{which} failed on this prompt: {e.message}") from None
     except ValueError as e:
         if "chat template" in str(e).lower() or "chat_template" in str(e):
             raise TemplateError("the processor has no chat template; set data.chat_template "

@@ -23,7 +23,7 @@ Box = tuple[float, float, float, float]
 MAX_BOXES = 100  # garbage responses can list thousands; matching is cubic
 
 _NUM = r"([-+]?\d+(?:\.\d+)?)"
-_SEP = r"\s*[,\s]\s*"
+_SEP = r"(?:\s*,\s*|\s+)"  # a comma or whitespace; one way to read each run of spaces (else backtracking is k^4)
 _BOX = re.compile(r"[\[(]\s*" + _SEP.join([_NUM] * 4) + r"\s*[\])]")
 
 
@@ -41,7 +41,10 @@ def parse_boxes(text: str) -> list[Box]:
 
 def parse_gold_boxes(answer) -> list[Box]:
     """Ground truth as a JSON list: one box `[x1,y1,x2,y2]` or a list of boxes (possibly empty)."""
-    value = json.loads(answer) if isinstance(answer, str) else answer
+    try:
+        value = json.loads(answer) if isinstance(answer, str) else answer
+    except ValueError:  # JSON's own message ("Extra data: line 1 column 3") names neither the field nor the value
+        value = None
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"box ground truth must be a JSON list, got {answer!r}")
     if len(value) == 4 and all(isinstance(v, (int, float)) for v in value):

@@ -23,9 +23,10 @@ _LETTER = r"(?![AI]\s+(?!(?:or|and|nor|is|because|since|as)\b)[a-z])\(?([A-Z])\)
 # "the answer is B", "Answer: (B)", "answer (B)", "Final answer B" (a bare letter only when it ends the response:
 # not "Answer A is wrong", nor the "I" of "the answer I picked"); else "the correct option is B" (not "Option C is
 # wrong"). Letters upper-case.
-_STATED = (re.compile(r"(?i:answer)\s*(?:(?:(?i:is)\s*:?|:)\s*" + _LETTER + r"|\(([A-Z])\)" + _REJECTED
+# ("is(?:\s*:)?", not "is\s*:?": two \s* in a row backtrack k^2 times over a long run of spaces.)
+_STATED = (re.compile(r"(?i:answer)\s*(?:(?:(?i:is)(?:\s*:)?|:)\s*" + _LETTER + r"|\(([A-Z])\)" + _REJECTED
                       + r"|\s([A-Z])(?=[.!]?\s*$))"),
-           re.compile(r"(?i:option|choice)\s*(?:(?i:is)\s*:?|:)\s*" + _LETTER))
+           re.compile(r"(?i:option|choice)\s*(?:(?i:is)(?:\s*:)?|:)\s*" + _LETTER))
 _HEDGE = re.compile(r"\s*(?:,|/|(?i:or|and))\s*" + _LETTER)  # "... is A or B": a second letter
 
 
@@ -61,7 +62,7 @@ def gold_letter(answer: str, choices: Optional[list]) -> str:
 
 def picked_letter(response: str, choices: Optional[list]) -> Optional[str]:
     """The option the final answer picks, or None when it picks none or several."""
-    span = final_answer(response)
+    span = final_answer(response).replace("**", "")  # markdown bold, as instruct models write it: "**B**"
     alone = _ALONE.fullmatch(span.strip())
     if alone:
         return alone.group(1).upper()

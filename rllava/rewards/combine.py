@@ -33,7 +33,11 @@ def _load_file_function(spec: str) -> RewardFn:
         loader_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[module_name] = module
-        loader_spec.loader.exec_module(module)
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:  # as `import` does: a half-run module must not stand in for the file next time
+            del sys.modules[module_name]
+            raise
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"reward {spec!r}: {path_str} has no function {fn_name!r}")

@@ -24,8 +24,8 @@ def count_reward(response: str, answer: str, **meta) -> dict[str, float]:
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, strip quotes, trailing punctuation and repeated whitespace."""
-    text = re.sub(r"\s+", " ", text.strip().lower())
+    """Lower-case, strip markdown bold, quotes, trailing punctuation and repeated whitespace."""
+    text = re.sub(r"\s+", " ", text.replace("**", "").strip().lower())
     return text.strip("\"'`“”‘’").strip().rstrip(".!").strip()
 
 

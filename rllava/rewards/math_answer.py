@@ -8,11 +8,17 @@ from decimal import Decimal
 from rllava.rewards.extract import final_answer, last_number_text
 from rllava.rewards.registry import REWARDS
 
-# "12 cm^2" / "3 square meters": a number followed by a unit, which math-verify can misread as a product.
+# "12 cm^2" / "3 square meters" / "18 dollars" / "18 eggs per day": a number followed by a unit or by words, which
+# math-verify can misread as a product (18*E*g*g*s). Words of 3 letters or more ("2 pi" is 2*pi), none that changes
+# the number ("3 hundred", "2 thirds", "7 minus ...").
+_SCALE = (r"(?!(?:hundreds?|thousands?|millions?|billions?|trillions?|dozens?|squared|cubed|half|halves|thirds|quarters"
+          r"|fourths|fifths|sixths|sevenths|eighths|ninths|tenths|hundredths|thousandths|plus|minus|divided|over)\b)")
+_WORDS = _SCALE + r"[a-z]{3,}(?:\s+" + _SCALE + r"[a-z]{3,})*"
 _NUMBER_WITH_UNIT = re.compile(
-    r"^\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:square\s+|sq\.?\s*)?"
-    r"(?:cm|mm|km|m|in|inch(?:es)?|ft|feet|units?|meters?|centimeters?)\s*(?:\^\s*\{?[23]\}?|²|³)?\s*\.?\s*$",
-    re.IGNORECASE)
+    r"^\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*(?:(?:square\s+|sq\.?\s*)?"
+    r"(?:cm|mm|km|m|in|inch(?:es)?|ft|feet|units?|meters?|centimeters?)(?:\s*(?:\^\s*\{?[23]\}?|²|³))?|" + _WORDS
+    + r")(?:\s*\.)?\s*$",
+    re.IGNORECASE)  # each run of spaces read one way: "\s*X?\s*" backtracks k^3 times on a long run of spaces
 
 
 def _timeout() -> int | None:
@@ -26,9 +32,12 @@ def _parse(text: str) -> list:
     return parse(text, parsing_timeout=_timeout())
 
 
+_DELIMITER = re.compile(r"(?<!\\)\$")  # a math-mode $, not the escaped dollar sign \$ of "\$1.17"
+
+
 def _as_latex(text: str) -> str:
     """Wrap a bare answer in $...$ so math-verify reads it as LaTeX (it already handles plain numbers)."""
-    return text if "$" in text or "\\boxed" in text else f"${text}$"
+    return text if _DELIMITER.search(text) or "\\boxed" in text else f"${text}$"
 
 
 # A plain number in scientific notation, "1e3", "-2.50E-3"; its exponent at most 3 digits (see _plain_decimal).
@@ -62,13 +71,22 @@ def _math_equal(pred: str, gold: str) -> bool:
     return bool(pred_parsed) and verify(gold_parsed, pred_parsed, timeout_seconds=_timeout())
 
 
+def _misread(text: str) -> bool:
+    """True when math-verify finds no value in `text`, or one with letters in it: prose read as a product of
+    letters ("He has 5 apples": h*E*h*a*s*5), not a stated answer."""
+    parsed = _parse(_as_latex(text)) or _parse(text)
+    return not parsed or getattr(parsed[0], "free_symbols", None) != set()
+
+
 @REWARDS.register("math", accuracy=True)
 def math_reward(response: str, answer: str, **meta) -> dict[str, float]:
     """1 if the final answer (<answer> tags, then \\boxed{}, then the last number) equals the ground truth."""
     answer = str(answer)
     pred = final_answer(response)
     ok = math_equal(pred, answer)
-    if not ok and pred == response.strip():  # no tags or box: fall back to the last number written
+    # No tags or box, and math-verify misread the prose: fall back to the last number written. Not when it read a
+    # value ("The answer is 4, not 3" is 4): the last number would be a second answer, paying for hedging.
+    if not ok and pred == response.strip() and _misread(response):
         number = last_number_text(response)
         ok = number is not None and math_equal(number, answer)
     return {"overall": float(ok), "accuracy": float(ok)}

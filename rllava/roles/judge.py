@@ -101,7 +101,9 @@ class JudgeModel:
         if not self.has_chat_template:
             return message + "\n"
         messages = build_messages(message, n_images, multimodal=self.multimodal)  # unmarked images go first
-        return apply_chat_template(self.processor, messages)
+        # A hybrid-thinking judge (Qwen3) opens its turn with "<think>", where no verdict is: told not to think, its
+        # template closes an empty think block, so the next token is the verdict (other templates ignore the flag).
+        return apply_chat_template(self.processor, messages, enable_thinking=False)
 
     def _encode(self, texts: list[str], images: list[list[Any]]) -> dict[str, torch.Tensor]:
         """Left-padded judge inputs for a batch of text-only rows (the tokenizer's, cut to model_max_length) or of

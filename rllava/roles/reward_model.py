@@ -80,6 +80,9 @@ def reward_model_type(cfg: RewardConfig) -> str:
     if cfg.model_type == "classifier" and archs and not classifier:
         raise ConfigError(f"reward.model={cfg.model!r} is a {archs[0]}, not a sequence classifier: its score head "
                           "would be random. Set reward.model_type=judge to ask it for a verdict instead")
+    if cfg.model_type == "judge" and classifier:  # its LM head was dropped for the score head: a random one reads
+        raise ConfigError(f"reward.model={cfg.model!r} is a {archs[0]}, whose LM head was replaced by a score head: "
+                          "as a judge its verdicts would be random. Set reward.model_type=classifier")
     if cfg.model_type:
         return cfg.model_type
     if classifier:
