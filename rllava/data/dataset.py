@@ -37,7 +37,7 @@ from rllava.data.template import (
     TemplateError,
     apply_chat_template,
     build_messages,
-    read_text_or_file,
+    read_chat_template,
 )
 from rllava.data.types import Prompt
 from rllava.data.vision import (
@@ -77,8 +77,14 @@ class _Item:
     answer: str | None = None  # the ground truth rewards get (data.answer_template or the answer_key field)
 
 
+def _no_media(value: Any) -> bool:
+    """A media field that holds nothing: null, or blank text (how a CSV, or a table exported from one, writes a
+    text-only row's missing image path)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _as_list(value: Any) -> list[Any]:
-    if value is None:
+    if _no_media(value):
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -133,12 +139,12 @@ def data_source(file: str) -> str:
     `hiyouga/geometry3k@test` -> geometry3k, and a config folder of a downloaded repo (its dataset card one
     folder up) `/data/gsm8k/main@test` -> gsm8k."""
     name, split = split_suffix(file)
-    if split is not None:
+    if split is not None and not Path(name).expanduser().is_file():
         folder = Path(name).expanduser()
         if folder.is_dir() and not (folder / "README.md").exists() and (folder.parent / "README.md").exists():
             return folder.resolve().parent.name
         return folder.name
-    p = Path(file)
+    p = Path(name)
     return p.parent.name if p.stem in SPLIT_NAMES and p.parent.name else p.stem
 
 
@@ -172,7 +178,7 @@ class RLDataset(torch.utils.data.Dataset):
         self.skip_bad_rows = cfg.skip_bad_rows
         self.template = PromptTemplate(cfg.template, cfg.prompt_key)
         self.answer_template = RowTemplate(cfg.answer_template, "data.answer_template") if cfg.answer_template else None
-        self.chat_template = read_text_or_file(cfg.chat_template, "data.chat_template") if cfg.chat_template else None
+        self.chat_template = read_chat_template(cfg.chat_template) if cfg.chat_template else None
         self.n_bad = 0  # rows skipped as bad (construction and access time)
         self.n_too_long = 0  # rows dropped for exceeding max_prompt_length
         self.bad_rows: list[str] = []  # the reasons, first few
@@ -222,7 +228,7 @@ class RLDataset(torch.utils.data.Dataset):
             if isinstance(value, float) and not math.isfinite(value):  # a missing value in a float column
                 raise DataError(f"{ref.where(cfg.answer_key)}: missing ({value!r} is not an answer)")
         images = _as_list(row.get(cfg.image_key))
-        videos = normalize_videos(row.get(cfg.video_key))
+        videos = [] if _no_media(row.get(cfg.video_key)) else normalize_videos(row.get(cfg.video_key))
         if images and videos and _media_outputs_collide(self.processor):
             raise DataError(f"{ref.where(cfg.video_key)}: {type(self.processor).__name__} cannot take images and "
                             "videos in one prompt (its video frames replace the images' pixel_values)")
@@ -245,10 +251,16 @@ class RLDataset(torch.utils.data.Dataset):
     def _answer(self, row: dict[str, Any], ref: RowRef) -> str | None:
         if self.answer_template is not None:
             try:
-                return self.answer_template.render(row).strip()
+                answer, where = self.answer_template.render(row).strip(), ref.where("answer_template")
             except TemplateError as e:
                 raise DataError(f"{ref.where('answer_template')}: {e}") from None
-        return _answer_text(row[self.cfg.answer_key]) if self.cfg.answer_key else None
+        elif self.cfg.answer_key:
+            answer, where = _answer_text(row[self.cfg.answer_key]), ref.where(self.cfg.answer_key)
+        else:
+            return None
+        if not answer.strip():  # `math` and `exact_match` would score an empty \boxed{} as right
+            raise DataError(f"{where}: the answer is empty (set data.answer_key='' for rows without answers)")
+        return answer
 
     def _set_lengths(self, items: list[_Item]) -> None:
         """Estimated token length of every item (see the module docstring)."""

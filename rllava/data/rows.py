@@ -60,7 +60,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open() as f:
+    with path.open(encoding="utf-8-sig") as f:  # "-sig": a byte-order mark (Windows editors write one) is not JSON
         for i, line in enumerate(f):
             if not line.strip():
                 continue
@@ -73,10 +73,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _read_json(path: Path) -> list[dict]:
     """A JSON list of rows, a dict of columns, `{"data": [...]}`, or JSON lines under a .json name."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:  # not JSON lines either: the document's own error, where it is
+            raise DataError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
         return _read_jsonl(path)
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
@@ -160,13 +165,14 @@ def is_hub_name(spec: str) -> bool:
 
 
 def split_suffix(spec: str) -> tuple[str, str | None]:
-    """`NAME@split` (as EasyR1 writes it) or `owner/name:split` -> (NAME, split), where NAME is a local folder or
-    has a hub name's shape; anything else, a file or folder that exists under the whole name too, -> (spec, None)."""
+    """`NAME@split` (as EasyR1 writes it) or `owner/name:split` -> (NAME, split), where NAME is a local file or
+    folder or has a hub name's shape; anything else, a file or folder that exists under the whole name too,
+    -> (spec, None)."""
     if Path(spec).expanduser().exists():
         return spec, None
     for sep in ("@", ":"):
         head, found, split = spec.rpartition(sep)
-        if found and _SPLIT.fullmatch(split) and (Path(head).expanduser().is_dir() or _HUB_NAME.fullmatch(head)):
+        if found and _SPLIT.fullmatch(split) and (Path(head).expanduser().exists() or _HUB_NAME.fullmatch(head)):
             return head, split
     return spec, None
 
@@ -193,6 +199,9 @@ def read_source(spec: str) -> tuple[list[dict], Path]:
         # `datasets` finds its splits from the file names (train/validation/test) or the README's configs.
         return _load_dataset(str(path), split), path
     if path.is_file():
+        if split not in (None, "train"):  # as `datasets` reads one file (and EasyR1 its `file.parquet@train`)
+            raise DataError(f"{spec}: {name} is one data file, whose only split is train (`@train`, or a slice "
+                            "such as `@train[:-500]`)")
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"{spec}: unknown data file type {path.suffix!r} (known: {', '.join(READERS)})")
@@ -223,7 +232,7 @@ def split_specs(files: str) -> list[str]:
             continue
         # A pattern, not `NAME@train[:-500]`, nor a file that exists under its own name (`rows[1].jsonl`).
         if any(c in spec for c in "*?[") and split_suffix(spec)[1] is None and not Path(spec).expanduser().exists():
-            matches = sorted(glob.glob(spec))
+            matches = sorted(glob.glob(str(Path(spec).expanduser())))  # `~/data/*.parquet`, as other paths
             if not matches:
                 raise DataError(f"data pattern {spec!r} matches no file")
             specs.extend(matches)

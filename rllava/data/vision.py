@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,33 +194,57 @@ def is_video_file(ref: Any) -> bool:
     return isinstance(ref, (str, Path)) and not str(ref).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _decode_av(path: Path) -> tuple[list[Image.Image], float]:
+# Which frames to keep of a clip of `total` frames at `fps` frames per second (sample_video's choice).
+FramePick = Callable[[int, float], list[int]]
+
+
+def _av_pass(path: Path, wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
+    """One decode of the clip: the frames at `wanted` indices, and how many frames it has."""
+    import av
+
+    kept, count = {}, 0
+    with av.open(str(path)) as container:
+        for count, frame in enumerate(container.decode(container.streams.video[0]), 1):
+            if count - 1 in wanted:
+                kept[count - 1] = frame.to_image()
+    return kept, count
+
+
+def _decode_av(path: Path, pick: FramePick) -> tuple[list[Image.Image], int, float]:
+    """Only the picked frames are converted and kept: a whole minute of 1080p frames is ~20 GB. The header's
+    frame count decides them; where it is missing or wrong, a second pass picks from the count decoding found."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 0) or 0.0
-        frames = [f.to_image() for f in container.decode(stream)]
-    return frames, fps
+        total = int(stream.frames or 0)
+    kept, count = _av_pass(path, set(pick(total, fps)) if total > 0 else set())
+    if count != total:
+        total = count
+        kept, _ = _av_pass(path, set(pick(total, fps)))
+    return [kept[i] for i in pick(total, fps) if i in kept], total, fps
 
 
-def _decode_torchvision(path: Path) -> tuple[list[Image.Image], float]:
+def _decode_torchvision(path: Path, pick: FramePick) -> tuple[list[Image.Image], int, float]:
     from torchvision.io import read_video  # removed in recent torchvision; present on older ones
 
     video, _, info = read_video(str(path), pts_unit="sec", output_format="THWC")
-    return [Image.fromarray(f.numpy()) for f in video], float(info.get("video_fps") or 0.0)
+    fps = float(info.get("video_fps") or 0.0)
+    return [Image.fromarray(video[i].numpy()) for i in pick(len(video), fps)], len(video), fps
 
 
 VIDEO_DECODERS = (("av", _decode_av), ("torchvision", _decode_torchvision))
 
 
-def decode_video_file(path: Path) -> tuple[list[Image.Image], float]:
-    """All frames of a video file and its frame rate, with the first decoder that is installed."""
+def decode_video_file(path: Path, pick: FramePick) -> tuple[list[Image.Image], int, float]:
+    """The frames `pick(total, fps)` chooses of a video file, its frame count and its frame rate, with the first
+    decoder that is installed."""
     if not path.is_file():
         raise MediaError(f"video file {str(path)!r} not found")
     for _, decode in VIDEO_DECODERS:
         try:
-            return decode(path)
+            return decode(path, pick)
         except ImportError:
             continue
         except Exception as e:
@@ -285,16 +310,19 @@ def sample_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 
         loaded = [load_image(frames[i], base_dir) for i in picked]
         return pad_frames(loaded, temporal_patch), FrameTimes(fps, len(frames), tuple(picked))
     path = resolve_path(ref.get("path") if isinstance(ref, dict) else str(ref), base_dir)
-    decoded, native_fps = decode_video_file(path)
-    if not decoded:
+
+    def pick(total: int, native_fps: float) -> list[int]:
+        wanted = total
+        if native_fps > 0 and fps > 0:  # frames the clip has at the requested rate
+            wanted = max(1, round(total / native_fps * fps))
+        return sample_indices(total, min(wanted, max_frames))
+
+    frames, total, native_fps = decode_video_file(path, pick)
+    if not frames:
         raise MediaError(f"video {str(path)!r} has no frames")
-    wanted = len(decoded)
-    if native_fps > 0 and fps > 0:  # frames the clip has at the requested rate
-        wanted = max(1, round(len(decoded) / native_fps * fps))
-    picked = sample_indices(len(decoded), min(wanted, max_frames))
     # A file without a frame rate: its frames count as sampled at `fps`.
-    times = FrameTimes(native_fps if native_fps > 0 else fps, len(decoded), tuple(picked))
-    return pad_frames([decoded[i] for i in picked], temporal_patch), times
+    times = FrameTimes(native_fps if native_fps > 0 else fps, total, tuple(pick(total, native_fps)))
+    return pad_frames(frames, temporal_patch), times
 
 
 def load_video(ref: Any, base_dir: Path | None, max_frames: int, fps: float = 2.0,

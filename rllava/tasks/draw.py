@@ -61,6 +61,8 @@ def scene(rng: random.Random, size: int, grid: int, specs: list[tuple[str, str]]
     if len(specs) > grid * grid:
         raise ValueError(f"{len(specs)} objects do not fit a {grid}x{grid} grid")
     cell = size // grid
+    if cell < 6:  # a cell holds a shape of half-size cell // 2 - 1: under 2 px it is a dot, or nothing (PIL raises)
+        raise ValueError(f"size={size} is too small for a {grid}x{grid} grid of shapes: at least {6 * grid} pixels")
     r_max = min(radius[1], cell // 2 - 1)
     img = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(img)
