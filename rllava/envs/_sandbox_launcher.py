@@ -166,10 +166,23 @@ def work_usage(work, max_depth):
     return size, entries, depth
 
 
+# What a covered /dev holds besides the device nodes bound back (sandbox.py keeps /dev/null, zero, full, random,
+# urandom): the usual links, and an empty /dev/shm (read-only, as the covered folder is).
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2"}
+
+
+def fill_dev():
+    os.mkdir("/dev/shm", 0o755)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"/dev/{name}")
+
+
 def hide_host_paths(hide, keep):
     """Cover each folder in `hide` with an empty read-only tmpfs (each file with an unopenable /dev/null),
     binding back the paths in `keep` that lie under it (they keep their own mount flags: the work folder
-    writable, the rest read-only by now). Returns the paths that could not be hidden."""
+    writable, the rest read-only by now). A covered /dev also gets its links and an empty shm folder (`fill_dev`).
+    Returns the paths that could not be hidden."""
     def under(path, folder):
         return path == folder or path.startswith(folder.rstrip("/") + "/")
     # Descriptors first: once a folder is covered, its paths no longer lead to what was there.
@@ -188,7 +201,14 @@ def hide_host_paths(hide, keep):
                 failed.append(h)
                 continue
             ok = True
+            if h == "/dev":
+                try:
+                    fill_dev()
+                except OSError:
+                    ok = False
             for p, fd in sorted(fds.items(), key=lambda item: len(item[0])):  # outer paths first
+                if not ok:
+                    break
                 if not under(p, h) or os.path.exists(p):  # already visible inside an outer path bound back
                     continue
                 try:
@@ -226,9 +246,12 @@ def unhide_host_paths(hidden):
 # multiprocessing.Pipe use them; a datagram pair could sendto() a socket file). The guard is told whether this
 # filter is in place, and only then lets AF_UNIX socket objects (those pairs) be made. io_uring is refused
 # altogether: its requests (IORING_OP_SOCKET, connect, openat, ...) are not syscalls, so no filter sees them.
+# So are the kernel keyrings (add_key, request_key, keyctl): they are not namespaced, and the code runs as the
+# trainer's uid, so it could read the keys in the trainer user's keyring (tokens, Kerberos tickets).
 SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_JGE_K, BPF_AND_K, BPF_RET_K = 0x20, 0x15, 0x35, 0x54, 0x06
-SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 53), "aarch64": (0xC00000B7, 198, 199)}  # (AUDIT_ARCH_*, socket, socketpair)
+# (AUDIT_ARCH_*, socket, socketpair, (add_key, request_key, keyctl))
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 41, 53, (248, 249, 250)), "aarch64": (0xC00000B7, 198, 199, (217, 218, 219))}
 NR_IO_URING = (425, 426, 427)  # io_uring_setup, _enter, _register: the same numbers on every architecture
 AF_UNIX, AF_INET, AF_INET6, SOCK_STREAM, SOCK_SEQPACKET = 1, 2, 10, 1, 5
 # offsets in struct seccomp_data: nr, arch, then args[6] as u64 (low 32 bits first: both arches are little-endian)
@@ -266,18 +289,18 @@ def assemble(prog):
 
 def install_seccomp_filter():
     """Install a seccomp filter (inherited by every child) that fails socket() of any family but AF_INET/AF_INET6,
-    and socketpair() but a connected AF_UNIX pair, with EACCES; io_uring and any syscall of a foreign ABI
-    (x32, i386) with ENOSYS (as on a kernel without them). False where unsupported."""
+    and socketpair() but a connected AF_UNIX pair, with EACCES; io_uring, the keyring calls and any syscall of a
+    foreign ABI (x32, i386) with ENOSYS (as on a kernel without them). False where unsupported."""
     arch = SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
         return False
-    audit_arch, nr_socket, nr_socketpair = arch
+    audit_arch, nr_socket, nr_socketpair, nr_keys = arch
     prog = [
         (BPF_LD_W_ABS, 0, 0, ARCH),
         (BPF_JEQ_K, 0, "nosys", audit_arch),
         (BPF_LD_W_ABS, 0, 0, NR),
         (BPF_JGE_K, "nosys", 0, 0x40000000),  # x32 syscall numbers
-        *[(BPF_JEQ_K, "nosys", 0, nr) for nr in NR_IO_URING],
+        *[(BPF_JEQ_K, "nosys", 0, nr) for nr in (*NR_IO_URING, *nr_keys)],
         (BPF_JEQ_K, "socket", 0, nr_socket),
         (BPF_JEQ_K, "socketpair", "allow", nr_socketpair),
         "socket",

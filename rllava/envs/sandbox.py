@@ -14,10 +14,10 @@ runs the code. What holds the code, and who enforces it:
 | open files | RLIMIT_NOFILE | - |
 | processes | pids cgroup `pids.max` if one can be made (works as root); RLIMIT_NPROC only for non-root users (the kernel exempts uid 0) | fork/exec/spawn/system/Popen refused unless `allow_subprocess` (even then multiprocessing.Pool, Queue, Lock and ProcessPoolExecutor fail: their semaphores need a writable /dev/shm, which is hidden read-only; multiprocessing.Process with Pipe works) |
 | network | network namespace with no interfaces up; seccomp allows socket() only for AF_INET/AF_INET6 (no Unix socket files on the host, vsock, netlink, ...), socketpair() only for connected AF_UNIX pairs, and refuses io_uring (its requests bypass syscall filters); /tmp and /run hidden | every `socket.*` event refused, except AF_UNIX socket objects where that seccomp filter is in place (`layers["unix_sockets_blocked"]`): the socket pairs of asyncio's event loop and multiprocessing.Pipe (so those need `python_guards=False` where the filter is not) |
-| reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev/shm, /root, /home, the trainer's cwd, its home wherever it is ($HOME and the passwd entry's, e.g. /fsx/home/u), $HF_HOME, $XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_DATA_HOME, /etc/shadow are covered by empty read-only mounts (a cwd or home at or above a system folder, e.g. HOME=/, is left alone): other episodes' folders, the run's data and outputs, tokens and keys are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
+| reading host files | /tmp (and TMPDIR), /var/tmp, /run, /dev (but null, zero, full, random, urandom: device nodes are the disks, consoles, ... of the host), /root, /home, the trainer's cwd, its home wherever it is ($HOME and the passwd entry's, e.g. /fsx/home/u), $HF_HOME, $XDG_CACHE_HOME, $XDG_CONFIG_HOME, $XDG_DATA_HOME, /etc/shadow are covered by empty read-only mounts (a cwd or home at or above a system folder, e.g. HOME=/, is left alone): other episodes' folders, the run's data and outputs, tokens and keys are not there; the work folder, the interpreter (prefix, base prefix) and the guard and code files are bound back | - |
 | writes outside the work folder | mount namespace with every other mount read-only, capabilities dropped so it cannot be undone | `open` for writing and os.remove/rename/mkdir/chmod/... outside it refused |
 | leftovers | PID namespace (init's exit kills the rest) and a cgroup sweep | - |
-| secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder | ctypes refused |
+| secrets | environment scrubbed; HOME/TMPDIR/cwd = the private work folder; seccomp refuses the kernel keyrings (add_key, request_key, keyctl: not namespaced, so the trainer user's keys) | ctypes refused |
 
 OS layers need privileges (root with CAP_SYS_ADMIN, as on the development machines, where each
 layer is verified by tests/test_sandbox.py). Where the kernel refuses one, it is skipped and `SandboxResult.layers` says so: check it, or call
@@ -216,7 +216,8 @@ def _run(lim: SandboxLimits, work: Path, ctl: Path, cgroup: Optional[Path], stag
     r, w = os.pipe()
     (ctl / "host").mkdir()  # where init keeps the real work folder while a tmpfs copy stands in for it
     (ctl / "stage").mkdir()  # where init sees the staging folder (its own path may lie under a hidden folder)
-    keep = [*_interpreter_paths(python), str(GUARD), os.path.realpath(ctl / "code.py")]
+    keep = [*_interpreter_paths(python), str(GUARD), os.path.realpath(ctl / "code.py"),
+            *(d for d in _DEV_NODES if os.path.exists(d))]
     spec = {"status_fd": w, "cgroup": str(cgroup) if cgroup else None, "isolate": lim.os_isolation,
             "work_dir": str(work), "rlimits": _rlimits(lim, cgroup is not None), "argv": argv,
             "guard_cfg": guard_cfg, "code": str(ctl / "code.py"),
@@ -307,7 +308,11 @@ def _wait_unreaped(pid: int, deadline: float) -> bool:
 # (the run's data with its answers, its outputs) and its own home and cache/config folders wherever they
 # are (on clusters often /fsx/home/u, /scratch/u: ~/.netrc, ~/.cache/huggingface/token, ~/.ssh).
 # Covered by empty read-only mounts in the sandbox.
-_PRIVATE_HOST_PATHS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm", "/root", "/home")
+_PRIVATE_HOST_PATHS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev", "/root", "/home")
+# All that stays of /dev (bound back; the launcher adds the fd links and an empty shm folder). The code runs as uid 0,
+# the owner of every device node, and most devices open without capabilities: a disk (/dev/sda, /dev/nvme0n1) for
+# reading and writing alike, which a read-only mount does not stop, the consoles, loop devices, /dev/kvm.
+_DEV_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 _PRIVATE_HOST_FILES = ("/etc/shadow", "/etc/gshadow")  # the code runs as uid 0 (without capabilities): owner access
 _PRIVATE_ENV_PATHS = ("HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
 # The trainer's cwd and home are not covered if they lie in or above the system the interpreter runs on (HOME=/
