@@ -30,6 +30,9 @@ def test_extraction():
     assert answer_tag("<answer>unclosed") is None
     assert last_boxed(r"\boxed{1} and \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
     assert last_boxed(r"\boxed{\frac{1}{2}") is None  # unbalanced braces
+    # MATH's brace-less form and \fbox: the last box of either kind
+    assert last_boxed(r"so \boxed{1}, then $\boxed 7$.") == "7" and last_boxed(r"\fbox{3} and \boxed {4}") == "4"
+    assert last_boxed(r"\boxedfoo 3") is None and last_boxed("ends in \\boxed ") is None
     assert final_answer(r"<answer>so \boxed{7}</answer> \boxed{8}") == "7"  # a box inside the tags wins
     assert final_answer(r"work \boxed{8}") == "8"
     assert last_number_text("costs 1,000.5 or -3") == "-3"

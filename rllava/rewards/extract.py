@@ -18,20 +18,27 @@ def answer_tag(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces matched; None if absent or unclosed."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces matched, or of MATH's brace-less `\\boxed 5`
+    (the token after it); None if absent or unclosed."""
+    ends = [m.end() for m in _BOXED.finditer(text)]
+    if not ends:
         return None
-    i = text.index("{", start) + 1
+    i = ends[-1]
+    if not text.startswith("{", i):
+        token = re.match(r"[^\s$]+", text[i:])
+        return token.group(0) if token else None
     depth = 1
-    for j in range(i, len(text)):
+    for j in range(i + 1, len(text)):
         if text[j] == "{":
             depth += 1
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i:j].strip()
+                return text[i + 1:j].strip()
     return None
 
 
