@@ -124,3 +124,29 @@ def test_sandboxed_code_cannot_read_the_trainers_kernel_keyring():
     assert out.returncode == 0, out.stderr
     assert "hf_s3cret_token" not in out.stdout, out.stdout
     assert "stdout:\n-1 38 \n" in out.stdout, out.stdout
+
+
+def test_the_python_tools_disk_quota_is_for_what_the_code_writes_not_the_episodes_images():
+    """An episode's images are exported as PNG into the work folder; a 12 MB one under an 8 MB quota made every
+    python call of the episode fail over the quota. The code still gets the quota for its own files on top."""
+    import numpy as np
+    from PIL import Image
+
+    from rllava.envs.base import ToolContext, ToolSettings
+    from rllava.envs.python_tool import python
+
+    need("mount_namespace", "pid_namespace")
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)  # incompressible: ~12 MB as PNG
+    ctx = ToolContext(images=[Image.fromarray(noise)],
+                      settings=ToolSettings(python=SandboxLimits(timeout_s=20.0, memory_mb=256, disk_mb=8)))
+    try:
+        code = ("import os\nprint('size', os.path.getsize('image_0.png') >> 20)\n"
+                "open('mine.bin', 'wb').write(b'x' * (6 << 20))\nprint('wrote', os.path.getsize('mine.bin') >> 20)")
+        out = python({"code": code}, ctx).text
+        assert "size 11" in out and "wrote 6" in out and "quota" not in out, out
+        assert (ctx.work_dir / "mine.bin").stat().st_size == 6 << 20  # kept: the call fit
+        over = python({"code": "open('more.bin', 'wb').write(b'x' * (4 << 20))"}, ctx).text  # 6 + 4 MB > 8 MB
+        assert "disk quota of 20 MB reached" in over, over  # 8 MB for the code plus the image's 12
+        assert not (ctx.work_dir / "more.bin").exists() or (ctx.work_dir / "more.bin").stat().st_size < 4 << 20
+    finally:
+        ctx.cleanup()
