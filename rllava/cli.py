@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from rllava.config import ConfigError, import_plugins, load_config, to_yaml
+from rllava.config import Config, ConfigError, import_plugins, load_config, to_yaml
 from rllava.data.rows import DataError
 from rllava.data.template import TemplateError
 from rllava.registry import UnknownNameError
@@ -64,14 +64,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+SFT_OF = {"agentic": "agentic_sft"}  # what `rllava sft` runs for an RL pipeline other than single-turn
+
+
+def train_config(args: argparse.Namespace, pipeline: str | None = None) -> Config:
+    """The config `rllava train` runs; `rllava sft` passes pipeline=sft, which replaces a pipeline that is not
+    supervised (an agentic config's by agentic_sft, its multi-turn counterpart): a config's or override's own
+    supervised one (agentic_sft, a plugin's) stays."""
+    cfg = load_config(args.config, args.overrides)
+    if pipeline:
+        from rllava.pipelines import PIPELINES
+
+        import_plugins(cfg.plugins)  # a plugin may register the config's pipeline
+        if not PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"):
+            supervised = SFT_OF.get(cfg.trainer.pipeline, pipeline)
+            cfg = load_config(args.config, [*args.overrides, f"trainer.pipeline={supervised}"])
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace, pipeline: str | None = None) -> int:
     from rllava.pipelines.run import run_experiment
     from rllava.pipelines.trainer import StoppedBySignal
 
-    overrides = list(args.overrides)
-    if pipeline:
-        overrides.append(f"trainer.pipeline={pipeline}")
-    cfg = load_config(args.config, overrides)
+    cfg = train_config(args, pipeline)
     try:
         result = run_experiment(cfg)
     except StoppedBySignal as e:  # preempted: saved, not finished (a non-zero status lets a scheduler requeue)
@@ -148,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     with_config("train", "RL training (trainer.pipeline picks rlvr / agentic)").set_defaults(fn=cmd_train)
-    with_config("sft", "supervised fine-tuning on the same actor").set_defaults(fn=lambda a: cmd_train(a, "sft"))
+    with_config("sft", "supervised fine-tuning on the same actor (trainer.pipeline=sft; agentic_sft for an "
+                "agentic config; a config's own supervised pipeline stays)").set_defaults(fn=lambda a: cmd_train(a, "sft"))
     with_config("check", "check a config, its data (every row), model, rewards and plugins without training").set_defaults(
         fn=cmd_check)
     cfg_cmd = with_config("config", "print the resolved config (--reference: every field, as markdown)", optional=True)
@@ -164,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", default=None, help="a training config whose settings (template, rewards, environment, "
                     "stop strings, ...) the evaluation uses; default: the settings each checkpoint was trained with (its "
                     "config.yaml, else its run's), else the data folder's task.yaml")
-    ev.add_argument("--reward", default=None, help="reward name or file.py:fn (comma-separated for several); default: "
-                    "the config's or task's rewards, else math")
+    ev.add_argument("--reward", default=None, help="reward name or file.py:fn (comma-separated for several), for every "
+                    "row (the config's reward.by_source sets and reward.model do not apply); default: the config's or task's rewards, else math")
     ev.add_argument("--split", default="test", help="the split of a dataset folder")
     ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the config's, else 128")
     ev.add_argument("--template", default=None)

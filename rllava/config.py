@@ -312,8 +312,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return _build(tp, value, path)
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):  # allow `rollout.tools=a,b` on the command line
-            value = [v for v in value.split(",") if v]
+        if isinstance(value, str):  # allow `rollout.tools=a,b` on the command line; `profile_steps=1,2` holds numbers
+            value = [v if item_tp is str else _parse_value(v) for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -508,7 +508,12 @@ def _read_yaml(path: str, seen: tuple = ()) -> dict:
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (optional), apply dotted overrides, validate; plugin paths become absolute."""
     tree: dict = _read_yaml(path) if path else {}
-    tree = _merge(tree, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    given = extra.get("plugins")
+    if isinstance(given, (str, list)):  # files named on the command line are taken from here: absolute in config.yaml
+        given = [v for v in given.split(",") if v] if isinstance(given, str) else given
+        extra["plugins"] = [_plugin_ref(pl, Path.cwd()) if isinstance(pl, str) and pl else pl for pl in given]
+    tree = _merge(tree, extra)
     try:
         cfg = _build(Config, tree)
         check_ranges(cfg)
@@ -525,7 +530,11 @@ RANGES = [("data", "batch_size", 1, True), ("rollout", "n", 1, True), ("rollout"
           ("actor", "micro_token_budget", 1, True), ("actor", "logprob_chunk_size", 1, True),
           ("actor", "response_pass_tokens", 0, True), ("trainer", "total_steps", 0, True), ("env", "max_turns", 1, True), ("env", "workers", 1, True),
           ("data", "video_fps", 0.0, False), ("data", "max_frames", 1, True), ("algorithm", "clip_ratio_low", 0.0, True), ("algorithm", "clip_ratio_high", 0.0, True),
-          ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True)]
+          ("reference", "sync_steps", 0, True), ("critic", "pretrain_steps", 0, True), ("trainer", "keep_last", 1, True),
+          ("trainer", "total_epochs", 1, True), ("trainer", "val_freq", 0, True), ("trainer", "save_freq", 0, True),
+          ("trainer", "log_samples", 0, True), ("data", "val_batch_size", 1, True), ("rollout", "val_temperature", 0.0, True),
+          ("rollout", "batch_size", 0, True), ("actor", "warmup_steps", 0, True), ("critic", "warmup_steps", 0, True),
+          ("reward", "model_batch_size", 1, True)]
 
 
 LR_SCHEDULERS = ("constant", "cosine", "linear")  # the decays of engines.local.lr_lambda (the fsdp2 engine's too)
@@ -553,7 +562,12 @@ def check_ranges(cfg: Config) -> None:
     betas = cfg.actor.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):  # AdamW reads two, each in [0, 1)
         raise ConfigError(f"actor.betas={betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if cfg.data.max_val_samples is not None and cfg.data.max_val_samples < 1:  # a slice end: -1 drops the last row
+        raise ConfigError(f"data.max_val_samples={cfg.data.max_val_samples!r}: must be >= 1, or null for all "
+                          "(data.val_files= validates on none)")
     tc = cfg.trainer
+    if tc.save_every_min is not None and tc.save_every_min < 0:
+        raise ConfigError(f"trainer.save_every_min={tc.save_every_min!r}: must be >= 0, or null")
     if any(not 1 <= s <= tc.total_steps for s in tc.profile_steps):  # a step never reached would profile nothing
         raise ConfigError(f"trainer.profile_steps={tc.profile_steps!r}: steps run from 1 to trainer.total_steps="
                           f"{tc.total_steps}")

@@ -138,16 +138,18 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
 
 
-# What fixes the trained parameter set and the optimizer state's layout: a resume needs them unchanged.
+# What fixes the trained parameter set and the optimizer state's layout, and the pipeline whose state and steps the
+# checkpoint holds (an SFT run's folder reused for RL): a resume needs them unchanged.
 RESUME_KEYS = [("model", "lora_rank"), ("model", "lora_target_modules"), ("model", "freeze_vision_tower"),
-               ("actor", "strategy"), ("actor", "optimizer"), ("actor", "optimizer_offload")]
+               ("actor", "strategy"), ("actor", "optimizer"), ("actor", "optimizer_offload"), ("trainer", "pipeline")]
 CRITIC_DIR = "critic"  # in a checkpoint, when the run trains a critic
 REFERENCE_FILE = "reference.safetensors"  # in a checkpoint, when reference.sync_steps moves the reference
 
 
-def check_resumable(ckpt: Path, cfg: Config, critic: bool = False) -> None:
+def check_resumable(ckpt: Path, cfg: Config, critic: bool = False, moving_reference: bool = False) -> None:
     """Refuse, before any model loads, a checkpoint written with settings that change what is trained, or without
-    the state this run needs (`critic`: this run trains one)."""
+    the state this run needs (`critic`: this run trains one; `moving_reference`: reference.sync_steps moves its
+    reference, which a supervised pipeline has none of)."""
     saved = load_state(ckpt).get("config") or {}
     changed = [f"{sec}.{key}: {saved[sec][key]!r} in the checkpoint, {getattr(getattr(cfg, sec), key)!r} now"
                for sec, key in RESUME_KEYS + ([("critic", "optimizer")] if critic else [])
@@ -156,7 +158,7 @@ def check_resumable(ckpt: Path, cfg: Config, critic: bool = False) -> None:
     if critic and not (Path(ckpt) / CRITIC_DIR).exists():
         changed.append(f"this run trains a critic (algorithm.adv_estimator={cfg.algorithm.adv_estimator}), the "
                        "checkpoint holds none")
-    if cfg.reference.sync_steps and not (Path(ckpt) / REFERENCE_FILE).exists():
+    if moving_reference and not (Path(ckpt) / REFERENCE_FILE).exists():
         changed.append(f"reference.sync_steps={cfg.reference.sync_steps} moves the reference, the checkpoint holds "
                        "no moved reference (written with reference.sync_steps=0)")
     if changed:

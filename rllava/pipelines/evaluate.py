@@ -167,15 +167,16 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     from rllava.engines.hf_rollout import HFRolloutEngine
     from rllava.models.introspect import placeholder_token_ids
     from rllava.models.load import eos_token_ids, get_tokenizer, load_model_and_processor, pad_token_id
-    from rllava.pipelines.run import check_attn_implementation, resolve_device, seed_everything
+    from rllava.pipelines.run import check_attn_implementation, loaded_prompts, resolve_device, seed_everything
     from rllava.roles.reward import RewardScorer, check_sources
     from rllava.roles.rollout import Rollout
 
     # A checkpoint's model folder holds the merged weights: no new LoRA adapters on it (a LoRA run's config asks for them).
     cfg = load_config(config, [*(base or []), f"model.path={model_path}", "model.lora_rank=0", "model.gradient_checkpointing=false",
                                f"data.val_files={data_files}", *(overrides or [])])
-    if rewards is not None:
-        cfg.reward.functions = dict(rewards)
+    if rewards is not None:  # they replace the config's: its per-source sets and reward model would score too
+        cfg.reward.functions, cfg.reward.by_source, cfg.reward.model = dict(rewards), {}, None
+        cfg.reward.kwargs = {name: kw for name, kw in cfg.reward.kwargs.items() if name in rewards}
     elif not (cfg.reward.functions or cfg.reward.by_source or cfg.reward.model):
         cfg.reward.functions = {"math": 1.0}  # nothing names a reward
     import_plugins(cfg.plugins)  # first: a plugin may register an attention function
@@ -187,7 +188,7 @@ def evaluate_model(model_path: str, data_files: str, rewards: dict[str, float] |
     ds = RLDataset(data_files, cfg.data, processor)
     # reward.by_source routes by data source here too; an eval set may use only some of its sources.
     check_sources(cfg.reward, {"eval": ds.sources()}, require_used=False)
-    prompts = [ds[i] for i in range(len(ds))][: cfg.data.max_val_samples]
+    prompts = loaded_prompts(ds, cfg.data.max_val_samples)
     rollout = Rollout(HFRolloutEngine(model, pad_token_id(processor), eos_token_ids(model, processor), dev,
                                      suppress_ids=placeholder_token_ids(model, processor), rollout_cfg=cfg.rollout,
                                      processor=processor),
@@ -333,9 +334,11 @@ def evaluate_cli(args) -> dict[str, Any] | list[dict[str, Any]]:
 
     models = model_folders(args.model)
     temperature = args.temperature if args.temperature is not None else (1.0 if args.n > 1 else 0.0)
-    for flag, value in (("--max-samples", args.max_samples), ("--max-new-tokens", args.max_new_tokens)):
+    for flag, value in (("--max-samples", args.max_samples), ("--max-new-tokens", args.max_new_tokens), ("--n", args.n)):
         if value is not None and value < 1:  # 0 is a value, not "unset": it must not fall back to the default
             raise ConfigError(f"{flag} {value}: must be >= 1")
+    if args.temperature is not None and not args.temperature >= 0:  # below 0 sampled greedily, n identical samples
+        raise ConfigError(f"--temperature {args.temperature}: must be >= 0 (0: greedy)")
     max_samples = args.max_samples if args.max_samples is not None else "null"  # all rows unless asked: not the run's cap
     flags = [f"rollout.val_n={args.n}", f"rollout.val_temperature={temperature}", f"data.max_val_samples={max_samples}"]
     after = [f"data.template={args.template}"] if args.template else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import logging
 import math
 import random
 import re
@@ -19,6 +20,8 @@ from rllava.pipelines.checkpoint import check_resumable, find_resume_checkpoint
 from rllava.pipelines.logger import LOGGERS
 from rllava.pipelines.registry import PIPELINES
 from rllava.pipelines.trainer import RunContext, Trainer
+
+_log = logging.getLogger(__name__)
 
 
 def parse_device(name: str, what: str = "trainer.device") -> torch.device | None:
@@ -260,9 +263,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     train_ds = RLDataset(cfg.data.train_files, cfg.data, processor)
     val_ds = RLDataset(cfg.data.val_files, cfg.data, processor) if cfg.data.val_files else None
     check_sources(cfg.reward, {"train": train_ds.sources(), **({"val": val_ds.sources()} if val_ds else {})})
-    val_prompts = [val_ds[i] for i in range(len(val_ds))] if val_ds is not None else []
-    if cfg.data.max_val_samples is not None:
-        val_prompts = val_prompts[: cfg.data.max_val_samples]
+    val_prompts = loaded_prompts(val_ds, cfg.data.max_val_samples) if val_ds is not None else []
     loader = PromptLoader(train_ds, cfg.data.batch_size, shuffle=cfg.data.shuffle, seed=cfg.trainer.seed,
                           weights=cfg.data.train_weights or None, sources=train_ds.entries())
     total_steps = min(cfg.trainer.total_steps, cfg.trainer.total_epochs * max(1, loader.steps_per_epoch))
@@ -291,13 +292,48 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
     return ctx
 
 
-def check_demonstrations(pipeline, ds) -> None:
+def loaded_prompts(ds, limit: int | None = None) -> list:
+    """The first `limit` (None: all) prompts of `ds`, processed in full, for validation or evaluation. A row that
+    fails to load (a truncated image: rows are checked without decoding them) stops with its error, unless
+    data.skip_bad_rows drops it (counted in `ds.n_bad`), as the train loader does."""
+    from rllava.data.rows import DataError
+
+    prompts: list = []
+    for i in range(len(ds)):
+        if limit is not None and len(prompts) >= limit:
+            break
+        try:
+            prompts.append(ds[i])
+        except DataError as e:
+            if not getattr(ds, "skip_bad_rows", False):
+                raise
+            ds.n_bad += 1
+            _log.warning("skipping a bad prompt (data.skip_bad_rows=true): %s", e)
+    return prompts
+
+
+def check_demonstrations(pipeline, ds) -> list[int]:
     """Every train row's demonstration, where the pipeline trains on them: a bad row fails before training, naming
-    its file, row and field, not when its batch comes up hours later."""
+    its file, row and field, not when its batch comes up hours later. Under data.skip_bad_rows such rows are
+    counted as bad (`ds.n_bad`) and returned, for the loader to pass over."""
+    from rllava.data.rows import DataError
+
     check = pipeline.demonstration_check() if hasattr(pipeline, "demonstration_check") else None
-    if check is not None:  # None: this run trains on no demonstrations, so no row is read for them
-        for i in range(len(ds)):
+    if check is None:  # this run trains on no demonstrations, so no row is read for them
+        return []
+    bad: list[int] = []
+    for i in range(len(ds)):
+        try:
             check(ds.meta(i), ds.where(i))
+        except DataError as e:
+            if not getattr(ds, "skip_bad_rows", False):
+                raise
+            if not bad:
+                _log.warning("skipping train rows whose demonstration cannot be read (data.skip_bad_rows=true); "
+                             "first: %s", e)
+            bad.append(i)
+    ds.n_bad += len(bad)
+    return bad
 
 
 def needs_critic(cfg: Config) -> bool:
@@ -325,18 +361,20 @@ def run_experiment(cfg: Config) -> dict[str, Any]:
     owns_group = not du.is_initialized()
     du.init_distributed()
     run_dir = Path(cfg.trainer.output_dir) / cfg.trainer.experiment_name
-    if du.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.trainer.seed)  # the same on every rank while models are built (random inits must agree)
     pipeline = PIPELINES.get(cfg.trainer.pipeline)(cfg)
     ckpt = du.broadcast_object(find_resume_checkpoint(cfg.trainer.resume, run_dir) if du.is_main() else None)
-    if ckpt is not None:
-        check_resumable(ckpt, cfg, critic=needs_critic(cfg))
+    if ckpt is not None:  # a supervised pipeline builds neither a critic nor a reference (an RL config's settings)
+        supervised = bool(PIPELINES.entry(cfg.trainer.pipeline).meta.get("supervised"))
+        check_resumable(ckpt, cfg, critic=not supervised and needs_critic(cfg),
+                        moving_reference=not supervised and bool(cfg.reference.sync_steps))
     ctx = build_context(cfg, run_dir, ckpt)
-    check_demonstrations(pipeline, ctx.loader.dataset)
+    ctx.loader.skipped.update(check_demonstrations(pipeline, ctx.loader.dataset))  # (a resume restores the same)
     if hasattr(pipeline, "setup"):  # pipeline-specific parts (an environment, ...) built from the context
         pipeline.setup(ctx)
+    if du.is_main():  # only once the run is set up: an invocation that fails its checks leaves a run's config alone
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     seed_everything(cfg.trainer.seed + du.rank())  # each rank samples its own rollouts
     try:
         result = Trainer(ctx, pipeline).fit(ckpt)

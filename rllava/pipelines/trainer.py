@@ -120,6 +120,10 @@ class Trainer:
         """The reward role that keeps the run's error counters (the agentic pipelines wrap it: `.scorer`)."""
         return getattr(self.ctx.reward, "scorer", self.ctx.reward)
 
+    def moves_reference(self) -> bool:
+        """Whether reference.sync_steps moves a reference this run has (a supervised pipeline builds none)."""
+        return bool(self.cfg.reference.sync_steps) and self.ctx.reference is not None
+
     # ---- state for exact resume
 
     def state_dict(self) -> dict[str, Any]:
@@ -145,7 +149,7 @@ class Trainer:
         self.pipeline.load_state_dict(state["pipeline"])
         if self.ctx.critic:
             self.ctx.critic.load(ckpt / CRITIC_DIR)
-        if self.cfg.reference.sync_steps:
+        if self.moves_reference():
             self.ctx.reference.load(ckpt / REFERENCE_FILE)
         if state.get("reward"):  # absent in checkpoints written before the counters were saved
             self.reward_scorer().load_state_dict(state["reward"][du.rank()])
@@ -176,7 +180,7 @@ class Trainer:
             ctx.engine.save(tmp / "engine")
             if ctx.critic:
                 ctx.critic.save(tmp / CRITIC_DIR)
-            if self.cfg.reference.sync_steps and du.is_main():  # a moving reference is state (the same on every rank)
+            if self.moves_reference() and du.is_main():  # a moving reference is state (the same on every rank)
                 ctx.reference.save(tmp / REFERENCE_FILE)
         if du.is_main():
             keep = {self.step}  # never the checkpoint just written
