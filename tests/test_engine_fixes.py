@@ -2,11 +2,11 @@
 actor.mini_batch_size (both on 2 ranks: torchrun, gloo, CPU), and a local checkpoint of other trained parameters."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from dist_scripts import engine_fixes_worker as worker
 from dist_scripts.launch import start_torchrun, wait_torchrun
 from transformers import AutoModelForCausalLM
 
@@ -15,15 +15,6 @@ from rllava.engines.local import LocalTrainEngine
 
 WORKER_PATH = Path(__file__).parent / "dist_scripts" / "engine_fixes_worker.py"
 
-
-def _import_worker():
-    spec = importlib.util.spec_from_file_location("engine_fixes_worker", WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _import_worker()
 
 
 @pytest.fixture(scope="module")

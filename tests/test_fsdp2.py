@@ -6,11 +6,11 @@ LocalTrainEngine through the very same scenario code (tests/dist_scripts/fsdp2_w
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from dist_scripts import fsdp2_worker as worker
 from dist_scripts.launch import start_torchrun, stop_torchrun, wait_torchrun
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -25,15 +25,6 @@ WORKER_PATH = Path(__file__).parent / "dist_scripts" / "fsdp2_worker.py"
 FAMILIES = {"qwen2": AutoModelForCausalLM, "qwen2_vl": AutoModelForImageTextToText}
 RANK_ROWS = [[0, 1], [2, 3]]  # the global batch rows each rank holds (one prompt group each)
 
-
-def _import_worker():
-    spec = importlib.util.spec_from_file_location("fsdp2_worker", WORKER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _import_worker()
 
 
 @pytest.fixture(scope="module")
