@@ -84,7 +84,7 @@ def test_a_crashing_reward_costs_one_response(unruly, caplog):
         pool.close()
 
 
-def test_failed_rows_count_as_incorrect_under_the_accuracy_key(tmp_path):
+def test_failed_rows_count_as_incorrect_under_the_accuracy_key(tmp_path, caplog):
     """As in-process: a row whose accuracy-reporting reward raised, or whose worker died, is incorrect (0)."""
     path = tmp_path / "graded.py"
     path.write_text(textwrap.dedent("""
@@ -100,10 +100,12 @@ def test_failed_rows_count_as_incorrect_under_the_accuracy_key(tmp_path):
     functions = {f"{path}:score": 1.0}
     pool = RewardWorkers(functions, on_error=-1.0, workers=1, accuracy_key="correct")
     try:
-        _, infos, n_errors = pool(["die", "raise", "3", "4", "3"], [{"answer": "3"}] * 5)
+        with caplog.at_level(logging.WARNING, logger="rllava.rewards.combine"):
+            _, infos, n_errors = pool(["die", "raise", "3", "4", "3"], [{"answer": "3", "index": i} for i in range(5)])
     finally:
         pool.close()
     assert n_errors == 2 and [info["correct"] for info in infos] == [0.0, 0.0, 1.0, 0.0, 1.0]
+    assert "failed on row 1 (scored -1.0" in caplog.text  # the raising row, named from a worker too
     local = RewardFunction(functions, on_error=-1.0, accuracy_key="correct")
     assert [i["correct"] for i in local(["raise", "3", "4", "3"], [{"answer": "3"}] * 4)[1]] == [0.0, 1.0, 0.0, 1.0]
 

@@ -405,6 +405,10 @@ def test_reward_function_survives_errors_and_nan(tmp_path, caplog):
     assert all(math.isfinite(s) for s in scores)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "reward exploded" in messages[0]  # logged once per component
+    fn = RewardFunction({f"{plugin}:boom": 1.0}, on_error=0.0)
+    with caplog.at_level(logging.WARNING, logger="rllava.rewards.combine"):  # the first failure names its row
+        fn(["3"], [{"answer": "3", "index": 17, "data_source": "geo3k"}])
+    assert "failed on row 17 of geo3k (scored 0.0" in caplog.records[-1].getMessage()
     # A failing built-in that reports accuracy still reports it (as 0), so accuracy means stay unbiased.
     scores, infos, n_errors = RewardFunction({"count": 1.0}, on_error=0.0)(["3"], [{"answer": "x"}])
     assert n_errors == 1 and infos[0]["accuracy"] == 0.0 and scores == [0.0]

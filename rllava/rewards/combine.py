@@ -155,13 +155,16 @@ class RewardFunction:
                 if key != "accuracy":
                     info[f"{name}/{key}"] = 0.0
 
-    def log_failures(self, failures: list[tuple[str, str]]) -> None:
-        """Log each failing component's first error; later ones are only counted."""
+    def log_failures(self, failures: list[tuple[str, str]], meta: dict[str, Any] | None = None) -> None:
+        """Log each failing component's first error, naming the row (`meta`); later ones are only counted."""
+        row = ""
+        if meta is not None and "index" in meta:
+            row = f" on row {meta['index']}" + (f" of {meta['data_source']}" if meta.get("data_source") else "")
         for name, error in failures:
             if name not in self._logged:
                 self._logged.add(name)
-                logger.warning("reward %r failed (scored %s; further failures counted, not logged): %s",
-                               name, self.on_error, error)
+                logger.warning("reward %r failed%s (scored %s; further failures counted, not logged): %s",
+                               name, row, self.on_error, error)
 
     def __call__(self, responses: list[str], prompts_meta: list[dict[str, Any]]) -> tuple[list[float], list[dict], int]:
         """Score each response against its prompt's metadata: (scores, infos, number of failed components)."""
@@ -169,7 +172,7 @@ class RewardFunction:
         scores, infos, failed, n_errors = [], [], [], 0
         for response, meta in zip(responses, prompts_meta):
             total, info, failures = self.score_one(response, meta)
-            self.log_failures(failures)
+            self.log_failures(failures, meta)
             scores.append(total)
             infos.append(info)
             failed.append([name for name, _ in failures])

@@ -158,7 +158,7 @@ class RewardWorkers:
                 raise ConfigError(f"reward worker: {msg[1]}")
             else:
                 _, i, total, info, failures, reports = msg
-                self.local.log_failures(failures)
+                self.local.log_failures(failures, self._metas[i])
                 for name, keys in reports.items():  # which components report accuracy: learnt in the workers
                     self.local.reports.setdefault(name, set()).update(keys)
                 self._results[i] = (total, info)
