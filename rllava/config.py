@@ -236,7 +236,7 @@ class EnvConfig:
     observation_template: str = "{text}"  # how an observation's text is shown, e.g. "\n<information>{text}</information>\n"
     tool_reward: float = 0.0  # per valid tool call (turn reward)
     invalid_penalty: float = 0.1  # per malformed call
-    reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})  # episode reward = answer * w.answer + format * w.format + sum(turn rewards) * w.tool
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"answer": 1.0, "format": 0.0, "tool": 1.0})  # episode reward = answer * w.answer + format * w.format + min(sum(turn rewards), w.tool_cap) * w.tool (tool_cap optional)
     tool_timeout_s: float = 5.0  # python tool: wall-time limit per call
     tool_memory_mb: int = 512  # python tool: address-space limit per call
     corpus_path: Optional[str] = None  # search tool: .jsonl {id, title, text} or one passage per line

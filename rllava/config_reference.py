@@ -47,7 +47,7 @@ def config_reference() -> str:
            "`str` field keeps the text as typed (`trainer.experiment_name=0715`, `data.system_prompt=Be brief #1`);",
            "quotes around it are removed (`data.template='{{ prompt }}'`) and `null` clears an optional one.", "",
            "`plugins` (top level): files or modules imported before the run, to register algorithms, rewards,",
-           "tasks or environments: `.py` files (a relative path is taken from the config file's folder) or",
+           "tasks or environments: `.py` files (a relative path: from the current folder if the file is there, else from the config file's folder) or",
            "dotted module names (`my_pkg.rewards`, imported from the installed packages and PYTHONPATH);",
            "a single one may be a plain string.", ""]
     defaults = Config()

@@ -116,8 +116,17 @@ class ObserveEnv(AnswerEnv):
         return StepResult(Observation(text="tool says 3"), 0.5, False, {"action": "tool", "turn_reward": 0.5})
 
 
+class DoneEnv(AnswerEnv):
+    """Ends the episode with done=True and no stop reason (a user's environment): that is its answer."""
+
+    def step(self, action_text):
+        self.steps.append(action_text)
+        return StepResult(None, 0.5, True, {"turn_reward": 0.5})
+
+
 @pytest.mark.parametrize("make_env, finishes, budget, stop", [
     (AnswerEnv, True, 512, "answer"),  # a turn that ends itself is stepped as before
+    (DoneEnv, True, 512, "answer"),  # was "budget", a cut-off, so the answer reward never paid it
     (AnswerEnv, False, 512, "length"),  # cut by max_new_tokens
     (AnswerEnv, False, 3, "budget"),  # cut by max_total_tokens
     (ObserveEnv, False, 512, "length"),  # a second turn cut off after an observation: the first turn's reward stays

@@ -1,4 +1,5 @@
 """Policy losses against hand-computed values and gradients, plus equivalence tests."""
+import logging
 import math
 from dataclasses import replace
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from rllava.algorithms import AGGREGATIONS, POLICY_LOSSES
-from rllava.config import AlgorithmConfig
+from rllava.config import AlgorithmConfig, ConfigError
 
 CFG = replace(AlgorithmConfig(), clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0)
 
@@ -253,3 +254,56 @@ def test_rollout_correction_settings_are_checked_at_load():
         load_config(None, ["algorithm.tis_cap=2", "algorithm.tis_floor=3"])
     with pytest.raises(ConfigError, match="algorithm.tis_mode: unknown is_correction 'icepop'"):
         check_names(load_config(None, ["algorithm.tis_cap=5", "algorithm.tis_mode=icepop"]))
+
+
+def _plugin_loss_update(tiny_model_factory, loss, **algo):
+    """One actor update of the fixed 8-row batch (tests/dist_scripts/engine_fixes_worker.py) with `loss` as a
+    plugin policy loss registered for this test (a name: that built-in loss)."""
+    from dist_scripts import engine_fixes_worker as worker
+    from transformers import AutoModelForCausalLM
+
+    from rllava.algorithms import POLICY_LOSSES
+    from rllava.engines.local import LocalTrainEngine
+    from rllava.roles.actor import Actor
+
+    name = loss if isinstance(loss, str) else f"test_plugin_{loss.__name__}"
+    if name not in POLICY_LOSSES:
+        POLICY_LOSSES.register(name, requires=())(loss)
+    path = str(tiny_model_factory("qwen2"))
+    cfg = worker.actor_config(path, 8)
+    cfg.algorithm.policy_loss = name
+    for k, v in algo.items():
+        setattr(cfg.algorithm, k, v)
+    batch = worker.make_batch()
+    batch.rollout_logp = torch.zeros(batch.responses.shape)
+    return Actor(LocalTrainEngine(AutoModelForCausalLM.from_pretrained(path), lr=1e-3), cfg).update(batch)
+
+
+def per_token(logp, old_logp, advantages, mask, cfg, **extra):
+    return -advantages * logp * mask, {}  # not reduced
+
+
+def uncorrected(logp, old_logp, advantages, mask, cfg, **extra):
+    from rllava.algorithms import aggregate
+
+    return aggregate(-advantages * logp, mask, cfg.loss_agg_mode, extra.get("norm_len")), {}
+
+
+def test_a_plugin_loss_that_is_not_a_scalar_is_named(tiny_model_factory):
+    """It failed inside the actor with torch's "only one element tensors can be converted to Python scalars"."""
+    with pytest.raises(ConfigError, match=r"policy_loss='test_plugin_per_token' returned a loss of shape \(8, 5\), "
+                                          r"not a scalar: reduce per-token losses with rllava.algorithms.aggregate"):
+        _plugin_loss_update(tiny_model_factory, per_token)
+
+
+def test_a_plugin_loss_that_ignores_the_rollout_correction_is_warned_about(tiny_model_factory, caplog):
+    with caplog.at_level(logging.WARNING, logger="rllava.roles.actor"):
+        _plugin_loss_update(tiny_model_factory, uncorrected, tis_cap=2.0)
+        _plugin_loss_update(tiny_model_factory, uncorrected, tis_cap=2.0)
+    warned = [r.getMessage() for r in caplog.records if "applied no rollout correction" in r.getMessage()]
+    assert len(warned) == 1 and "policy_loss='test_plugin_uncorrected'" in warned[0]  # once
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rllava.roles.actor"):
+        _plugin_loss_update(tiny_model_factory, uncorrected)  # no tis_cap: nothing to apply
+        metrics = _plugin_loss_update(tiny_model_factory, "ppo", tis_cap=2.0)  # a built-in loss applies it
+    assert not caplog.records and "actor/tis_weight_mean" in metrics

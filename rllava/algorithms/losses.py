@@ -262,7 +262,7 @@ def srft(logp, old_logp, advantages, mask, cfg, **extra):
     return _finish(loss, mask, old_logp, cfg, extra, metrics)
 
 
-@POLICY_LOSSES.register("sft", requires=())
+@POLICY_LOSSES.register("sft", requires=(), rollout_correction=False)
 def sft(logp, old_logp, advantages, mask, cfg, **extra):
     """Supervised NLL -logp on trained tokens; advantages (and TIS: there is no sampler) are ignored."""
     loss = aggregate(-logp, mask, cfg.loss_agg_mode, extra.get("norm_len"))

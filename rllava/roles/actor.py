@@ -1,6 +1,7 @@
 """The actor: the policy's log-probs and its update over mini-batches, epochs and micro-batches."""
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 
@@ -22,6 +23,24 @@ from rllava.engines import distributed as du
 from rllava.models.introspect import unwrap
 from rllava.models.logprobs import response_logprobs
 from rllava.models.shared_prompt import can_share_prompt, sharing_supported
+
+logger = logging.getLogger(__name__)
+_WARNED_NO_CORRECTION: set[str] = set()
+
+
+def check_loss_output(name: str, loss: torch.Tensor, metrics: dict[str, float], corrects: bool) -> None:
+    """A policy loss returns a scalar; with `algorithm.tis_cap` (`corrects`) it should apply the rollout correction,
+    which the built-in losses report as `tis_weight_mean` (a plugin's that ignores it is warned about once)."""
+    if loss.dim() != 0:
+        raise ConfigError(f"algorithm.policy_loss={name!r} returned a loss of shape {tuple(loss.shape)}, not a scalar: "
+                          "reduce per-token losses with rllava.algorithms.aggregate(per_token, mask, cfg.loss_agg_mode, "
+                          "extra.get('norm_len'))")
+    if corrects and "tis_weight_mean" not in metrics and name not in _WARNED_NO_CORRECTION \
+            and POLICY_LOSSES.entry(name).meta.get("rollout_correction", True):
+        _WARNED_NO_CORRECTION.add(name)
+        logger.warning("algorithm.tis_cap is set but algorithm.policy_loss=%r applied no rollout correction (it reports "
+                       "no tis_weight_mean): weight its per-token loss by rllava.algorithms.rollout_correction.rollout_weights(old_logp, "
+                       "extra['rollout_logp'], mask, cfg)", name)
 
 
 def weight_size(mode: str, mask: torch.Tensor) -> float:
@@ -165,7 +184,8 @@ class Actor:
         MAX_TOKENS), unless this batch's responses are longer (a UFT hint before the generated tokens).
         """
         algo = self.cfg.algorithm
-        loss_fn = POLICY_LOSSES.get(loss_name or algo.policy_loss)
+        loss_name = loss_name or algo.policy_loss
+        loss_fn = POLICY_LOSSES.get(loss_name)
         sft_coef = algo.sft_coef if sft_coef is None else sft_coef
         # Rows with no advantage anywhere add nothing to a row-local loss (run.check_zero_advantage_skip).
         skip_zero = batch.advantages is not None and self.skips_zero_advantage(loss_name)
@@ -184,12 +204,12 @@ class Actor:
             for rows in torch.tensor_split(order, n_minis) if n_minis else []:
                 real = len(rows) > 0
                 mini = batch.select(rows if real else order[:1])
-                for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef, skip_zero).items():
+                for k, v in self._update_mini(mini, real, loss_fn, norm_len, sft_coef, skip_zero, loss_name).items():
                     history[k].append(v)
         return {k: sum(v) / len(v) for k, v in history.items()}
 
     def _update_mini(self, mini: Batch, real: bool, loss_fn, norm_len: int, sft_coef: float,
-                     skip_zero: bool = False) -> dict[str, float]:
+                     skip_zero: bool = False, loss_name: str = "") -> dict[str, float]:
         """One optimizer step on a mini-batch (split into micro-batches by token budget).
 
         The RL loss covers the tokens RL trains (all, or the rollouts' own tokens when demonstrations are
@@ -246,6 +266,8 @@ class Actor:
                     loss, metrics = loss_fn(rl_logp, old, adv, mask, algo, rollout_logp=take(m.rollout_logp, rl),
                                             entropy=ent_rows, norm_len=norm_len, is_expert=take(m.is_expert, rl),
                                             token_pick=take(m.token_pick, rl))
+                    check_loss_output(loss_name or algo.policy_loss, loss, metrics, algo.tis_cap is not None
+                                      and m.rollout_logp is not None)
                     ent = entropy_loss(ent_rows, mask, mode, norm_len=norm_len)
                     if algo.entropy_coef:
                         loss = loss - algo.entropy_coef * ent

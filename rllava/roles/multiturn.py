@@ -283,7 +283,8 @@ class MultiTurnRollout:
             ep.turn_rewards.append(float(result.info.get("turn_reward", result.reward)))
             over_budget = len(ep.response_ids) >= self.max_total_tokens
             if result.done or over_budget or result.observation is None:
-                _end(ep, env, bool(result.done), result.info.get("stop", "budget"))
+                # An environment that ends the episode without saying why has taken the turn as its answer.
+                _end(ep, env, bool(result.done), result.info.get("stop", "answer" if result.done else "budget"))
                 continue
             eos_ids = self.rollout.engine.eos_ids
             close = []  # a stop string ended the turn: close it as the template does
