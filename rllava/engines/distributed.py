@@ -110,14 +110,17 @@ def all_reduce_mean(metrics: dict[str, float]) -> dict[str, float]:
 def reduce_metrics(metrics: dict[str, float], how: dict[str, str] | None = None) -> dict[str, float]:
     """Combine each metric over ranks: "mean" (default; over the ranks that report it), "sum" or "max".
 
-    `how` maps keys to their reduction and must be the same on every rank.
+    `how` maps keys to their reduction. A rank that does not report a key takes its reduction from the ranks
+    that do: callers build `how` from their own keys (`{k: "sum" for k in sums}`), and a rank that trained no
+    token leaves some out; as a mean there, the sum would be divided by the number of ranks reporting it.
     """
     if not is_initialized():
         return dict(metrics)
     how = how or {}
-    keys: list[list[str]] = [[] for _ in range(world_size())]
-    dist.all_gather_object(keys, sorted(metrics))
-    union = sorted({k for ks in keys for k in ks})
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, (sorted(metrics), {k: how[k] for k in metrics if k in how}))
+    union = sorted({k for ks, _ in gathered for k in ks})
+    how = {k: v for _, theirs in gathered for k, v in theirs.items()}  # the same on every rank: so are the collectives
     n = len(union)
     sums = _all_reduce([float(metrics.get(k, 0.0)) for k in union] + [float(k in metrics) for k in union], "SUM")
     out = {k: sums[i] if how.get(k) == "sum" else sums[i] / sums[n + i] for i, k in enumerate(union)}

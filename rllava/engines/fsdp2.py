@@ -17,6 +17,7 @@ FSDP's end-of-backward callback reduce-scatters their gradients and reshards the
 Gradients: FSDP averages them over ranks; `step()` rescales to the *sum*, so every rank's loss
 must be its share of the global loss (divide by global denominators, see `distributed.all_reduce_sum`).
 All ranks must run the same number of forward/backward passes (`distributed.pad_to_common_length`).
+A VLM's ranks must also all have images in a pass, or none: a pre-hook on its base module checks it.
 
 An optimizer that cannot step DTensors (registry meta `sharded=False`: bitsandbytes' 8-bit AdamW)
 steps each rank's local shards instead: plain tensors that share the shards' storage, given the
@@ -51,9 +52,12 @@ from rllava.engines import distributed as du
 from rllava.engines.local import lr_lambda
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
-from rllava.models.introspect import unwrap
+from rllava.models.introspect import unwrap, vision_tower_modules
 from rllava.models.load import resolve_dtype
 from rllava.models.weights import save_hf_folder
+
+# Pixel inputs of a VLM's base module: each present one runs the vision tower (Qwen-VL: once for images, once for videos).
+MEDIA_INPUTS = ("pixel_values", "pixel_values_videos")
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -130,9 +134,40 @@ class FSDP2TrainEngine:
         head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
         entry_points = [m for m in (getattr(hf, "base_model", hf), head) if m is not None and m is not model]
         self._root_probe = self._root_owned_param(model, children)
+        media_entry = self._media_entry(model)
+        if media_entry is not None:
+            media_entry.register_forward_pre_hook(self._same_media_on_every_rank, with_kwargs=True)
         for module in entry_points:
             module.register_forward_pre_hook(self._unshard_root, with_kwargs=True)
         return children
+
+    @staticmethod
+    def _media_entry(model: nn.Module) -> nn.Module | None:
+        """The base module of a VLM (what takes the pixel inputs, also inside a critic's value model); None for an LM."""
+        from transformers import PreTrainedModel
+
+        hf = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+        return hf.base_model if hf is not None and vision_tower_modules(hf) else None
+
+    def _same_media_on_every_rank(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Pre-hook on a VLM's base module: refuse a forward where some ranks have images (or videos) and others not.
+
+        Each vision block is an FSDP unit that all-gathers where it runs, and a text-only micro-batch never runs the
+        vision tower: the ranks would issue different collectives (a gloo size error, an NCCL hang or garbage).
+        While generating every unit is gathered already, so the ranks may differ there.
+        """
+        if self._generating:
+            return
+        has = torch.tensor([float(kwargs.get(k) is not None) for k in MEDIA_INPUTS], device=du.comm_device())
+        counts = has.clone()
+        torch.distributed.all_reduce(counts)
+        if bool(((counts > 0) & (counts < self.world)).any()):
+            mixed = [k for k, c in zip(MEDIA_INPUTS, counts.tolist()) if 0 < c < self.world]
+            raise ConfigError(
+                f"actor.strategy=fsdp2: this forward has {mixed} on {int(max(counts.tolist()))} of {self.world} ranks "
+                f"(this rank {du.rank()}: {'yes' if has.sum() else 'no'}); FSDP needs the vision tower to run on every "
+                "rank or on none. Text-only rows beside image rows (a mixed dataset) cannot train under fsdp2 yet: "
+                "give every prompt its image(s), train them in separate runs, or use actor.strategy=local")
 
     @staticmethod
     def _root_owned_param(model: nn.Module, children: list[nn.Module]) -> tuple[nn.Module, str] | None:

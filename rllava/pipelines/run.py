@@ -72,7 +72,9 @@ def check_settings(cfg: Config) -> None:
     """What a run checks before loading anything (`rllava check` runs it too)."""
     from rllava.models.load import resolve_dtype
 
-    resolve_dtype(cfg.model.dtype)
+    if resolve_dtype(cfg.model.dtype) == torch.float16:  # bf16 has fp32's exponent range; fp16 needs a loss scale
+        raise ConfigError("model.dtype=float16: training in fp16 needs loss scaling, which rllava does not do (most "
+                          "small gradients would round to 0); use bfloat16 (GPUs since Ampere) or float32")
     if cfg.trainer.export_dtype != "auto":
         resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     parse_device(cfg.trainer.device)  # the name only: `rllava check` may run on a machine without the run's GPUs
