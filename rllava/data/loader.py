@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 FRESH_START = ". Start fresh with trainer.resume=none or a new trainer.experiment_name"  # how to start over a run that cannot resume
 
 
+def load_or_skip(dataset: Any, idx: int) -> Any | None:
+    """dataset[idx], or None when it fails to load and the dataset skips bad rows (counted in its `n_bad`, logged)."""
+    try:
+        return dataset[idx]
+    except DataError as e:
+        if not getattr(dataset, "skip_bad_rows", False):
+            raise
+        if hasattr(dataset, "n_bad"):
+            dataset.n_bad += 1
+        logger.warning("skipping a bad prompt (data.skip_bad_rows=true): %s", e)
+        return None
+
+
 class PromptLoader:
     """Yields lists of `batch_size` prompts from `dataset` (anything with `__len__` and `__getitem__`)."""
 
@@ -103,16 +116,10 @@ class PromptLoader:
         """The prompt, or None when it was retired, or fails to load and the dataset skips bad rows."""
         if idx in self.skipped or idx in self.retired:
             return None
-        try:
-            return self.dataset[idx]
-        except DataError as e:
-            if not getattr(self.dataset, "skip_bad_rows", False):
-                raise
+        prompt = load_or_skip(self.dataset, idx)
+        if prompt is None:
             self.skipped.add(idx)
-            if hasattr(self.dataset, "n_bad"):
-                self.dataset.n_bad += 1
-            logger.warning("skipping a bad prompt (data.skip_bad_rows=true): %s", e)
-            return None
+        return prompt
 
     def next_batch(self) -> list[Any]:
         batch: list[Any] = []

@@ -298,19 +298,15 @@ def loaded_prompts(ds, limit: int | None = None) -> list:
     """The first `limit` (None: all) prompts of `ds`, processed in full, for validation or evaluation. A row that
     fails to load (a truncated image: rows are checked without decoding them) stops with its error, unless
     data.skip_bad_rows drops it (counted in `ds.n_bad`), as the train loader does."""
-    from rllava.data.rows import DataError
+    from rllava.data.loader import load_or_skip
 
     prompts: list = []
     for i in range(len(ds)):
         if limit is not None and len(prompts) >= limit:
             break
-        try:
-            prompts.append(ds[i])
-        except DataError as e:
-            if not getattr(ds, "skip_bad_rows", False):
-                raise
-            ds.n_bad += 1
-            _log.warning("skipping a bad prompt (data.skip_bad_rows=true): %s", e)
+        prompt = load_or_skip(ds, i)
+        if prompt is not None:
+            prompts.append(prompt)
     return prompts
 
 
