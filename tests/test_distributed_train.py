@@ -172,6 +172,34 @@ def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
 
 
+def test_two_ranks_match_one_process_on_a_mixed_dataset(tiny_model_factory, counting_data, tmp_path):
+    """Text-only rows beside image rows: rank 0's micro-batches are text-only and rank 1's have images, so rank 0
+    runs the vision tower on the processor's blank image in their place (validation and training). The SFT step's
+    loss and gradient norm, and the validation, equal one process's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(counting_data / "train.parquet").to_pylist()[:8]
+    for i, row in enumerate(rows):  # batches of 4 split 2 + 2 over the ranks: rank 0's rows are text-only
+        text_only = i % 4 < 2
+        row["prompt"] = row["prompt"].replace("<image>", "") if text_only else row["prompt"]
+        row["images"] = [] if text_only else [str(counting_data / p) for p in row["images"]]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "trainer.pipeline=sft",
+            f"data.train_files={tmp_path / 'mixed.parquet'}", f"data.val_files={tmp_path / 'mixed.parquet'}",
+            "data.max_val_samples=4", SFT_TARGET, "data.batch_size=4", "data.shuffle=false", "data.val_batch_size=2",
+            "actor.micro_token_budget=75", "rollout.max_new_tokens=4", "trainer.total_steps=2"]
+    run_experiment(load_config(None, over))
+    torchrun_train([o.replace("experiment_name=one", "experiment_name=two") for o in over], tmp_path / "two.log")
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["response/tokens"] for r in two[1:]] == [r["response/tokens"] for r in one[1:]]
+    for a, b in zip(one[1:], two[1:]):
+        assert abs(b["actor/loss"] - a["actor/loss"]) < 1e-5
+        assert abs(b["actor/grad_norm"] - a["actor/grad_norm"]) < 1e-5 and a["actor/grad_norm"] > 0
+    for key in ("val/reward", "val/response_length"):
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
+
+
 def test_two_ranks_match_one_process_on_the_sft_term(tiny_model_factory, counting_data, tmp_path):
     """HPT with every group switched to its demonstration (threshold above any reward): the step is the SFT
     term alone on the 4 demonstrations, whose global denominator must make 2 ranks equal one process."""

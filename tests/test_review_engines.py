@@ -15,6 +15,7 @@ import torch
 from dist_scripts.launch import start_torchrun, wait_torchrun
 
 LR = 1e-6  # Adam's first step moves each weight by lr * g / (|g| + eps): 1e-6 wherever |g| >> eps
+MIXED_LR = 1e-3
 
 
 def lm_tokens(rank: int) -> torch.Tensor:
@@ -57,11 +58,12 @@ def _logprob_step(engine, batch) -> dict[str, float]:
 
 
 def _fsdp2(out: Path, lm_path: str, vlm_path: str) -> None:
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
     from rllava.config import ConfigError
     from rllava.engines import distributed as du
-    from rllava.engines.fsdp2 import FSDP2TrainEngine
+    from rllava.engines.fsdp2 import FSDP2TrainEngine, blank_image_inputs
+    from rllava.models.logprobs import response_logprobs
 
     rank = du.rank()
     res: dict = {}
@@ -79,13 +81,24 @@ def _fsdp2(out: Path, lm_path: str, vlm_path: str) -> None:
     res["skipped_steps"] = engine.skipped_steps
 
     vlm = FSDP2TrainEngine(AutoModelForImageTextToText.from_pretrained(vlm_path), lr=1e-3)
-    try:  # rank 0's micro-batch is text-only, rank 1's has an image
+    try:  # rank 0's micro-batch is text-only, rank 1's has an image; no media_probe to stand in for the image
         _logprob_step(vlm, vlm_batch(vlm_path, with_image=rank == 1))
         res["mixed"] = "trained"
     except ConfigError as e:
         res["mixed"] = str(e)
         vlm.zero_grad()
     res["both_images"] = _logprob_step(vlm, vlm_batch(vlm_path, with_image=True))  # the engine still trains
+
+    # With the probe (as `rllava train` builds it), rank 0 runs the tower on a blank image in its row's place.
+    probe = blank_image_inputs(AutoProcessor.from_pretrained(vlm_path))
+    for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        vlm = FSDP2TrainEngine(AutoModelForImageTextToText.from_pretrained(vlm_path), lr=MIXED_LR, max_grad_norm=0.0,
+                               compute_dtype=dtype, media_probe=probe)
+        batch = vlm_batch(vlm_path, with_image=rank == 1)
+        with vlm.compute(train=False):  # a no-grad pass (old log-probs) too
+            res[f"mixed_{name}_logp"] = response_logprobs(vlm.model, batch.model_inputs(vlm.device), batch.responses)[0]
+        res[f"mixed_{name}_step"] = _logprob_step(vlm, batch)
+        res[f"mixed_{name}_weights"] = {k: v.detach().clone() for k, v in vlm.iter_full_state()}
     gathered = du.gather_objects(res)
     if du.is_main():
         torch.save(gathered, out / "results.pt")
@@ -164,14 +177,63 @@ def test_fsdp2_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(fsdp
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
 
 
-def test_fsdp2_refuses_a_forward_with_images_on_some_ranks_only(fsdp2_ranks):
-    """A text-only micro-batch beside an image one (a mixed dataset) never runs the vision blocks, each an FSDP unit
-    that all-gathers: the ranks' collectives differ (gloo aborted with a size mismatch; NCCL hangs). Both ranks stop
-    with one clear error instead, and the engine trains on afterwards when every rank has images."""
+def test_fsdp2_without_a_media_probe_refuses_images_on_some_ranks_only(fsdp2_ranks):
+    """A text-only micro-batch beside an image one never runs the vision blocks, each an FSDP unit that all-gathers:
+    the ranks' collectives would differ (gloo aborted with a size mismatch; NCCL hangs). An engine given no blank
+    image to run in the text-only rank's place stops every rank with one clear error, and trains on afterwards when
+    every rank has images."""
     for rank, seen in zip((0, 1), fsdp2_ranks):
         assert "pixel_values" in seen["mixed"] and "1 of 2 ranks" in seen["mixed"], seen["mixed"]
-        assert f"this rank {rank}: {'no' if rank == 0 else 'yes'}" in seen["mixed"]
+        assert f"this rank {rank}: {'no' if rank == 0 else 'yes'}" in seen["mixed"] and "media_probe" in seen["mixed"]
         assert seen["both_images"]["skipped"] == 0.0 and seen["both_images"]["grad_norm"] > 0
+
+
+def _one_process_mixed(vlm_path: str, dtype: str):
+    """Log-probs of both rows, and the weights after one step on their summed log-probs, in one process."""
+    from transformers import AutoModelForImageTextToText
+
+    from rllava.engines.local import LocalTrainEngine
+    from rllava.models.logprobs import response_logprobs
+
+    model = AutoModelForImageTextToText.from_pretrained(vlm_path)
+    local = LocalTrainEngine(model, lr=MIXED_LR, max_grad_norm=0.0, compute_dtype=dtype)
+    logps = []
+    with local.compute(train=True):
+        for with_image in (False, True):  # rank 0's row, then rank 1's
+            batch = vlm_batch(vlm_path, with_image)
+            logp, _ = response_logprobs(model, batch.model_inputs(local.device), batch.responses, chunk_size=2)
+            logp.sum().backward()
+            logps.append(logp.detach())
+    return logps, local.step(), model.state_dict()
+
+
+@pytest.mark.parametrize("name,dtype", [("fp32", "float32"), ("bf16", "bfloat16")])
+def test_fsdp2_trains_a_text_only_rank_beside_an_image_rank_as_one_process(fsdp2_ranks, tiny_model_factory, name,
+                                                                           dtype):
+    """A mixed dataset under fsdp2: the text-only rank runs the vision tower on a blank image and adds 0 x its
+    features, so the ranks issue the same collectives. The log-probs, the gradient norm and the weights after one
+    step equal one process's on the same two rows; the vision tower trains from rank 1's image alone."""
+    vlm_path = str(tiny_model_factory("qwen2_vl"))
+    logps, one, weights = _one_process_mixed(vlm_path, dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=2e-2)
+    for rank, seen in enumerate(fsdp2_ranks):
+        torch.testing.assert_close(seen[f"mixed_{name}_logp"], logps[rank], **tol)
+        assert seen[f"mixed_{name}_step"]["skipped"] == 0.0
+        assert seen[f"mixed_{name}_step"]["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3 if name == "fp32"
+                                                                         else 2e-2)
+    from transformers import AutoModelForImageTextToText
+
+    moved = fsdp2_ranks[0][f"mixed_{name}_weights"]
+    initial = AutoModelForImageTextToText.from_pretrained(vlm_path).state_dict()
+    vision = [k for k in moved if "visual." in k]
+    assert vision and all(not torch.equal(moved[k], initial[k]) for k in vision)  # rank 1's image trained the tower
+    # Adam's first step is lr x g / (|g| + eps): lr x sign(g) wherever |g| >> eps, the same in both runs; where
+    # |g| is near eps (a handful of the 1.3 M weights in fp32) rounding differences in g show, still well under lr.
+    diff = torch.cat([(moved[k] - weights[k]).abs().flatten() for k in moved])
+    if name == "fp32":
+        assert float((diff < 0.01 * MIXED_LR).float().mean()) > 1 - 1e-5 and float(diff.max()) < 0.1 * MIXED_LR
+    else:
+        assert float((diff < 0.1 * MIXED_LR).float().mean()) > 0.99
 
 
 def test_reduce_metrics_where_a_rank_lacks_a_key_on_three_ranks(tmp_path):

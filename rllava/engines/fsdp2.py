@@ -17,7 +17,11 @@ FSDP's end-of-backward callback reduce-scatters their gradients and reshards the
 Gradients: FSDP averages them over ranks; `step()` rescales to the *sum*, so every rank's loss
 must be its share of the global loss (divide by global denominators, see `distributed.all_reduce_sum`).
 All ranks must run the same number of forward/backward passes (`distributed.pad_to_common_length`).
-A VLM's ranks must also all have images in a pass, or none: a pre-hook on its base module checks it.
+
+A VLM's vision blocks are units too, so every rank must also run the vision tower as often in each pass. A rank
+whose micro-batch lacks images (or videos) that another rank has (a mixed dataset) runs the tower on one blank
+image (`media_probe`, made by the processor) and adds 0 x its features to the base module's output: the same
+collectives as the other ranks, and gradients that are exactly those of its own rows.
 
 An optimizer that cannot step DTensors (registry meta `sharded=False`: bitsandbytes' 8-bit AdamW)
 steps each rank's local shards instead: plain tensors that share the shards' storage, given the
@@ -74,6 +78,29 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+def _float_tensors(value: Any) -> list[torch.Tensor]:
+    """The floating-point tensors in a model output (a tensor, a ModelOutput, or nested tuples and lists)."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _float_tensors(v)]
+    return []
+
+
+def blank_image_inputs(processor: Any) -> dict[str, torch.Tensor] | None:
+    """A VLM image processor's tensors for one blank 64 x 64 image (the FSDP2 engine's `media_probe`); None for a
+    processor without one (a text-only model)."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return None
+    enc = image_processor(images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+    return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
+
 @TRAIN_ENGINES.register("fsdp2", description="torchrun + FSDP2 per block; fp32 master shards, mixed-precision compute",
                         distributed=True)
 class FSDP2TrainEngine:
@@ -82,7 +109,10 @@ class FSDP2TrainEngine:
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple = (0.9, 0.999),
                  warmup_steps: int = 0, lr_scheduler: str = "constant", total_steps: int = 1,
                  max_grad_norm: float = 1.0, compute_dtype: str = "float32", device: str | torch.device = "cpu",
-                 cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw"):
+                 cpu_offload: bool = False, optimizer_offload: bool = False, optimizer: str = "adamw",
+                 media_probe: dict[str, torch.Tensor] | None = None):
+        """`media_probe`: a VLM's image-processor output for one blank image (`blank_image_inputs`), run through the
+        vision tower by a rank whose micro-batch has no images while another rank's has; without it that is refused."""
         if optimizer_offload:
             raise ConfigError("actor.optimizer_offload is for actor.strategy=local; under fsdp2 the optimizer state is "
                              "sharded over ranks, and actor.param_offload moves the shards to CPU memory")
@@ -100,6 +130,8 @@ class FSDP2TrainEngine:
         # Compute in the compute dtype, keep fp32 master shards, reduce gradients in fp32.
         self.mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         self.model = model
+        self._media_probe = media_probe
+        self._media_stub: torch.Tensor | None = None  # 0 x the blank image's features, added by the base's post-hook
         self._children = self._shard(model, CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
         self.params = [p for p in model.parameters() if p.requires_grad]
         # An optimizer for plain tensors steps views of this rank's shards (same storage, so the shards move).
@@ -134,11 +166,14 @@ class FSDP2TrainEngine:
         head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
         entry_points = [m for m in (getattr(hf, "base_model", hf), head) if m is not None and m is not model]
         self._root_probe = self._root_owned_param(model, children)
-        media_entry = self._media_entry(model)
-        if media_entry is not None:
-            media_entry.register_forward_pre_hook(self._same_media_on_every_rank, with_kwargs=True)
         for module in entry_points:
             module.register_forward_pre_hook(self._unshard_root, with_kwargs=True)
+        media_entry = self._media_entry(model)
+        if media_entry is not None and not hasattr(media_entry, "get_image_features"):
+            self._media_probe = None  # no generic way to run its tower alone: mixed media are refused
+        if media_entry is not None:  # after `_unshard_root`: a stand-in tower run needs the root's vision parameters
+            media_entry.register_forward_pre_hook(self._same_media_on_every_rank, with_kwargs=True)
+            media_entry.register_forward_hook(self._add_media_stub)
         return children
 
     @staticmethod
@@ -150,24 +185,59 @@ class FSDP2TrainEngine:
         return hf.base_model if hf is not None and vision_tower_modules(hf) else None
 
     def _same_media_on_every_rank(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Pre-hook on a VLM's base module: refuse a forward where some ranks have images (or videos) and others not.
+        """Pre-hook on a VLM's base module: for each media input (images, videos) another rank has and this one
+        lacks, run the vision tower once on the blank probe image, so that every rank gathers its units as often.
 
-        Each vision block is an FSDP unit that all-gathers where it runs, and a text-only micro-batch never runs the
-        vision tower: the ranks would issue different collectives (a gloo size error, an NCCL hang or garbage).
-        While generating every unit is gathered already, so the ranks may differ there.
+        Each vision block is an FSDP unit that all-gathers where it runs; a text-only micro-batch would never run
+        the vision tower and the ranks would issue different collectives (a gloo size error, an NCCL hang or
+        garbage). While generating every unit is gathered already, so the ranks may differ there.
         """
+        self._media_stub = None
         if self._generating:
             return
-        has = torch.tensor([float(kwargs.get(k) is not None) for k in MEDIA_INPUTS], device=du.comm_device())
-        counts = has.clone()
-        torch.distributed.all_reduce(counts)
-        if bool(((counts > 0) & (counts < self.world)).any()):
-            mixed = [k for k, c in zip(MEDIA_INPUTS, counts.tolist()) if 0 < c < self.world]
+        has = [float(kwargs.get(k) is not None) for k in MEDIA_INPUTS]
+        counts = torch.tensor([*has, float(self._media_probe is None)], device=du.comm_device())
+        torch.distributed.all_reduce(counts)  # per media input: ranks that have it; last: ranks without a probe
+        *counts, no_probe = counts.tolist()
+        mixed = [k for k, c in zip(MEDIA_INPUTS, counts) if 0 < c < self.world]
+        if mixed and no_probe:  # every rank stops here: one that went on would wait in the tower's all-gather
             raise ConfigError(
-                f"actor.strategy=fsdp2: this forward has {mixed} on {int(max(counts.tolist()))} of {self.world} ranks "
-                f"(this rank {du.rank()}: {'yes' if has.sum() else 'no'}); FSDP needs the vision tower to run on every "
-                "rank or on none. Text-only rows beside image rows (a mixed dataset) cannot train under fsdp2 yet: "
-                "give every prompt its image(s), train them in separate runs, or use actor.strategy=local")
+                f"actor.strategy=fsdp2: this forward has {mixed} on {int(max(counts))} of {self.world} ranks "
+                f"(this rank {du.rank()}: {'yes' if sum(has) else 'no'}) and the engine has no media_probe, a blank "
+                "image to run the vision tower on where they are missing (the processor has no image_processor, or "
+                "the model no get_image_features); FSDP needs the tower to run on every rank or on none")
+        missing = [k for k, c, h in zip(MEDIA_INPUTS, counts, has) if c > 0 and not h]
+        if not missing:
+            return
+        # Qwen-VL runs its one tower for images and for videos alike: a missing kind is one more run of the tower.
+        stub = None
+        for _ in missing:
+            part = self._vision_stand_in(module)
+            stub = part if stub is None else stub + part
+        self._media_stub = stub
+
+    def _vision_stand_in(self, base: nn.Module) -> torch.Tensor:
+        """0 x the sum of every output of the vision tower (and connector) on the blank probe image: a zero that
+        reaches all their parameters, so their gradients here are zeros rather than missing."""
+        import inspect
+
+        probe = self._media_probe
+        accepted = inspect.signature(base.get_image_features).parameters
+        dtype = self.mp_policy.param_dtype
+        inputs = {k: v.to(self.device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+                  for k, v in probe.items() if k in accepted}
+        outputs = _float_tensors(base.get_image_features(**inputs))
+        return sum(torch.nan_to_num(t.float()).sum() for t in outputs) * 0.0
+
+    def _add_media_stub(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Post-hook on a VLM's base module: add the stand-in vision run's zero to the hidden states."""
+        stub, self._media_stub = self._media_stub, None
+        if stub is None:
+            return output
+        if isinstance(output, tuple):
+            return (output[0] + stub.to(output[0].dtype), *output[1:])
+        output.last_hidden_state = output.last_hidden_state + stub.to(output.last_hidden_state.dtype)
+        return output
 
     @staticmethod
     def _root_owned_param(model: nn.Module, children: list[nn.Module]) -> tuple[nn.Module, str] | None:

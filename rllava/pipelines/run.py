@@ -274,7 +274,7 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
         model, lr=a.lr, weight_decay=a.weight_decay, betas=tuple(a.betas), warmup_steps=a.warmup_steps,
         lr_scheduler=a.lr_scheduler, total_steps=total_steps * updates_per_step, max_grad_norm=a.max_grad_norm,
         compute_dtype=cfg.model.dtype, device=device, cpu_offload=a.param_offload,
-        optimizer_offload=a.optimizer_offload, optimizer=a.optimizer)
+        optimizer_offload=a.optimizer_offload, optimizer=a.optimizer, **sharded_vlm_kwargs(sharded, processor))
     rollout_engine = ROLLOUT_ENGINES.get(cfg.rollout.engine)(
         model, pad_id=pad_id, eos_ids=eos_ids, device=device, batch_size=cfg.rollout.batch_size,
         compute=engine.generation, suppress_ids=placeholder_token_ids(model, processor),
@@ -292,6 +292,16 @@ def build_context(cfg: Config, run_dir: Path, resume_ckpt: Path | None) -> RunCo
 
         ctx.critic = Critic.build(cfg, device, total_steps, load_device=load_device)
     return ctx
+
+
+def sharded_vlm_kwargs(sharded: bool, processor) -> dict:
+    """A sharding engine's extra argument for a VLM: the blank image a rank without images runs the tower on."""
+    if not sharded:
+        return {}
+    from rllava.engines.fsdp2 import blank_image_inputs
+
+    probe = blank_image_inputs(processor)
+    return {"media_probe": probe} if probe is not None else {}
 
 
 def loaded_prompts(ds, limit: int | None = None) -> list:

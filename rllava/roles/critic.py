@@ -84,19 +84,20 @@ class Critic:
         """`load_device`: where the weights are loaded before the engine places them (a sharding engine: the CPU)."""
         from rllava.engines import TRAIN_ENGINES
         from rllava.models.load import load_model_and_processor
-        from rllava.pipelines.run import training_model_config
+        from rllava.pipelines.run import sharded_vlm_kwargs, training_model_config
 
         load_device = load_device or device
         mcfg = dataclasses.replace(training_model_config(cfg, cfg.critic.model_path), lora_rank=0)
-        backbone, _ = load_model_and_processor(mcfg, device=load_device)
+        backbone, processor = load_model_and_processor(mcfg, device=load_device)
         drop_lm_head(backbone)
         model = ValueModel(backbone, hidden_size_of(backbone)).to(load_device)
         c = cfg.critic
+        sharded = bool(TRAIN_ENGINES.entry(cfg.actor.strategy).meta.get("distributed"))
         engine = TRAIN_ENGINES.get(cfg.actor.strategy)(
             model, lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.warmup_steps, total_steps=total_steps * c.ppo_epochs,
             max_grad_norm=c.max_grad_norm, compute_dtype=cfg.model.dtype, device=device,
             optimizer_offload=cfg.actor.optimizer_offload,  # as the actor's: also what moves it to the device
-            optimizer=c.optimizer)
+            optimizer=c.optimizer, **sharded_vlm_kwargs(sharded, processor))
         return cls(model, engine, cfg)  # on resume, `load` restores weights and optimizer
 
     def save(self, folder: Path) -> None:
