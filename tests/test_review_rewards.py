@@ -159,3 +159,16 @@ def test_exact_match_reads_an_answer_in_markdown_bold():
     assert exact_match_reward("<answer>**Red Square**</answer>", "red square")["overall"] == 1.0
     assert exact_match_reward("**cat.**", "cat")["overall"] == 1.0
     assert exact_match_reward("**dog**", "cat")["overall"] == 0.0
+
+
+def test_boxes_read_qwen2_vl_point_pairs():
+    # Qwen2-VL grounds as <|box_start|>(x1,y1),(x2,y2)<|box_end|> in 0-1000 coordinates: read as no box before.
+    response = "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(100,200),(300,400)<|box_end|>"
+    assert parse_boxes(response) == [(100.0, 200.0, 300.0, 400.0)]
+    assert iou_reward(response, "[20, 40, 60, 80]", box_frame="norm1000", image_sizes=[[200, 200]])["overall"] == 1.0
+    # In order with the bracketed form, corners put in order; a lone point is no box.
+    assert parse_boxes("[1, 2, 3, 4] then (30, 40) (10,20) and (5,6)") == [(1.0, 2.0, 3.0, 4.0), (10.0, 20.0, 30.0, 40.0)]
+    start = time.perf_counter()  # no backtracking blow-up on long runs of spaces between points
+    parse_boxes("(1,2)" + " " * 50_000 + "(3,4")
+    parse_boxes("(1,2) ," * 5_000)
+    assert time.perf_counter() - start < 1.0

@@ -2,8 +2,8 @@
 
 Ground-truth boxes are `[x1, y1, x2, y2]` in the pixels of the row's (first) image. Predicted boxes
 are read from the `<answer>` block when there is one, else from the whole response; brackets or
-parentheses, commas or spaces are accepted. `box_frame` (set with `reward.kwargs`) says how the
-model writes them, since models differ:
+parentheses, commas or spaces are accepted, and so is Qwen2-VL's `(x1,y1),(x2,y2)`. `box_frame` (set with
+`reward.kwargs`) says how the model writes them, since models differ:
 - `pixels`: the original image's pixels, as the ground truth (the default);
 - `input`: the pixels of the image the model saw, after rllava's and the processor's resizing
   (Qwen2.5-VL); rescaled with the row's `image_sizes` and `input_image_sizes`;
@@ -24,7 +24,9 @@ MAX_BOXES = 100  # garbage responses can list thousands; matching is cubic
 
 _NUM = r"([-+]?\d+(?:\.\d+)?)"
 _SEP = r"(?:\s*,\s*|\s+)"  # a comma or whitespace; one way to read each run of spaces (else backtracking is k^4)
-_BOX = re.compile(r"[\[(]\s*" + _SEP.join([_NUM] * 4) + r"\s*[\])]")
+_POINT = r"\(\s*" + _NUM + r"\s*,\s*" + _NUM + r"\s*\)"
+# `[x1, y1, x2, y2]` (or in parentheses), or Qwen2-VL's own `(x1,y1),(x2,y2)` (inside <|box_start|>...<|box_end|>).
+_BOX = re.compile(r"[\[(]\s*" + _SEP.join([_NUM] * 4) + r"\s*[\])]|" + _POINT + r"(?:\s*,\s*|\s*)" + _POINT)
 
 
 def _ordered(b: tuple[float, ...]) -> Box:
@@ -35,8 +37,8 @@ def _ordered(b: tuple[float, ...]) -> Box:
 def parse_boxes(text: str) -> list[Box]:
     """All `[x1, y1, x2, y2]` boxes in the answer block (or the whole text), corners put in order."""
     span = answer_tag(text)
-    found = _BOX.findall(span if span is not None else text)
-    return [_ordered(tuple(float(v) for v in b)) for b in found[:MAX_BOXES]]
+    found = _BOX.findall(span if span is not None else text)  # 8 groups: the 4 of the form that matched are set
+    return [_ordered(tuple(float(v) for v in b if v)) for b in found[:MAX_BOXES]]
 
 
 def parse_gold_boxes(answer) -> list[Box]:
