@@ -67,7 +67,7 @@ class DataConfig:
 class ModelConfig:
     path: str = ""  # local HF folder or hub name
     tokenizer_path: Optional[str] = None  # tokenizer/processor folder if not the model's
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (float16 is refused for training: no loss scaling)
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 (trained with a dynamic loss scale)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flash_attention_3 | flex_attention, or a hub kernel (org/name); passed to from_pretrained
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30 % more compute
     freeze_vision_tower: bool = False  # train only the language model and the connector (Qwen-VL: its patch merger sits in the vision module and is frozen with it)

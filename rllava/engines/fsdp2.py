@@ -54,6 +54,7 @@ from torch.distributed.tensor import DTensor
 from rllava.config import ConfigError
 from rllava.engines import distributed as du
 from rllava.engines.local import lr_lambda
+from rllava.engines.loss_scale import LossScaler
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
 from rllava.models.introspect import unwrap, vision_tower_modules
@@ -144,6 +145,7 @@ class FSDP2TrainEngine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
         self.skipped_steps = 0
+        self.scaler = LossScaler(enabled=self.compute_dtype == torch.float16)
         self._generating = False
 
     # ---- sharding
@@ -322,22 +324,28 @@ class FSDP2TrainEngine:
         torch.distributed.all_reduce(total)
         return float(total.sqrt())
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of `loss` (scaled under fp16 compute; `step` divides them back)."""
+        self.scaler.scale(loss).backward()
+
     def step(self) -> dict[str, float]:
         """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update (on every rank).
 
         FSDP leaves the rank-average of the gradients; scaling by the world size gives their sum,
-        fused into the clipping factor.
+        fused into the clipping factor (and so is dividing by an fp16 loss scale).
         """
         grads = self._local_grads()
-        grad_norm = self._grad_norm(grads) * self.world
+        scale = self.scaler.scale_value
+        grad_norm = self._grad_norm(grads) * self.world / scale
         finite = math.isfinite(grad_norm)
+        self.scaler.update(finite)  # the same on every rank: the norm is
         lr = self.scheduler.get_last_lr()[0]  # the rate this update uses (read before the schedule moves on)
         if finite:
             clip = 1.0
             if self.max_grad_norm > 0:
                 clip = min(1.0, self.max_grad_norm / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
             if grads:
-                torch._foreach_mul_(grads, clip * self.world)
+                torch._foreach_mul_(grads, clip * self.world / scale)
             if self.local_steps:
                 for local, p in zip(self.stepped, self.params):
                     local.grad = None if p.grad is None else p.grad.to_local()
@@ -347,7 +355,7 @@ class FSDP2TrainEngine:
             self.skipped_steps += 1
         self.zero_grad()
         return {"grad_norm": grad_norm if finite else float("nan"), "lr": lr,
-                "skipped": float(not finite)}
+                "skipped": float(not finite), **({"loss_scale": scale} if self.scaler.enabled else {})}
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -363,6 +371,8 @@ class FSDP2TrainEngine:
 
     def _state(self, with_optimizer: bool) -> dict[str, Any]:
         state = {"scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps}
+        if self.scaler.enabled:
+            state["loss_scale"] = self.scaler.state_dict()
         if with_optimizer:  # (on an optimizer that has not stepped yet, DCP first takes a zero-lr step)
             state["model"], state["optimizer"] = get_state_dict(self.model, self.optimizer)
         else:
@@ -393,6 +403,7 @@ class FSDP2TrainEngine:
                            optim_state_dict=state["optimizer"], options=StateDictOptions(strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.scaler.load_state_dict(state.get("loss_scale"))
 
     def save(self, folder: str | Path) -> None:
         """Write this engine's full training state as a distributed checkpoint (every rank writes its shards)."""

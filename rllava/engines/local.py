@@ -5,7 +5,8 @@ autocast in the compute dtype, so bf16 compute never loses small updates (a pure
 AdamW at lr 1e-6 rounds most of them away). `master_weights_fp32=false` keeps parameters
 in the compute dtype, trading that safety for memory. `optimizer_offload=True` keeps both: the
 device holds compute-dtype parameters only, and the fp32 masters, gradients and AdamW states live
-in CPU memory (rllava/engines/offload.py).
+in CPU memory (rllava/engines/offload.py). fp16 compute scales the loss (rllava/engines/loss_scale.py): call
+`backward(loss)` rather than `loss.backward()`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from rllava.config import ConfigError
+from rllava.engines.loss_scale import LossScaler
 from rllava.engines.offload import CPUMasterWeights
 from rllava.engines.optimizers import OPTIMIZERS
 from rllava.engines.registry import TRAIN_ENGINES
@@ -108,6 +110,7 @@ class LocalTrainEngine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(lr_scheduler, warmup_steps, total_steps))
         self.skipped_steps = 0
+        self.scaler = LossScaler(enabled=self.compute_dtype == torch.float16)
 
     @contextlib.contextmanager
     def compute(self, train: bool) -> Iterator[None]:
@@ -126,11 +129,18 @@ class LocalTrainEngine:
             raise ValueError("generation() is for rollouts: it runs without gradients")
         return self.compute(train=False)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of `loss` (scaled under fp16 compute; `step` divides them back)."""
+        self.scaler.scale(loss).backward()
+
     def step(self) -> dict[str, float]:
         """Clip, check finiteness, and apply one optimizer step. A non-finite gradient skips the update."""
+        self.scaler.unscale_([p.grad for p in self.opt_params if p.grad is not None])
         max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.opt_params, max_norm)
         finite = bool(torch.isfinite(grad_norm))
+        scale = self.scaler.scale_value
+        self.scaler.update(finite)
         lr = self.scheduler.get_last_lr()[0]  # the rate this update uses (read before the schedule moves on)
         if finite:
             self.optimizer.step()
@@ -141,19 +151,20 @@ class LocalTrainEngine:
             self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": float(grad_norm) if finite else float("nan"), "lr": lr,
-                "skipped": float(not finite)}
+                "skipped": float(not finite), **({"loss_scale": scale} if self.scaler.enabled else {})}
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "loss_scale": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.scaler.load_state_dict(state.get("loss_scale"))
 
     def save(self, folder: str | Path) -> None:
         """Write the training state: trainable parameters (what training changed), optimizer and schedule.

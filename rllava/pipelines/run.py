@@ -72,9 +72,11 @@ def check_settings(cfg: Config) -> None:
     """What a run checks before loading anything (`rllava check` runs it too)."""
     from rllava.models.load import resolve_dtype
 
-    if resolve_dtype(cfg.model.dtype) == torch.float16:  # bf16 has fp32's exponent range; fp16 needs a loss scale
-        raise ConfigError("model.dtype=float16: training in fp16 needs loss scaling, which rllava does not do (most "
-                          "small gradients would round to 0); use bfloat16 (GPUs since Ampere) or float32")
+    if resolve_dtype(cfg.model.dtype) == torch.float16 and not (cfg.actor.master_weights_fp32 or
+                                                                cfg.actor.optimizer_offload):
+        raise ConfigError("model.dtype=float16 with actor.master_weights_fp32=false would train fp16 weights, which "
+                          "round most small updates away (and AdamW's states overflow): keep fp32 master weights "
+                          "(the default, or actor.optimizer_offload=true), or use bfloat16")
     if cfg.trainer.export_dtype != "auto":
         resolve_dtype(cfg.trainer.export_dtype, "trainer.export_dtype")
     parse_device(cfg.trainer.device)  # the name only: `rllava check` may run on a machine without the run's GPUs

@@ -290,7 +290,7 @@ class Actor:
                     total = total + sft_coef * sft_weight * term
                     # the metric is the NLL per demonstration token, however the rows are split or aggregated
                     sums["actor/demo_nll"] += nll * float(demo_mask.sum()) / demo_tokens if live else 0.0
-                total.backward()
+                self.engine.backward(total)
                 # loss, entropy and kl_loss are aggregated like the loss; the loss function's own metrics are means
                 # over trained tokens, so they weigh by tokens: either way the value does not depend on the split
                 token_weight = float(mask.sum()) / metric_tokens if live else 0.0

@@ -149,7 +149,7 @@ class Critic:
                         v_clipped = m.values + (v - m.values).clamp(-clip, clip)
                         loss_tok = torch.maximum(loss_tok, (v_clipped - m.returns) ** 2)
                     loss = 0.5 * (loss_tok * value_mask(m)).sum() / total_tokens * float(real)
-                    loss.backward()
+                    self.engine.backward(loss)
                     value_loss += float(loss.detach())
             sums["critic/value_loss"] += du.all_reduce_sum(value_loss)
             for k, v in self.engine.step().items():
