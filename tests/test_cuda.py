@@ -126,6 +126,18 @@ def test_grpo_on_cuda_bf16(tiny_model_factory, counting_data, tmp_path):
     assert 0 < step["perf/gpu_allocated_gb"] <= step["perf/gpu_peak_allocated_gb"] <= step["perf/gpu_peak_reserved_gb"]
 
 
+def test_grpo_on_cuda_fp16(tiny_model_factory, counting_data, tmp_path):
+    """Three GRPO steps with fp16 autocast and the dynamic loss scale (T4/V100 users): finite, logged, moving."""
+    model = tiny_model_factory("qwen2_vl", "small")
+    over = [o.replace("model.dtype=bfloat16", "model.dtype=float16") for o in
+            _counting_overrides(model, counting_data, tmp_path)]
+    result = run_experiment(load_config(None, over))
+    rows = [json.loads(ln) for ln in (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "actor/loss" in r]
+    assert len(steps) == 3 and all(r["actor/loss_scale"] >= 1.0 for r in steps)
+    assert any(r["actor/skipped"] == 0.0 and r["actor/grad_norm"] > 0 for r in steps)
+
+
 def _torchrun_train(overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "rllava",
            "train", *overrides]
