@@ -184,3 +184,12 @@ def test_task_options_that_draw_no_scene_are_named(tmp_path, task, options, mess
     with pytest.raises(ValueError, match=message):
         make_task(task, tmp_path / task, n=2, **options)
     make_task("compare", tmp_path / "ok", n=2, size=18, max_count=9)  # the smallest that fit still work
+
+
+def test_csv_fields_keep_their_text(tmp_path):
+    # pyarrow guessed column types: the answer "007" became 7, "1e3" became 1000.0 and "TRUE" became True.
+    f = tmp_path / "rows.csv"
+    f.write_text("prompt,answer,id\nCode?,007,1\nHow many?,1e3,2\nTrue?,TRUE,3\nBlank?,,4\n")
+    rows = load_rows(str(f))
+    assert [r["answer"] for r in rows] == ["007", "1e3", "TRUE", ""]
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4"]

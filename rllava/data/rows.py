@@ -53,9 +53,14 @@ def _read_arrow(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
+    """Every field as the text it is: type guessing would turn an answer `007` into 7 and `1e3` into 1000.0."""
+    import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    return pcsv.read_csv(path).to_pylist()
+    with pcsv.open_csv(path) as reader:  # reads the header (and a first block) only, for the column names
+        names = reader.schema.names
+    as_text = pcsv.ConvertOptions(column_types={n: pa.string() for n in names})
+    return pcsv.read_csv(path, convert_options=as_text).to_pylist()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
