@@ -149,3 +149,24 @@ def test_critic_checkpoint_whose_lm_head_was_stepped_is_refused(tiny_model_facto
     old.save(tmp_path / "critic")
     with pytest.raises(ConfigError, match=r"in it but not trained here: 1 \['backbone.lm_head.weight'\]"):
         engine(True).load(tmp_path / "critic")
+
+
+def test_a_mini_batch_without_response_tokens_updates_nothing_instead_of_crashing(tiny_model_factory):
+    """Every response empty (width 0): the log-probs were zeros outside the graph and backward raised "element 0 of
+    tensors does not require grad". Now the forward still runs (as other ranks' would) and the step is a no-op."""
+    from rllava.data.types import Batch, Episode, Prompt
+    from rllava.models.logprobs import response_logprobs
+    from rllava.roles.actor import Actor
+
+    path = str(tiny_model_factory("qwen2"))
+    eps = [Episode(prompt=Prompt(input_ids=[11, 12, 13 + i % 2]), response_ids=[], response_mask=[], group_id=i // 2)
+           for i in range(4)]
+    batch = Batch.from_episodes(eps, 0)
+    batch.advantages = torch.zeros(batch.responses.shape)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    logp, entropy = response_logprobs(model, batch.model_inputs("cpu"), batch.responses, with_entropy=True)
+    assert logp.shape == entropy.shape == (4, 0) and logp.requires_grad
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = Actor(LocalTrainEngine(model, lr=1e-3), worker.actor_config(path, 0)).update(batch)
+    assert out["actor/grad_norm"] == 0.0 and out["actor/skipped"] == 0.0
+    _assert_same(model.state_dict(), before)

@@ -156,14 +156,15 @@ def response_logprobs(model: nn.Module, model_inputs: dict[str, torch.Tensor], r
         raise ValueError(f"chunk_size must be >= 1 (LM-head rows per chunk), got {chunk_size}")
     B, T = responses.shape
     L = model_inputs["input_ids"].shape[1]
-    if T == 0:
-        empty = responses.new_zeros((B, 0), dtype=torch.float32)
-        return empty, (empty.clone() if with_entropy else None)
     if L <= T:
         raise ValueError(f"input_ids width {L} must exceed the response width {T} (prompt + response)")
     hf = unwrap(model)
     head = hf.get_output_embeddings()
     transform = _logit_transform(hf)
+    if T == 0:  # no response token: [B, 0], still through the model and its head, as other micro-batches (and
+        # ranks) run them, so that a loss built on it has a graph (and FSDP issues the same collectives)
+        empty = head(last_hidden_states(model, model_inputs)[:, :0]).float().sum(-1)
+        return empty, (empty.clone() if with_entropy else None)
     hidden = response_hidden_states(model, model_inputs, T, share)
     # The LM head (a large share of the compute with a big vocabulary) runs on real response tokens only.
     real = model_inputs["attention_mask"][:, L - T:] if "attention_mask" in model_inputs else torch.ones_like(responses)
