@@ -172,19 +172,41 @@ def test_two_ranks_match_one_process(tiny_model_factory, counting_data, tmp_path
         assert two[0][key] == pytest.approx(one[0][key], abs=1e-9)
 
 
-def test_two_ranks_match_one_process_on_a_mixed_dataset(tiny_model_factory, counting_data, tmp_path):
-    """Text-only rows beside image rows: rank 0's micro-batches are text-only and rank 1's have images, so rank 0
-    runs the vision tower on the processor's blank image in their place (validation and training). The SFT step's
-    loss and gradient norm, and the validation, equal one process's."""
+def mixed_counting(counting_data: Path, out: Path) -> None:
+    """8 counting rows where, in batches of 4 split 2 + 2 over 2 ranks, rank 0's rows are text-only."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = pq.read_table(counting_data / "train.parquet").to_pylist()[:8]
-    for i, row in enumerate(rows):  # batches of 4 split 2 + 2 over the ranks: rank 0's rows are text-only
+    for i, row in enumerate(rows):
         text_only = i % 4 < 2
         row["prompt"] = row["prompt"].replace("<image>", "") if text_only else row["prompt"]
         row["images"] = [] if text_only else [str(counting_data / p) for p in row["images"]]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), out)
+
+
+def test_two_rank_ppo_on_a_mixed_dataset(tiny_model_factory, counting_data, tmp_path):
+    """The critic's value model is sharded too and gets the same blank-image stand-in (Critic.build)."""
+    mixed_counting(counting_data, tmp_path / "mixed.parquet")
+    plugin = tmp_path / "length_reward.py"  # the count reward is 0 for a random model: no value or policy gradient
+    plugin.write_text("def reward(response, answer, **meta):\n    return len(response) / 10\n")
+    over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "ppo"), "data.val_files=",
+            f"reward.functions={{'{plugin}:reward': 1.0}}",
+            f"data.train_files={tmp_path / 'mixed.parquet'}", "data.batch_size=4", "data.shuffle=false",
+            "algorithm.adv_estimator=gae", "rollout.n=1", "rollout.max_new_tokens=4", "trainer.total_steps=2",
+            "trainer.val_before_train=false"]
+    torchrun_train(over, tmp_path / "ppo.log")
+    steps = [r for r in read_metrics(tmp_path / "ppo") if "critic/value_loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["critic/skipped"] == 0.0 and r["critic/grad_norm"] > 0 and r["actor/skipped"] == 0.0
+
+
+def test_two_ranks_match_one_process_on_a_mixed_dataset(tiny_model_factory, counting_data, tmp_path):
+    """Text-only rows beside image rows: rank 0's micro-batches are text-only and rank 1's have images, so rank 0
+    runs the vision tower on the processor's blank image in their place (validation and training). The SFT step's
+    loss and gradient norm, and the validation, equal one process's."""
+    mixed_counting(counting_data, tmp_path / "mixed.parquet")
     over = [*common(tiny_model_factory("qwen2_vl"), counting_data, tmp_path, "one"), "trainer.pipeline=sft",
             f"data.train_files={tmp_path / 'mixed.parquet'}", f"data.val_files={tmp_path / 'mixed.parquet'}",
             "data.max_val_samples=4", SFT_TARGET, "data.batch_size=4", "data.shuffle=false", "data.val_batch_size=2",
