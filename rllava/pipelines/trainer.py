@@ -194,7 +194,7 @@ class Trainer:
         """One training step on the next prompt batch: metrics (combined over ranks), validation when due, logging."""
         tc = self.cfg.trainer
         # Every rank draws the same global batch and trains on its share (whole prompt groups).
-        prompts = du.shard_prompts(self.ctx.loader.next_batch(), int(__import__("os").environ.get("LOCAL_RANK", "0")), du.world_size())
+        prompts = du.shard_prompts(self.ctx.loader.next_batch(), du.rank(), du.world_size())
         profile = (profiled(self.ctx.run_dir, self.step + 1, self.ctx.device) if self.step + 1 in tc.profile_steps
                    else contextlib.nullcontext())
         t0 = time.perf_counter()
