@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,9 +93,9 @@ def cmd_train(args: argparse.Namespace, pipeline: str | None = None) -> int:
     except StoppedBySignal as e:  # preempted: saved, not finished (a non-zero status lets a scheduler requeue)
         print(f"rllava: {e}", file=sys.stderr)
         return 128 + e.signum
-    from rllava.engines.distributed import is_main
-
-    if is_main():  # under torchrun every rank returns; one summary line is enough
+    # Under torchrun every rank returns, after the process group is gone (is_main() is then true everywhere):
+    # torchrun's global RANK says which one prints the summary line.
+    if os.environ.get("RANK", "0") == "0":
         print(json.dumps(result))
     return 0
 
