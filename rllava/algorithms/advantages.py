@@ -124,7 +124,10 @@ def grpo_batch_std(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 @ADVANTAGES.register("grpo_passk")
 def grpo_passk(batch: Any, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass@k: only each group's best sample learns, with advantage max - second max (/ std if norm)."""
+    """Pass@k: only each group's best sample learns, with advantage max - second max (/ std if norm).
+
+    The leave-one-out max@k advantage of Tang et al. 2025 (arXiv 2503.19595), as veRL's `grpo_passk`; not the
+    analytic pass@k advantage of Chen et al. 2025 ("Pass@k Training", arXiv 2508.10751)."""
     r, g = _scores(batch), batch.group_ids
     top = group_max(r, g)
     idx = torch.arange(len(r), device=r.device, dtype=r.dtype)

@@ -9,7 +9,11 @@ and their gradient is k2's (grad = logp - ref_logp, an unbiased KL gradient), as
 
 KL can enter the reward (`apply_kl_penalty`, subtracted per token before advantages; coefficient
 from a `FixedKLController` or `AdaptiveKLController`, fed the step's mean KL per sequence over all
-ranks) or the loss (`kl_loss`, added to the minimised loss as coef * kl). `entropy_loss` returns the
+ranks) or the loss (`kl_loss`, added to the minimised loss as coef * kl). One `algorithm.kl_estimator` (default k3,
+GRPO's choice for the loss) serves both places; PPO-RLHF and REINFORCE++ put k1 in the reward (veRL's default
+there too): set `kl_estimator=k1` with `kl_in=reward` to match them. The adaptive controller is fed each
+sequence's *mean* per-token KL (veRL's convention), not Ziegler et al.'s KL summed over the sequence, so its
+`kl_target` is per token. `entropy_loss` returns the
 aggregated entropy; the actor *subtracts* coef * entropy, since a bonus must lower the minimised loss.
 """
 from __future__ import annotations

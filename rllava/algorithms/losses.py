@@ -98,7 +98,9 @@ def gmpo(logp, old_logp, advantages, mask, cfg, **extra):
     """GMPO: -A * geometric mean of token ratios, token log-ratios clipped sign-aware in log space.
 
     For A > 0 a token's log-ratio is min(lr, clip(lr)) (caps upward moves), for A < 0 it is
-    max(lr, clip(lr)); clip range [-clip_ratio_low, clip_ratio_high]. The sequence loss is
+    max(lr, clip(lr)); clip range [-clip_ratio_low, clip_ratio_high] in log space (the paper's default is
+    (-0.4, 0.4), i.e. ratios in (e^-0.4, e^0.4), wider than the config's PPO default 0.2: set both to 0.4 as
+    `examples/counting_gmpo.yaml` does). The sequence loss is
     broadcast over the sequence's tokens: `seq-mean-token-mean` reproduces the paper exactly.
     Tokens whose advantage is 0 (not forking tokens, `algorithm.top_entropy_frac`) carry no gradient and do not
     dilute A: the log-mean keeps its 1/|sequence|, so on-policy the gradient equals PPO's with those tokens zeroed.
@@ -157,8 +159,10 @@ def _picked(advantages, logp, mask, cfg, extra, choice) -> torch.Tensor:
 @POLICY_LOSSES.register("clip_cov", requires=RATIO, token_choice=clip_cov_choice)
 def clip_cov(logp, old_logp, advantages, mask, cfg, **extra):
     """Clip-Cov (Cui et al. 2025, arXiv 2505.22617): PPO clip, and the gradient of a random clip_cov_ratio share of
-    tokens with covariance in [lb, ub] is detached. Chosen with the policy before the update (every token
-    unclipped), over the step's batch; the choice uses `extra["generator"]` (else torch's global one)."""
+    tokens with covariance in [lb, ub] is detached. (The paper's formula writes the unclipped ratio * A; keeping
+    PPO's clip on the other tokens follows the authors' veRL implementation, `compute_policy_loss_clip_cov`.)
+    Chosen with the policy before the update (every token unclipped), over the step's batch; the choice uses
+    `extra["generator"]` (else torch's global one)."""
     lr = _log_ratio(logp, old_logp, mask)
     loss, fracs = clipped_surrogate(lr.exp(), advantages, cfg, dual=False)
     picked = _picked(advantages, logp, mask, cfg, extra, clip_cov_choice)
@@ -179,7 +183,13 @@ def kl_cov(logp, old_logp, advantages, mask, cfg, **extra):
 
 @POLICY_LOSSES.register("cispo", requires=RATIO, row_local=True)
 def cispo(logp, old_logp, advantages, mask, cfg, **extra):
-    """CISPO: -sg(clip(ratio, 1-low, 1+high)) * A * logp (every token keeps a gradient)."""
+    """CISPO: -sg(clip(ratio, 1-low, 1+high)) * A * logp (every token keeps a gradient).
+
+    MiniMax-M1 (arXiv 2506.13585, the CISPO objective) sets no lower bound on the IS weight (eps_low "large")
+    and tunes only eps_high; here both bounds come from `clip_ratio_low`/`clip_ratio_high` (default 0.2 each, PPO's),
+    so the default also floors the weight at 0.8. Set `clip_ratio_low=1.0` for the paper's one-sided clip.
+    The paper averages over all tokens of the batch (`loss_agg_mode=token-mean`, the default).
+    """
     lr = _log_ratio(logp, old_logp, mask)
     ratio = lr.exp().detach()
     low, high = 1 - cfg.clip_ratio_low, 1 + cfg.clip_ratio_high
@@ -195,6 +205,8 @@ def sapo(logp, old_logp, advantages, mask, cfg, **extra):
     Gao et al. 2025 (arXiv 2511.20347). The gradient is A * 4p(1-p) * ratio * grad logp with
     p = sigmoid(tau (ratio - 1)): exactly the policy gradient on-policy (ratio 1 -> weight 1),
     smoothly damped as the ratio leaves 1; the larger tau_neg damps negative tokens faster.
+    The defaults tau_pos = 1.0, tau_neg = 1.05 are the paper's. The paper averages each sequence's tokens
+    (1/|y_i|, GRPO's form: `loss_agg_mode=seq-mean-token-mean`); the config default is token-mean.
     """
     lr = _log_ratio(logp, old_logp, mask)
     tau = torch.where(advantages > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).to(lr.dtype)
