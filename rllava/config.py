@@ -39,7 +39,7 @@ class DataConfig:
     train_files: str = ""  # comma-separated: parquet / json / jsonl / arrow / csv / save_to_disk folders / hub names / downloaded dataset repos; NAME@split picks a split
     val_files: str = ""  # held-out prompts for validation (same formats); empty = no validation
     train_weights: list[float] = field(default_factory=list)  # one per train_files entry: each epoch draws that share of its prompts from the entry (a small one repeats, a large one is subsampled); empty = every prompt once an epoch
-    prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers)
+    prompt_key: str = "prompt"  # row field with the question text (may contain `<image>` / `<video>` markers), or a list of chat messages (veRL's and TRL's conversational format)
     answer_key: str = "answer"  # row field with the reference answer, passed to reward functions
     answer_template: Optional[str] = None  # jinja: the reference answer rendered from the row instead, e.g. "{{ answer.split('####')[-1] | trim }}" (GSM8K) or "{{ solution | last_boxed }}" (MATH); it becomes the row's `answer`
     image_key: str = "images"  # row field with a list of images: paths (relative to the file), bytes or PIL

@@ -37,6 +37,8 @@ from rllava.data.template import (
     TemplateError,
     apply_chat_template,
     build_messages,
+    conversation_messages,
+    is_conversation,
     read_chat_template,
 )
 from rllava.data.types import Prompt
@@ -218,8 +220,11 @@ class RLDataset(torch.utils.data.Dataset):
         cfg = self.cfg
         if cfg.prompt_key not in row or row[cfg.prompt_key] is None:
             raise DataError(f"{ref.where(cfg.prompt_key)}: missing (row fields: {sorted(row)})")
-        if not isinstance(row[cfg.prompt_key], str):
-            raise DataError(f"{ref.where(cfg.prompt_key)}: expected text, got {type(row[cfg.prompt_key]).__name__}")
+        prompt = row[cfg.prompt_key]
+        conversation = is_conversation(prompt)
+        if not conversation and not isinstance(prompt, str):
+            raise DataError(f"{ref.where(cfg.prompt_key)}: expected text or a list of chat messages, got "
+                            f"{type(prompt).__name__}")
         if cfg.answer_key and self.answer_template is None:
             value = row.get(cfg.answer_key)
             if value is None:
@@ -237,12 +242,19 @@ class RLDataset(torch.utils.data.Dataset):
                 check_image_ref(ref_j, ref.base_dir)
             except MediaError as e:
                 raise DataError(f"{ref.where(cfg.image_key)}: image {j}: {e}") from None
+        def render(user_text: str) -> str:  # data.template, on the prompt text (a conversation's last user turn)
+            try:
+                return self.template.render({**row, cfg.prompt_key: user_text})
+            except TemplateError as e:
+                raise DataError(f"{ref.where('template')}: {e}") from None
+
         try:
-            text = self.template.render(row)
-        except TemplateError as e:
-            raise DataError(f"{ref.where('template')}: {e}") from None
-        try:
-            messages = build_messages(text, len(images), len(videos), cfg.system_prompt, self.multimodal)
+            if conversation:
+                messages, text = conversation_messages(prompt, len(images), len(videos), cfg.system_prompt,
+                                                       self.multimodal, render if self.template.source else None)
+            else:
+                text = render(prompt)
+                messages = build_messages(text, len(images), len(videos), cfg.system_prompt, self.multimodal)
             chat = apply_chat_template(self.processor, messages, self.chat_template)
         except TemplateError as e:
             raise DataError(f"{ref.where(cfg.prompt_key)}: {e}") from None

@@ -149,14 +149,14 @@ def content_parts(text: str, n_images: int, n_videos: int) -> list[dict[str, str
                             f"markers but the row has {n_images} image(s) and {n_videos} video(s)")
     parts: list[dict[str, str]] = [{"type": "image"}] * (n_images - marked_images)
     parts += [{"type": "video"}] * (n_videos - marked_videos)
-    for piece in _MARKERS.split(text):
-        if piece == IMAGE_MARKER:
-            parts.append({"type": "image"})
-        elif piece == VIDEO_MARKER:
-            parts.append({"type": "video"})
-        elif piece:
-            parts.append({"type": "text", "text": piece})
-    return [dict(p) for p in parts]
+    return [dict(p) for p in parts] + split_markers(text)
+
+
+def split_markers(text: str) -> list[dict[str, str]]:
+    """`text` as chat content items, one media item per `<image>`/`<video>` marker."""
+    kinds = {IMAGE_MARKER: "image", VIDEO_MARKER: "video"}
+    return [{"type": kinds[piece]} if piece in kinds else {"type": "text", "text": piece}
+            for piece in _MARKERS.split(text) if piece]
 
 
 def build_messages(text: str, n_images: int = 0, n_videos: int = 0, system_prompt: str | None = None,
@@ -175,6 +175,66 @@ def build_messages(text: str, n_images: int = 0, n_videos: int = 0, system_promp
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
+
+
+def is_conversation(prompt: Any) -> bool:
+    """Whether a row's prompt is a list of chat messages (TRL's conversational and veRL's parquet format)."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+
+
+def _message_parts(content: Any, i: int) -> list[dict[str, Any]]:
+    """A message's content as chat content items: a string split at its markers, or a list of items as it is."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, (list, tuple)) and all(isinstance(c, dict) and c.get("type") for c in content):
+        return [{k: v for k, v in c.items() if v is not None} for c in content]  # parquet fills absent keys with None
+    raise TemplateError(f"message {i}: content must be text or a list of {{'type': ...}} items, got {content!r:.80}")
+
+
+def conversation_messages(conversation: list[dict[str, Any]], n_images: int = 0, n_videos: int = 0,
+                          system_prompt: str | None = None, multimodal: bool = True,
+                          render_user: Any = None) -> tuple[list[dict[str, Any]], str]:
+    """Chat messages from a prompt given as messages, and the last user message's text.
+
+    String contents are split at their `<image>`/`<video>` markers (veRL's format); list contents keep their
+    items (TRL's). Media no message marks go first in the first user message. `render_user(text)`, the task's
+    prompt template, rewrites the last user message's text. `system_prompt` is added if there is no system
+    message. A text-only model (`multimodal=False`) gets plain string contents.
+    """
+    roles = [m.get("role") for m in conversation]
+    for i, (m, role) in enumerate(zip(conversation, roles)):
+        if not isinstance(role, str) or "content" not in m:
+            raise TemplateError(f"message {i}: expected {{'role': ..., 'content': ...}}, got keys {sorted(m)}")
+    if "user" not in roles:
+        raise TemplateError(f"the messages have no user turn (roles {roles})")
+    last_user = len(roles) - 1 - roles[::-1].index("user")
+    messages, user_text = [], ""
+    for i, m in enumerate(conversation):
+        parts = _message_parts(m["content"], i)
+        if i == last_user:
+            user_text = "".join(p.get("text", "") for p in parts if p["type"] == "text")
+            if render_user is not None:  # the template sees (and may restate) the user's text
+                user_text = render_user(user_text)
+                parts = [p for p in parts if p["type"] != "text"] + [{"type": "text", "text": user_text}]
+        split: list[dict[str, Any]] = []
+        for p in parts:
+            split += split_markers(p["text"]) if p["type"] == "text" else [p]
+        messages.append({"role": m["role"], "content": split})
+    kinds = [p["type"] for m in messages for p in m["content"]]
+    marked_images, marked_videos = kinds.count("image"), kinds.count("video")
+    if marked_images > n_images or marked_videos > n_videos:
+        raise TemplateError(f"the messages mark {marked_images} image(s) and {marked_videos} video(s) but the row "
+                            f"has {n_images} image(s) and {n_videos} video(s)")
+    first_user = roles.index("user")
+    unmarked = [{"type": "image"}] * (n_images - marked_images) + [{"type": "video"}] * (n_videos - marked_videos)
+    messages[first_user]["content"] = [dict(p) for p in unmarked] + messages[first_user]["content"]
+    if system_prompt and "system" not in roles:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    if not multimodal:
+        if n_images or n_videos or any(k != "text" for k in kinds):
+            raise TemplateError("the messages have images or videos but the model is text-only")
+        messages = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
+    return messages, user_text
 
 
 def apply_chat_template(processor: Any, messages: list[dict[str, Any]], chat_template: str | None = None,
