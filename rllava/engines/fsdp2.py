@@ -63,6 +63,10 @@ from rllava.models.weights import save_hf_folder
 
 # Pixel inputs of a VLM's base module: each present one runs the vision tower (Qwen-VL: once for images, once for videos).
 MEDIA_INPUTS = ("pixel_values", "pixel_values_videos")
+# The raw tower outputs in `get_image_features`' ModelOutput. The base module reads only the features it computes from
+# them (`pooler_output`, Qwen3-VL's `deepstack_features`); these can reach parameters the real image path never does
+# (a SigLIP tower's post-layernorm in LLaVA-OneVision, the layers past `vision_feature_layer=-2` in LLaVA).
+RAW_TOWER_OUTPUTS = ("last_hidden_state", "hidden_states", "attentions")
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -219,8 +223,8 @@ class FSDP2TrainEngine:
         self._media_stub = stub
 
     def _vision_stand_in(self, base: nn.Module) -> torch.Tensor:
-        """0 x the sum of every output of the vision tower (and connector) on the blank probe image: a zero that
-        reaches all their parameters, so their gradients here are zeros rather than missing."""
+        """0 x the sum of the image features (vision tower and connector) on the blank probe image: a zero that reaches
+        the parameters a real image reaches, so their gradients here are zeros rather than missing."""
         import inspect
 
         probe = self._media_probe
@@ -228,8 +232,15 @@ class FSDP2TrainEngine:
         dtype = self.mp_policy.param_dtype
         inputs = {k: v.to(self.device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
                   for k, v in probe.items() if k in accepted}
-        outputs = _float_tensors(base.get_image_features(**inputs))
-        return sum(torch.nan_to_num(t.float()).sum() for t in outputs) * 0.0
+        features = base.get_image_features(**inputs)
+        # Only what the base module reads: FSDP reduce-scatters the gradients of the parameters that have one, so the
+        # stand-in must reach exactly the parameters a real image reaches (more is a collective of another size too).
+        if isinstance(features, dict) and "pooler_output" in features:
+            features = [v for k, v in features.items() if k not in RAW_TOWER_OUTPUTS]
+        outputs = _float_tensors(features)
+        # Zero each element before summing: an overflowed (fp16) feature is 0 x inf = NaN, mapped to 0 here, whereas
+        # 0 x (a sum of features) is NaN as soon as two of them are inf, or the finite ones overflow the sum.
+        return sum(torch.nan_to_num(t.float() * 0.0, nan=0.0).sum() for t in outputs)
 
     def _add_media_stub(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Post-hook on a VLM's base module: add the stand-in vision run's zero to the hidden states."""
@@ -415,8 +426,9 @@ class FSDP2TrainEngine:
         """Restore what `save` wrote into this engine (built on the same model and optimizer settings)."""
         if not Path(folder, ".metadata").exists():
             raise FileNotFoundError(f"{folder}: not a distributed checkpoint (no .metadata); written by engine.save?")
+        saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
         if self.local_steps:
-            state = self._state(with_optimizer=False)
+            state = self._without_unsaved_scale(self._state(with_optimizer=False), saved)
             dcp.load(state, checkpoint_id=str(folder))
             self.load_state_dict(state)
             saved_optimizer = torch.load(Path(folder) / f"optimizer_rank{du.rank()}.pt", weights_only=False)
@@ -428,8 +440,7 @@ class FSDP2TrainEngine:
             self.optimizer.load_state_dict(saved_optimizer)
             return
         # What the checkpoint holds decides the template, not this engine's optimizer (fresh when resuming).
-        saved = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-        state = self._state(with_optimizer="optimizer_fresh" not in saved)
+        state = self._without_unsaved_scale(self._state(with_optimizer="optimizer_fresh" not in saved), saved)
         if "optimizer" in state:
             # A parameter that had no gradient before the save (an unused head, a vision tower on text-only
             # data) has no optimizer state there; it must have none after loading either, as in the run saved.
@@ -439,6 +450,14 @@ class FSDP2TrainEngine:
                 del optim_state[fqn]
         dcp.load(state, checkpoint_id=str(folder))
         self.load_state_dict(state)
+
+    @staticmethod
+    def _without_unsaved_scale(state: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+        """`state` less its loss scale where the checkpoint has none (written by a bf16 or fp32 run): DCP fails on a
+        key the checkpoint lacks, and an fp16 run resumed from it starts from the initial scale."""
+        if "loss_scale.scale" not in saved:
+            state.pop("loss_scale", None)
+        return state
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """Full tensors on every rank, e.g. for syncing a rollout engine (see `iter_full_state`)."""

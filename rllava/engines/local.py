@@ -157,8 +157,11 @@ class LocalTrainEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
+        # The loss scale only under fp16: a bf16 run's scale (1.0, off) would otherwise become the starting scale of
+        # an fp16 run resumed from it, where 1.0 lets the small gradients underflow (2000 steps to double it).
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "skipped_steps": self.skipped_steps, "loss_scale": self.scaler.state_dict()}
+                "skipped_steps": self.skipped_steps,
+                **({"loss_scale": self.scaler.state_dict()} if self.scaler.enabled else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
