@@ -119,3 +119,14 @@ def test_a_verl_geo3k_row_loads_as_it_is(tmp_path, qwen_vl):
     item = ds[0]
     assert ds.items[0].answer == "3" and "<|image_pad|>" in item.text and "Find x. Think first." in item.text
     assert item.mm["image_grid_thw"].shape == (1, 3)
+
+
+def test_the_template_keeps_the_media_where_the_user_turn_had_them(tmp_path, qwen_vl, red):
+    # text, then image: the rendered text takes the first text item's place; a text item whose text is missing
+    # (a parquet struct fills absent keys with None) reads as empty
+    conv = [{"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"},
+                                         {"type": "text", "text": None}]}]
+    ds = RLDataset(_jsonl(tmp_path / "o.jsonl", [{"prompt": conv, "answer": "1", "images": [red]}]),
+                   DataConfig(template="{{ prompt }} How many?"), qwen_vl)
+    text = ds[0].text
+    assert text.index("Look: How many?") < text.index("<|image_pad|>")

@@ -213,12 +213,14 @@ def conversation_messages(conversation: list[dict[str, Any]], n_images: int = 0,
         parts = _message_parts(m["content"], i)
         if i == last_user:
             user_text = "".join(p.get("text", "") for p in parts if p["type"] == "text")
-            if render_user is not None:  # the template sees (and may restate) the user's text
-                user_text = render_user(user_text)
-                parts = [p for p in parts if p["type"] != "text"] + [{"type": "text", "text": user_text}]
+            if render_user is not None:  # the template sees (and may restate) the user's text, which takes the
+                user_text = render_user(user_text)  # place of the first text item (media items stay where they are)
+                texts = [j for j, p in enumerate(parts) if p["type"] == "text"] or [len(parts)]
+                parts = [p for j, p in enumerate(parts) if j not in texts]
+                parts.insert(texts[0], {"type": "text", "text": user_text})  # (only media items precede it)
         split: list[dict[str, Any]] = []
         for p in parts:
-            split += split_markers(p["text"]) if p["type"] == "text" else [p]
+            split += split_markers(p.get("text") or "") if p["type"] == "text" else [p]
         messages.append({"role": m["role"], "content": split})
     kinds = [p["type"] for m in messages for p in m["content"]]
     marked_images, marked_videos = kinds.count("image"), kinds.count("video")
@@ -233,7 +235,8 @@ def conversation_messages(conversation: list[dict[str, Any]], n_images: int = 0,
     if not multimodal:
         if n_images or n_videos or any(k != "text" for k in kinds):
             raise TemplateError("the messages have images or videos but the model is text-only")
-        messages = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in messages]
+        messages = [{"role": m["role"], "content": "".join(p.get("text", "") for p in m["content"])}
+                    for m in messages]
     return messages, user_text
 
 
