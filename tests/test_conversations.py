@@ -130,3 +130,40 @@ def test_the_template_keeps_the_media_where_the_user_turn_had_them(tmp_path, qwe
                    DataConfig(template="{{ prompt }} How many?"), qwen_vl)
     text = ds[0].text
     assert text.index("Look: How many?") < text.index("<|image_pad|>")
+
+
+def test_messages_ending_with_the_reply_are_refused(tmp_path, text_tok):
+    # TRL's "messages" rows end with the assistant's reply: as a prompt it leaked the answer and opened a second turn
+    conv = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    with pytest.raises(DataError, match=r"row 0, field 'prompt': the messages end with an assistant turn"):
+        RLDataset(_jsonl(tmp_path / "m.jsonl", [{"prompt": conv, "answer": "4"}]), DataConfig(), text_tok)
+
+
+def test_a_text_item_holding_no_text_is_named(tmp_path, text_tok):
+    conv = [{"role": "user", "content": [{"type": "text", "text": 5}]}]  # was a bare TypeError from str.join
+    with pytest.raises(DataError, match=r"row 0, field 'prompt': message 0, content item 0: .*got 5"):
+        RLDataset(_jsonl(tmp_path / "n.jsonl", [{"prompt": conv, "answer": "5"}]), DataConfig(), text_tok)
+
+
+def test_a_chat_template_for_string_contents_names_the_row(tmp_path, qwen_vl):
+    # a text model's template (`+ message['content']`) given a vision model's content lists: was a bare TypeError
+    text_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                     "{% endfor %}<|im_start|>assistant\\n")
+    path = _jsonl(tmp_path / "s.jsonl", [{"prompt": [{"role": "user", "content": "Hi."}], "answer": "1"}])
+    with pytest.raises(DataError, match=r"row 0, field 'prompt': data.chat_template failed .*string contents"):
+        RLDataset(path, DataConfig(chat_template=text_template), qwen_vl)
+
+
+def test_csv_fields_with_line_breaks_past_the_first_block(tmp_path):
+    # pyarrow reads a CSV in blocks (1 MB) and, unless told, splits them at line breaks inside quotes
+    import csv
+
+    from rllava.data.rows import load_rows
+
+    path = tmp_path / "q.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "answer"])
+        writer.writerows([f"Question {i}\nsecond line, with a comma", f"{i:03d}"] for i in range(40000))
+    rows = load_rows(str(path))
+    assert len(rows) == 40000 and rows[-1] == {"prompt": "Question 39999\nsecond line, with a comma", "answer": "39999"}

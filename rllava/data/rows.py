@@ -57,10 +57,13 @@ def _read_csv(path: Path) -> list[dict]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    with pcsv.open_csv(path) as reader:  # reads the header (and a first block) only, for the column names
+    # Quoted fields may hold line breaks (a multi-line question, as pandas and Python's csv write it); without this
+    # pyarrow splits the file into blocks at a line break inside quotes and fails past its first block.
+    parse = pcsv.ParseOptions(newlines_in_values=True)
+    with pcsv.open_csv(path, parse_options=parse) as reader:  # reads the header (and a first block) only, for the names
         names = reader.schema.names
     as_text = pcsv.ConvertOptions(column_types={n: pa.string() for n in names})
-    return pcsv.read_csv(path, convert_options=as_text).to_pylist()
+    return pcsv.read_csv(path, parse_options=parse, convert_options=as_text).to_pylist()
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -187,6 +187,10 @@ def _message_parts(content: Any, i: int) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, (list, tuple)) and all(isinstance(c, dict) and c.get("type") for c in content):
+        for j, c in enumerate(content):  # a number or list here failed deep inside (str.join) as a bare TypeError
+            if c["type"] == "text" and not isinstance(c.get("text"), (str, type(None))):
+                raise TemplateError(f"message {i}, content item {j}: a text item's text must be text, got "
+                                    f"{c['text']!r:.80}")
         return [{k: v for k, v in c.items() if v is not None} for c in content]  # parquet fills absent keys with None
     raise TemplateError(f"message {i}: content must be text or a list of {{'type': ...}} items, got {content!r:.80}")
 
@@ -207,6 +211,9 @@ def conversation_messages(conversation: list[dict[str, Any]], n_images: int = 0,
             raise TemplateError(f"message {i}: expected {{'role': ..., 'content': ...}}, got keys {sorted(m)}")
     if "user" not in roles:
         raise TemplateError(f"the messages have no user turn (roles {roles})")
+    if roles[-1] == "assistant":  # a TRL "messages" row: its reply would be in the prompt, and the model answer again
+        raise TemplateError(f"the messages end with an assistant turn (roles {roles}); a prompt ends where the model's "
+                            "reply starts (put the reply in a field of its own, e.g. for data.response_template)")
     last_user = len(roles) - 1 - roles[::-1].index("user")
     messages, user_text = [], ""
     for i, m in enumerate(conversation):
@@ -252,6 +259,10 @@ def apply_chat_template(processor: Any, messages: list[dict[str, Any]], chat_tem
         raise TemplateError(f"{which}: jinja syntax error on line {e.lineno}: {e.message}") from None
     except jinja2.TemplateError as e:  # the template's own raise_exception ("System role not supported"), a bad field
         raise TemplateError(f"{which} failed on this prompt: {e.message}") from None
+    except TypeError as e:  # `'...' + message['content']` in a template written for string contents, given a list
+        raise TemplateError(f"{which} failed on this prompt: TypeError: {e} (a template that joins message['content'] "
+                            "to text takes string contents only, not the content lists a vision model's prompt "
+                            "has)") from None
     except ValueError as e:
         if "chat template" in str(e).lower() or "chat_template" in str(e):
             raise TemplateError("the processor has no chat template; set data.chat_template "
