@@ -46,3 +46,19 @@ def short_counting_run(tiny_model_factory, tmp_path) -> Callable[..., list[str]]
                 *extra]
 
     return overrides
+
+
+@pytest.fixture(scope="session")
+def qwen_vl(tiny_model_factory):
+    """The tiny Qwen2-VL's processor."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_factory("qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def text_tok(tiny_model_factory):
+    """The tiny text LLM's (qwen2) tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_factory("qwen2"))

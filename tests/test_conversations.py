@@ -8,21 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer
 
 from rllava.config import DataConfig
 from rllava.data.dataset import RLDataset
 from rllava.data.rows import DataError
-
-
-@pytest.fixture(scope="module")
-def qwen_vl(tiny_model_factory):
-    return AutoProcessor.from_pretrained(tiny_model_factory("qwen2_vl"))
-
-
-@pytest.fixture(scope="module")
-def text_tok(tiny_model_factory):
-    return AutoTokenizer.from_pretrained(tiny_model_factory("qwen2"))
 
 
 def _parquet(path, rows):

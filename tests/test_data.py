@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rllava.config import DataConfig
 from rllava.data.dataset import DataError, PromptLoader, RLDataset, load_rows
@@ -26,14 +26,9 @@ from rllava.tasks import make_task
 
 
 @pytest.fixture(scope="module")
-def qwen_vl(tiny_model_factory):
+def qwen_vl(tiny_model_factory):  # here (path, processor): shadows conftest's processor-only fixture
     path = tiny_model_factory("qwen2_vl")
     return path, AutoProcessor.from_pretrained(path)
-
-
-@pytest.fixture(scope="module")
-def text_tok(tiny_model_factory):
-    return AutoTokenizer.from_pretrained(tiny_model_factory("qwen2"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_scripts.launch import start_torchrun, wait_torchrun
+from dist_scripts.launch import on_every_rank, start_torchrun, wait_torchrun
 
 from rllava.config import ConfigError, load_config
 from rllava.engines.loss_scale import LossScaler
@@ -170,15 +170,7 @@ def _worker(out: Path, lm_path: str) -> None:
 
 
 def main() -> None:
-    from rllava.engines import distributed as du
-
-    torch.set_num_threads(1)
-    du.init_distributed()
-    try:
-        _worker(Path(sys.argv[1]), sys.argv[2])
-        du.barrier()
-    finally:
-        du.destroy_distributed()
+    on_every_rank(lambda: _worker(Path(sys.argv[1]), sys.argv[2]))
 
 
 def test_fsdp2_fp16_scales_like_one_process(tiny_model_factory, tmp_path):

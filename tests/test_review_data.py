@@ -10,23 +10,13 @@ import textwrap
 
 import pytest
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rllava.config import DataConfig
 from rllava.data.dataset import RLDataset, data_source
 from rllava.data.rows import DataError, load_rows
 from rllava.data.template import TemplateError, set_chat_template
 from rllava.tasks import make_task
-
-
-@pytest.fixture(scope="module")
-def qwen_vl(tiny_model_factory):
-    return AutoProcessor.from_pretrained(tiny_model_factory("qwen2_vl"))
-
-
-@pytest.fixture(scope="module")
-def text_tok(tiny_model_factory):
-    return AutoTokenizer.from_pretrained(tiny_model_factory("qwen2"))
 
 
 def _jsonl(path, rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dist_scripts.launch import start_torchrun, wait_torchrun
+from dist_scripts.launch import on_every_rank, start_torchrun, wait_torchrun
 
 LR = 1e-6  # Adam's first step moves each weight by lr * g / (|g| + eps): 1e-6 wherever |g| >> eps
 MIXED_LR = 1e-3
@@ -116,16 +116,8 @@ def _metrics(out: Path) -> None:
 
 
 def main() -> None:
-    from rllava.engines import distributed as du
-
-    torch.set_num_threads(1)
-    du.init_distributed()
-    try:
-        mode, out = sys.argv[1], Path(sys.argv[2])
-        _fsdp2(out, *sys.argv[3:5]) if mode == "fsdp2" else _metrics(out)
-        du.barrier()
-    finally:
-        du.destroy_distributed()
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    on_every_rank(lambda: _fsdp2(out, *sys.argv[3:5]) if mode == "fsdp2" else _metrics(out))
 
 
 # ---- tests

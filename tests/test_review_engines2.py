@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_scripts.launch import start_torchrun, stop_torchrun
+from dist_scripts.launch import on_every_rank, start_torchrun, stop_torchrun
 from test_review_engines import _logprob_step, vlm_batch
 
 SECTIONS = ("resume", "onevision")
@@ -66,15 +66,13 @@ def _onevision(vlm_path: str) -> dict:
 def main() -> None:
     from rllava.engines import distributed as du
 
-    torch.set_num_threads(1)
-    du.init_distributed()
-    try:
-        out, lm_path, vlm_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    out, lm_path, vlm_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    def work() -> None:
         torch.save(_resume(out, lm_path), out / f"resume_rank{du.rank()}.pt")
         torch.save(_onevision(vlm_path), out / f"onevision_rank{du.rank()}.pt")
-        du.barrier()
-    finally:
-        du.destroy_distributed()
+
+    on_every_rank(work)
 
 
 # ---- tests

@@ -175,12 +175,23 @@ class FSDP2TrainEngine:
         for module in entry_points:
             module.register_forward_pre_hook(self._unshard_root, with_kwargs=True)
         media_entry = self._media_entry(model)
-        if media_entry is not None and not hasattr(media_entry, "get_image_features"):
-            self._media_probe = None  # no generic way to run its tower alone: mixed media are refused
         if media_entry is not None:  # after `_unshard_root`: a stand-in tower run needs the root's vision parameters
+            self._media_probe = self._probe_inputs(media_entry, self._media_probe)
             media_entry.register_forward_pre_hook(self._same_media_on_every_rank, with_kwargs=True)
             media_entry.register_forward_hook(self._add_media_stub)
         return children
+
+    def _probe_inputs(self, base: nn.Module, probe: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """The probe's tensors that `base.get_image_features` takes, on the device and (pixels) in the compute dtype,
+        made once; None where there is no probe or no generic way to run the tower alone (mixed media are refused)."""
+        import inspect
+
+        if probe is None or not hasattr(base, "get_image_features"):
+            return None
+        accepted = inspect.signature(base.get_image_features).parameters
+        dtype = self.mp_policy.param_dtype
+        return {k: v.to(self.device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+                for k, v in probe.items() if k in accepted}
 
     @staticmethod
     def _media_entry(model: nn.Module) -> nn.Module | None:
@@ -216,23 +227,12 @@ class FSDP2TrainEngine:
         if not missing:
             return
         # Qwen-VL runs its one tower for images and for videos alike: a missing kind is one more run of the tower.
-        stub = None
-        for _ in missing:
-            part = self._vision_stand_in(module)
-            stub = part if stub is None else stub + part
-        self._media_stub = stub
+        self._media_stub = sum(self._vision_stand_in(module) for _ in missing)
 
     def _vision_stand_in(self, base: nn.Module) -> torch.Tensor:
         """0 x the sum of the image features (vision tower and connector) on the blank probe image: a zero that reaches
         the parameters a real image reaches, so their gradients here are zeros rather than missing."""
-        import inspect
-
-        probe = self._media_probe
-        accepted = inspect.signature(base.get_image_features).parameters
-        dtype = self.mp_policy.param_dtype
-        inputs = {k: v.to(self.device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
-                  for k, v in probe.items() if k in accepted}
-        features = base.get_image_features(**inputs)
+        features = base.get_image_features(**self._media_probe)
         # Only what the base module reads: FSDP reduce-scatters the gradients of the parameters that have one, so the
         # stand-in must reach exactly the parameters a real image reaches (more is a collective of another size too).
         if isinstance(features, dict) and "pooler_output" in features:

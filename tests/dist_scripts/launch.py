@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}  # CPU, gloo
@@ -42,3 +43,19 @@ def wait_torchrun(proc: subprocess.Popen, log: Path, timeout: float) -> None:
     finally:
         stop_torchrun(proc)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log.read_text(errors='replace')[-6000:]}"
+
+
+def on_every_rank(work: Callable[[], None]) -> None:
+    """A torchrun worker's body: one thread per rank (two ranks on two cores), the process group around `work`,
+    and a barrier so no rank tears the group down while another still uses it."""
+    import torch
+
+    from rllava.engines import distributed as du
+
+    torch.set_num_threads(1)
+    du.init_distributed()
+    try:
+        work()
+        du.barrier()
+    finally:
+        du.destroy_distributed()
